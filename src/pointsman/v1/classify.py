@@ -1,0 +1,90 @@
+"""Contracts between the shim and the classifier (model selection and safety).
+
+The classifier owns every decision that needs a model; the shim only applies the decision to the
+request with generic operations (set fields, insert or replace a system prompt, block). That keeps
+routing logic out of the shim and lets one classifier reply drive any body rewrite.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from pointsman.v1.subjects import PREFIX
+
+#: Request-reply, shim -> classifier: :class:`ClassifyRequest` -> :class:`ClassifyReply`.
+CLASSIFY = f"{PREFIX}.classify"
+CLASSIFIER_QUEUE = "pointsman-classifier"
+
+
+class Message(msgspec.Struct, kw_only=True):
+    """One chat turn, flattened to text (multi-part content keeps its text parts only)."""
+
+    role: str
+    content: str
+
+
+class ClassifyRequest(msgspec.Struct, kw_only=True):
+    """Everything the classifier may look at for one request.
+
+    ``messages`` is set for chat completions, ``prompt`` for legacy completions. ``headers`` holds
+    the request headers the classifier's policies read (lower-case names, no credentials).
+    ``params`` holds the sampling and shape parameters that matter for caching (temperature,
+    max_tokens, tools, response_format, stream).
+    """
+
+    request_id: str
+    model: str
+    messages: list[Message] = msgspec.field(default_factory=list)
+    prompt: str | None = None
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    params: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Block(msgspec.Struct, kw_only=True):
+    """Answer the client at once instead of routing (jailbreak, PII policy, ...)."""
+
+    status: int = 403
+    message: str
+    type: str = "invalid_request_error"
+    code: str
+    reason: str
+
+
+class ImmediateAnswer(msgspec.Struct, kw_only=True):
+    """A complete answer to send the client without routing (a semantic-cache hit)."""
+
+    status: int = 200
+    body: bytes
+    content_type: str = "application/json"
+
+
+class ClassifyReply(msgspec.Struct, kw_only=True):
+    """The classifier's decision for one request.
+
+    ``model`` is the model to route to (the client's own choice unless it asked for an auto
+    name). When ``block`` is set the shim answers the client with it and routes nothing. ``body_set`` is deep-merged into the request body's top level (reasoning switches such
+    as ``chat_template_kwargs.enable_thinking``). ``headers`` are added to the routed request and
+    reported on the response.
+    """
+
+    model: str
+    selected: bool = False
+    category: str | None = None
+    confidence: float | None = None
+    reasoning: bool | None = None
+    body_set: dict[str, Any] = msgspec.field(default_factory=dict)
+    system_prompt: str | None = None
+    system_prompt_mode: Literal["insert", "replace"] = "insert"
+    block: Block | None = None
+    answer: ImmediateAnswer | None = None
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    classifier: str = ""
+    #: Semantic cache: an opaque token set when the lookup missed and the answer may be stored.
+    #: The shim publishes the complete 2xx answer with it as a ``pointsman.v1.cache.CacheStore``.
+    cache_store: str | None = None
+    #: Set when the classifier made no decision (``"overloaded"``: its queue is full and it shed
+    #: the request; ``"bad_request"``: nothing to classify was malformed). The shim then applies
+    #: its fail-open / fail-closed policy exactly as for a timeout, without waiting for one.
+    error: str | None = None
