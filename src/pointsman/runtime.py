@@ -1,0 +1,145 @@
+"""What every Pointsman process needs around its own logic: logging, the ops HTTP endpoint,
+signal handling and the event loop.
+
+Shared as a library, not a service: it knows nothing of any service's messages or decisions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import prometheus_client
+from aiohttp import web
+
+from pointsman.tracing import current_trace_id
+
+log = logging.getLogger(__name__)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        trace_id = current_trace_id()
+        if trace_id:
+            out["trace_id"] = trace_id
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def setup_logging(level: str = "INFO", *, json_logs: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if json_logs:
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+class OpsServer:
+    """``/metrics`` (Prometheus text), ``/healthz`` (alive) and ``/readyz`` (ready to serve)."""
+
+    def __init__(
+        self,
+        port: int,
+        ready: Callable[[], bool],
+        host: str = "0.0.0.0",
+        registry: prometheus_client.CollectorRegistry = prometheus_client.REGISTRY,
+    ) -> None:
+        self.port = port
+        self.host = host
+        self.ready = ready
+        #: Services that run several instances in one process (tests) give each its own registry.
+        self.registry = registry
+        self.started = time.time()
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> int:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None)
+        if sockets:
+            self.port = int(sockets[0].getsockname()[1])
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = prometheus_client.generate_latest(self.registry)
+        return web.Response(
+            body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST}
+        )
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "uptime_s": round(time.time() - self.started, 1)})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        ok = self.ready()
+        return web.json_response({"ready": ok}, status=200 if ok else 503)
+
+
+def run(
+    main: Callable[[asyncio.Event], Coroutine[Any, Any, None]], *, use_uvloop: bool = True
+) -> None:
+    """Run ``main(stop_event)`` until SIGINT/SIGTERM sets the event; then let it clean up."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    if use_uvloop and os.environ.get("POINTSMAN_UVLOOP", "1") != "0":
+        try:
+            import uvloop
+
+            uvloop.run(runner())
+            return
+        except ImportError:
+            pass
+    asyncio.run(runner())
+
+
+async def retry_forever(
+    what: str, attempt: Callable[[], Awaitable[Any]], stop: asyncio.Event, delay: float = 0.5
+) -> Any:
+    """Call ``attempt`` until it succeeds or ``stop`` is set (then ``None``); logs each failure once
+    per distinct error so a missing dependency is visible without flooding the log."""
+    last = ""
+    while not stop.is_set():
+        try:
+            return await attempt()
+        except Exception as exc:
+            text = f"{type(exc).__name__}: {exc}"
+            if text != last:
+                log.warning("%s failed, retrying every %.1fs: %s", what, delay, text)
+                last = text
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+    return None
