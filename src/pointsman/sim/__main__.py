@@ -1,0 +1,5 @@
+import sys
+
+from pointsman.sim.cli import main
+
+sys.exit(main(prog="python -m pointsman.sim"))
