@@ -1,0 +1,501 @@
+"""``pointsman up``: the whole stack on one machine, for trying Pointsman and for tests.
+
+It starts, in order: nats-server (unless ``NATS_URL`` names one), simulated vLLM replicas, the
+metrics-collector, the picker, the classifier (when enabled), the extproc-shim, and Envoy wired to
+the shim. Every part is a real process on loopback; :class:`Stack` is the same thing as a Python
+API for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pointsman import configfile
+from pointsman.stack.envoy import EnvoyOptions, render_yaml
+from pointsman.stack.procs import (
+    Child,
+    StackError,
+    binary,
+    free_port,
+    free_port_block,
+    http_status,
+    port_free,
+    spawn,
+    wait_ready,
+)
+
+__all__ = ["Stack", "StackError", "StackOptions", "main"]
+
+DEFAULT_MODELS = ["llama-3.1-8b-instruct", "qwen3-8b"]
+_STEM = ("math", "physics", "chemistry", "computer science", "engineering")
+#: The demo fleet's model selection: STEM prompts to the reasoning model with thinking on, the
+#: rest to the instruct model. A user config's ``classifier:`` section overrides it.
+DEMO_ROUTING: dict[str, Any] = {
+    "default_model": "llama-3.1-8b-instruct",
+    "categories": {
+        category: {"models": [{"model": "qwen3-8b", "score": 0.9, "reasoning": True}]}
+        for category in _STEM
+    },
+}
+SERVICES = ("collector", "picker", "classifier", "shim")
+_MODULES = {
+    "collector": "pointsman_collector",
+    "picker": "pointsman_picker",
+    "classifier": "pointsman_classifier",
+    "shim": "pointsman_shim",
+}
+
+
+@dataclass
+class StackOptions:
+    models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
+    replicas: int = 2
+    gateway_port: int = 8080
+    host: str = "127.0.0.1"
+    #: A Pointsman config file whose sections are merged over the generated ones.
+    config: Path | None = None
+    #: Start simulated vLLM replicas; off = use the config file's ``pools``.
+    simulate: bool = True
+    sim_args: list[str] = field(default_factory=list)
+    picker_replicas: int = 1
+    body_mode: Literal["BUFFERED", "FULL_DUPLEX_STREAMED"] = "BUFFERED"
+    failure_mode: Literal["fail-open", "fail-closed"] = "fail-open"
+    #: Start the classifier service (None: when its package and torch are installed).
+    classifier: bool | None = False
+    nats_url: str | None = None
+    workdir: Path | None = None
+    #: Sections merged over everything else (tests use it to tune deadlines).
+    overrides: dict[str, Any] = field(default_factory=dict)
+    ready_timeout: float = 60.0
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+class Stack:
+    """A running local stack. Use as a context manager, or call :meth:`start` and :meth:`stop`."""
+
+    def __init__(self, options: StackOptions | None = None) -> None:
+        self.options = options or StackOptions()
+        self.children: dict[str, Child] = {}
+        self.config: dict[str, Any] = {}
+        self.pools: dict[str, list[str]] = {}
+        self.gateway_url = ""
+        self.nats_url = ""
+        self.config_path: Path | None = None
+        self.workdir = Path(self.options.workdir or tempfile.mkdtemp(prefix="pointsman-stack-"))
+        self.log_dir = self.workdir / "logs"
+        self._requested_port = self.options.gateway_port
+        self.gateway_port = self.options.gateway_port
+        self.ports: dict[str, int] = {}
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def __enter__(self) -> Stack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start every part. Ports are chosen free but bound later by other processes, so a
+        port taken in between (another program on a busy machine) is retried with new ports."""
+        for attempt in range(3):
+            try:
+                self._start()
+                return
+            except StackError as exc:
+                self.stop()
+                self.children.clear()
+                if attempt == 2 or not _port_race(str(exc)):
+                    raise
+            except BaseException:
+                self.stop()
+                raise
+
+    def _start(self) -> None:
+        o = self.options
+        user = configfile.read(o.config) if o.config else {}
+        if self._requested_port:
+            if not port_free(self._requested_port, o.host):
+                raise StackError(
+                    f"gateway port {self._requested_port} on {o.host} is taken; "
+                    "choose another with --port"
+                )
+            self.gateway_port = self._requested_port
+        else:
+            self.gateway_port = free_port(o.host)
+
+        self.nats_url = o.nats_url or os.environ.get("NATS_URL") or self._start_nats()
+        if o.simulate:
+            self.pools = self._start_simulators()
+        else:
+            self.pools = _pools_from_config(user)
+            if not self.pools:
+                raise StackError("--no-sim needs a config file with a 'pools:' section")
+
+        with_classifier = o.classifier
+        if with_classifier is None:
+            with_classifier = all(
+                importlib.util.find_spec(m) is not None for m in ("pointsman_classifier", "torch")
+            )
+        self.ports = {
+            "shim_grpc": free_port(),
+            "shim_health": free_port(),
+            "shim_http": free_port(),
+            "collector_http": free_port(),
+            "classifier_http": free_port(),
+            "envoy_admin": free_port(),
+        }
+        generated: dict[str, Any] = {
+            "nats": {"url": self.nats_url},
+            # the user's entries as written (labels, engines); simulators: plain addresses
+            "pools": self.pools if o.simulate else user["pools"],
+            "shim": {
+                "listen": f"127.0.0.1:{self.ports['shim_grpc']}",
+                "health_listen": f"127.0.0.1:{self.ports['shim_health']}",
+                "http_port": self.ports["shim_http"],
+                "default_model": next(iter(self.pools)),
+                "failure_mode": o.failure_mode,
+                "body_mode": o.body_mode,
+                "classifier": {"enabled": bool(with_classifier)},
+            },
+            "picker": {},
+            "collector": {"http_port": self.ports["collector_http"]},
+        }
+        if with_classifier:
+            generated["classifier"] = {"http_port": self.ports["classifier_http"]}
+            if o.simulate and o.models == DEFAULT_MODELS:
+                generated["classifier"].update(DEMO_ROUTING)
+        user_sections = {k: v for k, v in user.items() if k not in {"nats", "pools"}}
+        self.config = _merge(_merge(generated, user_sections), o.overrides)
+        self.config_path = self.workdir / "pointsman.yaml"
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+
+        self._start_service("collector")
+        for i in range(o.picker_replicas):
+            self._start_service("picker", index=i)
+        if with_classifier:
+            self._start_service("classifier", timeout=max(o.ready_timeout, 120))
+        self._start_service("shim")
+        self._start_envoy()
+        self.gateway_url = f"http://{o.host}:{self.gateway_port}"
+        self._wait_models()
+
+    def stop(self) -> None:
+        for name in reversed(list(self.children)):
+            self.children[name].stop()
+
+    # -- parts ------------------------------------------------------------------------------
+
+    def _start_nats(self) -> str:
+        port = free_port()
+        store = self.workdir / "nats"
+        child = spawn(
+            "nats-server",
+            [binary("nats-server"), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
+            self.log_dir,
+        )
+        self.children["nats-server"] = child
+        url = f"nats://127.0.0.1:{port}"
+        wait_ready(child, lambda: not port_free(port), 15, "nats-server")
+        return url
+
+    def _start_simulators(self) -> dict[str, list[str]]:
+        o = self.options
+        pools: dict[str, list[str]] = {}
+        for model in o.models:
+            base = free_port_block(o.replicas)
+            argv = [
+                sys.executable,
+                "-m",
+                "pointsman.sim",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(base),
+                "--count",
+                str(o.replicas),
+                "--model",
+                model,
+                *o.sim_args,
+            ]
+            child = spawn(f"sim-{model}", argv, self.log_dir)
+            self.children[f"sim-{model}"] = child
+            pools[model] = [f"127.0.0.1:{base + i}" for i in range(o.replicas)]
+        for model, endpoints in pools.items():
+            child = self.children[f"sim-{model}"]
+            for endpoint in endpoints:
+                url = f"http://{endpoint}/health"
+                wait_ready(child, _ok(url), 30, f"simulator {endpoint}")
+        return pools
+
+    def _start_service(self, service: str, index: int = 0, timeout: float | None = None) -> None:
+        assert self.config_path is not None
+        name = service if index == 0 else f"{service}-{index}"
+        config_path = self.config_path
+        port: int
+        if service == "picker":
+            port = free_port()
+            config = _merge(self.config, {"picker": {"http_port": port}})
+            config_path = self.workdir / f"pointsman-{name}.yaml"
+            config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+            self.ports[f"{name}_http"] = port
+        else:
+            port = int(self.config[service]["http_port"])
+        argv = [sys.executable, "-m", _MODULES[service], "--config", str(config_path)]
+        child = spawn(name, argv, self.log_dir, env={"NATS_URL": self.nats_url})
+        self.children[name] = child
+        url = f"http://127.0.0.1:{port}/readyz"
+        wait_ready(
+            child, lambda: http_status(url) == 200, timeout or self.options.ready_timeout, name
+        )
+
+    def _start_envoy(self) -> None:
+        o = self.options
+        shim = self.config["shim"]
+        host, _, port = str(shim["listen"]).rpartition(":")
+        options = EnvoyOptions(
+            listen_port=self.gateway_port,
+            listen_address=o.host,
+            admin_port=self.ports["envoy_admin"],
+            shim_host="127.0.0.1" if host in {"0.0.0.0", ""} else host,
+            shim_port=int(port),
+            pools=self.pools,
+            default_pool=shim.get("default_model"),
+            body_mode=o.body_mode,
+            failure_mode_allow=o.failure_mode == "fail-open",
+            max_body_bytes=int(shim.get("max_body_bytes", 4 * 1024 * 1024)),
+        )
+        path = self.workdir / "envoy.yaml"
+        path.write_text(render_yaml(options))
+        argv = [
+            binary("envoy"),
+            "-c",
+            str(path),
+            "--disable-hot-restart",
+            "--log-level",
+            "warning",
+            "--concurrency",
+            "2",
+        ]
+        child = spawn("envoy", argv, self.log_dir)
+        self.children["envoy"] = child
+        admin = f"http://127.0.0.1:{self.ports['envoy_admin']}/ready"
+        wait_ready(child, lambda: http_status(admin) == 200, 30, "envoy")
+
+    def _wait_models(self) -> None:
+        """Ready for users: the gateway lists every pool (snapshots reached the picker)."""
+        deadline = time.monotonic() + self.options.ready_timeout
+        want = set(self.pools)
+        last: Any = None
+        while time.monotonic() < deadline:
+            try:
+                last = self.models()
+                if want <= {m["id"] for m in last.get("data", [])}:
+                    return
+            except Exception as exc:
+                last = exc
+            time.sleep(0.1)
+        raise StackError(f"the gateway does not list every model after start-up: {last!r}")
+
+    # -- for tests --------------------------------------------------------------------------
+
+    def models(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.gateway_url}/v1/models", timeout=2) as response:
+            result: dict[str, Any] = json.loads(response.read())
+            return result
+
+    def stop_service(self, name: str) -> None:
+        self.children[name].stop()
+
+    def restart_service(self, name: str) -> None:
+        child = self.children.pop(name)
+        child.stop()
+        service, _, index = name.partition("-")
+        self._start_service(service, int(index or 0))
+
+
+def _port_race(message: str) -> bool:
+    markers = ("Address already in use", "address already in use", "Failed to bind", "EADDRINUSE")
+    return any(m in message for m in markers)
+
+
+def _ok(url: str) -> Callable[[], bool]:
+    return lambda: http_status(url) == 200
+
+
+def _pools_from_config(data: dict[str, Any]) -> dict[str, list[str]]:
+    pools = data.get("pools") or {}
+    out: dict[str, list[str]] = {}
+    for model, endpoints in pools.items():
+        out[str(model)] = [e if isinstance(e, str) else str(e["address"]) for e in endpoints]
+    return out
+
+
+# -- CLI -----------------------------------------------------------------------------------------
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=(
+            "Start the whole Pointsman stack on this machine: nats-server, simulated vLLM "
+            "replicas, the services and Envoy. Prints the gateway URL; Ctrl-C stops everything."
+        ),
+    )
+    p.add_argument("--port", type=int, default=8080, help="gateway (Envoy) port (default: 8080)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="gateway listen address (default: 127.0.0.1)"
+    )
+    p.add_argument(
+        "--models",
+        default=",".join(DEFAULT_MODELS),
+        help=f"comma-separated served model names to simulate (default: {','.join(DEFAULT_MODELS)})",
+    )
+    p.add_argument(
+        "--replicas", type=int, default=2, help="simulated replicas per model (default: 2)"
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="Pointsman config file merged over the generated one (its 'pools' are used with --no-sim)",
+    )
+    p.add_argument(
+        "--no-sim",
+        action="store_true",
+        help="do not start simulators; route to the 'pools' of --config (e.g. real vLLM servers)",
+    )
+    p.add_argument(
+        "--sim-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for every simulator, repeatable (e.g. --sim-arg=--time-scale=0.1)",
+    )
+    p.add_argument("--pickers", type=int, default=1, help="picker replicas (default: 1)")
+    p.add_argument(
+        "--body-mode",
+        choices=["BUFFERED", "FULL_DUPLEX_STREAMED"],
+        default="BUFFERED",
+        help="Envoy ext_proc request body mode (default: BUFFERED)",
+    )
+    p.add_argument(
+        "--failure-mode",
+        choices=["fail-open", "fail-closed"],
+        default="fail-open",
+        help="what happens when the picker or the shim is down (default: fail-open)",
+    )
+    classifier = p.add_mutually_exclusive_group()
+    classifier.add_argument(
+        "--classifier",
+        dest="classifier",
+        action="store_true",
+        default=None,
+        help="start the classifier (model selection for 'auto', jailbreak and PII checks)",
+    )
+    classifier.add_argument(
+        "--no-classifier",
+        dest="classifier",
+        action="store_false",
+        help="do not start the classifier: 'auto' goes to the first model",
+    )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        help="where config files and logs go (default: a new temporary directory)",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "pointsman up") -> int:
+    args = _parser(prog).parse_args(argv)
+    options = StackOptions(
+        models=[m.strip() for m in args.models.split(",") if m.strip()],
+        replicas=args.replicas,
+        gateway_port=args.port,
+        host=args.host,
+        config=args.config,
+        simulate=not args.no_sim,
+        sim_args=list(args.sim_arg),
+        picker_replicas=args.pickers,
+        body_mode=args.body_mode,
+        failure_mode=args.failure_mode,
+        classifier=args.classifier,
+        workdir=args.workdir,
+    )
+    stack = Stack(options)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"starting Pointsman (logs in {stack.log_dir}) ...", flush=True)
+    try:
+        stack.start()
+    except StackError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        stack.stop()
+        return 130
+    model = next(iter(stack.pools))
+    auto = bool(stack.config["shim"]["classifier"]["enabled"])
+    auto_example = (
+        f"  curl -i {stack.gateway_url}/v1/chat/completions -H 'content-type: application/json' \\\n"
+        '    -d \'{"model": "auto", "messages": [{"role": "user", "content": '
+        '"Integrate x^2 sin(x) dx"}]}\'\n'
+        if auto
+        else ""
+    )
+    print(
+        "\nPointsman is up.\n"
+        f"  gateway:  {stack.gateway_url}\n"
+        f"  models:   {', '.join(stack.pools)}" + (", auto" if auto else "") + "\n"
+        f"  config:   {stack.config_path}\n"
+        f"  logs:     {stack.log_dir}\n\n"
+        "Try:\n"
+        f"  curl {stack.gateway_url}/v1/models\n"
+        f"  curl -i {stack.gateway_url}/v1/chat/completions -H 'content-type: application/json' \\\n"
+        f'    -d \'{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}\'\n'
+        + auto_example
+        + "\nPress Ctrl-C to stop.",
+        flush=True,
+    )
+    code = 0
+    while not stop.wait(0.5):
+        dead = [c for c in stack.children.values() if not c.alive]
+        if dead:
+            for child in dead:
+                print(
+                    f"{prog}: {child.name} exited with code {child.popen.returncode}:\n{child.tail()}",
+                    file=sys.stderr,
+                )
+            code = 1
+            break
+    print("stopping ...", flush=True)
+    stack.stop()
+    print("stopped.", flush=True)
+    return code

@@ -1,0 +1,110 @@
+"""Render the Envoy config of a Pointsman stack from ``deploy/envoy/envoy.template.yaml``.
+
+The template holds everything that does not depend on the fleet; this module fills its
+placeholders and appends one fail-open route and cluster per pool, so that when the picker does
+not answer, Envoy still sends each model's requests to that model's pods with its own load
+balancing.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Literal
+
+import yaml
+
+TEMPLATE_NAME = "envoy.template.yaml"
+
+
+def template_text() -> str:
+    """The template (``deploy/envoy/envoy.template.yaml``, packaged beside this module)."""
+    return resources.files("pointsman.stack").joinpath(TEMPLATE_NAME).read_text(encoding="utf-8")
+
+
+@dataclass
+class EnvoyOptions:
+    listen_port: int
+    admin_port: int
+    shim_host: str
+    shim_port: int
+    #: served model name -> endpoints ("host:port"); each gets a fail-open cluster.
+    pools: dict[str, list[str]] = field(default_factory=dict)
+    default_pool: str | None = None
+    listen_address: str = "127.0.0.1"
+    body_mode: Literal["BUFFERED", "FULL_DUPLEX_STREAMED"] = "BUFFERED"
+    #: true = fail-open when the shim itself is down or too slow (ext_proc failure_mode_allow).
+    failure_mode_allow: bool = True
+    message_timeout_ms: int = 2000
+    max_body_bytes: int = 4 * 1024 * 1024
+
+
+def render(options: EnvoyOptions) -> dict[str, Any]:
+    text = string.Template(template_text()).substitute(
+        ADMIN_PORT=options.admin_port,
+        LISTEN_ADDRESS=options.listen_address,
+        LISTEN_PORT=options.listen_port,
+        BUFFER_LIMIT=2 * options.max_body_bytes,
+        SHIM_HOST=options.shim_host,
+        SHIM_PORT=options.shim_port,
+        BODY_MODE=options.body_mode,
+        # FULL_DUPLEX_STREAMED needs trailers sent, so the shim always sees the end of the body.
+        TRAILER_MODE="SEND" if options.body_mode == "FULL_DUPLEX_STREAMED" else "SKIP",
+        FAILURE_MODE_ALLOW="true" if options.failure_mode_allow else "false",
+        MESSAGE_TIMEOUT=f"{options.message_timeout_ms / 1000:.3f}s",
+    )
+    config: dict[str, Any] = yaml.safe_load(text)
+    resources_ = config["static_resources"]
+    hcm = resources_["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    routes: list[dict[str, Any]] = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    for index, (model, endpoints) in enumerate(sorted(options.pools.items())):
+        cluster = f"pool_{index}"
+        routes.append(
+            {
+                "name": f"fail-open-{model}",
+                "match": {
+                    "prefix": "/",
+                    "headers": [{"name": "x-selected-model", "string_match": {"exact": model}}],
+                },
+                "route": {"cluster": cluster, "timeout": "0s"},
+            }
+        )
+        resources_["clusters"].append(_pool_cluster(cluster, endpoints))
+    default = options.default_pool or (sorted(options.pools)[0] if options.pools else None)
+    if default is not None:
+        index = sorted(options.pools).index(default)
+        routes.append(
+            {
+                "name": "default-pool",
+                "match": {"prefix": "/"},
+                "route": {"cluster": f"pool_{index}", "timeout": "0s"},
+            }
+        )
+    return config
+
+
+def _pool_cluster(name: str, endpoints: list[str]) -> dict[str, Any]:
+    lb_endpoints = []
+    for endpoint in endpoints:
+        host, _, port = endpoint.rpartition(":")
+        lb_endpoints.append(
+            {
+                "endpoint": {
+                    "address": {
+                        "socket_address": {"address": host.strip("[]"), "port_value": int(port)}
+                    }
+                }
+            }
+        )
+    return {
+        "name": name,
+        "type": "STRICT_DNS",
+        "lb_policy": "LEAST_REQUEST",
+        "connect_timeout": "2s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": lb_endpoints}]},
+    }
+
+
+def render_yaml(options: EnvoyOptions) -> str:
+    return yaml.safe_dump(render(options), sort_keys=False)
