@@ -1,0 +1,39 @@
+"""``python -m pointsman_shim --config FILE``: run the extproc-shim."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from pointsman import configfile, tracing
+from pointsman.runtime import run, setup_logging
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "pointsman-shim") -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Pointsman extproc-shim: Envoy ext_proc server that routes LLM requests.",
+    )
+    parser.add_argument(
+        "--config", help=f"Pointsman YAML config file (default: ${configfile.ENV_CONFIG})"
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    parser.add_argument("--json-logs", action="store_true", help="log one JSON object per line")
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level, json_logs=args.json_logs)
+
+    from pointsman_shim.app import load_config, serve
+
+    try:
+        config, nats_url, tracing_config = load_config(args.config)
+    except configfile.ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    tracing.setup(tracing_config, "pointsman-shim")
+    run(lambda stop: serve(config, nats_url, stop))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

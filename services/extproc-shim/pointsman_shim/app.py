@@ -1,0 +1,71 @@
+"""Wire the shim: config -> NATS connection -> ext_proc and health servers -> ops HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from pointsman import configfile
+from pointsman.runtime import OpsServer, retry_forever
+from pointsman.tracing import TracingConfig
+from pointsman_shim.bus import Bus
+from pointsman_shim.config import ShimConfig
+from pointsman_shim.handlers import Processor
+from pointsman_shim.server import Health, start_ext_proc
+
+log = logging.getLogger(__name__)
+
+
+def load_config(path: str | None) -> tuple[ShimConfig, str, TracingConfig]:
+    data: dict[str, Any] = configfile.read(path)
+    return (
+        configfile.section(data, "shim", ShimConfig),
+        configfile.nats_url(data),
+        configfile.section(data, "tracing", TracingConfig),
+    )
+
+
+async def serve(config: ShimConfig, nats_url: str, stop: asyncio.Event) -> None:
+    bus = Bus(nats_url)
+    processor = Processor(config, bus)
+    health = Health()
+    health_port = await health.start(config.health_listen)
+    server, port = await start_ext_proc(processor, config.listen)
+
+    def ready() -> bool:
+        return bus.connected or config.failure_mode == "fail-open"
+
+    ops = OpsServer(config.http_port, ready)
+    http_port = await ops.start()
+    log.info(
+        "shim listening: ext_proc %s (port %d), health port %d, http port %d; failure mode %s",
+        config.listen,
+        port,
+        health_port,
+        http_port,
+        config.failure_mode,
+    )
+    connector = asyncio.create_task(retry_forever("connect to NATS", bus.connect, stop))
+
+    async def track_readiness() -> None:
+        last: bool | None = None
+        while not stop.is_set():
+            now = ready()
+            if now != last:
+                await health.set(now)
+                last = now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+
+    tracker = asyncio.create_task(track_readiness())
+    await stop.wait()
+    log.info("shim stopping")
+    await health.set(False)
+    await server.stop(2)
+    connector.cancel()
+    tracker.cancel()
+    await bus.close()
+    await health.stop()
+    await ops.stop()

@@ -1,0 +1,58 @@
+"""Configuration of the extproc-shim: the ``shim:`` section of the Pointsman config file."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FailureMode = Literal["fail-open", "fail-closed"]
+
+
+class ClassifierCall(BaseModel):
+    """How the shim asks the classifier (model selection and safety checks)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Ask the classifier at all. Off: ``auto`` names go to ``default_model``, no safety checks.
+    enabled: bool = False
+    #: Deadline of one classify request-reply, in milliseconds.
+    timeout_ms: float = Field(default=150.0, gt=0)
+    #: What to do when the classifier does not answer in time or NATS is down.
+    failure_mode: FailureMode = "fail-open"
+
+
+class ShimConfig(BaseModel):
+    """Every key of the ``shim:`` section, with its default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: ext_proc gRPC listen address.
+    listen: str = "0.0.0.0:9002"
+    #: gRPC health service (grpc.health.v1) listen address, separate so probes never queue
+    #: behind ext_proc streams.
+    health_listen: str = "0.0.0.0:9003"
+    #: HTTP port for /metrics, /healthz and /readyz.
+    http_port: int = Field(default=9102, ge=0, le=65535)
+    #: Model names that ask Pointsman to choose the model.
+    auto_models: list[str] = Field(default_factory=lambda: ["auto", "MoM"])
+    #: Where auto names go when no classifier is configured or it fails open.
+    default_model: str | None = None
+    #: Deadline of one pick request-reply, in milliseconds (well inside Envoy's message_timeout).
+    pick_timeout_ms: float = Field(default=50.0, gt=0)
+    #: What to do when the picker does not answer in time or NATS is down: ``fail-open`` lets
+    #: Envoy's own route and load balancing serve the request; ``fail-closed`` answers 503.
+    failure_mode: FailureMode = "fail-open"
+    #: How many endpoints to send Envoy (primary plus fallbacks, as an ordered comma list in the
+    #: header and the ``envoy.lb`` metadata). Keep 1 with an ORIGINAL_DST cluster, which takes a
+    #: single address; more needs a gateway that retries through the list.
+    max_endpoints: int = Field(default=1, ge=1, le=16)
+    #: Largest request body accepted, in bytes (413 above). Envoy's own buffer limit must be larger.
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    #: Request body mode expected when Envoy does not say (Envoy >= 1.33 says, per stream).
+    body_mode: Literal["BUFFERED", "FULL_DUPLEX_STREAMED"] = "BUFFERED"
+    #: Send the prompt text to the picker for prefix-cache affinity.
+    send_prompt: bool = True
+    classifier: ClassifierCall = Field(default_factory=ClassifierCall)
+    #: Publish a completion event (usage, endpoint, status) for every routed response.
+    publish_completions: bool = True

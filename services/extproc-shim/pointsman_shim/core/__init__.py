@@ -1,0 +1,1 @@
+"""Pure decisions of the shim: parsing, rewriting, usage accounting. No I/O here."""

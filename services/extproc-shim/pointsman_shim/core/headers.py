@@ -1,0 +1,56 @@
+"""Which request headers the shim trusts, forwards, or strips.
+
+A client must never choose its own endpoint: every header that carries a routing decision is
+removed from the client's request and only ever set by the shim.
+"""
+
+from __future__ import annotations
+
+DESTINATION = "x-gateway-destination-endpoint"
+DESTINATION_SERVED = "x-gateway-destination-endpoint-served"
+SUBSET = "x-gateway-destination-endpoint-subset"
+PREFILLER = "x-prefiller-host-port"
+SELECTED_MODEL = "x-selected-model"
+ENDPOINT = "x-pointsman-endpoint"
+ROUTE = "x-pointsman-route"
+ROUTE_CLASSIFIER = "x-pointsman-classifier"
+ERROR = "x-pointsman-error"
+SHED_REASON = "x-pointsman-shed-reason"
+BLOCK_REASON = "x-pointsman-block-reason"
+#: Forwarded to the classifier only: SHA-256 of the request's ``authorization`` (cache tenant).
+TENANT = "x-pointsman-tenant"
+
+LB_NAMESPACE = "envoy.lb"
+SUBSET_NAMESPACE = "envoy.lb.subset_hint"
+
+#: Set only by the shim: any client-sent value is removed before routing.
+ROUTING_HEADERS = (DESTINATION, DESTINATION_SERVED, SUBSET, PREFILLER, SELECTED_MODEL)
+#: Client headers of ours that are inputs, not decisions; kept and forwarded to the services.
+CLIENT_INPUTS = frozenset({"x-pointsman-priority", "x-pointsman-debug"})
+#: Request headers the picker and classifier read (never credentials).
+FORWARDED = frozenset(
+    {
+        "x-session-id",
+        "x-llm-d-inference-objective",
+        "x-gateway-inference-objective",
+        "x-pointsman-priority",
+        "x-pointsman-debug",
+        "x-tenant-id",
+        "cache-control",
+    }
+)
+
+
+def to_strip(names: list[str]) -> list[str]:
+    """The client-sent headers (lower-case names) that must be removed before routing."""
+    out = []
+    for name in names:
+        if name in ROUTING_HEADERS or (
+            name.startswith("x-pointsman-") and name not in CLIENT_INPUTS
+        ):
+            out.append(name)
+    return out
+
+
+def forwarded(headers: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k in FORWARDED}

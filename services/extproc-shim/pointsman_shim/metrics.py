@@ -1,0 +1,58 @@
+"""Prometheus metrics of the shim. Names follow ``pointsman_shim_*``; labels stay low-cardinality."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUESTS = Counter(
+    "pointsman_shim_requests",
+    "Requests seen on the ext_proc stream, by how they ended on the request path.",
+    ["outcome"],  # routed, rejected, passthrough, fail_open, fail_closed, shed, blocked, answered
+)
+REJECTIONS = Counter(
+    "pointsman_shim_rejections",
+    "Requests answered with an error by the shim, by reason.",
+    ["reason", "status"],
+)
+BUS_FAILURES = Counter(
+    "pointsman_shim_bus_failures",
+    "Bus calls that got no usable answer, by service and kind (timeout, no_responders, ...).",
+    ["service", "kind"],
+)
+FAIL_OPEN = Counter(
+    "pointsman_shim_fail_open",
+    "Requests served under the fail-open policy because a service did not answer.",
+    ["service"],
+)
+DECISION_SECONDS = Histogram(
+    "pointsman_shim_decision_seconds",
+    "Time from the complete request body to the routing decision (classifier + picker).",
+    buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+BUS_SECONDS = Histogram(
+    "pointsman_shim_bus_seconds",
+    "Latency of one bus request-reply, by service.",
+    ["service"],
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
+)
+PICKS = Counter(
+    "pointsman_shim_picks",
+    "Requests routed, by model and primary endpoint.",
+    ["model", "endpoint"],
+)
+COMPLETIONS = Counter(
+    "pointsman_shim_completions",
+    "Routed responses that ended, by model and status class.",
+    ["model", "status_class", "stream"],
+)
+TOKENS = Counter(
+    "pointsman_shim_tokens",
+    "Tokens reported in responses' usage, by model and kind (prompt, completion).",
+    ["model", "kind"],
+)
+USAGE_MISSING = Counter(
+    "pointsman_shim_usage_missing",
+    "Successful responses that reported no usage.",
+    ["model", "stream"],
+)
+STREAMS = Gauge("pointsman_shim_active_streams", "ext_proc streams open now.")
