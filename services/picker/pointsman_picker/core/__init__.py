@@ -1,0 +1,1 @@
+"""The scheduling core: pure decisions over plain data, no I/O, no clocks, no global state."""

@@ -1,0 +1,1 @@
+"""The built-in plugins, one small module per concern; :mod:`..registry` names them."""

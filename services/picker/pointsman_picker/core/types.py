@@ -1,0 +1,64 @@
+"""Plain data the scheduling core works on: endpoints as seen at one instant, and the request.
+
+Everything here is immutable, so a plugin can never change what the next plugin sees, and a
+decision can be replayed from its inputs in a test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One engine replica of a pool, as the picker sees it when it decides.
+
+    ``waiting``, ``running`` and ``kv_usage`` come from the endpoint's last snapshot;
+    ``pending`` counts the requests pickers assigned to it *after* that snapshot was scraped
+    (not yet visible in its metrics), so scorers can correct stale numbers.
+    """
+
+    address: str
+    healthy: bool = True
+    scraped_at: float = 0.0
+    waiting: int = 0
+    running: int = 0
+    kv_usage: float = 0.0
+    pending: int = 0
+    labels: Mapping[str, str] = field(default_factory=dict)
+    lora_running: tuple[str, ...] = ()
+    lora_waiting: tuple[str, ...] = ()
+    max_lora: int = 0
+
+    @property
+    def queue(self) -> int:
+        """Waiting requests, counting the pending ones as queued (the pessimistic guess)."""
+        return self.waiting + self.pending
+
+    @property
+    def load(self) -> int:
+        """Running requests plus those assigned since the snapshot."""
+        return self.running + self.pending
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What the core knows of one request.
+
+    ``model`` is the name the client asked for (a pool, or a LoRA adapter served by one);
+    ``adapter`` is set when it names an adapter. ``priority`` is already resolved from the
+    objective or priority header.
+    """
+
+    request_id: str
+    model: str
+    pool: str
+    adapter: str | None = None
+    prompt: str | None = None
+    session: str | None = None
+    priority: int = 0
+    objective: str | None = None
+    subset: frozenset[str] | None = None
+    max_endpoints: int = 3
+    debug: bool = False

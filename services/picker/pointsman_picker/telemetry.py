@@ -1,0 +1,65 @@
+"""Prometheus metrics of one picker replica.
+
+Each replica owns a registry (not the process-global one) so tests can run several replicas in
+one process.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003,
+    0.005, 0.01, 0.025, 0.05, 0.1,
+)  # fmt: skip
+
+
+class Telemetry:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.picks = Counter(
+            "pointsman_picker_picks", "Requests routed, by chosen endpoint.",
+            ["pool", "endpoint"], registry=r,
+        )  # fmt: skip
+        self.decisions = Counter(
+            "pointsman_picker_decisions", "Pick decisions by outcome.",
+            ["pool", "status"], registry=r,
+        )  # fmt: skip
+        self.shed = Counter(
+            "pointsman_picker_shed", "Requests shed (429) under saturation.",
+            ["pool", "reason", "objective"], registry=r,
+        )  # fmt: skip
+        self.decision_seconds = Histogram(
+            "pointsman_picker_decision_seconds",
+            "Time from receiving a pick request to sending the reply.",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.pick_seconds = Histogram(
+            "pointsman_picker_pick_seconds",
+            "CPU path of one decision: decode, schedule, encode (no I/O, no waiting).",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.bad_messages = Counter(
+            "pointsman_picker_bad_messages", "Bus messages that failed to decode.",
+            ["subject"], registry=r,
+        )  # fmt: skip
+        self.snapshots = Counter(
+            "pointsman_picker_snapshots", "Metrics snapshots received.", ["pool"], registry=r
+        )
+        self.completions = Counter(
+            "pointsman_picker_completions", "Completion events that released an assignment.",
+            registry=r,
+        )  # fmt: skip
+        self.in_flight = Gauge(
+            "pointsman_picker_in_flight", "Assignments not yet completed (all pools).", registry=r
+        )
+        self.expired = Counter(
+            "pointsman_picker_in_flight_expired",
+            "In-flight assignments dropped after their TTL (lost completion events).",
+            registry=r,
+        )  # fmt: skip
+        self.sync_errors = Counter(
+            "pointsman_picker_shared_state_errors", "Failed shared-state operations.",
+            ["op"], registry=r,
+        )  # fmt: skip
