@@ -1,0 +1,60 @@
+"""``python -m pointsman_collector --config FILE`` (also ``pointsman-collector``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+
+from pointsman import configfile
+from pointsman.runtime import setup_logging
+from pointsman_collector.app import run
+from pointsman_collector.config import CollectorConfig
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog=prog or "pointsman-collector",
+        description="Scrape engine /metrics and publish pool snapshots on NATS.",
+    )
+    parser.add_argument(
+        "--config",
+        default=os.environ.get(configfile.ENV_CONFIG),
+        help="the Pointsman YAML config file (default: $POINTSMAN_CONFIG)",
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.add_argument(
+        "--json-logs", action="store_true", help="log one JSON object per line, with the trace id"
+    )
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level, json_logs=args.json_logs)
+    try:
+        data = configfile.read(args.config)
+        cfg = configfile.section(data, "collector", CollectorConfig)
+    except configfile.ConfigError as exc:
+        print(f"pointsman-collector: {exc}", file=sys.stderr)
+        return 2
+    url = configfile.nats_url(data)
+
+    async def amain() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run(cfg, nats_url=url, config_path=args.config, stop=stop)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a core dependency off Windows
+            asyncio.run(amain())
+        else:
+            uvloop.run(amain())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

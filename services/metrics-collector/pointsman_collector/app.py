@@ -1,0 +1,473 @@
+"""Wiring: discovery -> shard assignment -> scrape ticks -> pool snapshots on NATS.
+
+One tick every ``interval_ms``: start a scrape of every owned endpoint whose previous scrape has
+ended (a slow endpoint is skipped, never queued, so it cannot delay the others), wait for the
+tick's scrapes up to a deadline inside the interval, then publish one snapshot per pool with
+whatever is known. Each snapshot goes to the pool's subject and, for late joiners, into a
+JetStream KV bucket (``<pool-token>.<replica-id>``, written with a plain publish, no ack wait).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import nats
+from aiohttp import web
+from nats.js.api import StorageType
+
+from pointsman.v1 import encode, subjects
+from pointsman_collector.config import CollectorConfig
+from pointsman_collector.core import engines
+from pointsman_collector.core.endpoints import Endpoint, merge
+from pointsman_collector.core.prom import ParseError
+from pointsman_collector.core.shard import owner
+from pointsman_collector.core.snapshot import (
+    EndpointState,
+    build_snapshots,
+    record_error,
+    record_ok,
+    split,
+)
+from pointsman_collector.discovery import Source
+from pointsman_collector.discovery.static import StaticFileSource
+from pointsman_collector.membership import Membership
+from pointsman_collector.rawhttp import RawClient
+from pointsman_collector.scrape import HttpScraper, ScrapeError
+from pointsman_collector.telemetry import Telemetry
+
+log = logging.getLogger("pointsman_collector")
+
+
+def view_digest(endpoints: dict[str, Endpoint]) -> str:
+    """A short digest of the discovered endpoint keys, compared between replicas."""
+    h = hashlib.blake2b(digest_size=8)
+    for key in sorted(endpoints):
+        h.update(key.encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def build_sources(cfg: CollectorConfig, config_path: str | None) -> list[Source]:
+    """Static sources (config file, ``static_file``) and Kubernetes sources from the config."""
+    poll_s = cfg.reload_ms / 1000
+    sources: list[Source] = []
+    base = Path(config_path).parent if config_path else Path.cwd()
+    if config_path:
+        sources.append(StaticFileSource(config_path, top_level_key=True, poll_s=poll_s))
+    if cfg.static_file:
+        path = Path(cfg.static_file)
+        if not path.is_absolute():
+            path = base / path
+        sources.append(StaticFileSource(path, top_level_key=False, poll_s=poll_s))
+    if cfg.kubernetes.sources:
+        from pointsman_collector.discovery.kubernetes import KubernetesDiscovery
+
+        sources.append(KubernetesDiscovery(cfg.kubernetes, base_dir=base))
+    return sources
+
+
+class Collector:
+    def __init__(
+        self,
+        cfg: CollectorConfig,
+        *,
+        nats_url: str,
+        sources: Sequence[Source],
+        http: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.id = cfg.replica_id()
+        self.specs = cfg.specs()
+        self.telemetry = Telemetry()
+        self._nats_url = nats_url
+        self._sources = list(sources)
+        self._http = http
+        self._interval_s = cfg.interval_ms / 1000
+        self._wait_s = min(cfg.timeout_ms / 1000, self._interval_s * 0.8)
+        self._stale_s = cfg.stale_ms / 1000
+        self._views: dict[str, list[Endpoint]] = {}
+        self._states: dict[str, EndpointState] = {}
+        self._owned: list[EndpointState] = []
+        self._members: list[str] = []
+        self._inflight: set[str] = set()
+        #: pool -> the collector names (this id, or its parts) published under last tick.
+        self._published: dict[str, set[str]] = {}
+        self._discovered = False
+        self._sem = asyncio.Semaphore(cfg.concurrency)
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._nc: Any = None
+        self._kv_prefix: str | None = None
+        self._kv: Any = None
+        self._membership: Membership | None = None
+        self._runner: web.AppRunner | None = None
+        self._scraper: HttpScraper | None = None
+        self._full = cfg.parser == "full"
+        self._raw: RawClient | None = None
+        self._tick_no = 0
+        self._pending = 0
+        self._tick_done: asyncio.Future[None] | None = None
+
+    # ----- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Serve HTTP at once (live, not ready), then connect to NATS, retrying until it
+        answers, so start-up order in a stack does not matter."""
+        cfg = self.cfg
+        if self._http:
+            runner = web.AppRunner(self.telemetry.app(self.ready), access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "0.0.0.0", cfg.http_port).start()
+            self._runner = runner
+        while True:
+            try:
+                self._nc = await nats.connect(
+                    self._nats_url,
+                    name=f"pointsman-collector-{self.id}",
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    connect_timeout=2,
+                )
+                break
+            except Exception as exc:
+                log.warning("NATS at %s not reachable, retrying in 1 s: %s", self._nats_url, exc)
+                await asyncio.sleep(1.0)
+        if cfg.latest.enabled:
+            await self._open_kv()
+        if cfg.client == "raw":
+            self._raw = RawClient(
+                timeout_s=cfg.timeout_ms / 1000,
+                max_body=cfg.max_body_bytes,
+                path=cfg.path,
+                on_result=self._on_raw,
+            )
+        else:
+            self._scraper = HttpScraper(
+                timeout_s=cfg.timeout_ms / 1000,
+                concurrency=cfg.concurrency,
+                max_body=cfg.max_body_bytes,
+                path=cfg.path,
+            )
+        if cfg.sharding.enabled:
+            self._membership = Membership(
+                self._nc,
+                me=self.id,
+                subject=cfg.sharding.subject,
+                heartbeat_s=cfg.sharding.heartbeat_ms / 1000,
+                lease_s=cfg.sharding.lease_ms / 1000,
+                on_change=self.set_members,
+                owned=lambda: len(self._owned),
+            )
+            await self._membership.start()
+            membership = self._membership
+            self.telemetry.disagreeing.set_function(lambda: membership.disagreeing)
+        else:
+            self.set_members([self.id])
+        for source in self._sources:
+            self._tasks.append(asyncio.create_task(self._run_source(source), name=source.name))
+        self._tasks.append(asyncio.create_task(self._tick_loop(), name="collector-ticks"))
+        log.info(
+            "collector %s started: interval %d ms, %d discovery sources, sharding %s",
+            self.id,
+            cfg.interval_ms,
+            len(self._sources),
+            "on" if cfg.sharding.enabled else "off",
+        )
+
+    async def _open_kv(self) -> None:
+        lc = self.cfg.latest
+        js = self._nc.jetstream()
+        try:
+            try:
+                self._kv = await js.key_value(lc.bucket)
+            except Exception:
+                storage = StorageType.MEMORY if lc.storage == "memory" else StorageType.FILE
+                self._kv = await js.create_key_value(
+                    bucket=lc.bucket, history=1, ttl=lc.ttl_s, storage=storage
+                )
+            self._kv_prefix = f"$KV.{lc.bucket}."
+        except Exception as exc:  # no JetStream on this server: pub/sub still works
+            log.warning(
+                "latest-state bucket %s unavailable, late joiners wait a tick: %s", lc.bucket, exc
+            )
+
+    async def stop(self) -> None:
+        if self._membership is not None:
+            await self._membership.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._kv is not None:
+            for pool, names in self._published.items():
+                for name in names:
+                    with contextlib.suppress(Exception):
+                        await self._kv.delete(self._kv_key(pool, name))
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+        if self._scraper is not None:
+            await self._scraper.close()
+        if self._raw is not None:
+            self._raw.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        log.info("collector %s stopped", self.id)
+
+    def ready(self) -> tuple[bool, str]:
+        if self._nc is None or not self._nc.is_connected:
+            return False, "not connected to NATS"
+        if not self._discovered:
+            return False, "no discovery source has reported yet"
+        if self._membership is not None and not self._membership.active:
+            return False, "joining the collector replicas"
+        return True, f"ok: {len(self._owned)} of {len(self._states)} endpoints"
+
+    # ----- discovery and sharding -------------------------------------------------------------
+
+    async def _run_source(self, source: Source) -> None:
+        try:
+            await source.run(self.report)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("discovery source %s failed", source.name)
+
+    def report(self, source: str, endpoints: Sequence[Endpoint]) -> None:
+        """A discovery source's full current view."""
+        self._views[source] = list(endpoints)
+        self._discovered = True
+        merged = merge(*self._views.values())
+        for key in list(self._states):
+            if key not in merged:
+                del self._states[key]
+        for key, ep in merged.items():
+            st = self._states.get(key)
+            if st is None:
+                self._states[key] = EndpointState(ep)
+            elif st.endpoint != ep:
+                st.endpoint = ep
+        if self._membership is not None:
+            self._membership.view = view_digest(merged)
+        self._reassign()
+
+    def set_members(self, members: list[str]) -> None:
+        self._members = list(members)
+        self.telemetry.members.set(len(members))
+        self._reassign()
+
+    def _reassign(self) -> None:
+        members = self._members
+        if not members or self.id not in members:
+            self._owned = []
+        elif len(members) == 1:
+            self._owned = list(self._states.values())
+        else:
+            self._owned = [st for key, st in self._states.items() if owner(key, members) == self.id]
+        if self._raw is not None:
+            self._raw.forget({st.endpoint.key for st in self._owned})
+        log.info("scraping %d of %d endpoints", len(self._owned), len(self._states))
+        self.telemetry.endpoints.labels("discovered").set(len(self._states))
+        self.telemetry.endpoints.labels("owned").set(len(self._owned))
+
+    @property
+    def owned(self) -> list[Endpoint]:
+        return [st.endpoint for st in self._owned]
+
+    # ----- scraping and publishing ------------------------------------------------------------
+
+    def _record(
+        self, st: EndpointState, body: bytes | None, error: str | None, started: float
+    ) -> None:
+        """Turn one fetch's outcome into the endpoint's state (both HTTP clients end here)."""
+        result = "ok"
+        if body is None:
+            result = "timeout" if error == "timeout" else "error"
+            record_error(st, error or "failed", (time.perf_counter() - started) * 1000)
+        else:
+            engine = st.endpoint.engine or st.detected or self.cfg.engine
+            try:
+                reading = engines.read_page(body, self.specs, engine, full=self._full)
+            except (engines.NoEngineMetrics, ParseError) as exc:
+                result = "parse_error"
+                st.detected = None  # detect again next time (the engine may have changed)
+                record_error(st, str(exc)[:200], (time.perf_counter() - started) * 1000)
+            else:
+                record_ok(st, reading, time.time(), (time.perf_counter() - started) * 1000)
+        self.telemetry.result(result).inc()
+        self.telemetry.scrape_seconds.observe(time.perf_counter() - started)
+
+    async def _scrape(self, st: EndpointState) -> None:
+        key = st.endpoint.key
+        assert self._scraper is not None
+        try:
+            async with self._sem:
+                started = time.perf_counter()
+                try:
+                    body: bytes | None = await self._scraper.fetch(st.endpoint.address)
+                    error = None
+                except ScrapeError as exc:
+                    body, error = None, str(exc)
+                self._record(st, body, error, started)
+        finally:
+            self._inflight.discard(key)
+
+    def _on_raw(self, token: Any, body: bytes | None, error: str | None, started: float) -> None:
+        st, tick_no, started_perf = token
+        self._inflight.discard(st.endpoint.key)
+        self._record(st, body, error, started_perf)
+        if tick_no == self._tick_no:
+            self._pending -= 1
+            if self._pending <= 0 and self._tick_done is not None and not self._tick_done.done():
+                self._tick_done.set_result(None)
+
+    async def tick(self) -> None:
+        """One interval's work: scrape what is owned and free, then publish."""
+        if self._raw is not None:
+            await self._tick_raw()
+        else:
+            await self._tick_aiohttp()
+        await self.publish()
+
+    async def _tick_aiohttp(self) -> None:
+        started: list[asyncio.Task[None]] = []
+        for st in self._owned:
+            key = st.endpoint.key
+            if key in self._inflight:
+                self.telemetry.skipped.inc()
+                continue
+            self._inflight.add(key)
+            started.append(asyncio.create_task(self._scrape(st)))
+        if started:
+            await asyncio.wait(started, timeout=self._wait_s)
+
+    async def _tick_raw(self) -> None:
+        raw = self._raw
+        assert raw is not None
+        raw.expire(time.monotonic())
+        self._tick_no += 1
+        self._pending = 0
+        self._tick_done = asyncio.get_running_loop().create_future()
+        now = time.perf_counter()
+        for st in self._owned:
+            key = st.endpoint.key
+            if key in self._inflight:
+                self.telemetry.skipped.inc()
+                continue
+            self._inflight.add(key)
+            self._pending += 1
+            raw.start(key, st.endpoint.address, (st, self._tick_no, now))
+        if self._pending > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._tick_done), self._wait_s)
+        self._tick_done = None
+
+    async def publish(self) -> None:
+        """One snapshot per owned pool (split when too big for one NATS message), and an empty
+        one under every name this replica published before but holds nothing under now."""
+        if self._nc is None or not self._nc.is_connected:
+            return
+        now = time.time()
+        snaps = build_snapshots(
+            self._owned,
+            collector=self.id,
+            now=now,
+            stale_s=self._stale_s,
+            members=self._members,
+            interval_ms=self.cfg.interval_ms,
+        )
+        limit = self._snapshot_limit()
+        published: dict[str, set[str]] = {}
+        count = 0
+        for pool, snap in snaps.items():
+            data = encode(snap)
+            parts = [(snap, data)]
+            if len(data) > limit:
+                parts = [(p, encode(p)) for p in split(snap, len(data) // limit + 1)]
+            names = published[pool] = set()
+            for part, part_data in parts:
+                names.add(part.collector)
+                await self._nc.publish(subjects.metrics(pool), part_data)
+                if self._kv_prefix is not None:
+                    key = self._kv_prefix + self._kv_key(pool, part.collector)
+                    await self._nc.publish(key, part_data)
+            count += len(parts)
+        for pool, names in self._published.items():
+            for name in names - published.get(pool, set()):
+                empty = build_snapshots(
+                    [],
+                    collector=name,
+                    now=now,
+                    stale_s=self._stale_s,
+                    members=self._members,
+                    interval_ms=self.cfg.interval_ms,
+                    pools=[pool],
+                )[pool]
+                await self._nc.publish(subjects.metrics(pool), encode(empty))
+                count += 1
+                if self._kv is not None:
+                    with contextlib.suppress(Exception):
+                        await self._kv.delete(self._kv_key(pool, name))
+        self.telemetry.publishes.inc(count)
+        self._published = published
+
+    def _snapshot_limit(self) -> int:
+        if self.cfg.max_snapshot_bytes:
+            return self.cfg.max_snapshot_bytes
+        server_max = int(getattr(self._nc, "max_payload", 0) or 1024 * 1024)
+        return int(server_max * 0.9)
+
+    def _kv_key(self, pool: str, collector: str | None = None) -> str:
+        return f"{subjects.token(pool)}.{collector or self.id}"
+
+    async def _tick_loop(self) -> None:
+        next_at = time.monotonic()
+        while True:
+            now = time.monotonic()
+            lag = now - next_at
+            if lag > 0:
+                self.telemetry.tick_lag.observe(lag)
+            if lag > self._interval_s:
+                next_at = now  # behind by more than a tick: skip, do not burst
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("collector tick failed")
+            next_at += self._interval_s
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                await asyncio.sleep(0)
+
+
+async def run(
+    cfg: CollectorConfig,
+    *,
+    nats_url: str,
+    config_path: str | None,
+    stop: asyncio.Event,
+) -> None:
+    collector = Collector(cfg, nats_url=nats_url, sources=build_sources(cfg, config_path))
+    starting = asyncio.create_task(collector.start())
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()  # raise what start-up raised
+            await stopping
+    finally:
+        starting.cancel()
+        stopping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        await collector.stop()
