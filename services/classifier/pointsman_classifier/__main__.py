@@ -1,0 +1,49 @@
+"""``python -m pointsman_classifier --config FILE`` (also the ``pointsman-classifier`` script)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from pointsman import configfile, tracing
+from pointsman.runtime import setup_logging
+from pointsman_classifier.config import ClassifierConfig
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="pointsman-classifier", description="Pointsman classifier: model selection and safety."
+    )
+    p.add_argument(
+        "--config", default=None, help="the Pointsman YAML config file (default: $POINTSMAN_CONFIG)"
+    )
+    p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--json-logs", action="store_true", help="log one JSON object per line, with the trace id"
+    )
+    args = p.parse_args(argv)
+    setup_logging(args.log_level, json_logs=args.json_logs)
+    try:
+        data = configfile.read(args.config)
+        cfg = configfile.section(data, "classifier", ClassifierConfig)
+        tracing_cfg = configfile.section(data, "tracing", tracing.TracingConfig)
+    except configfile.ConfigError as exc:
+        print(f"pointsman-classifier: {exc}", file=sys.stderr)
+        return 2
+    tracing.setup(tracing_cfg, "pointsman-classifier")
+    from pointsman_classifier.app import run
+
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(run(data, cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Semantic cache: answer repeated (paraphrased) questions from a shared Redis cache."""

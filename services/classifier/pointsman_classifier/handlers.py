@@ -1,0 +1,137 @@
+"""Decode a classify request, ask the models and the core, encode the reply. Nothing else."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from opentelemetry.trace import SpanKind
+
+from pointsman import tracing
+from pointsman.v1 import decode, encode
+from pointsman.v1.classify import ClassifyReply, ClassifyRequest
+from pointsman_classifier import pii
+from pointsman_classifier.batcher import Overloaded
+from pointsman_classifier.cache.service import SemanticCache
+from pointsman_classifier.config import ClassifierConfig
+from pointsman_classifier.core import Outputs, Signals, decide, prompt_text
+from pointsman_classifier.metrics import Metrics
+
+log = logging.getLogger(__name__)
+_tracer = tracing.tracer("pointsman_classifier")
+
+Infer = Callable[[str], Awaitable[Outputs]]
+
+
+class ClassifyHandler:
+    """Turns one ``ClassifyRequest`` (bytes) into one ``ClassifyReply`` (bytes).
+
+    ``infer`` runs the models on one prompt text (through the batcher in the service);
+    ``served`` gives the model names that can be routed to right now.
+    """
+
+    def __init__(
+        self,
+        cfg: ClassifierConfig,
+        infer: Infer,
+        served: Callable[[], frozenset[str]],
+        metrics: Metrics,
+        name: str = "",
+        cache: SemanticCache | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.cache = cache
+        self.infer = infer
+        self.served = served
+        self.metrics = metrics
+        self.name = name
+
+    async def __call__(self, data: bytes, headers: dict[str, str] | None = None) -> bytes:
+        if tracing.enabled():
+            with _tracer.start_as_current_span(
+                "pointsman.classifier.classify",
+                context=tracing.extract(headers),
+                kind=SpanKind.SERVER,
+            ) as span:
+                out = await self._handle(data)
+                _annotate(span, out)
+                return out
+        return await self._handle(data)
+
+    async def _handle(self, data: bytes) -> bytes:
+        start = time.perf_counter()
+        try:
+            req = decode(data, ClassifyRequest)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            self.metrics.errors.labels("bad_request").inc()
+            log.warning("bad classify request: %s", exc)
+            return encode(ClassifyReply(model="", error="bad_request", classifier=self.name))
+        try:
+            reply = await self.classify(req)
+        except Overloaded:
+            self.metrics.errors.labels("overloaded").inc()
+            reply = ClassifyReply(model=req.model, error="overloaded", classifier=self.name)
+        except Exception:
+            log.exception("classify %s failed", req.request_id)
+            self.metrics.errors.labels("internal").inc()
+            reply = ClassifyReply(model=req.model, error="internal", classifier=self.name)
+        self.metrics.request_seconds.observe(time.perf_counter() - start)
+        return encode(reply)
+
+    async def classify(self, req: ClassifyRequest) -> ClassifyReply:
+        cfg = self.cfg
+        text = prompt_text(req, cfg)
+        outputs = await self.infer(text) if text.strip() else Outputs()
+        found: set[str] = set()
+        if cfg.pii.enabled:
+            # Every turn goes to the model, so every turn is checked for PII, not only the
+            # classified text; the pattern set costs microseconds per kilobyte.
+            for chunk in _all_text(req):
+                found.update(f.entity_type for f in pii.find(chunk, cfg.pii.recognizers))
+            found.update(f.entity_type for f in outputs.pii)
+        signals = Signals(
+            categories=outputs.categories,
+            jailbreak=outputs.jailbreak if cfg.jailbreak.enabled else None,
+            pii=frozenset(found),
+        )
+        reply = decide(req, signals, cfg, self.served(), classifier=self.name)
+        if self.cache is not None and reply.block is None:
+            reply = await self.cache.lookup(req, reply, outputs.embedding)
+        m = self.metrics
+        for t in found:
+            m.pii.labels(t).inc()
+        if reply.block is not None:
+            m.blocks.labels(reply.block.reason.split(":")[0]).inc()
+            log.info("request %s blocked: %s", req.request_id, reply.block.reason)
+        else:
+            m.decisions.labels(
+                reply.category or "", reply.model, "true" if reply.selected else "false"
+            ).inc()
+        return reply
+
+
+def _all_text(req: ClassifyRequest) -> list[str]:
+    texts = [m.content for m in req.messages if m.content]
+    if req.prompt:
+        texts.append(req.prompt)
+    return texts
+
+
+def _annotate(span: Any, encoded: bytes) -> None:
+    """Decision attributes on the span (never prompt text)."""
+    reply = decode(encoded, ClassifyReply)
+    span.set_attribute("pointsman.model", reply.model)
+    span.set_attribute("pointsman.selected", reply.selected)
+    if reply.category is not None:
+        span.set_attribute("pointsman.category", reply.category)
+    if reply.confidence is not None:
+        span.set_attribute("pointsman.confidence", float(reply.confidence))
+    if reply.block is not None:
+        span.set_attribute("pointsman.block_reason", reply.block.reason)
+    if reply.answer is not None:
+        span.set_attribute("pointsman.answered", True)
+    if reply.error is not None:
+        span.set_attribute("pointsman.error", reply.error)

@@ -1,0 +1,94 @@
+"""Prometheus metrics of the classifier, on a registry of its own (one per service instance)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from pointsman_classifier.batcher import BatchStats
+
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.batch_size = Histogram(
+            "pointsman_classifier_batch_size",
+            "Prompts per forward pass.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "pointsman_classifier_inference_seconds",
+            "Model time of one batch (tokenize, encoder, heads).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait_seconds = Histogram(
+            "pointsman_classifier_queue_wait_seconds",
+            "Longest wait in the batching queue of any request of a batch.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "pointsman_classifier_request_seconds",
+            "From receiving a classify request to sending the reply.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "pointsman_classifier_queue_depth",
+            "Prompts waiting for a batch.",
+            registry=r,
+        )
+        self.decisions = Counter(
+            "pointsman_classifier_decisions_total",
+            "Routed requests by category and chosen model.",
+            ["category", "model", "selected"],
+            registry=r,
+        )
+        self.blocks = Counter(
+            "pointsman_classifier_blocks_total",
+            "Blocked requests by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.pii = Counter(
+            "pointsman_classifier_pii_found_total",
+            "Requests with PII, by entity type.",
+            ["type"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "pointsman_classifier_errors_total",
+            "Requests answered without a decision (overloaded = shed, bad_request, internal).",
+            ["error"],
+            registry=r,
+        )
+
+    def watch_queue(self, depth: Callable[[], int]) -> None:
+        self.queue_depth.set_function(lambda: float(depth()))
+
+    def on_batch(self, stats: BatchStats) -> None:
+        self.batch_size.observe(stats.size)
+        self.inference_seconds.observe(stats.run_s)
+        self.queue_wait_seconds.observe(stats.queue_wait_s)
