@@ -1,0 +1,112 @@
+"""Open-loop and closed-loop HTTP load for benchmarks, with per-request latency.
+
+Open loop (fixed arrival rate) is what latency targets are about: requests arrive whether or not
+earlier ones finished, so a slow system shows queueing instead of hiding it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+
+@dataclass
+class Result:
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    @property
+    def ok(self) -> int:
+        return len(self.latencies_ms)
+
+    def pct(self, q: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        data = sorted(self.latencies_ms)
+        index = min(len(data) - 1, max(0, round(q / 100 * (len(data) - 1))))
+        return data[index]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "requests_ok": self.ok,
+            "errors": self.errors,
+            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+            "throughput_rps": self.ok / self.elapsed_s if self.elapsed_s else 0.0,
+            "p50_ms": self.pct(50),
+            "p90_ms": self.pct(90),
+            "p99_ms": self.pct(99),
+            "mean_ms": statistics.fmean(self.latencies_ms) if self.latencies_ms else float("nan"),
+        }
+
+
+async def _one(session: aiohttp.ClientSession, url: str, body: bytes, result: Result) -> None:
+    started = time.perf_counter()
+    try:
+        async with session.post(url, data=body, headers={"content-type": "application/json"}) as r:
+            await r.read()
+            result.statuses[r.status] = result.statuses.get(r.status, 0) + 1
+            if r.status == 200:
+                result.latencies_ms.append((time.perf_counter() - started) * 1000)
+            else:
+                result.errors += 1
+    except Exception:
+        result.errors += 1
+
+
+async def open_loop(url: str, payload: dict[str, Any], rate: float, duration: float) -> Result:
+    """``rate`` requests/s for ``duration`` seconds, evenly spaced."""
+    body = json.dumps(payload).encode()
+    result = Result()
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        total = int(rate * duration)
+        tasks = []
+        start = time.perf_counter()
+        for i in range(total):
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(_one(session, url, body, result)))
+        await asyncio.gather(*tasks)
+        result.elapsed_s = time.perf_counter() - start
+    return result
+
+
+async def closed_loop(
+    url: str, payload: dict[str, Any], concurrency: int, duration: float
+) -> Result:
+    """``concurrency`` clients sending back to back for ``duration`` seconds (max throughput)."""
+    body = json.dumps(payload).encode()
+    result = Result()
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=60)
+    ) as session:
+        end = time.perf_counter() + duration
+
+        async def worker() -> None:
+            while time.perf_counter() < end:
+                await _one(session, url, body, result)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        result.elapsed_s = time.perf_counter() - start
+    return result
+
+
+async def warm(url: str, payload: dict[str, Any], count: int = 50) -> None:
+    body = json.dumps(payload).encode()
+    result = Result()
+    async with aiohttp.ClientSession() as session:
+        for _ in range(count):
+            await _one(session, url, body, result)

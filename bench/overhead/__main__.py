@@ -1,0 +1,260 @@
+"""bench/overhead: what Pointsman adds on the request path.
+
+The same load, in one run, through two gateways in front of the same simulator:
+
+* **baseline**: Envoy straight to the simulator (a static cluster, no ext_proc);
+* **pointsman**: Envoy + ext_proc -> extproc-shim -> NATS -> picker (collector feeding it).
+
+Phases alternate (baseline, pointsman, baseline, ...) so drift on a noisy machine hits both. The
+simulator answers almost at once (time scale 0.0001) with one token, so the difference is routing overhead.
+
+    python -m bench.overhead [--rates 50,100,200] [--seconds 10] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.common.load import Result, closed_loop, open_loop, warm
+from pointsman.stack import Stack, StackOptions
+from pointsman.stack.procs import binary, free_port, http_status, spawn, wait_ready
+
+PAYLOAD = {
+    "model": "bench-model",
+    "messages": [{"role": "user", "content": "Say hi."}],
+    "max_tokens": 1,
+}
+
+
+def baseline_envoy_config(listen: int, admin: int, upstream: str) -> dict[str, Any]:
+    host, _, port = upstream.rpartition(":")
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "direct",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {
+                                    "name": "envoy.filters.network.http_connection_manager",
+                                    "typed_config": {
+                                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                                        "stat_prefix": "direct",
+                                        "route_config": {
+                                            "virtual_hosts": [
+                                                {
+                                                    "name": "all",
+                                                    "domains": ["*"],
+                                                    "routes": [
+                                                        {
+                                                            "match": {"prefix": "/"},
+                                                            "route": {
+                                                                "cluster": "sim",
+                                                                "timeout": "0s",
+                                                            },
+                                                        }
+                                                    ],
+                                                }
+                                            ]
+                                        },
+                                        "http_filters": [
+                                            {
+                                                "name": "envoy.filters.http.router",
+                                                "typed_config": {
+                                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                                                },
+                                            }
+                                        ],
+                                    },
+                                }
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": "sim",
+                    "type": "STATIC",
+                    "connect_timeout": "2s",
+                    "load_assignment": {
+                        "cluster_name": "sim",
+                        "endpoints": [
+                            {
+                                "lb_endpoints": [
+                                    {
+                                        "endpoint": {
+                                            "address": {
+                                                "socket_address": {
+                                                    "address": host,
+                                                    "port_value": int(port),
+                                                }
+                                            }
+                                        }
+                                    }
+                                ]
+                            }
+                        ],
+                    },
+                }
+            ],
+        },
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.overhead", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument(
+        "--rates",
+        default="50,100,200",
+        help="open-loop request rates, comma-separated (default 50,100,200)",
+    )
+    p.add_argument("--seconds", type=float, default=10.0, help="length of one phase (default 10 s)")
+    p.add_argument(
+        "--rounds", type=int, default=2, help="baseline/pointsman phase pairs per rate (default 2)"
+    )
+    p.add_argument(
+        "--concurrency", type=int, default=16, help="clients in the max-throughput phase"
+    )
+    p.add_argument("--body-mode", choices=["BUFFERED", "FULL_DUPLEX_STREAMED"], default="BUFFERED")
+    p.add_argument("--out", type=Path, default=Path("bench/results/overhead.json"))
+    args = p.parse_args(argv)
+    args.rate_list = [float(r) for r in args.rates.split(",") if r.strip()]
+
+    options = StackOptions(
+        models=["bench-model"],
+        replicas=1,
+        gateway_port=0,
+        sim_args=["--time-scale", "0.0001"],
+        body_mode=args.body_mode,
+    )
+    with Stack(options) as stack:
+        upstream = stack.pools["bench-model"][0]
+        listen, admin = free_port(), free_port()
+        cfg = stack.workdir / "envoy-baseline.yaml"
+        cfg.write_text(yaml.safe_dump(baseline_envoy_config(listen, admin, upstream)))
+        argv_envoy = [
+            binary("envoy"),
+            "-c",
+            str(cfg),
+            "--disable-hot-restart",
+            "--log-level",
+            "warning",
+            "--concurrency",
+            "2",
+        ]
+        envoy = spawn("envoy-baseline", argv_envoy, stack.log_dir)
+        try:
+            ready = f"http://127.0.0.1:{admin}/ready"
+            wait_ready(envoy, lambda: http_status(ready) == 200, 30, "baseline envoy")
+            urls = {
+                "baseline": f"http://127.0.0.1:{listen}/v1/chat/completions",
+                "pointsman": f"{stack.gateway_url}/v1/chat/completions",
+            }
+            pids = {name: child.popen.pid for name, child in stack.children.items()}
+            results = asyncio.run(run_phases(urls, pids, args))
+        finally:
+            envoy.stop()
+
+    report(results, args)
+    return 0
+
+
+async def run_phases(
+    urls: dict[str, str], pids: dict[str, int], args: argparse.Namespace
+) -> dict[str, Any]:
+    for url in urls.values():
+        await warm(url, PAYLOAD, 100)
+    by_rate: dict[str, Any] = {}
+    cpu_total = dict.fromkeys(pids, 0.0)
+    requests_total = 0
+    for rate in args.rate_list:
+        merged: dict[str, Result] = {name: Result() for name in urls}
+        for _ in range(args.rounds):
+            for name, url in urls.items():
+                before = {n: cpu_seconds(pid) for n, pid in pids.items()}
+                r = await open_loop(url, PAYLOAD, rate, args.seconds)
+                if name == "pointsman":
+                    for n, pid in pids.items():
+                        cpu_total[n] += cpu_seconds(pid) - before[n]
+                    requests_total += r.ok
+                m = merged[name]
+                m.latencies_ms += r.latencies_ms
+                m.errors += r.errors
+                m.elapsed_s += r.elapsed_s
+                for k, v in r.statuses.items():
+                    m.statuses[k] = m.statuses.get(k, 0) + v
+        by_rate[f"{rate:g}"] = {name: res.summary() for name, res in merged.items()}
+    capacity = {}
+    for name, url in urls.items():
+        capacity[name] = (await closed_loop(url, PAYLOAD, args.concurrency, args.seconds)).summary()
+    cpu_us = {n: 1e6 * t / max(1, requests_total) for n, t in cpu_total.items()}
+    return {"open_loop": by_rate, "max_throughput": capacity, "cpu_us_per_request": cpu_us}
+
+
+def report(results: dict[str, Any], args: argparse.Namespace) -> None:
+    cap_b = results["max_throughput"]["baseline"]["throughput_rps"]
+    cap_p = results["max_throughput"]["pointsman"]["throughput_rps"]
+    results["throughput_ratio"] = cap_p / cap_b if cap_b else float("nan")
+    results["added_ms"] = {}
+    results["params"] = {
+        "rates": args.rate_list,
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "concurrency": args.concurrency,
+        "body_mode": args.body_mode,
+        "cpus": os.cpu_count(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    print(
+        f"\nbench/overhead: open loop, {args.rounds}x{args.seconds:.0f} s per path and rate, body mode {args.body_mode}"
+    )
+    print(f"{'rate':>6} {'path':<10}{'ok':>7}{'err':>5}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}")
+    for rate, rows in results["open_loop"].items():
+        for name, row in rows.items():
+            print(
+                f"{rate:>6} {name:<10}{row['requests_ok']:>7}{row['errors']:>5}{row['p50_ms']:>9.2f}{row['p90_ms']:>9.2f}{row['p99_ms']:>9.2f}"
+            )
+        added = {
+            q: rows["pointsman"][f"p{q}_ms"] - rows["baseline"][f"p{q}_ms"] for q in (50, 90, 99)
+        }
+        results["added_ms"][rate] = {f"p{q}": v for q, v in added.items()}
+        print(f"{rate:>6} {'added':<10}{'':>12}{added[50]:>9.2f}{added[90]:>9.2f}{added[99]:>9.2f}")
+    print(
+        f"max throughput (closed loop x{args.concurrency}): baseline {cap_b:.0f} req/s, pointsman {cap_p:.0f} req/s, ratio {results['throughput_ratio']:.2f}"
+    )
+    print(
+        "CPU per request on the Pointsman path (us): "
+        + ", ".join(f"{n} {v:.0f}" for n, v in results["cpu_us_per_request"].items())
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
