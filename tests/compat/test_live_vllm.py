@@ -1,0 +1,142 @@
+"""The whole Pointsman stack in front of REAL vLLM (CPU build, tiny random Llama).
+
+Skipped unless ``POINTSMAN_VLLM_PYTHON`` names a Python with vLLM installed (see
+``tests/fixtures/vllm-0.32/README.md`` for the install)::
+
+    POINTSMAN_VLLM_PYTHON=/work/vllm-venv/bin/python .venv/bin/pytest tests/compat/test_live_vllm.py
+
+vLLM takes about a minute to start on two cores; the tests share one server and one stack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from pointsman.stack import Stack, StackOptions
+from pointsman.stack.procs import free_port
+from tests.compat import capture_vllm
+from tests.helpers import procs
+
+VLLM_PYTHON = os.environ.get("POINTSMAN_VLLM_PYTHON", "")
+MODEL = capture_vllm.MODEL_NAME
+CHAT = "/v1/chat/completions"
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not VLLM_PYTHON, reason="POINTSMAN_VLLM_PYTHON is not set"),
+    pytest.mark.timeout(900),
+]
+
+
+@pytest.fixture(scope="module")
+def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Real vLLM serving the tiny Llama on a free port; yields ``host:port``."""
+    work = tmp_path_factory.mktemp("vllm")
+    model = work / "tiny-llama"
+    build = Path(capture_vllm.HERE) / "build_tiny_llama.py"
+    env = capture_vllm.vllm_env(work / "cache")
+    subprocess.run([VLLM_PYTHON, str(build), str(model)], check=True, env=env, timeout=300)
+    port = free_port()
+    proc = procs.spawn("vllm", capture_vllm.vllm_argv(VLLM_PYTHON, model, port), env=env)
+    try:
+        url = f"http://127.0.0.1:{port}/health"
+        procs.wait_until(lambda: procs.http_ok(url), 400, "vLLM", proc)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.stop(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def stack(vllm: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    work = tmp_path_factory.mktemp("stack")
+    config = work / "pointsman.yaml"
+    config.write_text(yaml.safe_dump({"pools": {MODEL: [vllm]}}))
+    options = StackOptions(
+        simulate=False, config=config, gateway_port=0, workdir=work, ready_timeout=120
+    )
+    with Stack(options) as s:
+        yield s
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    text = httpx.get(url, timeout=5).text
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def eventually(check: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not seen within {timeout:.0f}s: {what}")
+        time.sleep(0.1)
+
+
+def test_gateway_lists_the_real_model(stack: Stack) -> None:
+    assert MODEL in {m["id"] for m in stack.models()["data"]}
+
+
+def test_chat_completion_is_routed_to_vllm(stack: Stack, vllm: str) -> None:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 6}
+    r = httpx.post(stack.gateway_url + CHAT, json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert data["model"] == MODEL
+    assert data["system_fingerprint"].startswith("vllm-")
+    assert data["usage"]["completion_tokens"] == 6
+    assert r.headers["x-pointsman-endpoint"] == vllm
+    assert r.headers["x-pointsman-route"] == "picked"
+
+
+def test_collector_and_picker_see_the_endpoint(stack: Stack, vllm: str) -> None:
+    collector = f"http://127.0.0.1:{stack.ports['collector_http']}/metrics"
+    picker = f"http://127.0.0.1:{stack.ports['picker_http']}/metrics"
+    eventually(
+        lambda: metric(collector, "pointsman_collector_scrapes_total", result="ok") > 0,
+        "collector scrapes of real vLLM succeed",
+    )
+    assert metric(collector, "pointsman_collector_scrapes_total", result="parse_error") == 0
+    eventually(
+        lambda: metric(picker, "pointsman_picker_snapshots_total", pool=MODEL) > 0,
+        "picker receives snapshots of the pool",
+    )
+    body = {"model": MODEL, "prompt": "the quick brown fox", "max_tokens": 4}
+    r = httpx.post(stack.gateway_url + "/v1/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    assert metric(picker, "pointsman_picker_picks_total", pool=MODEL, endpoint=vllm) >= 1
+
+
+def test_streamed_usage_is_counted_by_the_shim(stack: Stack) -> None:
+    shim = f"http://127.0.0.1:{stack.ports['shim_http']}/metrics"
+
+    def tokens() -> float:
+        return metric(shim, "pointsman_shim_tokens_total", model=MODEL, kind="completion")
+
+    before = tokens()
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": 5,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    with httpx.stream("POST", stack.gateway_url + CHAT, json=body, timeout=60) as r:
+        assert r.status_code == 200
+        lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    usage = json.loads(lines[-2][6:])["usage"]
+    eventually(lambda: tokens() - before == usage["completion_tokens"], "shim counts usage")

@@ -1,0 +1,255 @@
+"""The shim's ext_proc protocol, message by message, against a real picker over a real NATS.
+
+Envoy is left out on purpose: these tests send exactly the messages the endpoint-picker protocol
+describes (subset hints, served-endpoint metadata, odd orders) and read exactly what comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+import yaml
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from google.protobuf import struct_pb2
+
+from pointsman.v1 import CompletionEvent, EndpointMetrics, PoolSnapshot, decode, encode, subjects
+from pointsman_shim.bus import Bus
+from pointsman_shim.config import ShimConfig
+from pointsman_shim.handlers import Processor
+from tests.helpers import procs
+
+pytestmark = pytest.mark.integration
+
+POOL = "proto-model"
+
+
+@pytest.fixture(scope="module")
+def picker(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    port = procs.free_port()
+    path: Path = tmp_path_factory.mktemp("picker") / "picker.yaml"
+    path.write_text(
+        yaml.safe_dump({"nats": {"url": nats_url}, "picker": {"http_port": port, "warmup_ms": 0}})
+    )
+    proc = procs.spawn("picker", [sys.executable, "-m", "pointsman_picker", "--config", str(path)])
+    try:
+        procs.wait_until(
+            lambda: procs.http_ok(f"http://127.0.0.1:{port}/readyz"), 30, "picker", proc
+        )
+        yield
+    finally:
+        proc.stop()
+
+
+async def publish_snapshot(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    now = time.time()
+    snap = PoolSnapshot(
+        pool=POOL,
+        collector="test",
+        published_at=now,
+        endpoints=[
+            EndpointMetrics(address="10.0.0.1:8000", scraped_at=now, waiting=0),
+            EndpointMetrics(address="10.0.0.2:8000", scraped_at=now, waiting=3),
+            EndpointMetrics(address="10.0.0.3:8000", scraped_at=now, waiting=9),
+        ],
+    )
+    await nc.publish(subjects.metrics(POOL), encode(snap))
+    await nc.drain()
+
+
+def headers_msg(
+    path: str,
+    extra: dict[str, str] | None = None,
+    *,
+    eos: bool = False,
+    subset: list[str] | None = None,
+) -> pb.ProcessingRequest:
+    hdrs = {":path": path, ":method": "POST", "content-type": "application/json", **(extra or {})}
+    request = pb.ProcessingRequest(
+        request_headers=pb.HttpHeaders(
+            headers=base_pb2.HeaderMap(
+                headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in hdrs.items()]
+            ),
+            end_of_stream=eos,
+        )
+    )
+    if subset is not None:
+        value = struct_pb2.Struct()
+        value.update({"x-gateway-destination-endpoint-subset": subset})
+        request.metadata_context.filter_metadata["envoy.lb.subset_hint"].CopyFrom(value)
+    return request
+
+
+def body_msg(body: bytes, eos: bool = True) -> pb.ProcessingRequest:
+    return pb.ProcessingRequest(request_body=pb.HttpBody(body=body, end_of_stream=eos))
+
+
+def response_headers_msg(
+    status: int, served: str | None = None, content_type: str = "application/json"
+) -> pb.ProcessingRequest:
+    request = pb.ProcessingRequest(
+        response_headers=pb.HttpHeaders(
+            headers=base_pb2.HeaderMap(
+                headers=[
+                    base_pb2.HeaderValue(key=":status", raw_value=str(status).encode()),
+                    base_pb2.HeaderValue(key="content-type", raw_value=content_type.encode()),
+                ]
+            )
+        )
+    )
+    if served:
+        value = struct_pb2.Struct()
+        value.update({"x-gateway-destination-endpoint-served": served})
+        request.metadata_context.filter_metadata["envoy.lb"].CopyFrom(value)
+    return request
+
+
+def response_body_msg(body: bytes, eos: bool = True) -> pb.ProcessingRequest:
+    return pb.ProcessingRequest(response_body=pb.HttpBody(body=body, end_of_stream=eos))
+
+
+async def run(
+    processor: Processor, messages: list[pb.ProcessingRequest]
+) -> list[pb.ProcessingResponse]:
+    async def feed() -> AsyncIterator[pb.ProcessingRequest]:
+        for m in messages:
+            yield m
+
+    return [r async for r in processor.process(feed())]
+
+
+def set_headers(response: Any) -> dict[str, str]:
+    return {h.header.key: h.header.raw_value.decode() for h in response.header_mutation.set_headers}
+
+
+CHAT = json.dumps({"model": POOL, "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+
+async def make_processor(nats_url: str, **config: Any) -> Processor:
+    bus = Bus(nats_url)
+    await bus.connect()
+    await publish_snapshot(nats_url)
+    processor = Processor(ShimConfig(pick_timeout_ms=1000, **config), bus)
+    # wait until the picker has the pool
+    deadline = time.monotonic() + 10
+    while True:
+        out = await run(processor, [headers_msg("/v1/chat/completions"), body_msg(CHAT)])
+        if not out[-1].HasField("immediate_response"):
+            return processor
+        assert time.monotonic() < deadline, out[-1]
+        await asyncio.sleep(0.05)
+
+
+async def test_endpoint_picker_protocol(nats_url: str, picker: None) -> None:
+    processor = await make_processor(nats_url, max_endpoints=3)
+    nc = await nats.connect(nats_url)
+    events: asyncio.Queue[CompletionEvent] = asyncio.Queue()
+
+    async def on_event(msg: Any) -> None:
+        await events.put(decode(msg.data, CompletionEvent))
+
+    await nc.subscribe(subjects.COMPLETIONS, cb=on_event)
+    await nc.flush()
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    out = await run(
+        processor,
+        [
+            headers_msg(
+                "/v1/chat/completions",
+                {"x-gateway-destination-endpoint": "6.6.6.6:1", "x-request-id": "req-1"},
+                subset=["10.0.0.2:8000", "10.0.0.3:8000"],
+            ),
+            body_msg(CHAT),
+            response_headers_msg(200, served="10.0.0.3:8000"),
+            response_body_msg(json.dumps({"choices": [], "usage": usage}).encode()),
+        ],
+    )
+    headers_resp, body_resp, resp_headers, resp_body = out
+    assert (
+        "x-gateway-destination-endpoint"
+        in headers_resp.request_headers.response.header_mutation.remove_headers
+    )
+    common = body_resp.request_body.response
+    routed = set_headers(common)
+    # the subset hint is honoured, best first; header and metadata carry the same comma list
+    assert routed["x-gateway-destination-endpoint"] == "10.0.0.2:8000,10.0.0.3:8000"
+    lb = body_resp.dynamic_metadata.fields["envoy.lb"].struct_value.fields
+    assert (
+        lb["x-gateway-destination-endpoint"].string_value
+        == routed["x-gateway-destination-endpoint"]
+    )
+    assert common.clear_route_cache
+    assert "content-length" not in routed  # body untouched in BUFFERED mode
+    assert not common.HasField("body_mutation")
+    # the response reports where the gateway really sent it (a retry moved it to the fallback)
+    reported = set_headers(resp_headers.response_headers.response)
+    assert reported["x-pointsman-endpoint"] == "10.0.0.3:8000"
+    assert reported["x-selected-model"] == POOL
+    assert resp_body.HasField("response_body")
+    event = await asyncio.wait_for(events.get(), 5)
+    assert (event.request_id, event.endpoint, event.status_code) == ("req-1", "10.0.0.3:8000", 200)
+    assert (event.prompt_tokens, event.completion_tokens, event.total_tokens) == (3, 2, 5)
+    await nc.drain()
+    await processor.bus.close()
+
+
+async def test_full_duplex_holds_headers_and_streams_body_back(nats_url: str, picker: None) -> None:
+    processor = await make_processor(nats_url, body_mode="FULL_DUPLEX_STREAMED")
+    auto = json.dumps(
+        {"model": "auto", "messages": [{"role": "user", "content": "x" * 100}]}
+    ).encode()
+    processor.config = processor.config.model_copy(update={"default_model": POOL})
+    out = await run(
+        processor,
+        [
+            headers_msg("/v1/chat/completions"),
+            body_msg(auto[:40], eos=False),
+            body_msg(auto[40:], eos=True),
+        ],
+    )
+    assert len(out) == 2, "nothing is answered before the body is complete"
+    headers_resp, body_resp = out
+    routed = set_headers(headers_resp.request_headers.response)
+    streamed = body_resp.request_body.response.body_mutation.streamed_response
+    assert streamed.end_of_stream
+    new_body = json.loads(streamed.body)
+    assert new_body["model"] == POOL
+    assert routed["content-length"] == str(len(streamed.body))
+    assert routed["x-gateway-destination-endpoint"] == "10.0.0.1:8000"
+    assert routed["x-pointsman-route"] == "default-model"
+    await processor.bus.close()
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [body_msg(CHAT)],  # body without headers
+        [response_headers_msg(200), response_body_msg(b"{}")],  # response without request
+        [headers_msg("/v1/chat/completions"), body_msg(b"\x00\xff" * 50)],
+        [headers_msg("/v1/chat/completions"), body_msg(CHAT, eos=False)],  # stream ends early
+        [headers_msg("/v1/chat/completions", eos=True)],
+        [
+            headers_msg("/v1/chat/completions"),
+            body_msg(CHAT),
+            response_body_msg(b"data: {\n\n", eos=True),
+        ],
+        [headers_msg("/v1/embeddings"), body_msg(b"{}"), response_headers_msg(200)],
+        [pb.ProcessingRequest()],
+    ],
+)
+async def test_odd_message_orders_never_crash(
+    nats_url: str, picker: None, messages: list[pb.ProcessingRequest]
+) -> None:
+    processor = await make_processor(nats_url)
+    out = await asyncio.wait_for(run(processor, messages), 10)
+    assert len(out) <= len(messages) + 1
+    await processor.bus.close()

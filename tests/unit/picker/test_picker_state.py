@@ -1,0 +1,57 @@
+"""In-memory state: snapshot merging and in-flight bookkeeping."""
+
+from __future__ import annotations
+
+from pointsman.v1 import EndpointMetrics, PoolSnapshot
+from pointsman_picker.state import InFlight, PoolStore
+
+
+def snap(pool: str, *eps: EndpointMetrics) -> PoolSnapshot:
+    return PoolSnapshot(pool=pool, collector="c", published_at=0.0, endpoints=list(eps))
+
+
+def test_snapshots_from_two_collectors_merge() -> None:
+    store = PoolStore()
+    store.apply(snap("m", EndpointMetrics(address="a", scraped_at=1)), now=1)
+    store.apply(snap("m", EndpointMetrics(address="b", scraped_at=1)), now=1)
+    assert sorted(m.address for m in store.metrics("m") or []) == ["a", "b"]
+    assert store.metrics("other") is None
+
+
+def test_older_snapshot_does_not_roll_back() -> None:
+    store = PoolStore()
+    store.apply(snap("m", EndpointMetrics(address="a", scraped_at=2, waiting=5)), now=2)
+    store.apply(snap("m", EndpointMetrics(address="a", scraped_at=1, waiting=1)), now=2)
+    assert (store.metrics("m") or [])[0].waiting == 5
+    # a failed scrape keeps its old scraped_at but must still mark the endpoint unhealthy
+    store.apply(snap("m", EndpointMetrics(address="a", scraped_at=1, healthy=False)), now=3)
+    assert not (store.metrics("m") or [])[0].healthy
+
+
+def test_forget_endpoints_no_snapshot_names() -> None:
+    store = PoolStore(forget_after_s=10)
+    store.apply(snap("m", EndpointMetrics(address="a")), now=0)
+    store.apply(snap("m", EndpointMetrics(address="b")), now=8)
+    store.forget_old(now=12)
+    assert [m.address for m in store.metrics("m") or []] == ["b"]
+
+
+def test_pending_counts_only_after_scrape() -> None:
+    fl = InFlight(ttl_s=60)
+    fl.add("r1", "m", "a", at=1.0)
+    fl.add("r2", "m", "a", at=2.0)
+    fl.add("r3", "m", "a", at=3.0)
+    assert fl.pending("m", "a", since=1.5) == 2
+    assert fl.pending("m", "b", since=0) == 0
+    assert fl.release("r3")
+    assert not fl.release("r3")
+    assert fl.pending("m", "a", since=1.5) == 1
+
+
+def test_in_flight_expires_after_ttl() -> None:
+    fl = InFlight(ttl_s=10)
+    fl.add("r1", "m", "a", at=0.0)
+    fl.add("r2", "m", "a", at=5.0)
+    assert fl.expire(now=12.0) == 1
+    assert len(fl) == 1
+    assert fl.pending("m", "a", since=0) == 1

@@ -1,0 +1,134 @@
+"""The body parser: every bad input maps to one reason and one 4xx."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pointsman_shim.core.errors import RequestError
+from pointsman_shim.core.openai import parse, route_kind
+
+LIMIT = 1024 * 1024
+
+
+def chat(**fields: object) -> bytes:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields}
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [
+        ("/v1/chat/completions", "chat"),
+        ("/v1/chat/completions?x=1", "chat"),
+        ("/v1/chat/completions/", "chat"),
+        ("/v1/completions", "completion"),
+        ("/v1/models", None),
+        ("/v1/embeddings", None),
+        ("/health", None),
+        ("", None),
+    ],
+)
+def test_route_kind(path: str, kind: str | None) -> None:
+    assert route_kind(path) == kind
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "reason"),
+    [
+        (b"", 400, "empty_body"),
+        (b"   ", 400, "empty_body"),
+        (b"{not json", 400, "invalid_json"),
+        (b"\xff\xfe{}", 400, "invalid_utf8"),
+        (b"[1, 2]", 400, "body_not_object"),
+        (b'"text"', 400, "body_not_object"),
+        (b"null", 400, "body_not_object"),
+        (b'{"messages": [{"role": "user", "content": "x"}]}', 400, "missing_model"),
+        (b'{"model": 7, "messages": [{"role": "user", "content": "x"}]}', 400, "invalid_model"),
+        (b'{"model": null, "messages": []}', 400, "missing_model"),
+        (b'{"model": ["a"], "messages": []}', 400, "invalid_model"),
+        (b'{"model": "", "messages": [{"role": "user", "content": "x"}]}', 400, "invalid_model"),
+        (b'{"model": "m"}', 400, "missing_messages"),
+        (b'{"model": "m", "messages": []}', 400, "empty_messages"),
+        (b'{"model": "m", "messages": "hi"}', 400, "invalid_messages"),
+        (b'{"model": "m", "messages": ["hi"]}', 400, "invalid_messages"),
+        (b'{"model": "m", "messages": [{"content": "hi"}]}', 400, "invalid_messages"),
+        (chat(stream="yes"), 400, "invalid_stream"),
+    ],
+)
+def test_chat_rejects(raw: bytes, status: int, reason: str) -> None:
+    with pytest.raises(RequestError) as info:
+        parse("chat", raw, max_bytes=LIMIT)
+    assert (info.value.status, info.value.reason) == (status, reason)
+    error = json.loads(info.value.body())["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+
+
+def test_body_over_limit_is_413() -> None:
+    with pytest.raises(RequestError) as info:
+        parse("chat", chat(pad="x" * 2000), max_bytes=1000)
+    assert (info.value.status, info.value.reason) == (413, "body_too_large")
+
+
+@pytest.mark.parametrize(
+    ("prompt", "text"),
+    [("hello", "hello"), (["a", "b"], "a\nb"), ([1, 2, 3], "1 2 3")],
+)
+def test_completion_prompts(prompt: object, text: str) -> None:
+    request = parse(
+        "completion", json.dumps({"model": "m", "prompt": prompt}).encode(), max_bytes=LIMIT
+    )
+    assert request.prompt_text() == text
+
+
+@pytest.mark.parametrize("prompt", [None, 5, [], [1, "a"], {"a": 1}])
+def test_completion_bad_prompt(prompt: object) -> None:
+    body = {"model": "m"} if prompt is None else {"model": "m", "prompt": prompt}
+    with pytest.raises(RequestError) as info:
+        parse("completion", json.dumps(body).encode(), max_bytes=LIMIT)
+    assert info.value.status == 400
+
+
+def test_chat_fields() -> None:
+    raw = chat(
+        stream=True,
+        stream_options={"include_usage": True},
+        temperature=0.2,
+        messages=[
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url"}]},
+        ],
+    )
+    request = parse("chat", raw, max_bytes=LIMIT)
+    assert request.stream and request.include_usage
+    assert [(t.role, t.content) for t in request.turns] == [("system", "be brief"), ("user", "a")]
+    assert request.params() == {"temperature": 0.2, "stream": True}
+    assert request.prompt_text() == "<|system|>be brief\n<|user|>a\n"
+
+
+@given(st.binary(max_size=300))
+def test_any_bytes_parse_or_fail_cleanly(raw: bytes) -> None:
+    """No input crashes the parser: it returns a request or raises a RequestError."""
+    try:
+        parse("chat", raw, max_bytes=LIMIT)
+    except RequestError as exc:
+        assert 400 <= exc.status < 500
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(),
+        lambda c: st.lists(c) | st.dictionaries(st.text(), c),
+        max_leaves=20,
+    )
+)
+def test_any_json_parses_or_fails_cleanly(value: object) -> None:
+    raw = json.dumps({"model": "m", "messages": value}).encode()
+    try:
+        parse("chat", raw, max_bytes=LIMIT)
+    except RequestError as exc:
+        assert exc.status == 400
