@@ -1,4 +1,4 @@
-"""Render the Envoy config of a Pointsman stack from ``deploy/envoy/envoy.template.yaml``.
+"""Render the Envoy config of a Pointsman stack from ``src/pointsman/stack/envoy.template.yaml``.
 
 The template holds everything that does not depend on the fleet; this module fills its
 placeholders and appends one fail-open route and cluster per pool, so that when the picker does
@@ -19,7 +19,7 @@ TEMPLATE_NAME = "envoy.template.yaml"
 
 
 def template_text() -> str:
-    """The template (``deploy/envoy/envoy.template.yaml``, packaged beside this module)."""
+    """The template (``envoy.template.yaml``, packaged beside this module: the one copy, no symlink)."""
     return resources.files("pointsman.stack").joinpath(TEMPLATE_NAME).read_text(encoding="utf-8")
 
 
