@@ -8,6 +8,19 @@ into ext_proc responses. Body handling follows the mode Envoy announces per stre
 * ``FULL_DUPLEX_STREAMED``: the headers response is held back while the body streams in, as the
   endpoint-picker protocol does; at the end of the body the shim sends the headers response (with
   the routing headers and a corrected ``content-length``) and the whole body back in one chunk.
+
+The response path (usage, the completion event the picker's in-flight counts wait for, the
+semantic cache fill) runs in one of two places:
+
+* **observer** (Pointsman's own Envoy config): a second ext_proc filter in ``observability_mode``
+  sends the routed request's headers and the response without waiting for answers, so the
+  response path costs the client nothing. The decision travels to it as ``pointsman`` dynamic
+  metadata, so the observer stream may reach another shim replica than the decision did.
+* **inline** (gateways whose single ext_proc filter also sends the response, e.g. a Gateway API
+  Inference Extension setup): the decision stream reads the response itself and sets the report
+  headers on it.
+
+A decision stream is inline unless Envoy says (``protocol_config``) that it sends no response body.
 """
 
 from __future__ import annotations
@@ -21,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+from google.protobuf.json_format import MessageToDict
 from opentelemetry.trace import SpanKind
 
 from pointsman import tracing
@@ -41,6 +55,8 @@ log = logging.getLogger(__name__)
 
 _PM = envoy.ProcessingMode
 _ATTR_NS = "envoy.filters.http.ext_proc"
+#: Dynamic metadata namespace of the decision, read back by the observer stream.
+CONTEXT_NAMESPACE = "pointsman"
 _encoder = msgspec.json.Encoder()
 _tracer = tracing.tracer("pointsman_shim")
 
@@ -58,8 +74,14 @@ class Routed:
 @dataclass(slots=True)
 class Stream:
     request_id: str = ""
-    started: float = field(default_factory=time.monotonic)
+    #: Wall clock, not monotonic: an observer stream takes it from the decision's metadata,
+    #: which another shim replica may have written.
+    started: float = field(default_factory=time.time)
     full_duplex: bool = False
+    #: This (decision) stream also carries the response path; see the module docstring.
+    inline: bool = True
+    #: An ``observability_mode`` stream: read, never answer.
+    observer: bool = False
     headers: dict[str, str] = field(default_factory=dict)
     strip: list[str] = field(default_factory=list)
     kind: Kind | None = None
@@ -94,7 +116,7 @@ class Processor:
                     yield response
         finally:
             metrics.STREAMS.dec()
-            if stream.routed is not None and not stream.done:
+            if stream.routed is not None and not stream.done and (stream.inline or stream.observer):
                 # The response never ended through us (client gone, upstream reset): still tell
                 # the picker, so in-flight counts do not leak.
                 await self._complete(stream)
@@ -103,6 +125,9 @@ class Processor:
         self, stream: Stream, request: envoy.ProcessingRequest
     ) -> list[envoy.ProcessingResponse]:
         which = request.WhichOneof("request")
+        if request.observability_mode or stream.observer:  # an observer is never answered
+            await self._observe(stream, request, which)
+            return []
         if which == "request_headers":
             return await self._request_headers(stream, request)
         if which == "request_body":
@@ -129,6 +154,7 @@ class Processor:
             stream.full_duplex = (
                 request.protocol_config.request_body_mode == _PM.FULL_DUPLEX_STREAMED
             )
+            stream.inline = request.protocol_config.response_body_mode != _PM.NONE
         else:
             stream.full_duplex = self.full_duplex_default
         subset = envoy.metadata_value(request, h.SUBSET_NAMESPACE, h.SUBSET)
@@ -218,11 +244,11 @@ class Processor:
         stream.stream_flag = llm.stream
 
         set_headers = {h.SELECTED_MODEL: routed.model, **routed.response_headers}
-        metadata = None
+        metadata: dict[str, dict[str, Any]] = {CONTEXT_NAMESPACE: _context(stream, routed)}
         if routed.endpoints:
             destination = ",".join(routed.endpoints)
             set_headers[h.DESTINATION] = destination
-            metadata = {h.LB_NAMESPACE: {h.DESTINATION: destination}}
+            metadata[h.LB_NAMESPACE] = {h.DESTINATION: destination}
         out_body = raw if new_body is None else new_body
         if new_body is not None or stream.full_duplex:
             set_headers["content-length"] = str(len(out_body))
@@ -332,7 +358,7 @@ class Processor:
             if pick.prefill:
                 extra[h.PREFILLER] = pick.prefill
             if pick.scores and "x-pointsman-debug" in stream.headers:
-                extra["x-pointsman-scores"] = _encoder.encode(pick.scores).decode()
+                extra[h.SCORES] = _encoder.encode(pick.scores).decode()
             if endpoints:
                 metrics.PICKS.labels(model, endpoints[0]).inc()
 
@@ -453,6 +479,20 @@ class Processor:
     async def _response_headers(
         self, stream: Stream, request: envoy.ProcessingRequest
     ) -> envoy.ProcessingResponse:
+        """Inline: read the response headers and report the decision on them."""
+        served = await self._read_response_headers(stream, request)
+        routed = stream.routed
+        if routed is None:
+            return envoy.response_headers()
+        out = {h.SELECTED_MODEL: routed.model, **routed.response_headers}
+        if served:
+            out[h.ENDPOINT] = served
+        return envoy.response_headers(envoy.common(set_headers=out))
+
+    async def _read_response_headers(
+        self, stream: Stream, request: envoy.ProcessingRequest
+    ) -> str | None:
+        """Status, usage reader, cache fill and the served endpoint (first in ``endpoints``)."""
         headers = envoy.header_map(request.response_headers)
         try:
             stream.status = int(headers.get(":status", "0"))
@@ -460,19 +500,16 @@ class Processor:
             stream.status = 0
         routed = stream.routed
         if routed is None:
-            return envoy.response_headers()
+            return None
         sse = headers.get("content-type", "").startswith("text/event-stream")
         stream.reader = UsageReader(sse=sse)
         if stream.cache_token is not None and 200 <= stream.status < 300:
             stream.cache_fill = Reassembler(sse=sse)
         served = _served_endpoint(request) or (routed.endpoints[0] if routed.endpoints else "")
         routed.endpoints = [served, *[e for e in routed.endpoints if e != served]] if served else []
-        out = {h.SELECTED_MODEL: routed.model, **routed.response_headers}
-        if served:
-            out[h.ENDPOINT] = served
         if request.response_headers.end_of_stream:
             await self._complete(stream)
-        return envoy.response_headers(envoy.common(set_headers=out))
+        return served or None
 
     async def _response_body(
         self, stream: Stream, request: envoy.ProcessingRequest
@@ -485,6 +522,21 @@ class Processor:
         if body.end_of_stream and stream.routed is not None and not stream.done:
             await self._complete(stream)
         return envoy.RESPONSE_BODY_CONTINUE
+
+    async def _observe(
+        self, stream: Stream, request: envoy.ProcessingRequest, which: str | None
+    ) -> None:
+        """An observer stream's message: the same response path, and no answer to Envoy."""
+        if not stream.observer:
+            stream.observer = True
+            _adopt_context(stream, request)
+            metrics.OBSERVED.labels("true" if stream.routed is not None else "false").inc()
+        if stream.routed is None or stream.done:
+            return  # not a request the shim routed (non-LLM path, immediate answer)
+        if which == "response_headers":
+            await self._read_response_headers(stream, request)
+        elif which == "response_body":
+            await self._response_body(stream, request)
 
     async def _complete(self, stream: Stream) -> None:
         stream.done = True
@@ -530,9 +582,52 @@ class Processor:
                 prompt_tokens=usage.prompt_tokens if usage else None,
                 completion_tokens=usage.completion_tokens if usage else None,
                 total_tokens=usage.total_tokens if usage else None,
-                duration_ms=(time.monotonic() - stream.started) * 1000,
+                duration_ms=max(0.0, time.time() - stream.started) * 1000,
             )
         )
+
+
+def _context(stream: Stream, routed: Routed) -> dict[str, Any]:
+    """What the observer stream needs of the decision, as ``pointsman`` dynamic metadata."""
+    context: dict[str, Any] = {
+        "request_id": stream.request_id,
+        "model": routed.model,
+        "route": routed.route,
+        "endpoints": list(routed.endpoints),
+        "stream": stream.stream_flag,
+        "started": stream.started,
+    }
+    if stream.cache_token is not None:
+        context["cache_token"] = stream.cache_token
+    return context
+
+
+def _adopt_context(stream: Stream, request: envoy.ProcessingRequest) -> None:
+    """Take the decision from the first observed message's metadata; none = not ours."""
+    if not request.HasField("metadata_context"):
+        return
+    ns = request.metadata_context.filter_metadata.get(CONTEXT_NAMESPACE)
+    if ns is None:
+        return
+    ctx = MessageToDict(ns)
+    model = ctx.get("model")
+    if not isinstance(model, str) or not model:
+        return
+    endpoints = ctx.get("endpoints")
+    stream.routed = Routed(
+        model=model,
+        route=str(ctx.get("route", "")),
+        endpoints=[e for e in endpoints if isinstance(e, str)]
+        if isinstance(endpoints, list)
+        else [],
+    )
+    stream.request_id = str(ctx.get("request_id") or stream.request_id or uuid.uuid4().hex)
+    stream.stream_flag = bool(ctx.get("stream", False))
+    started = ctx.get("started")
+    if isinstance(started, (int, float)):
+        stream.started = float(started)
+    token = ctx.get("cache_token")
+    stream.cache_token = token if isinstance(token, str) and token else None
 
 
 def _classify_params(llm: LLMRequest) -> dict[str, Any]:

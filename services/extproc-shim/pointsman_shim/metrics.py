@@ -56,3 +56,8 @@ USAGE_MISSING = Counter(
     ["model", "stream"],
 )
 STREAMS = Gauge("pointsman_shim_active_streams", "ext_proc streams open now.")
+OBSERVED = Counter(
+    "pointsman_shim_observer_streams",
+    "Observer (observability_mode) streams, by whether they carried a decision of the shim.",
+    ["routed"],  # true: a routed request's response path; false: a non-LLM path or an answer
+)

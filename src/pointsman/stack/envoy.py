@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import yaml
 
+from pointsman.v1 import headers as reported
+
 TEMPLATE_NAME = "envoy.template.yaml"
 
 
@@ -57,7 +59,13 @@ def render(options: EnvoyOptions) -> dict[str, Any]:
     config: dict[str, Any] = yaml.safe_load(text)
     resources_ = config["static_resources"]
     hcm = resources_["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    routes: list[dict[str, Any]] = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    vhost = hcm["route_config"]["virtual_hosts"][0]
+    vhost["response_headers_to_add"] = report_headers()
+    # A client-sent report header would be echoed when the shim is down: drop them all early.
+    early = hcm["early_header_mutation_extensions"][0]["typed_config"]["mutations"]
+    removed = {m["remove"] for m in early if "remove" in m}
+    early += [{"remove": name} for name in reported.REPORTED if name not in removed]
+    routes: list[dict[str, Any]] = vhost["routes"]
     for index, (model, endpoints) in enumerate(sorted(options.pools.items())):
         cluster = f"pool_{index}"
         routes.append(
@@ -82,6 +90,30 @@ def render(options: EnvoyOptions) -> dict[str, Any]:
             }
         )
     return config
+
+
+def report_headers() -> list[dict[str, Any]]:
+    """``response_headers_to_add`` that copy the decision's headers onto the response.
+
+    ``%REQ(name)%`` reads the routed request as the shim left it, so reporting needs no ext_proc
+    message on the response path; an empty value (no decision, e.g. a non-LLM path) adds nothing.
+    """
+    out = [
+        {
+            "header": {"key": name, "value": f"%REQ({name})%"},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            "keep_empty_value": False,
+        }
+        for name in reported.REPORTED
+    ]
+    out.append(
+        {
+            "header": {"key": reported.ENDPOINT, "value": "%UPSTREAM_REMOTE_ADDRESS%"},
+            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            "keep_empty_value": False,
+        }
+    )
+    return out
 
 
 def _pool_cluster(name: str, endpoints: list[str]) -> dict[str, Any]:

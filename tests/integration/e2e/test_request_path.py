@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 
 import httpx
+import nats
 import pytest
 
 from pointsman.stack import Stack
+from pointsman.v1 import CompletionEvent, decode, subjects
 from tests.integration.e2e.conftest import queue_filled
 
 pytestmark = pytest.mark.integration
@@ -180,3 +183,43 @@ def test_load_spreads_by_queue_depth(stack: Stack) -> None:
             counts[r.headers["x-pointsman-endpoint"]] += 1
     assert counts[idle] > counts[busy], counts
     assert counts[idle] >= 15, counts
+
+
+def test_observer_publishes_completions_off_the_response_path(stack: Stack) -> None:
+    """Envoy's observer filter (observability_mode) carries the response to the shim: each
+    routed request ends in one completion event with the served endpoint and the usage, which
+    is what the picker's in-flight counts wait for."""
+
+    async def run() -> tuple[list[CompletionEvent], list[httpx.Response]]:
+        nc = await nats.connect(stack.nats_url)
+        events: list[CompletionEvent] = []
+        sub = await nc.subscribe(subjects.COMPLETIONS)
+        await nc.flush()
+        async with httpx.AsyncClient() as client:
+            responses = [
+                await client.post(
+                    f"{stack.gateway_url}{CHAT}",
+                    json=chat_body("alpha", max_tokens=3),
+                    headers={"x-request-id": f"observed-{i}", "x-pointsman-category": "spoofed"},
+                )
+                for i in range(3)
+            ]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while len([e for e in events if e.request_id.startswith("observed-")]) < 3:
+            msg = await sub.next_msg(timeout=max(0.1, deadline - loop.time()))
+            events.append(decode(msg.data, CompletionEvent))
+        await nc.close()
+        return [e for e in events if e.request_id.startswith("observed-")], responses
+
+    events, responses = asyncio.run(run())
+    by_id = {e.request_id: e for e in events}
+    assert sorted(by_id) == ["observed-0", "observed-1", "observed-2"]
+    for i, r in enumerate(responses):
+        assert r.status_code == 200, r.text
+        e = by_id[f"observed-{i}"]
+        assert (e.model, e.status_code, e.stream) == ("alpha", 200, False)
+        assert e.endpoint == r.headers["x-pointsman-endpoint"] == r.headers["x-sim-endpoint"]
+        assert e.completion_tokens == 3 and e.prompt_tokens
+        # a client cannot forge a report header: no classifier ran, so there is none at all
+        assert "x-pointsman-category" not in r.headers

@@ -18,6 +18,7 @@ import nats
 import pytest
 import yaml
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2
 
@@ -198,6 +199,73 @@ async def test_endpoint_picker_protocol(nats_url: str, picker: None) -> None:
     event = await asyncio.wait_for(events.get(), 5)
     assert (event.request_id, event.endpoint, event.status_code) == ("req-1", "10.0.0.3:8000", 200)
     assert (event.prompt_tokens, event.completion_tokens, event.total_tokens) == (3, 2, 5)
+    await nc.drain()
+    await processor.bus.close()
+
+
+async def test_decision_and_observer_streams_split_the_work(nats_url: str, picker: None) -> None:
+    """Pointsman's Envoy config: the decision stream never sees the response; an observer stream
+    (``observability_mode``, maybe on another replica) gets the decision as metadata, is never
+    answered, and publishes the completion."""
+    processor = await make_processor(nats_url, max_endpoints=2)
+    nc = await nats.connect(nats_url)
+    events: asyncio.Queue[CompletionEvent] = asyncio.Queue()
+
+    async def on_event(msg: Any) -> None:
+        await events.put(decode(msg.data, CompletionEvent))
+
+    await nc.subscribe(subjects.COMPLETIONS, cb=on_event)
+    await nc.flush()
+
+    first = headers_msg("/v1/chat/completions", {"x-request-id": "req-obs"})
+    first.protocol_config.request_body_mode = ProcessingMode.BUFFERED
+    first.protocol_config.response_body_mode = ProcessingMode.NONE
+    stream_chat = json.dumps(
+        {"model": POOL, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    ).encode()
+    out = await run(processor, [first, body_msg(stream_chat)])
+    assert len(out) == 2
+    context = out[1].dynamic_metadata.fields["pointsman"].struct_value
+    routed = set_headers(out[1].request_body.response)
+    with pytest.raises(asyncio.TimeoutError):  # the decision alone is no completion
+        await asyncio.wait_for(events.get(), 0.3)
+
+    # a second processor = another shim replica: everything it needs is in the metadata
+    other = Processor(ShimConfig(pick_timeout_ms=1000), processor.bus)
+    observed_headers = headers_msg("/v1/chat/completions", routed)
+    observed_response = response_headers_msg(200, content_type="text/event-stream")
+    observed_response.attributes["envoy.filters.http.ext_proc"].update(
+        {"upstream.address": "10.0.0.2:8000"}
+    )
+    chunk = {
+        "choices": [],
+        "usage": {"prompt_tokens": 4, "completion_tokens": 6, "total_tokens": 10},
+    }
+    sse = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+    observed_body = response_body_msg(sse)
+    for m in (observed_headers, observed_response, observed_body):
+        m.observability_mode = True
+        m.metadata_context.filter_metadata["pointsman"].CopyFrom(context)
+    assert await run(other, [observed_headers, observed_response, observed_body]) == []
+    event = await asyncio.wait_for(events.get(), 5)
+    assert (event.request_id, event.model, event.endpoint) == ("req-obs", POOL, "10.0.0.2:8000")
+    assert event.stream and event.status_code == 200
+    assert (event.prompt_tokens, event.completion_tokens) == (4, 6)
+
+    # an observed request the shim did not route (no metadata) is ignored, and says so nowhere
+    stray = response_headers_msg(200)
+    stray.observability_mode = True
+    assert await run(other, [stray, response_body_msg(b"{}")]) == []
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(events.get(), 0.3)
+
+    # the client went away before the response: the observer still closes the in-flight count
+    gone = headers_msg("/v1/chat/completions", routed)
+    gone.observability_mode = True
+    gone.metadata_context.filter_metadata["pointsman"].CopyFrom(context)
+    assert await run(other, [gone]) == []
+    event = await asyncio.wait_for(events.get(), 5)
+    assert (event.request_id, event.status_code) == ("req-obs", 0)
     await nc.drain()
     await processor.bus.close()
 

@@ -11,6 +11,7 @@ import yaml
 
 from pointsman.stack.envoy import EnvoyOptions, render, render_yaml
 from pointsman.stack.procs import binary
+from pointsman.v1.headers import REPORTED
 
 
 def options(**kw: Any) -> EnvoyOptions:
@@ -77,10 +78,47 @@ def test_ext_proc_modes(body_mode: str, trailers: str, fail_open: bool) -> None:
     assert mode["request_header_mode"] == "SEND"
     assert mode["request_body_mode"] == body_mode
     assert mode["request_trailer_mode"] == trailers
-    assert mode["response_body_mode"] == "STREAMED"
+    # The decision filter holds nothing on the response path: the observer reads it.
+    assert mode["response_header_mode"] == "SKIP"
+    assert mode["response_body_mode"] == "NONE"
     assert f["failure_mode_allow"] is fail_open
     assert f["allow_mode_override"] is True
     assert f["message_timeout"] == "2.000s"
+    assert set(f["metadata_options"]["receiving_namespaces"]["untyped"]) >= {
+        "pointsman",
+        "envoy.lb",
+    }
+
+
+def test_observer_filter_never_holds_the_response() -> None:
+    filters = hcm(render(options()))["http_filters"]
+    names = [f["name"] for f in filters]
+    assert names[-1] == "envoy.filters.http.router"
+    observer = filters[names.index("pointsman.ext_proc.observe")]["typed_config"]
+    assert names.index("pointsman.ext_proc.observe") > names.index("envoy.filters.http.ext_proc")
+    assert observer["observability_mode"] is True
+    assert observer["failure_mode_allow"] is True
+    mode = observer["processing_mode"]
+    assert (mode["request_header_mode"], mode["request_body_mode"]) == ("SEND", "NONE")
+    assert (mode["response_header_mode"], mode["response_body_mode"]) == ("SEND", "STREAMED")
+    assert observer["metadata_options"]["forwarding_namespaces"]["untyped"][0] == "pointsman"
+
+
+def test_every_reported_header_is_copied_to_the_response_and_dropped_from_clients() -> None:
+    rendered = hcm(render(options()))
+    added = {
+        a["header"]["key"]: a["header"]["value"]
+        for a in rendered["route_config"]["virtual_hosts"][0]["response_headers_to_add"]
+    }
+    for name in REPORTED:
+        assert added[name] == f"%REQ({name})%"
+    assert added["x-pointsman-endpoint"] == "%UPSTREAM_REMOTE_ADDRESS%"
+    removed = {
+        m["remove"]
+        for m in rendered["early_header_mutation_extensions"][0]["typed_config"]["mutations"]
+    }
+    assert set(REPORTED) <= removed
+    assert "x-pointsman-debug" not in removed and "x-pointsman-priority" not in removed
 
 
 def test_envoy_accepts_the_rendered_config(tmp_path: Path) -> None:

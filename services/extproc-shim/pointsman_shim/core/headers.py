@@ -6,14 +6,17 @@ removed from the client's request and only ever set by the shim.
 
 from __future__ import annotations
 
+from pointsman.v1 import headers as reported
+
 DESTINATION = "x-gateway-destination-endpoint"
 DESTINATION_SERVED = "x-gateway-destination-endpoint-served"
 SUBSET = "x-gateway-destination-endpoint-subset"
-PREFILLER = "x-prefiller-host-port"
-SELECTED_MODEL = "x-selected-model"
-ENDPOINT = "x-pointsman-endpoint"
-ROUTE = "x-pointsman-route"
-ROUTE_CLASSIFIER = "x-pointsman-classifier"
+PREFILLER = reported.PREFILLER
+SELECTED_MODEL = reported.SELECTED_MODEL
+ENDPOINT = reported.ENDPOINT
+ROUTE = reported.ROUTE
+ROUTE_CLASSIFIER = reported.ROUTE_CLASSIFIER
+SCORES = reported.SCORES
 ERROR = "x-pointsman-error"
 SHED_REASON = "x-pointsman-shed-reason"
 BLOCK_REASON = "x-pointsman-block-reason"
