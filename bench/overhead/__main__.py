@@ -1,8 +1,11 @@
 """bench/overhead: what Pointsman adds on the request path.
 
-The same load, in one run, through two gateways in front of the same simulator:
+The same load, in one run, through three gateways in front of the same simulator:
 
 * **baseline**: Envoy straight to the simulator (a static cluster, no ext_proc);
+* **floor**: Pointsman's Envoy config with a do-nothing Python ext_proc server
+  (``bench/overhead/floor.py``) that routes every request to the simulator: what any Python
+  ext_proc costs behind these filters, before any work of ours;
 * **pointsman**: Envoy + ext_proc -> extproc-shim -> NATS -> picker (collector feeding it).
 
 Phases alternate (baseline, pointsman, baseline, ...) so drift on a noisy machine hits both. The
@@ -19,6 +22,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ import yaml
 
 from bench.common.load import Result, closed_loop, open_loop, warm
 from pointsman.stack import Stack, StackOptions
+from pointsman.stack.envoy import EnvoyOptions, render_yaml
 from pointsman.stack.procs import binary, free_port, http_status, spawn, wait_ready
 
 PAYLOAD = {
@@ -114,6 +119,10 @@ def baseline_envoy_config(listen: int, admin: int, upstream: str) -> dict[str, A
     }
 
 
+def ready_check(url: str) -> Callable[[], bool]:
+    return lambda: http_status(url) == 200
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (Linux /proc), 0 when it is gone."""
     try:
@@ -168,16 +177,52 @@ def main(argv: list[str] | None = None) -> int:
             "2",
         ]
         envoy = spawn("envoy-baseline", argv_envoy, stack.log_dir)
+        floor_port, floor_listen, floor_admin = free_port(), free_port(), free_port()
+        floor = spawn(
+            "floor-ext-proc",
+            [
+                sys.executable,
+                "-m",
+                "bench.overhead.floor",
+                "--port",
+                str(floor_port),
+                "--endpoint",
+                upstream,
+            ],
+            stack.log_dir,
+        )
+        floor_cfg = stack.workdir / "envoy-floor.yaml"
+        floor_cfg.write_text(
+            render_yaml(
+                EnvoyOptions(
+                    listen_port=floor_listen,
+                    admin_port=floor_admin,
+                    shim_host="127.0.0.1",
+                    shim_port=floor_port,
+                    pools={"bench-model": [upstream]},
+                    body_mode=args.body_mode,
+                )
+            )
+        )
+        floor_envoy = spawn(
+            "envoy-floor", [*argv_envoy[:2], str(floor_cfg), *argv_envoy[3:]], stack.log_dir
+        )
         try:
-            ready = f"http://127.0.0.1:{admin}/ready"
-            wait_ready(envoy, lambda: http_status(ready) == 200, 30, "baseline envoy")
+            for name, proc, port in (
+                ("baseline", envoy, admin),
+                ("floor", floor_envoy, floor_admin),
+            ):
+                wait_ready(proc, ready_check(f"http://127.0.0.1:{port}/ready"), 30, f"{name} envoy")
             urls = {
                 "baseline": f"http://127.0.0.1:{listen}/v1/chat/completions",
+                "floor": f"http://127.0.0.1:{floor_listen}/v1/chat/completions",
                 "pointsman": f"{stack.gateway_url}/v1/chat/completions",
             }
             pids = {name: child.popen.pid for name, child in stack.children.items()}
             results = asyncio.run(run_phases(urls, pids, args))
         finally:
+            floor_envoy.stop()
+            floor.stop()
             envoy.stop()
 
     report(results, args)
@@ -218,9 +263,12 @@ async def run_phases(
 
 def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     cap_b = results["max_throughput"]["baseline"]["throughput_rps"]
+    cap_f = results["max_throughput"]["floor"]["throughput_rps"]
     cap_p = results["max_throughput"]["pointsman"]["throughput_rps"]
     results["throughput_ratio"] = cap_p / cap_b if cap_b else float("nan")
+    results["floor_throughput_ratio"] = cap_f / cap_b if cap_b else float("nan")
     results["added_ms"] = {}
+    results["floor_added_ms"] = {}
     results["params"] = {
         "rates": args.rate_list,
         "seconds": args.seconds,
@@ -239,13 +287,16 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
             print(
                 f"{rate:>6} {name:<10}{row['requests_ok']:>7}{row['errors']:>5}{row['p50_ms']:>9.2f}{row['p90_ms']:>9.2f}{row['p99_ms']:>9.2f}"
             )
-        added = {
-            q: rows["pointsman"][f"p{q}_ms"] - rows["baseline"][f"p{q}_ms"] for q in (50, 90, 99)
-        }
-        results["added_ms"][rate] = {f"p{q}": v for q, v in added.items()}
-        print(f"{rate:>6} {'added':<10}{'':>12}{added[50]:>9.2f}{added[90]:>9.2f}{added[99]:>9.2f}")
+        for path, key in (("floor", "floor_added_ms"), ("pointsman", "added_ms")):
+            added = {q: rows[path][f"p{q}_ms"] - rows["baseline"][f"p{q}_ms"] for q in (50, 90, 99)}
+            results[key][rate] = {f"p{q}": v for q, v in added.items()}
+            label = f"+{path}"
+            print(
+                f"{rate:>6} {label:<10}{'':>12}{added[50]:>9.2f}{added[90]:>9.2f}{added[99]:>9.2f}"
+            )
+    print("(+path: added over baseline; the floor is a do-nothing Python ext_proc, same filters)")
     print(
-        f"max throughput (closed loop x{args.concurrency}): baseline {cap_b:.0f} req/s, pointsman {cap_p:.0f} req/s, ratio {results['throughput_ratio']:.2f}"
+        f"max throughput (closed loop x{args.concurrency}): baseline {cap_b:.0f} req/s, floor {cap_f:.0f} req/s, pointsman {cap_p:.0f} req/s, ratio {results['throughput_ratio']:.2f}"
     )
     print(
         "CPU per request on the Pointsman path (us): "

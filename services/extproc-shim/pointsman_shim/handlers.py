@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from google.protobuf.json_format import MessageToDict
 from opentelemetry.trace import SpanKind
 
 from pointsman import tracing
@@ -609,7 +608,7 @@ def _adopt_context(stream: Stream, request: envoy.ProcessingRequest) -> None:
     ns = request.metadata_context.filter_metadata.get(CONTEXT_NAMESPACE)
     if ns is None:
         return
-    ctx = MessageToDict(ns)
+    ctx = envoy.struct_fields(ns)
     model = ctx.get("model")
     if not isinstance(model, str) or not model:
         return
