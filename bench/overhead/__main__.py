@@ -150,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         "--concurrency", type=int, default=16, help="clients in the max-throughput phase"
     )
     p.add_argument("--body-mode", choices=["BUFFERED", "FULL_DUPLEX_STREAMED"], default="BUFFERED")
+    p.add_argument(
+        "--response-path",
+        choices=["observer", "inline"],
+        default="observer",
+        help="Envoy's response path to the shim (see pointsman up --help; default observer)",
+    )
     p.add_argument("--out", type=Path, default=Path("bench/results/overhead.json"))
     args = p.parse_args(argv)
     args.rate_list = [float(r) for r in args.rates.split(",") if r.strip()]
@@ -160,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         gateway_port=0,
         sim_args=["--time-scale", "0.0001"],
         body_mode=args.body_mode,
+        response_path=args.response_path,
     )
     with Stack(options) as stack:
         upstream = stack.pools["bench-model"][0]
@@ -201,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                     shim_port=floor_port,
                     pools={"bench-model": [upstream]},
                     body_mode=args.body_mode,
+                    response_path=args.response_path,
                 )
             )
         )
@@ -275,11 +283,12 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
         "rounds": args.rounds,
         "concurrency": args.concurrency,
         "body_mode": args.body_mode,
+        "response_path": args.response_path,
         "cpus": os.cpu_count(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     print(
-        f"\nbench/overhead: open loop, {args.rounds}x{args.seconds:.0f} s per path and rate, body mode {args.body_mode}"
+        f"\nbench/overhead: open loop, {args.rounds}x{args.seconds:.0f} s per path and rate, body mode {args.body_mode}, response path {args.response_path}"
     )
     print(f"{'rate':>6} {'path':<10}{'ok':>7}{'err':>5}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}")
     for rate, rows in results["open_loop"].items():

@@ -3,7 +3,7 @@
 It answers exactly the messages the shim answers, with the smallest answers that still route:
 the request headers continue, and at the end of the body it names one fixed endpoint (header
 and ``envoy.lb`` metadata, as the shim does) without parsing the body or asking anyone. The
-observer's messages are read and dropped. What the shim adds over this floor is Pointsman's own
+observer's messages are read and dropped; on the inline response path, responses continue. What the shim adds over this floor is Pointsman's own
 work (parsing, the NATS pick, metrics, the response path); the floor itself is Envoy plus
 Python gRPC.
 
@@ -26,6 +26,8 @@ from google.protobuf import struct_pb2
 from pointsman.runtime import run
 
 HEADER = "x-gateway-destination-endpoint"
+RESPONSE_HEADERS = pb.ProcessingResponse(response_headers=pb.HeadersResponse())
+RESPONSE_BODY = pb.ProcessingResponse(response_body=pb.BodyResponse())
 
 
 def answers(endpoint: str) -> tuple[pb.ProcessingResponse, pb.ProcessingResponse]:
@@ -88,6 +90,10 @@ class Floor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 yield self.body
             elif which == "request_body":
                 yield pb.ProcessingResponse(request_body=pb.BodyResponse())
+            elif which == "response_headers":  # the inline response path
+                yield RESPONSE_HEADERS
+            elif which == "response_body":
+                yield RESPONSE_BODY
 
     def _duplex_headers(self, length: int) -> pb.ProcessingResponse:
         common = pb.CommonResponse(clear_route_cache=True)

@@ -75,6 +75,8 @@ class StackOptions:
     sim_args: list[str] = field(default_factory=list)
     picker_replicas: int = 1
     body_mode: Literal["BUFFERED", "FULL_DUPLEX_STREAMED"] = "BUFFERED"
+    #: How Envoy gives the shim the response: see ``EnvoyOptions.response_path``.
+    response_path: Literal["observer", "inline"] = "observer"
     failure_mode: Literal["fail-open", "fail-closed"] = "fail-open"
     #: Start the classifier service (None: when its package and torch are installed).
     classifier: bool | None = False
@@ -288,6 +290,7 @@ class Stack:
             pools=self.pools,
             default_pool=shim.get("default_model"),
             body_mode=o.body_mode,
+            response_path=o.response_path,
             failure_mode_allow=o.failure_mode == "fail-open",
             max_body_bytes=int(shim.get("max_body_bytes", 4 * 1024 * 1024)),
         )
@@ -405,6 +408,15 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         help="Envoy ext_proc request body mode (default: BUFFERED)",
     )
     p.add_argument(
+        "--response-path",
+        choices=["observer", "inline"],
+        default="observer",
+        help="how the shim reads responses: 'observer' = a second ext_proc filter in Envoy's "
+        "observability_mode, off the client's critical path; 'inline' = the decision filter "
+        "also carries the response (one gRPC stream per request instead of two: less CPU, "
+        "more latency) (default: observer)",
+    )
+    p.add_argument(
         "--failure-mode",
         choices=["fail-open", "fail-closed"],
         default="fail-open",
@@ -444,6 +456,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "pointsman up") -> int:
         sim_args=list(args.sim_arg),
         picker_replicas=args.pickers,
         body_mode=args.body_mode,
+        response_path=args.response_path,
         failure_mode=args.failure_mode,
         classifier=args.classifier,
         workdir=args.workdir,

@@ -18,6 +18,7 @@ import yaml
 from pointsman.v1 import headers as reported
 
 TEMPLATE_NAME = "envoy.template.yaml"
+OBSERVER_FILTER = "pointsman.ext_proc.observe"
 
 
 def template_text() -> str:
@@ -40,6 +41,11 @@ class EnvoyOptions:
     failure_mode_allow: bool = True
     message_timeout_ms: int = 2000
     max_body_bytes: int = 4 * 1024 * 1024
+    #: Where the shim reads responses: ``observer`` = a second ext_proc filter in
+    #: observability_mode (off the client's critical path, one more gRPC stream per request);
+    #: ``inline`` = the decision filter also sends the response (fewer streams, less CPU, but
+    #: the client waits for the shim's answers on the response too).
+    response_path: Literal["observer", "inline"] = "observer"
 
 
 def render(options: EnvoyOptions) -> dict[str, Any]:
@@ -55,10 +61,14 @@ def render(options: EnvoyOptions) -> dict[str, Any]:
         TRAILER_MODE="SEND" if options.body_mode == "FULL_DUPLEX_STREAMED" else "SKIP",
         FAILURE_MODE_ALLOW="true" if options.failure_mode_allow else "false",
         MESSAGE_TIMEOUT=f"{options.message_timeout_ms / 1000:.3f}s",
+        RESPONSE_HEADER_MODE="SKIP" if options.response_path == "observer" else "SEND",
+        RESPONSE_BODY_MODE="NONE" if options.response_path == "observer" else "STREAMED",
     )
     config: dict[str, Any] = yaml.safe_load(text)
     resources_ = config["static_resources"]
     hcm = resources_["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    if options.response_path == "inline":
+        hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != OBSERVER_FILTER]
     vhost = hcm["route_config"]["virtual_hosts"][0]
     vhost["response_headers_to_add"] = report_headers()
     # A client-sent report header would be echoed when the shim is down: drop them all early.

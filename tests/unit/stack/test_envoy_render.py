@@ -133,3 +133,11 @@ def test_envoy_accepts_the_rendered_config(tmp_path: Path) -> None:
         )
         assert result.returncode == 0, result.stdout + result.stderr
     assert yaml.safe_load(path.read_text())
+
+
+def test_inline_response_path_has_one_filter_that_sees_the_response() -> None:
+    rendered = hcm(render(options(response_path="inline")))
+    names = [f["name"] for f in rendered["http_filters"]]
+    assert "pointsman.ext_proc.observe" not in names
+    mode = ext_proc(render(options(response_path="inline")))["processing_mode"]
+    assert (mode["response_header_mode"], mode["response_body_mode"]) == ("SEND", "STREAMED")
