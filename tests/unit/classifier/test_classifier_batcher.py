@@ -41,6 +41,79 @@ async def test_concurrent_requests_share_batches() -> None:
     assert len(sizes) < 17
 
 
+async def test_lone_request_does_not_wait_for_company() -> None:
+    # max_wait is for batches that already have company: a request that finds the queue empty
+    # runs at once (the old behaviour waited the full max_wait, here 60 s, for every request).
+    b: Batcher[int, int] = Batcher(lambda xs: [x + 1 for x in xs], max_batch=8, max_wait_s=60.0)
+    b.start()
+    try:
+        assert await asyncio.wait_for(b.submit(1), 10) == 2
+        assert await asyncio.wait_for(b.submit(2), 10) == 3
+    finally:
+        b.stop()
+
+
+async def test_queued_requests_wait_for_more_company() -> None:
+    # Requests queued behind a running batch do wait (up to max_wait) for others to join them.
+    sizes: list[int] = []
+    gate, entered = threading.Event(), threading.Event()
+
+    def run(xs: list[int]) -> list[int]:
+        entered.set()
+        gate.wait(5)
+        return xs
+
+    b: Batcher[int, int] = Batcher(
+        run, max_batch=8, max_wait_s=1.0, on_batch=lambda s: sizes.append(s.size)
+    )
+    b.start()
+    try:
+        first = asyncio.create_task(b.submit(0))
+        assert await asyncio.to_thread(entered.wait, 5)  # the worker holds item 0
+        early = [asyncio.create_task(b.submit(i)) for i in (1, 2)]
+        for _ in range(200):
+            if b.depth() == 2:
+                break
+            await asyncio.sleep(0.005)
+        gate.set()  # the worker now takes 1 and 2 and waits for company...
+        await asyncio.sleep(0.05)
+        late = asyncio.create_task(b.submit(3))  # ...which arrives within max_wait
+        assert await asyncio.gather(first, *early, late) == [0, 1, 2, 3]
+    finally:
+        gate.set()
+        b.stop()
+    assert sizes == [1, 3]
+
+
+async def test_two_workers_hand_over_the_next_batch_while_one_runs() -> None:
+    # With workers=2 the second batch reaches `run` while the first is still inside it: that is
+    # what lets the engine tokenize the next batch during the current forward pass.
+    gate, first_in, second_in = threading.Event(), threading.Event(), threading.Event()
+
+    def run(xs: list[int]) -> list[int]:
+        if 0 in xs:
+            first_in.set()
+            gate.wait(5)
+        else:
+            second_in.set()
+        return [x * 10 for x in xs]
+
+    b: Batcher[int, int] = Batcher(run, max_batch=4, max_wait_s=0.0, workers=2)
+    b.start()
+    try:
+        first = asyncio.create_task(b.submit(0))
+        assert await asyncio.to_thread(first_in.wait, 5)
+        second = asyncio.create_task(b.submit(1))
+        assert await asyncio.to_thread(second_in.wait, 5)  # while batch [0] is still held
+        assert await second == 10
+        assert not first.done()
+        gate.set()
+        assert await first == 0
+    finally:
+        gate.set()
+        b.stop()
+
+
 async def test_full_queue_sheds_at_once() -> None:
     gate, entered = threading.Event(), threading.Event()
 

@@ -57,7 +57,8 @@ def test_byo_models_replace_heads_and_add_pii(tmp_path: Path) -> None:
     assert out.categories is not None and set(out.categories) == set(cats)
     assert abs(sum(out.categories.values()) - 1) < 1e-5
     assert out.jailbreak is not None and 0 <= out.jailbreak <= 1
-    assert out.embedding is not None and out.embedding.shape == (384,)
+    # Both heads are the models' own and the semantic cache is off: no sentence embedding needed.
+    assert out.embedding is None and out.tokens > 0
     assert all(f.entity_type == "PERSON" and f.source == "model" for f in out.pii)
 
 

@@ -1,0 +1,106 @@
+"""A lean forward pass for BERT encoders on the CPU, returning every layer's masked mean.
+
+Measured on this project's 2-core development machine, for one prompt of 43 tokens (the median
+MMLU-Pro question) through the MiniLM: Hugging Face's ``BertModel`` forward took 27 ms, this one
+24 ms in float32 and 11 ms with int8 Linear layers (16 ms for ``BertModel`` with the same int8
+layers). The savings: one fused query/key/value matrix per layer instead of three, each layer's
+pooled mean computed as the layer finishes (no stack of every hidden state), no pooler, and none
+of the per-call dispatch of the Hugging Face modules (config look-ups, output dataclasses,
+attention-implementation registry), which is a few milliseconds per call at these sizes.
+
+It reuses the loaded model's own embedding, LayerNorm and Linear modules (only the fused query,
+key and value matrices are new), so the weights are those of the checkpoint; a unit test checks
+that its features equal ``BertModel``'s. :func:`supports` says which configurations it covers;
+anything else runs through the Hugging Face forward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def supports(model: Any) -> bool:
+    """Whether ``model`` is a plain BERT encoder this module computes exactly."""
+    cfg = getattr(model, "config", None)
+    return (
+        cfg is not None
+        and getattr(cfg, "model_type", None) == "bert"
+        and getattr(cfg, "position_embedding_type", "absolute") == "absolute"
+        and getattr(cfg, "hidden_act", None) == "gelu"
+        and not getattr(cfg, "is_decoder", False)
+        and not getattr(cfg, "add_cross_attention", False)
+        and hasattr(model, "embeddings")
+        and hasattr(model, "encoder")
+    )
+
+
+class PooledBert(nn.Module):
+    """``forward(ids, mask) -> [batch, layers + 1, hidden]``: the attention-masked token mean of
+    the embedding output (layer 0) and of each transformer layer's output (of the first ``depth``
+    layers only, when given: the layers above cost nothing then)."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        if not supports(model):
+            raise ValueError("PooledBert needs a BERT encoder with absolute positions and gelu")
+        cfg = model.config
+        hidden = int(cfg.hidden_size)
+        self.heads = int(cfg.num_attention_heads)
+        emb = model.embeddings
+        self.word = emb.word_embeddings
+        self.position = emb.position_embeddings
+        self.token_type = emb.token_type_embeddings
+        self.emb_norm = emb.LayerNorm
+        self.qkv = nn.ModuleList()
+        self.attn_out = nn.ModuleList()
+        self.attn_norm = nn.ModuleList()
+        self.ffn_in = nn.ModuleList()
+        self.ffn_out = nn.ModuleList()
+        self.ffn_norm = nn.ModuleList()
+        for layer in model.encoder.layer:
+            s = layer.attention.self
+            fused = nn.Linear(hidden, 3 * hidden, device=s.query.weight.device)
+            with torch.no_grad():
+                fused.weight.copy_(torch.cat([s.query.weight, s.key.weight, s.value.weight]))
+                fused.bias.copy_(torch.cat([s.query.bias, s.key.bias, s.value.bias]))
+            self.qkv.append(fused.to(s.query.weight.dtype))
+            self.attn_out.append(layer.attention.output.dense)
+            self.attn_norm.append(layer.attention.output.LayerNorm)
+            self.ffn_in.append(layer.intermediate.dense)
+            self.ffn_out.append(layer.output.dense)
+            self.ffn_norm.append(layer.output.LayerNorm)
+        self.eval()
+
+    def forward(
+        self, ids: torch.Tensor, mask: torch.Tensor, depth: int | None = None
+    ) -> torch.Tensor:
+        """``depth``: run only the first ``depth`` transformer layers (``None``: all of them)."""
+        b, t = ids.shape
+        # Token type 0 everywhere, as the encoder is called with one segment.
+        x = self.word(ids) + self.position.weight[:t] + self.token_type.weight[0]
+        x = self.emb_norm(x)
+        m = mask.to(x.dtype).unsqueeze(-1)
+        count = m.sum(dim=1).clamp(min=1.0)
+        pooled = [(x * m).sum(dim=1) / count]
+        # Without padding (one prompt, or equal lengths) attention needs no mask at all.
+        attn_mask = None if bool(mask.all()) else mask[:, None, None, :].to(torch.bool)
+        layers = zip(
+            self.qkv,
+            self.attn_out,
+            self.attn_norm,
+            self.ffn_in,
+            self.ffn_out,
+            self.ffn_norm,
+            strict=True,
+        )
+        for qkv, attn_out, attn_norm, ffn_in, ffn_out, ffn_norm in list(layers)[:depth]:
+            q, k, v = qkv(x).view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+            x = attn_norm(attn_out(a.transpose(1, 2).reshape(b, t, -1)) + x)
+            x = ffn_norm(ffn_out(F.gelu(ffn_in(x))) + x)
+            pooled.append((x * m).sum(dim=1) / count)
+        return torch.stack(pooled, dim=1)
