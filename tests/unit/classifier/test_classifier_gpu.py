@@ -30,7 +30,11 @@ def test_cuda_matches_cpu() -> None:
     encoder = os.environ.get("POINTSMAN_CLASSIFIER_ENCODER")
     base = {"encoder": encoder, "pii": {"enabled": False}}
     gpu = Engine(ClassifierConfig.model_validate({**base, "device": "cuda"}))
-    cpu = Engine(ClassifierConfig.model_validate({**base, "device": "cpu", "dtype": "float32"}))
+    cpu = Engine(
+        ClassifierConfig.model_validate(
+            {**base, "device": "cpu", "dtype": "float32", "quantize": "none"}
+        )
+    )
     assert gpu.device.type == "cuda"
     for g, c in zip(gpu.run(PROMPTS), cpu.run(PROMPTS), strict=True):
         assert g.categories is not None and c.categories is not None
