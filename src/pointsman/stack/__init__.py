@@ -479,7 +479,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "pointsman up") -> int:
     auto_example = (
         f"  curl -i {stack.gateway_url}/v1/chat/completions -H 'content-type: application/json' \\\n"
         '    -d \'{"model": "auto", "messages": [{"role": "user", "content": '
-        '"Integrate x^2 sin(x) dx"}]}\'\n'
+        '"What is the derivative of x^3 + 2x?"}]}\'\n'
         if auto
         else ""
     )
