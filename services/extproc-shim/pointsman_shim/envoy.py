@@ -122,24 +122,21 @@ def struct(data: Mapping[str, Any]) -> struct_pb2.Struct:
     return s
 
 
-def metadata_value(request: pb.ProcessingRequest, namespace: str, key: str) -> Any:
-    """A value of the request's metadata context (``None`` if absent): lists and strings."""
+def metadata_namespace(request: pb.ProcessingRequest, namespace: str) -> struct_pb2.Struct | None:
+    """One namespace of the request's metadata context, ``None`` if Envoy sent none."""
     if not request.HasField("metadata_context"):
         return None
-    ns = request.metadata_context.filter_metadata.get(namespace)
+    ns: struct_pb2.Struct | None = request.metadata_context.filter_metadata.get(namespace)
+    return ns
+
+
+def metadata_value(request: pb.ProcessingRequest, namespace: str, key: str) -> Any:
+    """A value of the request's metadata context (``None`` if absent): lists and strings."""
+    ns = metadata_namespace(request, namespace)
     if ns is None or key not in ns.fields:
         return None
-    value = ns.fields[key]
-    kind = value.WhichOneof("kind")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "list_value":
-        return [
-            v.string_value
-            for v in value.list_value.values
-            if v.WhichOneof("kind") == "string_value"
-        ]
-    return None
+    value = _plain(ns.fields[key])
+    return value if isinstance(value, (str, list)) else None
 
 
 def struct_fields(struct: struct_pb2.Struct) -> dict[str, Any]:
@@ -149,20 +146,28 @@ def struct_fields(struct: struct_pb2.Struct) -> dict[str, Any]:
     """
     out: dict[str, Any] = {}
     for key, value in struct.fields.items():
-        kind = value.WhichOneof("kind")
-        if kind == "string_value":
-            out[key] = value.string_value
-        elif kind == "number_value":
-            out[key] = value.number_value
-        elif kind == "bool_value":
-            out[key] = value.bool_value
-        elif kind == "list_value":
-            out[key] = [
-                v.string_value
-                for v in value.list_value.values
-                if v.WhichOneof("kind") == "string_value"
-            ]
+        plain = _plain(value)
+        if plain is not None:
+            out[key] = plain
     return out
+
+
+def _plain(value: struct_pb2.Value) -> Any:
+    """Strings, numbers, booleans and lists of strings; ``None`` for anything else."""
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        return value.number_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "list_value":
+        return [
+            v.string_value
+            for v in value.list_value.values
+            if v.WhichOneof("kind") == "string_value"
+        ]
+    return None
 
 
 SKIP_BODIES = ProcessingMode(

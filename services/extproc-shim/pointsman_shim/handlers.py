@@ -603,9 +603,7 @@ def _context(stream: Stream, routed: Routed) -> dict[str, Any]:
 
 def _adopt_context(stream: Stream, request: envoy.ProcessingRequest) -> None:
     """Take the decision from the first observed message's metadata; none = not ours."""
-    if not request.HasField("metadata_context"):
-        return
-    ns = request.metadata_context.filter_metadata.get(CONTEXT_NAMESPACE)
+    ns = envoy.metadata_namespace(request, CONTEXT_NAMESPACE)
     if ns is None:
         return
     ctx = envoy.struct_fields(ns)

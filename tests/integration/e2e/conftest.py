@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
 from collections.abc import Iterator
 
 import httpx
+import nats
 import pytest
 
 from pointsman.stack import Stack, StackOptions
+from pointsman.v1 import CompletionEvent, decode, subjects
 
 #: Fast simulators: every simulated duration x0.02, short default outputs.
 SIM_ARGS = ["--time-scale", "0.02", "--max-num-seqs", "4"]
@@ -69,3 +72,40 @@ def queue_filled(endpoint: str, model: str, *, requests: int, min_waiting: int) 
     finally:
         for t in threads:
             t.join()
+
+
+def post_and_collect_completions(
+    stack: Stack, requests: list[tuple[dict[str, object], dict[str, str]]], prefix: str
+) -> tuple[list[CompletionEvent], list[httpx.Response]]:
+    """POST each ``(body, headers)`` to the chat path, in order, and return the responses with
+    every completion event whose request id starts with ``prefix``: it waits until there is one
+    per request, then a second more, so that a duplicate event shows too."""
+
+    async def run() -> tuple[list[CompletionEvent], list[httpx.Response]]:
+        nc = await nats.connect(stack.nats_url)
+        sub = await nc.subscribe(subjects.COMPLETIONS)
+        await nc.flush()
+        async with httpx.AsyncClient() as client:
+            responses = [
+                await client.post(
+                    f"{stack.gateway_url}/v1/chat/completions", json=body, headers=headers
+                )
+                for body, headers in requests
+            ]
+        events: list[CompletionEvent] = []
+
+        def ours() -> list[CompletionEvent]:
+            return [e for e in events if e.request_id.startswith(prefix)]
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while len(ours()) < len(requests):
+            msg = await sub.next_msg(timeout=max(0.1, deadline - loop.time()))
+            events.append(decode(msg.data, CompletionEvent))
+        with contextlib.suppress(nats.errors.TimeoutError):
+            while True:
+                events.append(decode((await sub.next_msg(timeout=1.0)).data, CompletionEvent))
+        await nc.close()
+        return ours(), responses
+
+    return asyncio.run(run())

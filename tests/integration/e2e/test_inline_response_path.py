@@ -3,17 +3,12 @@ Inference Extension gateway or the Istio overlay configure it), through a real E
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Iterator
 
-import httpx
-import nats
 import pytest
 
 from pointsman.stack import Stack
-from pointsman.v1 import CompletionEvent, decode, subjects
-from tests.integration.e2e.conftest import make_stack
+from tests.integration.e2e.conftest import make_stack, post_and_collect_completions
 
 pytestmark = pytest.mark.integration
 
@@ -25,35 +20,23 @@ def inline_stack() -> Iterator[Stack]:
 
 
 def test_inline_stream_reports_headers_and_one_completion(inline_stack: Stack) -> None:
-    stack = inline_stack
-
-    async def run() -> tuple[list[CompletionEvent], list[httpx.Response]]:
-        nc = await nats.connect(stack.nats_url)
-        sub = await nc.subscribe(subjects.COMPLETIONS)
-        await nc.flush()
-        async with httpx.AsyncClient() as client:
-            responses = [
-                await client.post(
-                    f"{stack.gateway_url}/v1/chat/completions",
-                    json={
-                        "model": "beta",
-                        "messages": [{"role": "user", "content": "Hello"}],
-                        "max_tokens": 4,
-                        "stream": stream,
-                        **({"stream_options": {"include_usage": True}} if stream else {}),
-                    },
-                    headers={"x-request-id": f"inline-{i}"},
-                )
-                for i, stream in enumerate((False, True))
-            ]
-        events: list[CompletionEvent] = []
-        with contextlib.suppress(nats.errors.TimeoutError):
-            while True:
-                events.append(decode((await sub.next_msg(timeout=1.0)).data, CompletionEvent))
-        await nc.close()
-        return [e for e in events if e.request_id.startswith("inline-")], responses
-
-    events, responses = asyncio.run(run())
+    events, responses = post_and_collect_completions(
+        inline_stack,
+        [
+            (
+                {
+                    "model": "beta",
+                    "messages": [{"role": "user", "content": "Hello"}],
+                    "max_tokens": 4,
+                    "stream": stream,
+                    **({"stream_options": {"include_usage": True}} if stream else {}),
+                },
+                {"x-request-id": f"inline-{i}"},
+            )
+            for i, stream in enumerate((False, True))
+        ],
+        "inline-",
+    )
     assert sorted(e.request_id for e in events) == ["inline-0", "inline-1"]
     by_id = {e.request_id: e for e in events}
     for i, r in enumerate(responses):

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from collections import Counter
 
 import httpx
-import nats
 import pytest
 
 from pointsman.stack import Stack
-from pointsman.v1 import CompletionEvent, decode, subjects
-from tests.integration.e2e.conftest import queue_filled
+from tests.integration.e2e.conftest import post_and_collect_completions, queue_filled
 
 pytestmark = pytest.mark.integration
 
@@ -191,32 +187,17 @@ def test_observer_publishes_completions_off_the_response_path(stack: Stack) -> N
     routed request ends in one completion event with the served endpoint and the usage, which
     is what the picker's in-flight counts wait for."""
 
-    async def run() -> tuple[list[CompletionEvent], list[httpx.Response]]:
-        nc = await nats.connect(stack.nats_url)
-        events: list[CompletionEvent] = []
-        sub = await nc.subscribe(subjects.COMPLETIONS)
-        await nc.flush()
-        async with httpx.AsyncClient() as client:
-            responses = [
-                await client.post(
-                    f"{stack.gateway_url}{CHAT}",
-                    json=chat_body("alpha", max_tokens=3),
-                    headers={"x-request-id": f"observed-{i}", "x-pointsman-category": "spoofed"},
-                )
-                for i in range(3)
-            ]
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10
-        while len([e for e in events if e.request_id.startswith("observed-")]) < 3:
-            msg = await sub.next_msg(timeout=max(0.1, deadline - loop.time()))
-            events.append(decode(msg.data, CompletionEvent))
-        with contextlib.suppress(nats.errors.TimeoutError):  # and no second event per request
-            while True:
-                events.append(decode((await sub.next_msg(timeout=0.5)).data, CompletionEvent))
-        await nc.close()
-        return [e for e in events if e.request_id.startswith("observed-")], responses
-
-    events, responses = asyncio.run(run())
+    events, responses = post_and_collect_completions(
+        stack,
+        [
+            (
+                chat_body("alpha", max_tokens=3),
+                {"x-request-id": f"observed-{i}", "x-pointsman-category": "spoofed"},
+            )
+            for i in range(3)
+        ],
+        "observed-",
+    )
     by_id = {e.request_id: e for e in events}
     assert sorted(e.request_id for e in events) == ["observed-0", "observed-1", "observed-2"]
     for i, r in enumerate(responses):
