@@ -29,7 +29,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,16 +98,26 @@ class Stream:
 class Processor:
     """Handles ext_proc streams; one instance per shim process."""
 
-    def __init__(self, config: ShimConfig, bus: Bus) -> None:
+    def __init__(
+        self,
+        config: ShimConfig,
+        bus: Bus,
+        *,
+        clock: Callable[[], float] = time.time,
+        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+    ) -> None:
         self.config = config
         self.bus = bus
+        #: Wall clock and fresh ids, injectable so pinned tests get exact, repeatable answers.
+        self.clock = clock
+        self.new_id = new_id
         self.auto_models = frozenset(config.auto_models)
         self.full_duplex_default = config.body_mode == "FULL_DUPLEX_STREAMED"
 
     async def process(
         self, requests: AsyncIterator[envoy.ProcessingRequest]
     ) -> AsyncIterator[envoy.ProcessingResponse]:
-        stream = Stream()
+        stream = Stream(started=self.clock())
         metrics.STREAMS.inc()
         try:
             async for request in requests:
@@ -147,7 +157,7 @@ class Processor:
         self, stream: Stream, request: envoy.ProcessingRequest
     ) -> list[envoy.ProcessingResponse]:
         stream.headers = envoy.header_map(request.request_headers)
-        stream.request_id = stream.headers.get("x-request-id") or uuid.uuid4().hex
+        stream.request_id = stream.headers.get("x-request-id") or self.new_id()
         stream.strip = h.to_strip(list(stream.headers))
         if request.HasField("protocol_config"):
             stream.full_duplex = (
@@ -446,7 +456,7 @@ class Processor:
                 return self._reject(_unavailable(exc))
             metrics.FAIL_OPEN.labels("picker").inc()
             return envoy.request_headers(envoy.common(remove=stream.strip), mode=envoy.SKIP_BODIES)
-        now = int(time.time())
+        now = int(self.clock())
         data = [
             {"id": p.name, "object": "model", "created": p.created or now, "owned_by": "pointsman"}
             for p in sorted(reply.pools, key=lambda p: p.name)
@@ -528,7 +538,7 @@ class Processor:
         """An observer stream's message: the same response path, and no answer to Envoy."""
         if not stream.observer:
             stream.observer = True
-            _adopt_context(stream, request)
+            _adopt_context(stream, request, self.new_id)
             metrics.OBSERVED.labels("true" if stream.routed is not None else "false").inc()
         if stream.routed is None or stream.done:
             return  # not a request the shim routed (non-LLM path, immediate answer)
@@ -581,7 +591,7 @@ class Processor:
                 prompt_tokens=usage.prompt_tokens if usage else None,
                 completion_tokens=usage.completion_tokens if usage else None,
                 total_tokens=usage.total_tokens if usage else None,
-                duration_ms=max(0.0, time.time() - stream.started) * 1000,
+                duration_ms=max(0.0, self.clock() - stream.started) * 1000,
             )
         )
 
@@ -601,7 +611,9 @@ def _context(stream: Stream, routed: Routed) -> dict[str, Any]:
     return context
 
 
-def _adopt_context(stream: Stream, request: envoy.ProcessingRequest) -> None:
+def _adopt_context(
+    stream: Stream, request: envoy.ProcessingRequest, new_id: Callable[[], str]
+) -> None:
     """Take the decision from the first observed message's metadata; none = not ours."""
     ns = envoy.metadata_namespace(request, CONTEXT_NAMESPACE)
     if ns is None:
@@ -618,7 +630,7 @@ def _adopt_context(stream: Stream, request: envoy.ProcessingRequest) -> None:
         if isinstance(endpoints, list)
         else [],
     )
-    stream.request_id = str(ctx.get("request_id") or stream.request_id or uuid.uuid4().hex)
+    stream.request_id = str(ctx.get("request_id") or stream.request_id or new_id())
     stream.stream_flag = bool(ctx.get("stream", False))
     started = ctx.get("started")
     if isinstance(started, (int, float)):
