@@ -1,19 +1,75 @@
 """Build the ext_proc messages Envoy sends, and feed them to the shim's processor.
 
-Shared by the protocol tests against a real picker and the pinned exchanges of the unit tests, so
-both speak exactly the same messages.
+Shared by the protocol tests against a real picker and the unit tests of the handler, so both
+speak exactly the same messages. :class:`ScriptedBus` stands in for the bus in unit tests only:
+the integration tests use the real one against real services.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import msgspec
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2
 
+from pointsman.v1 import CompletionEvent, ModelsReply, PickReply, PickRequest
+from pointsman.v1.cache import CacheStore
+from pointsman.v1.classify import ClassifyReply, ClassifyRequest
 from pointsman_shim.handlers import Processor
+
+Reply = Any  # a bus reply struct, or a BusUnavailable the call raises
+
+
+class ScriptedBus:
+    """The shim's ``Bus`` interface answering from a script: what the classifier, the picker
+    replied, or the ``BusUnavailable`` the call fails with. Every call, publications included,
+    goes to ``on_call(name, message)`` and into :attr:`calls`."""
+
+    def __init__(
+        self,
+        *,
+        classify: Reply = None,
+        pick: Reply = None,
+        models: Reply = None,
+        on_call: Callable[[str, msgspec.Struct | None], None] | None = None,
+    ) -> None:
+        self.replies = {"classify": classify, "pick": pick, "models": models}
+        self.on_call = on_call
+        self.calls: list[tuple[str, msgspec.Struct | None]] = []
+
+    def _record(self, call: str, message: msgspec.Struct | None) -> None:
+        self.calls.append((call, message))
+        if self.on_call is not None:
+            self.on_call(call, message)
+
+    def _answer(self, call: str, request: msgspec.Struct | None) -> Any:
+        self._record(call, request)
+        reply = self.replies[call]
+        assert reply is not None, f"no {call} reply scripted"
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    async def pick(self, request: PickRequest, timeout: float) -> PickReply:
+        result: PickReply = self._answer("pick", request)
+        return result
+
+    async def models(self, timeout: float) -> ModelsReply:
+        result: ModelsReply = self._answer("models", None)
+        return result
+
+    async def classify(self, request: ClassifyRequest, timeout: float) -> ClassifyReply:
+        result: ClassifyReply = self._answer("classify", request)
+        return result
+
+    async def publish_completion(self, event: CompletionEvent) -> None:
+        self._record("publish completion", event)
+
+    async def publish_cache_store(self, message: CacheStore) -> None:
+        self._record("publish cache store", message)
 
 
 def headers_msg(
@@ -82,4 +138,6 @@ async def run(
 
 def set_headers(response: Any) -> dict[str, str]:
     """The headers a CommonResponse or ImmediateResponse sets, as a dict."""
-    return {h.header.key: h.header.raw_value.decode() for h in response.header_mutation.set_headers}
+    immediate = isinstance(response, pb.ImmediateResponse)
+    mutation = response.headers if immediate else response.header_mutation
+    return {h.header.key: h.header.raw_value.decode() for h in mutation.set_headers}

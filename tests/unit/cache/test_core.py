@@ -17,7 +17,7 @@ from pointsman_classifier.cache.core import (
     storable,
     wants_stream,
 )
-from pointsman_shim.core.cachefill import Reassembler
+from pointsman_shim.core.dialects.openai_fill import Reassembler
 
 ON = CacheConfig(enabled=True)
 

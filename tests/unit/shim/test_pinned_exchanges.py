@@ -5,8 +5,9 @@ bus that answers from the case's script (what the classifier and the picker repl
 call failed), and compares the whole exchange with a file in ``pinned/``: every message Envoy sent,
 every bus request the shim made, every ``ProcessingResponse`` it answered (protobuf text format,
 so header order, metadata and bodies are all pinned), and the change of every shim counter. The
-files were written by the handler before its policy moved into the pure core, so they hold the
-Envoy contract the refactor had to keep. The real bus is covered by the integration tests.
+files were first written by the handler before its policy moved into the pure core (and before
+the shim rendered cache hits), so they hold the Envoy contract the refactor had to keep. The
+real bus is covered by the integration tests.
 
 A deliberate change of behaviour rewrites the files: ``PINNED_UPDATE=1 pytest <this file>``, then
 read the diff before committing it.
@@ -29,62 +30,33 @@ from google.protobuf import struct_pb2, text_format
 from prometheus_client import REGISTRY
 
 from pointsman.v1 import (
-    CompletionEvent,
     ModelsReply,
     PickReply,
-    PickRequest,
     PickStatus,
     PoolInfo,
     encode,
 )
-from pointsman.v1.cache import CacheStore
-from pointsman.v1.classify import Block, ClassifyReply, ClassifyRequest, ImmediateAnswer
+from pointsman.v1.classify import (
+    Block,
+    CachedAnswer,
+    ClassifyReply,
+    ImmediateAnswer,
+)
 from pointsman_shim.bus import BusUnavailable
 from pointsman_shim.config import ShimConfig
 from pointsman_shim.handlers import Processor
-from tests.helpers.extproc import body_msg, headers_msg, response_body_msg, response_headers_msg
+from tests.helpers.extproc import (
+    Reply,
+    ScriptedBus,
+    body_msg,
+    headers_msg,
+    response_body_msg,
+    response_headers_msg,
+)
 
 PINNED = Path(__file__).parent / "pinned"
 NOW = 1_700_000_000.0
 NEW_ID = "0123456789abcdef0123456789abcdef"
-
-Reply = Any  # a bus reply struct, or a BusUnavailable the call raises
-
-
-class ScriptedBus:
-    """The shim's ``Bus`` interface answering from a script; records every call in ``log``."""
-
-    def __init__(
-        self, log: list[str], classify: Reply = None, pick: Reply = None, models: Reply = None
-    ) -> None:
-        self.log = log
-        self.replies = {"classify": classify, "pick": pick, "models": models}
-
-    def _answer(self, call: str, request: msgspec.Struct | None) -> Any:
-        self.log.append(f"## shim -> bus: {call}\n" + (_json(request) if request else "{}"))
-        reply = self.replies[call]
-        assert reply is not None, f"the case has no {call} reply scripted"
-        if isinstance(reply, BusUnavailable):
-            raise reply
-        return reply
-
-    async def pick(self, request: PickRequest, timeout: float) -> PickReply:
-        result: PickReply = self._answer("pick", request)
-        return result
-
-    async def models(self, timeout: float) -> ModelsReply:
-        result: ModelsReply = self._answer("models", None)
-        return result
-
-    async def classify(self, request: ClassifyRequest, timeout: float) -> ClassifyReply:
-        result: ClassifyReply = self._answer("classify", request)
-        return result
-
-    async def publish_completion(self, event: CompletionEvent) -> None:
-        self.log.append("## shim -> bus: publish completion\n" + _json(event))
-
-    async def publish_cache_store(self, message: CacheStore) -> None:
-        self.log.append("## shim -> bus: publish cache store\n" + _json(message))
 
 
 def _json(message: msgspec.Struct) -> str:
@@ -193,25 +165,19 @@ CLASSIFIED = ClassifyReply(
 CACHE_HEADERS = {"x-pointsman-cache": "hit", "x-pointsman-cache-similarity": "0.9731"}
 
 
-def cache_hit(*, chat: bool, stream: bool, include_usage: bool = False) -> ClassifyReply:
-    """A semantic-cache hit as today's classifier sends it: the answer rendered for the client."""
-    from pointsman_classifier.cache.core import StoredAnswer, render_json, render_sse
+def cache_hit() -> ClassifyReply:
+    """A semantic-cache hit: the stored answer, which the shim renders for the client's API.
 
-    stored = StoredAnswer(
-        content="Four.", finish_reason="stop", prompt_tokens=5, completion_tokens=2, model="m1"
-    )
-    rid = f"{'chatcmpl' if chat else 'cmpl'}-cache-{NEW_ID[:24]}"
-    kw: dict[str, Any] = {"chat": chat, "model": "m1", "rid": rid, "created": int(NOW)}
-    if stream:
-        body = render_sse(stored, include_usage=include_usage, **kw)
-    else:
-        body = render_json(stored, **kw)
-    ctype = "text/event-stream" if stream else "application/json"
-    return ClassifyReply(
+    Its pinned answers were rendered by the classifier before rendering moved to the shim."""
+    answer = CachedAnswer(
+        content="Four.",
+        finish_reason="stop",
+        prompt_tokens=5,
+        completion_tokens=2,
         model="m1",
-        headers=dict(CACHE_HEADERS),
-        answer=ImmediateAnswer(body=body, content_type=ctype),
+        similarity=0.9731,
     )
+    return ClassifyReply(model="m1", headers=dict(CACHE_HEADERS), cached=answer)
 
 
 # -- cases -------------------------------------------------------------------------------------
@@ -348,7 +314,7 @@ CASES = [
         "cache_hit_chat_json",
         lambda: [rid("/v1/chat/completions"), body_msg(chat(temperature=0))],
         config=CLASSIFIER_ON,
-        classify=cache_hit(chat=True, stream=False),
+        classify=cache_hit(),
     ),
     Case(
         "cache_hit_chat_sse_usage",
@@ -357,19 +323,19 @@ CASES = [
             body_msg(chat(stream=True, stream_options={"include_usage": True})),
         ],
         config=CLASSIFIER_ON,
-        classify=cache_hit(chat=True, stream=True, include_usage=True),
+        classify=cache_hit(),
     ),
     Case(
         "cache_hit_completion_json",
         lambda: [rid("/v1/completions"), body_msg(completion())],
         config=CLASSIFIER_ON,
-        classify=cache_hit(chat=False, stream=False),
+        classify=cache_hit(),
     ),
     Case(
         "cache_hit_completion_sse",
         lambda: [rid("/v1/completions"), body_msg(completion(stream=True))],
         config=CLASSIFIER_ON,
-        classify=cache_hit(chat=False, stream=True),
+        classify=cache_hit(),
     ),
     Case(
         "classifier_timeout_fail_open_auto",
@@ -515,7 +481,11 @@ async def exchange(case: Case) -> str:
     log: list[str] = [f"# pinned ext_proc exchange '{case.name}' (see {Path(__file__).name})"]
     if case.config:
         log.append("## shim config\n" + json.dumps(case.config, sort_keys=True))
-    bus = ScriptedBus(log, case.classify, case.pick, case.models)
+
+    def on_call(call: str, message: msgspec.Struct | None) -> None:
+        log.append(f"## shim -> bus: {call}\n" + (_json(message) if message else "{}"))
+
+    bus = ScriptedBus(classify=case.classify, pick=case.pick, models=case.models, on_call=on_call)
     processor = Processor(
         ShimConfig(**case.config),
         bus,  # type: ignore[arg-type]
