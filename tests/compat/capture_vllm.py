@@ -179,7 +179,8 @@ RESPONSES_TOOL_TURN = [
     {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
 ]
 #: The bodies vllm-router 0.1.17 (cache_aware) sends to build its routing key: first the render
-#: path, then, when that fails, /tokenize (seen on the wire in front of a logging server).
+#: path of every worker, then, only when that path is missing (404), /tokenize (seen on the wire in
+#: front of a logging server; a 403, vLLM 0.32's default, makes it route without a key).
 ROUTER_CHAT_RENDER = {
     "model": MODEL_NAME,
     "messages": MESSAGES,

@@ -87,7 +87,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="serve the render paths (/v1/chat/completions/render, /v1/completions/render, "
         "/v1/responses/render, /v1/messages/render), as vLLM does with this flag; without it "
-        "they answer 403, as vLLM's do",
+        "they answer 403, as vLLM's do, and vllm-router's cache_aware builds no prefix key",
     )
     g.add_argument(
         "--enable-responses-store",

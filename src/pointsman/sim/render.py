@@ -1,17 +1,18 @@
 """``/tokenize``, ``/detokenize`` and the render paths as vLLM 0.32 answers them.
 
 Routers call these to build routing keys: vllm-router 0.1.17's ``cache_aware`` policy posts the
-request to ``/v1/chat/completions/render`` (``/v1/completions/render`` for completions) and,
-when that fails, to ``/tokenize`` with the same messages or prompt, and keys its prefix tree on
-the token ids. They are cheap CPU calls that never reach the engine. The ids come from
-:func:`pointsman.sim.tokens.token_ids`: the same text gives the same ids on every replica, a
-shared prefix shares its leading ids, and the count is the ``prompt_tokens`` a generation
-request with the same messages or prompt reports.
+request to ``/v1/chat/completions/render`` (``/v1/completions/render`` for completions) of every
+worker and keys its prefix tree on the token ids. Only when a render path is missing (404) does
+it post the messages or prompt to ``/tokenize`` instead; a 403 counts as a refusal, and the
+request is then routed without a prefix key. They are cheap CPU calls that never reach the
+engine. The ids come from :func:`pointsman.sim.tokens.token_ids`: the same text gives the same
+ids on every replica, a shared prefix shares its leading ids, and the count is the
+``prompt_tokens`` a generation request with the same messages or prompt reports.
 
 vLLM 0.32 serves the render paths only when started with ``--enable-scale-out``; without it,
-every render path answers 403 ``PermissionDeniedError`` (so vllm-router falls back to
-``/tokenize``). The simulator does the same (``--enable-scale-out``). Shapes, checked against
-``tests/fixtures/vllm-0.32``:
+every render path answers 403 ``PermissionDeniedError``, so ``cache_aware`` in front of a
+default vLLM 0.32 builds no prefix key at all. The simulator does the same
+(``--enable-scale-out``). Shapes, checked against ``tests/fixtures/vllm-0.32``:
 
 - ``/tokenize`` takes ``prompt`` or ``messages`` (``model`` optional) and answers ``{"count",
   "max_model_len", "tokens", "token_strs"}`` (``token_strs`` null unless

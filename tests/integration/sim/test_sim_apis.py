@@ -220,7 +220,7 @@ async def test_render_paths_answer_403_without_scale_out(
     for path in ("/v1/chat/completions/render", "/v1/completions/render", "/v1/responses/render"):
         status, err = await post(http, address, path, {"model": MODEL})
         assert status == 403 and err["error"]["type"] == "PermissionDeniedError"
-    # /tokenize is always there: it is what vllm-router falls back to
+    # /tokenize is always there (vllm-router posts to it when a render path is missing)
     assert (await post(http, address, "/tokenize", {"prompt": "x"}))[0] == 200
 
 
