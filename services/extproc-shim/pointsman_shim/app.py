@@ -67,5 +67,6 @@ async def serve(config: ShimConfig, nats_url: str, stop: asyncio.Event) -> None:
     connector.cancel()
     tracker.cancel()
     await bus.close()
+    await processor.state.close()
     await health.stop()
     await ops.stop()
