@@ -74,7 +74,7 @@ class _Anthropic:
     def parse(self, raw: bytes, *, max_bytes: int) -> LLMRequest:
         request = openai.decode(self.name, raw, max_bytes=max_bytes)
         body = request.body
-        if self._needs_max_tokens or "max_tokens" in body:
+        if self._needs_max_tokens or body.get("max_tokens") is not None:
             _max_tokens(body.get("max_tokens"))
         request.turns = _system_turns(body.get("system")) + _message_turns(body.get("messages"))
         tools = _tools(body.get("tools"))

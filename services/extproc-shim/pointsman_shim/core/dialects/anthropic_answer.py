@@ -292,7 +292,8 @@ class StreamTranslator:
 
 
 class ErrorTranslator:
-    """An error answer (status >= 400) in any shape -> Anthropic's error format, same status."""
+    """An error answer (status >= 400) in any shape -> Anthropic's error format, same status,
+    with Anthropic's error type for it (vLLM's Messages endpoint sends its own type names)."""
 
     def __init__(self, status: int) -> None:
         self.status: int | None = None
@@ -315,10 +316,8 @@ class ErrorTranslator:
             body = _decoder.decode(raw)
         except msgspec.DecodeError:
             body = None
-        if isinstance(body, dict) and body.get("type") == "error":
-            return raw  # already Anthropic's
         message: str | None = None
-        if isinstance(body, dict):
+        if isinstance(body, dict):  # OpenAI's shape, Anthropic's (vLLM's types), vLLM's detail
             error = body.get("error")
             if isinstance(error, dict) and isinstance(error.get("message"), str):
                 message = error["message"]
