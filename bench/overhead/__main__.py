@@ -303,13 +303,7 @@ async def run_api_phases(
     merged = {name: Result() for name in rows}
     for _ in range(args.rounds):
         for name, (url, body) in rows.items():
-            r = await open_loop(url, body, args.api_rate, args.seconds)
-            m = merged[name]
-            m.latencies_ms += r.latencies_ms
-            m.errors += r.errors
-            m.elapsed_s += r.elapsed_s
-            for k, v in r.statuses.items():
-                m.statuses[k] = m.statuses.get(k, 0) + v
+            merged[name].add(await open_loop(url, body, args.api_rate, args.seconds))
     return {name: res.summary() for name, res in merged.items()}
 
 
@@ -369,12 +363,7 @@ async def run_phases(
                     for n, pid in pids.items():
                         cpu_total[n] += cpu_seconds(pid) - before[n]
                     requests_total += r.ok
-                m = merged[name]
-                m.latencies_ms += r.latencies_ms
-                m.errors += r.errors
-                m.elapsed_s += r.elapsed_s
-                for k, v in r.statuses.items():
-                    m.statuses[k] = m.statuses.get(k, 0) + v
+                merged[name].add(r)
         by_rate[f"{rate:g}"] = {name: res.summary() for name, res in merged.items()}
     capacity = {}
     for name, url in urls.items():

@@ -37,6 +37,7 @@ from pointsman.stack.procs import (
     free_port_block,
     http_status,
     port_free,
+    redis_argv,
     spawn,
     wait_ready,
 )
@@ -254,20 +255,7 @@ class Stack:
         port = free_port()
         store = self.workdir / "redis"
         store.mkdir(parents=True, exist_ok=True)
-        argv = [
-            path,
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(store),
-        ]
-        child = spawn("redis-server", argv, self.log_dir)
+        child = spawn("redis-server", redis_argv(path, port, str(store)), self.log_dir)
         self.children["redis-server"] = child
         wait_ready(child, lambda: not port_free(port), 15, "redis-server")
         return f"redis://127.0.0.1:{port}/0"

@@ -46,7 +46,7 @@ from pointsman_shim.core.dialects.base import (
     Upstream,
 )
 from pointsman_shim.core.dialects.sse import event
-from pointsman_shim.core.errors import RequestError
+from pointsman_shim.core.errors import RequestError, invalid
 
 _encoder = msgspec.json.Encoder()
 
@@ -71,6 +71,24 @@ class _Anthropic:
     ) -> bytes:
         return anthropic_answer.error_body(message, status)
 
+    def response_translator(
+        self,
+        request: LLMRequest,
+        *,
+        status: int,
+        sse: bool,
+        translated: bool,
+        nonce: str,
+        created: int,
+    ) -> Translating | None:
+        """Errors always speak Anthropic; a translated success is translated back."""
+        if status >= 400:
+            return anthropic_answer.ErrorTranslator(status)
+        return self._translator(request, sse=sse, nonce=nonce) if translated else None
+
+    def _translator(self, request: LLMRequest, *, sse: bool, nonce: str) -> Translating:
+        raise NotImplementedError
+
     def parse(self, raw: bytes, *, max_bytes: int) -> LLMRequest:
         request = openai.decode(self.name, raw, max_bytes=max_bytes)
         body = request.body
@@ -84,7 +102,7 @@ class _Anthropic:
         if stops is not None and not (
             isinstance(stops, list) and all(isinstance(s, str) for s in stops)
         ):
-            raise _invalid("'stop_sequences' must be an array of strings", "stop_sequences")
+            raise invalid("'stop_sequences' must be an array of strings", "stop_sequences")
         params: dict[str, Any] = {
             k: request.params[k] for k in ("temperature", "top_p", "stream") if k in body
         }
@@ -206,20 +224,7 @@ class AnthropicMessages(_Anthropic):
         )
         return Rendered(body, "text/event-stream")
 
-    def response_translator(
-        self,
-        request: LLMRequest,
-        *,
-        status: int,
-        sse: bool,
-        translated: bool,
-        nonce: str,
-        created: int,
-    ) -> Translating | None:
-        if status >= 400:
-            return anthropic_answer.ErrorTranslator(status)
-        if not translated:
-            return None
+    def _translator(self, request: LLMRequest, *, sse: bool, nonce: str) -> Translating:
         stops = request.body.get("stop_sequences") or []
         if sse:
             return anthropic_answer.StreamTranslator(f"msg_{nonce}", request.model, stops)
@@ -255,19 +260,8 @@ class AnthropicCountTokens(_Anthropic):
         body = {"input_tokens": answer.prompt_tokens or 0}
         return Rendered(_encoder.encode(body), "application/json")
 
-    def response_translator(
-        self,
-        request: LLMRequest,
-        *,
-        status: int,
-        sse: bool,
-        translated: bool,
-        nonce: str,
-        created: int,
-    ) -> Translating | None:
-        if status >= 400:
-            return anthropic_answer.ErrorTranslator(status)
-        return anthropic_answer.CountTranslator() if translated else None
+    def _translator(self, request: LLMRequest, *, sse: bool, nonce: str) -> Translating:
+        return anthropic_answer.CountTranslator()
 
 
 MESSAGES = AnthropicMessages()
@@ -277,15 +271,11 @@ COUNT_TOKENS = AnthropicCountTokens()
 # -- checks ------------------------------------------------------------------------------------
 
 
-def _invalid(message: str, param: str, reason: str | None = None) -> RequestError:
-    return RequestError(400, message, reason=reason or f"invalid_{param}", param=param)
-
-
 def _max_tokens(value: Any) -> None:
     if value is None:
-        raise _invalid("'max_tokens' is required", "max_tokens", "missing_max_tokens")
+        raise invalid("'max_tokens' is required", "max_tokens", "missing_max_tokens")
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise _invalid("'max_tokens' must be an integer of at least 1", "max_tokens")
+        raise invalid("'max_tokens' must be an integer of at least 1", "max_tokens")
 
 
 def _system_turns(system: Any) -> list[ChatTurn]:
@@ -293,7 +283,7 @@ def _system_turns(system: Any) -> list[ChatTurn]:
         return []
     text = system_text(system)
     if text is None:
-        raise _invalid("'system' must be a string or an array of text blocks", "system")
+        raise invalid("'system' must be a string or an array of text blocks", "system")
     return [ChatTurn("system", text)] if text else []
 
 
@@ -318,24 +308,24 @@ def system_text(system: Any) -> str | None:
 
 def _message_turns(messages: Any) -> list[ChatTurn]:
     if messages is None:
-        raise _invalid("'messages' is required", "messages", "missing_messages")
+        raise invalid("'messages' is required", "messages", "missing_messages")
     if not isinstance(messages, list):
-        raise _invalid(f"'messages' must be an array, not {openai.json_type(messages)}", "messages")
+        raise invalid(f"'messages' must be an array, not {openai.json_type(messages)}", "messages")
     if not messages:
-        raise _invalid("'messages' must not be empty", "messages", "empty_messages")
+        raise invalid("'messages' must not be empty", "messages", "empty_messages")
     turns = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise _invalid(f"'messages[{i}]' must be an object", "messages")
+            raise invalid(f"'messages[{i}]' must be an object", "messages")
         role = message.get("role")
         if role not in ("user", "assistant"):
-            raise _invalid(f"'messages[{i}].role' must be 'user' or 'assistant'", "messages")
+            raise invalid(f"'messages[{i}].role' must be 'user' or 'assistant'", "messages")
         content = message.get("content")
         if isinstance(content, str):
             turns.append(ChatTurn(role, content))
             continue
         if not isinstance(content, list):
-            raise _invalid(
+            raise invalid(
                 f"'messages[{i}].content' must be a string or an array of content blocks",
                 "messages",
             )
@@ -415,12 +405,12 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
     if tools is None:
         return []
     if not isinstance(tools, list):
-        raise _invalid("'tools' must be an array", "tools")
+        raise invalid("'tools' must be an array", "tools")
     for i, tool in enumerate(tools):
         if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
-            raise _invalid(f"'tools[{i}]' needs a string 'name'", "tools")
+            raise invalid(f"'tools[{i}]' needs a string 'name'", "tools")
         if tool.get("type") in (None, "custom") and not isinstance(tool.get("input_schema"), dict):
-            raise _invalid(f"'tools[{i}].input_schema' must be an object", "tools")
+            raise invalid(f"'tools[{i}].input_schema' must be an object", "tools")
     return tools
 
 
@@ -428,13 +418,13 @@ def _tool_choice(choice: Any, tools: list[dict[str, Any]]) -> None:
     if choice is None:
         return
     if not isinstance(choice, dict) or choice.get("type") not in _TOOL_CHOICES:
-        raise _invalid(
+        raise invalid(
             "'tool_choice' must be an object with 'type' auto, any, tool or none", "tool_choice"
         )
     if choice["type"] == "tool":
         name = choice.get("name")
         if not isinstance(name, str) or name not in {t.get("name") for t in tools}:
-            raise _invalid("'tool_choice.name' must name one of 'tools'", "tool_choice")
+            raise invalid("'tool_choice.name' must name one of 'tools'", "tool_choice")
 
 
 def _thinking(thinking: Any, max_tokens: Any) -> None:
@@ -442,17 +432,17 @@ def _thinking(thinking: Any, max_tokens: Any) -> None:
         return
     kind = thinking.get("type") if isinstance(thinking, dict) else None
     if kind not in ("enabled", "disabled", "adaptive"):
-        raise _invalid("'thinking.type' must be enabled, disabled or adaptive", "thinking")
+        raise invalid("'thinking.type' must be enabled, disabled or adaptive", "thinking")
     if kind != "enabled":
         return
     budget = thinking.get("budget_tokens")
     if not isinstance(budget, int) or isinstance(budget, bool) or budget < MIN_THINKING_BUDGET:
-        raise _invalid(
+        raise invalid(
             f"'thinking.budget_tokens' must be an integer of at least {MIN_THINKING_BUDGET}",
             "thinking",
         )
     if isinstance(max_tokens, int) and budget >= max_tokens:
-        raise _invalid("'thinking.budget_tokens' must be less than 'max_tokens'", "thinking")
+        raise invalid("'thinking.budget_tokens' must be less than 'max_tokens'", "thinking")
 
 
 # -- translation to chat completions ----------------------------------------------------------

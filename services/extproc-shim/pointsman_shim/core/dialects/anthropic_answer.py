@@ -31,7 +31,8 @@ import msgspec
 
 from pointsman_shim.core.dialects import chat_answer as chat
 from pointsman_shim.core.dialects.base import Filled, Usage
-from pointsman_shim.core.dialects.sse import EventSplitter, EventTooLarge, event
+from pointsman_shim.core.dialects.bodies import BodyReader, WholeAnswer, json_object
+from pointsman_shim.core.dialects.sse import event
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
@@ -71,10 +72,6 @@ def error_body(message: str, status: int) -> bytes:
     return _encoder.encode(
         {"type": "error", "error": {"type": error_type(status), "message": message}}
     )
-
-
-#: A JSON answer larger than this is not translated (an error instead).
-MAX_ANSWER_BYTES = 16 * 1024 * 1024
 
 
 def message(
@@ -124,37 +121,20 @@ def _api_error(message: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": "api_error", "message": message}}
 
 
-class JsonTranslator:
+class JsonTranslator(WholeAnswer):
     """A chat completion JSON body -> one Anthropic message."""
 
     def __init__(self, mid: str, model: str, stops: list[str]) -> None:
+        super().__init__()
         self.mid = mid
         self.model = model
         self.stops = stops
-        self.failed = False
-        self.status: int | None = None
-        self._buf = bytearray()
 
-    @property
-    def result(self) -> dict[str, Any] | None:
-        return None
-
-    def feed(self, data: bytes) -> bytes:
-        if len(self._buf) + len(data) > MAX_ANSWER_BYTES:
-            self.failed = True
-        elif not self.failed:
-            self._buf += data
-        return b""
-
-    def finish(self) -> bytes:
+    def translate(self, raw: bytes | None) -> bytes:
         try:
-            if self.failed:
-                raise chat.TranslationError("the engine's answer is too large to translate")
-            answer = chat.read_answer(bytes(self._buf))
+            answer = chat.read_answer(raw)
         except chat.TranslationError as exc:
-            self.failed = True
-            self.status = 502
-            return _encoder.encode(_api_error(str(exc)))
+            return self.fail(502, _encoder.encode(_api_error(str(exc))))
         content: list[dict[str, Any]] = []
         if answer.reasoning:
             content.append({"type": "thinking", "thinking": answer.reasoning, "signature": ""})
@@ -291,33 +271,18 @@ class StreamTranslator:
         out.append(event("message_stop", {"type": "message_stop"}))
 
 
-class ErrorTranslator:
+class ErrorTranslator(WholeAnswer):
     """An error answer (status >= 400) in any shape -> Anthropic's error format, same status,
     with Anthropic's error type for it (vLLM's Messages endpoint sends its own type names)."""
 
     def __init__(self, status: int) -> None:
-        self.status: int | None = None
+        super().__init__()
         self.upstream_status = status
-        self.failed = False
-        self._buf = bytearray()
 
-    @property
-    def result(self) -> dict[str, Any] | None:
-        return None
-
-    def feed(self, data: bytes) -> bytes:
-        if len(self._buf) < 64 * 1024:
-            self._buf += data[: 64 * 1024 - len(self._buf)]
-        return b""
-
-    def finish(self) -> bytes:
-        raw = bytes(self._buf)
-        try:
-            body = _decoder.decode(raw)
-        except msgspec.DecodeError:
-            body = None
+    def translate(self, raw: bytes | None) -> bytes:
+        body = json_object(raw) if raw is not None else None
         message: str | None = None
-        if isinstance(body, dict):  # OpenAI's shape, Anthropic's (vLLM's types), vLLM's detail
+        if body is not None:  # OpenAI's shape, Anthropic's (vLLM's types), vLLM's detail
             error = body.get("error")
             if isinstance(error, dict) and isinstance(error.get("message"), str):
                 message = error["message"]
@@ -327,103 +292,31 @@ class ErrorTranslator:
                 detail = body["detail"]
                 message = detail if isinstance(detail, str) else _encoder.encode(detail).decode()
         if message is None:
-            text = raw.decode("utf-8", "replace").strip()
+            text = (raw or b"")[:4096].decode("utf-8", "replace").strip()
             message = text or f"the model's engine answered with status {self.upstream_status}"
         return error_body(message, self.upstream_status)
 
 
-class CountTranslator:
+class CountTranslator(WholeAnswer):
     """``/tokenize``'s ``{"count", ...}`` -> ``count_tokens``' ``{"input_tokens"}``."""
 
-    def __init__(self) -> None:
-        self.failed = False
-        self.status: int | None = None
-        self._buf = bytearray()
-
-    @property
-    def result(self) -> dict[str, Any] | None:
-        return None
-
-    def feed(self, data: bytes) -> bytes:
-        if len(self._buf) + len(data) <= MAX_ANSWER_BYTES:
-            self._buf += data
-        else:
-            self.failed = True
-        return b""
-
-    def finish(self) -> bytes:
-        try:
-            body = _decoder.decode(bytes(self._buf)) if not self.failed else None
-        except msgspec.DecodeError:
-            body = None
-        count = body.get("count") if isinstance(body, dict) else None
+    def translate(self, raw: bytes | None) -> bytes:
+        body = json_object(raw) if raw is not None else None
+        count = body.get("count") if body is not None else None
         if not isinstance(count, int) or isinstance(count, bool):
-            self.failed = True
-            self.status = 502
-            return _encoder.encode(_api_error("the engine did not count the tokens"))
+            error = _api_error("the engine did not count the tokens")
+            return self.fail(502, _encoder.encode(error))
         return _encoder.encode({"input_tokens": count})
 
 
 # -- reading a native pool's answers -----------------------------------------------------------
 
 
-class _NativeReader:
-    """The events (or JSON body) of one native Messages answer, bounded."""
-
-    def __init__(self, *, sse: bool) -> None:
-        self.sse = sse
-        self._splitter = EventSplitter() if sse else None
-        self._buf = bytearray()
-        self.broken = False
-
-    def feed(self, data: bytes) -> None:
-        if self.broken or not data:
-            return
-        if self._splitter is None:
-            if len(self._buf) + len(data) > MAX_ANSWER_BYTES:
-                self.broken = True
-                self._buf.clear()
-            else:
-                self._buf += data
-            return
-        try:
-            events = self._splitter.feed(data)
-        except EventTooLarge:
-            self.broken = True
-            return
-        for _, payload in events:
-            self._event(payload)
-
-    def _payloads(self) -> None:
-        if self._splitter is not None and not self.broken:
-            for _, payload in self._splitter.finish():
-                self._event(payload)
-
-    def _event(self, payload: bytes) -> None:
-        try:
-            body = _decoder.decode(payload)
-        except msgspec.DecodeError:
-            self.broken = True
-            return
-        if isinstance(body, dict):
-            self.on_event(body)
-
-    def on_event(self, body: dict[str, Any]) -> None:
-        raise NotImplementedError
-
-    def json_body(self) -> dict[str, Any] | None:
-        try:
-            body = _decoder.decode(bytes(self._buf))
-        except msgspec.DecodeError:
-            return None
-        return body if isinstance(body, dict) else None
-
-
 def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-class UsageReader(_NativeReader):
+class UsageReader(BodyReader):
     """``usage.input_tokens`` / ``output_tokens`` of a message, or of ``message_start`` and
     ``message_delta`` in a stream."""
 
@@ -433,7 +326,14 @@ class UsageReader(_NativeReader):
         self._completion: int | None = None
         self._seen = False
 
-    def on_event(self, body: dict[str, Any]) -> None:
+    def on_event(self, name: str, payload: bytes) -> None:
+        body = json_object(payload)
+        if body is None:
+            self.broken = True
+        else:
+            self.read(body)
+
+    def read(self, body: dict[str, Any]) -> None:
         kind = body.get("type")
         usage: Any = None
         if kind == "message_start" and isinstance(body.get("message"), dict):
@@ -446,19 +346,19 @@ class UsageReader(_NativeReader):
             self._completion = _int(usage.get("output_tokens"))
 
     def finish(self) -> Usage | None:
-        if self._splitter is None:
-            body = self.json_body() if not self.broken else None
-            if body is not None:
-                self.on_event({"type": "message_delta", "usage": body.get("usage")})
+        if self.sse:
+            self.end_events()
         else:
-            self._payloads()
+            body = self.json_body()
+            if body is not None:
+                self.read({"type": "message_delta", "usage": body.get("usage")})
         if not self._seen:
             return None
         p, c = self._prompt, self._completion
         return Usage(p, c, p + c if p is not None and c is not None else None)
 
 
-class AnswerReader(_NativeReader):
+class AnswerReader(BodyReader):
     """The text of a message with text blocks only, for the semantic cache; ``None`` for tool use,
     a stream without ``message_stop``, or anything malformed."""
 
@@ -469,9 +369,13 @@ class AnswerReader(_NativeReader):
         self._done = False
         self._usage = UsageReader(sse=True)
 
-    def on_event(self, body: dict[str, Any]) -> None:
+    def on_event(self, name: str, payload: bytes) -> None:
+        body = json_object(payload)
+        if body is None:
+            self.broken = True
+            return
         kind = body.get("type")
-        self._usage.on_event(body)
+        self._usage.read(body)
         if kind == "content_block_start":
             block = body.get("content_block")
             if not isinstance(block, dict) or block.get("type") != "text":
@@ -490,8 +394,10 @@ class AnswerReader(_NativeReader):
             self.broken = True
 
     def finish(self) -> Filled | None:
-        if self._splitter is None:
-            body = self.json_body() if not self.broken else None
+        if self.sse:
+            self.end_events()
+        else:
+            body = self.json_body()
             if body is None:
                 return None
             blocks = body.get("content")
@@ -503,9 +409,7 @@ class AnswerReader(_NativeReader):
             stop = body.get("stop_reason")
             self._stop = stop if isinstance(stop, str) else None
             self._done = True
-            self._usage.on_event({"type": "message_delta", "usage": body.get("usage")})
-        else:
-            self._payloads()
+            self._usage.read({"type": "message_delta", "usage": body.get("usage")})
         if self.broken or not self._done or self._stop not in FINISH_REASONS:
             return None
         usage = self._usage.finish()

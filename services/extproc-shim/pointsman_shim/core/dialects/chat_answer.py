@@ -138,8 +138,11 @@ def _reasoning_of(message: dict[str, Any]) -> str:
     return ""
 
 
-def read_answer(raw: bytes) -> ChatAnswer:
-    """A chat completion JSON body; raises :class:`TranslationError` when it is not one."""
+def read_answer(raw: bytes | None) -> ChatAnswer:
+    """A chat completion JSON body; raises :class:`TranslationError` when it is not one
+    (``None``: a body too large to read)."""
+    if raw is None:
+        raise TranslationError("the engine's answer is too large to translate")
     try:
         body = _decoder.decode(raw)
     except msgspec.DecodeError:

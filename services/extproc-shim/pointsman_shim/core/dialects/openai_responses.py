@@ -41,7 +41,7 @@ from pointsman_shim.core.dialects.base import (
     Translating,
     Upstream,
 )
-from pointsman_shim.core.errors import RequestError
+from pointsman_shim.core.errors import RequestError, invalid
 
 _encoder = msgspec.json.Encoder()
 
@@ -62,17 +62,17 @@ class OpenAIResponses:
         request = openai.decode(self.name, raw, max_bytes=max_bytes)
         body = request.body
         if "input" not in body or body["input"] is None:
-            raise _invalid("'input' is required", "input", "missing_input")
+            raise invalid("'input' is required", "input", "missing_input")
         items = input_items(body["input"])
         instructions = body.get("instructions")
         if instructions is not None and not isinstance(instructions, str):
-            raise _invalid("'instructions' must be a string", "instructions")
+            raise invalid("'instructions' must be a string", "instructions")
         previous = body.get("previous_response_id")
         if previous is not None and (not isinstance(previous, str) or not previous):
-            raise _invalid("'previous_response_id' must be a string", "previous_response_id")
+            raise invalid("'previous_response_id' must be a string", "previous_response_id")
         store = body.get("store")
         if store is not None and not isinstance(store, bool):
-            raise _invalid("'store' must be a boolean", "store")
+            raise invalid("'store' must be a boolean", "store")
         if body.get("background") is True:
             raise RequestError(
                 400,
@@ -84,7 +84,7 @@ class OpenAIResponses:
         if limit is not None and (
             not isinstance(limit, int) or isinstance(limit, bool) or limit < 1
         ):
-            raise _invalid(
+            raise invalid(
                 "'max_output_tokens' must be an integer of at least 1", "max_output_tokens"
             )
         _tools(body.get("tools"))
@@ -192,10 +192,6 @@ def conversation(request: LLMRequest) -> list[dict[str, Any]]:
 # -- checks ------------------------------------------------------------------------------------
 
 
-def _invalid(message: str, param: str, reason: str | None = None) -> RequestError:
-    return RequestError(400, message, reason=reason or f"invalid_{param}", param=param)
-
-
 def _bad_item(i: int, problem: str) -> RequestError:
     return RequestError(400, f"'input[{i}]' {problem}", reason="invalid_input_item", param="input")
 
@@ -205,11 +201,11 @@ def input_items(value: Any) -> list[dict[str, Any]]:
     if isinstance(value, str):
         return [{"type": "message", "role": "user", "content": value}]
     if not isinstance(value, list):
-        raise _invalid(
+        raise invalid(
             f"'input' must be a string or an array, not {openai.json_type(value)}", "input"
         )
     if not value:
-        raise _invalid("'input' must not be empty", "input", "empty_input")
+        raise invalid("'input' must not be empty", "input", "empty_input")
     for i, item in enumerate(value):
         if not isinstance(item, dict):
             raise _bad_item(i, "must be an object")
@@ -246,12 +242,12 @@ def _tools(tools: Any) -> None:
     if tools is None:
         return
     if not isinstance(tools, list):
-        raise _invalid("'tools' must be an array", "tools")
+        raise invalid("'tools' must be an array", "tools")
     for i, tool in enumerate(tools):
         if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
-            raise _invalid(f"'tools[{i}]' must be an object with a 'type'", "tools")
+            raise invalid(f"'tools[{i}]' must be an object with a 'type'", "tools")
         if tool["type"] == "function" and not isinstance(tool.get("name"), str):
-            raise _invalid(f"'tools[{i}]' (function) needs a string 'name'", "tools")
+            raise invalid(f"'tools[{i}]' (function) needs a string 'name'", "tools")
 
 
 def _text_of(content: Any) -> str:

@@ -33,10 +33,10 @@ from pointsman.v1.classify import CachedAnswer
 from pointsman_shim.core.dialects import chat_answer as chat
 from pointsman_shim.core.dialects import openai
 from pointsman_shim.core.dialects.base import Filled, LLMRequest, Rendered, Usage
-from pointsman_shim.core.dialects.sse import EventSplitter, EventTooLarge, event
+from pointsman_shim.core.dialects.bodies import BodyReader, WholeAnswer, json_object
+from pointsman_shim.core.dialects.sse import event
 
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder()
 
 #: Request fields the response object repeats, and their defaults.
 _ECHO: dict[str, Any] = {
@@ -53,7 +53,6 @@ _ECHO: dict[str, Any] = {
     "truncation": "disabled",
     "user": None,
 }
-MAX_ANSWER_BYTES = 16 * 1024 * 1024
 _FINISHED = ("response.completed", "response.incomplete", "response.failed")
 
 
@@ -133,38 +132,26 @@ def _failed(message: str) -> dict[str, Any]:
     return {"code": "server_error", "message": message}
 
 
-class JsonTranslator:
+class JsonTranslator(WholeAnswer):
     """A chat completion JSON body -> one response object."""
 
     def __init__(self, request: LLMRequest, *, nonce: str, created: int) -> None:
+        super().__init__()
         self.request = request
         self.nonce = nonce
         self.created = created
-        self.failed = False
-        self.status: int | None = None
-        self._buf = bytearray()
         self._result: dict[str, Any] | None = None
 
     @property
     def result(self) -> dict[str, Any] | None:
         return self._result
 
-    def feed(self, data: bytes) -> bytes:
-        if len(self._buf) + len(data) > MAX_ANSWER_BYTES:
-            self.failed = True
-        elif not self.failed:
-            self._buf += data
-        return b""
-
-    def finish(self) -> bytes:
+    def translate(self, raw: bytes | None) -> bytes:
         try:
-            if self.failed:
-                raise chat.TranslationError("the engine's answer is too large to translate")
-            answer = chat.read_answer(bytes(self._buf))
+            answer = chat.read_answer(raw)
         except chat.TranslationError as exc:
-            self.failed = True
-            self.status = 502
-            return openai.error_body(str(exc), type="server_error", code="translation_failed")
+            error = openai.error_body(str(exc), type="server_error", code="translation_failed")
+            return self.fail(502, error)
         n = self.nonce
         output: list[dict[str, Any]] = []
         if answer.reasoning:
@@ -409,63 +396,33 @@ def render_cached(
 # -- reading a native pool's answers -----------------------------------------------------------
 
 
-class ResponseReader:
+class ResponseReader(BodyReader):
     """The final response object of one native answer: the JSON body, or the ``response`` of
     the stream's last ``response.completed`` / ``.incomplete`` / ``.failed`` event. Holds at most
     one event (or the bounded JSON body) at a time."""
 
     def __init__(self, *, sse: bool) -> None:
-        self.sse = sse
-        self._splitter = EventSplitter() if sse else None
-        self._buf = bytearray()
+        super().__init__(sse=sse)
         self._final: dict[str, Any] | None = None
-        self.broken = False
 
-    def feed(self, data: bytes) -> None:
-        if self.broken or not data:
+    def on_event(self, name: str, payload: bytes) -> None:
+        if name and name not in _FINISHED:
             return
-        if self._splitter is None:
-            if len(self._buf) + len(data) > MAX_ANSWER_BYTES:
-                self.broken = True
-                self._buf.clear()
-            else:
-                self._buf += data
+        if not name and not any(k.encode() in payload for k in _FINISHED):
             return
-        try:
-            events = self._splitter.feed(data)
-        except EventTooLarge:
-            self.broken = True
-            return
-        self._read(events)
-
-    def _read(self, events: list[tuple[str, bytes]]) -> None:
-        for name, payload in events:
-            if name and name not in _FINISHED:
-                continue
-            if not name and not any(k.encode() in payload for k in _FINISHED):
-                continue
-            try:
-                body = _decoder.decode(payload)
-            except msgspec.DecodeError:
-                continue
-            if isinstance(body, dict) and body.get("type") in _FINISHED:
-                response = body.get("response")
-                if isinstance(response, dict):
-                    self._final = response
+        body = json_object(payload)
+        if body is not None and body.get("type") in _FINISHED:
+            response = body.get("response")
+            if isinstance(response, dict):
+                self._final = response
 
     def response(self) -> dict[str, Any] | None:
         """The response object, once the body ended (``None``: none seen, or malformed)."""
-        if self.broken:
-            return None
-        if self._splitter is not None:
-            self._read(self._splitter.finish())
-            return self._final
-        try:
-            body = _decoder.decode(bytes(self._buf))
-        except msgspec.DecodeError:
-            return None
-        self._buf.clear()
-        self._final = body if isinstance(body, dict) and body.get("object") == "response" else None
+        if self.sse:
+            self.end_events()
+            return None if self.broken else self._final
+        body = self.json_body()
+        self._final = body if body is not None and body.get("object") == "response" else None
         return self._final
 
 
