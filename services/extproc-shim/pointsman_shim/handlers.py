@@ -23,6 +23,16 @@ semantic cache fill) runs in one of two places:
   headers on it.
 
 A decision stream is inline unless Envoy says (``protocol_config``) that it sends no response body.
+
+Two more steps serve the APIs that keep state or get translated (see docs/apis.md):
+
+* **translation back**: the answer of a request translated to chat completions (and an error of
+  the Messages API from any pool) goes through the decision stream, which asks for it with a
+  ``mode_override`` when the observer layout would not send it, and answers each body chunk with
+  the translated bytes;
+* **the Responses API's state** (:mod:`.state`): a ``previous_response_id`` is resolved before the
+  classifier is asked; the turn's input is kept by the decision, its response by whichever stream
+  reads the answer; ``GET`` and ``DELETE /v1/responses/{id}`` are answered from the store.
 """
 
 from __future__ import annotations
@@ -114,8 +124,6 @@ class Stream:
     speaks: Dialect | None = None
     #: The request went upstream translated; the decision stream translates its answer back.
     translated: bool = False
-    #: A non-inline decision stream that asked Envoy for the response headers.
-    watch: bool = False
     llm: LLMRequest | None = None
     translator: Translating | None = None
     #: SHA-256 of the request's credentials (see ``policy.tenant``).
@@ -235,7 +243,6 @@ class Processor:
             return None
         if not (dialect.reformats_errors or self.config.apis.translates(dialect.api)):
             return None
-        stream.watch = True
         return envoy.watch_response(stream.body_mode, _PM.NONE)
 
     async def _request_body(
