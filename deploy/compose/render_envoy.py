@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pointsman import configfile
 from pointsman.stack.envoy import EnvoyOptions, render_yaml
+from pointsman.stack.gateway import GatewayConfig
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "pointsman.yaml"
@@ -52,6 +53,7 @@ def render() -> str:
         listen_address="0.0.0.0",
         body_mode=shim.get("body_mode", "BUFFERED"),
         failure_mode_allow=shim.get("failure_mode", "fail-open") == "fail-open",
+        gateway=configfile.section(data, "gateway", GatewayConfig),
     )
     return HEADER + render_yaml(options)
 
