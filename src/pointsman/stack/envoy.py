@@ -322,37 +322,7 @@ def pool_cluster(name: str, endpoints: list[str], gateway: GatewayConfig) -> dic
         "name": name,
         "type": "STRICT_DNS",
         "connect_timeout": "2s",
-        "load_balancing_policy": {
-            "policies": [
-                {
-                    "typed_extension_config": {
-                        "name": "envoy.load_balancing_policies.override_host",
-                        "typed_config": {
-                            "@type": _OVERRIDE_HOST,
-                            "override_host_sources": [
-                                {"metadata": {"key": LB_NAMESPACE, "path": [{"key": DESTINATION}]}}
-                            ],
-                            # The protocol's served-endpoint report, read by the shim's response
-                            # path (the endpoint a retry moved the request to).
-                            "selected_host_key": {
-                                "key": LB_NAMESPACE,
-                                "path": [{"key": SERVED}],
-                            },
-                            "fallback_policy": {
-                                "policies": [
-                                    {
-                                        "typed_extension_config": {
-                                            "name": "envoy.load_balancing_policies.least_request",
-                                            "typed_config": {"@type": _LEAST_REQUEST},
-                                        }
-                                    }
-                                ]
-                            },
-                        },
-                    }
-                }
-            ]
-        },
+        "load_balancing_policy": override_host_policy(),
         # update_merge_window 0: a health change reaches the balancers at once (Envoy's default
         # batches them for 1 s, during which a dead endpoint still gets requests).
         "common_lb_config": {
@@ -403,6 +373,44 @@ def pool_cluster(name: str, endpoints: list[str], gateway: GatewayConfig) -> dic
             "max_ejection_percent": 50,
         }
     return cluster
+
+
+def override_host_policy() -> dict[str, Any]:
+    """The endpoint-picker protocol as an Envoy load balancer (``load_balancing_policy``).
+
+    The picked endpoints come from ``envoy.lb`` metadata only (a client cannot send metadata),
+    the endpoint used is reported back as ``x-gateway-destination-endpoint-served``, and without
+    a pick Envoy balances by least requests. The Istio overlay merges the same policy into its
+    model Services' clusters.
+    """
+    return {
+        "policies": [
+            {
+                "typed_extension_config": {
+                    "name": "envoy.load_balancing_policies.override_host",
+                    "typed_config": {
+                        "@type": _OVERRIDE_HOST,
+                        "override_host_sources": [
+                            {"metadata": {"key": LB_NAMESPACE, "path": [{"key": DESTINATION}]}}
+                        ],
+                        # The protocol's served-endpoint report, read by the shim's response path
+                        # (the endpoint a retry moved the request to).
+                        "selected_host_key": {"key": LB_NAMESPACE, "path": [{"key": SERVED}]},
+                        "fallback_policy": {
+                            "policies": [
+                                {
+                                    "typed_extension_config": {
+                                        "name": "envoy.load_balancing_policies.least_request",
+                                        "typed_config": {"@type": _LEAST_REQUEST},
+                                    }
+                                }
+                            ]
+                        },
+                    },
+                }
+            }
+        ]
+    }
 
 
 def _seconds(ms: int) -> str:
