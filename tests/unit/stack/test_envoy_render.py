@@ -350,3 +350,20 @@ def test_inline_response_path_has_one_filter_that_sees_the_response() -> None:
     assert "pointsman.ext_proc.observe" not in names
     mode = ext_proc(render(options(response_path="inline")))["processing_mode"]
     assert (mode["response_header_mode"], mode["response_body_mode"]) == ("SEND", "STREAMED")
+
+
+def test_every_gateway_key_is_documented_with_its_default() -> None:
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### `gateway:`", 1)[1].split("\n### ", 1)[0]
+    rows = {
+        line.split("|")[1].strip().strip("`"): line.split("|")[2].strip().strip("`")
+        for line in section.splitlines()
+        if line.startswith("| `")
+    }
+    defaults = GatewayConfig().model_dump()
+    flat = {k: v for k, v in defaults.items() if not isinstance(v, dict)}
+    flat |= {f"health_check.{k}": v for k, v in defaults["health_check"].items()}
+    for key, value in flat.items():
+        assert key in rows, f"gateway.{key} is not in the README's gateway table"
+        shown = "true" if value is True else "false" if value is False else str(value)
+        assert rows[key] == shown, (key, rows[key], value)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from pointsman.stack.committed import write_or_check
 from pointsman.stack.envoy import local_reply_mappers
 
 OUTPUT = Path(__file__).resolve().parent / "local-replies.yaml"
@@ -68,16 +69,7 @@ def render() -> str:
 
 
 def main(argv: list[str]) -> int:
-    text = render()
-    if "--check" in argv:
-        current = OUTPUT.read_text(encoding="utf-8") if OUTPUT.exists() else ""
-        if current != text:
-            print(f"{OUTPUT} is out of date: run python {Path(__file__).name}", file=sys.stderr)
-            return 1
-        return 0
-    OUTPUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUTPUT}")
-    return 0
+    return write_or_check(OUTPUT, render(), argv, Path(__file__).name)
 
 
 if __name__ == "__main__":
