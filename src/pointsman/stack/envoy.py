@@ -27,7 +27,6 @@ from pointsman.stack.gateway import ENVOY_MADE, LOCAL_REPLIES, ApiRoute, Gateway
 from pointsman.v1 import headers as reported
 
 TEMPLATE_NAME = "envoy.template.yaml"
-DECISION_FILTER = "envoy.filters.http.ext_proc"
 OBSERVER_FILTER = "pointsman.ext_proc.observe"
 #: The endpoint-picker protocol's names: metadata namespace and key of the picked endpoints.
 LB_NAMESPACE = "envoy.lb"
@@ -65,7 +64,8 @@ class EnvoyOptions:
     admin_port: int
     shim_host: str
     shim_port: int
-    #: served model name -> endpoints ("host:port"); each gets a fail-open cluster.
+    #: served model name -> endpoints ("ip:port"; a host name is resolved, but then the pick
+    #: cannot name it); each pool gets a cluster and a route.
     pools: dict[str, list[str]] = field(default_factory=dict)
     default_pool: str | None = None
     listen_address: str = "127.0.0.1"
@@ -115,6 +115,8 @@ def render(options: EnvoyOptions) -> dict[str, Any]:
     gateway = options.gateway
     clusters = {model: f"pool_{i}" for i, model in enumerate(sorted(options.pools))}
     default = options.default_pool or (sorted(options.pools)[0] if options.pools else None)
+    if default is not None and default not in clusters:
+        raise ValueError(f"default pool {default!r} is not one of the pools {sorted(clusters)}")
     vhost["routes"] = routes(
         gateway.api_routes(), clusters, clusters[default] if default else None, ext_procs
     )

@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -384,8 +384,11 @@ def envoy(
     shim_port: int,
     *,
     gateway: dict[str, Any] | None = None,
+    adjust: Callable[[dict[str, Any]], None] | None = None,
     **options: Any,
 ) -> Iterator[Envoy]:
+    """Envoy with Pointsman's rendered config for ``pools``, its ext_proc at ``shim_port``;
+    ``adjust`` edits the rendered config first (for a setting the renderer does not offer)."""
     workdir = Path(tempfile.mkdtemp(prefix="pointsman-gateway-envoy-"))
     port, admin = procs.free_port(), procs.free_port()
     opts = EnvoyOptions(
@@ -400,6 +403,8 @@ def envoy(
         **options,
     )
     config = render(opts)
+    if adjust is not None:
+        adjust(config)
     access_log = workdir / "access.log"
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     hcm["typed_config"]["access_log"] = [

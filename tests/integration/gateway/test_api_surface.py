@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -207,6 +208,32 @@ def test_endpoint_that_drops_the_request_is_a_json_503(fleet: Fleet) -> None:
     assert (error["code"], error["type"]) == ("upstream_unavailable", "service_unavailable")
     assert int(gw.logged("flaky-1")["attempts"]) == 2
     assert sum(1 for line in fleet.flaky.requests if line.startswith("POST ")) == 2
+
+
+def test_upstream_timeout_is_a_json_504(shim: Shim) -> None:
+    """Pointsman's routes have no timeout (generations are long); with one set, an endpoint that
+    never answers gets Envoy's 504, mapped, and is not retried."""
+
+    def one_second(config: dict[str, Any]) -> None:
+        hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        for route in hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]:
+            if "route" in route:
+                route["route"]["timeout"] = "1s"
+
+    with (
+        listener("silent") as hung,
+        envoy(
+            {"alpha": [hung.endpoint]},
+            shim.port,
+            gateway={"health_check": {"enabled": False}},
+            adjust=one_second,
+        ) as gw,
+    ):
+        r = send(gw.url, "POST", CHAT, body=chat("alpha"), headers={"x-request-id": "slow-1"})
+        assert r.status == 504, r
+        error = openai_error(r.body)
+        assert (error["code"], error["type"]) == ("upstream_timeout", "server_error")
+        assert gw.logged("slow-1")["attempts"] == 1
 
 
 def test_shim_and_engine_answers_pass_unchanged(fleet: Fleet) -> None:

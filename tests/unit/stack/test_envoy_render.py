@@ -367,3 +367,8 @@ def test_every_gateway_key_is_documented_with_its_default() -> None:
         assert key in rows, f"gateway.{key} is not in the README's gateway table"
         shown = "true" if value is True else "false" if value is False else str(value)
         assert rows[key] == shown, (key, rows[key], value)
+
+
+def test_default_pool_must_be_a_pool() -> None:
+    with pytest.raises(ValueError, match="default pool 'c-model'"):
+        render(options(default_pool="c-model"))
