@@ -68,7 +68,8 @@ class ClassifierApp:
             queue_size=b.queue_size,
             on_batch=self.metrics.on_batch,
             name="classifier-batcher",
-            workers=b.in_flight,
+            workers=engine.in_flight,
+            budget_s=b.budget_ms / 1e3,
         )
         self.batcher.start()
         self.metrics.watch_queue(self.batcher.depth)

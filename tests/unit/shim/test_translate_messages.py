@@ -504,23 +504,33 @@ def test_a_native_success_passes_untouched() -> None:
     )
 
 
-def test_count_tokens_through_tokenize() -> None:
+def test_count_tokens_by_a_one_token_chat_completion() -> None:
+    """Real vLLM counts the same: its chat answer's prompt_tokens for the captured chat request
+    equals its own count_tokens for the same Messages body."""
+    spec = json.loads(raw("requests.json"))
     request = anthropic.COUNT_TOKENS.parse(
-        json.dumps(json.loads(raw("requests.json"))["messages_count_tokens"]["body"]).encode(),
-        max_bytes=1 << 20,
+        json.dumps(spec["messages_count_tokens"]["body"]).encode(), max_bytes=1 << 20
     )
     upstream = anthropic.COUNT_TOKENS.rewrite(request, BodyChanges("tiny-llama", upstream="chat"))
-    assert upstream.path == "/tokenize" and upstream.body is not None
-    assert (
-        json.loads(upstream.body) == json.loads(raw("requests.json"))["tokenize_messages"]["body"]
-    )
+    assert upstream.path == "/v1/chat/completions" and upstream.body is not None
+    chat = spec["chat"]["body"]
+    assert json.loads(upstream.body) == {
+        "model": "tiny-llama",
+        "messages": chat["messages"],
+        "max_tokens": 1,
+    }
     t = anthropic.COUNT_TOKENS.response_translator(
         request, status=200, sse=False, translated=True, nonce="n", created=1
     )
-    counted = json.loads(translate(t, raw("tokenize_messages.json")))
+    counted = json.loads(translate(t, raw("chat.json")))
     assert counted == {
         "input_tokens": json.loads(raw("messages_count_tokens.json"))["input_tokens"]
     }
+    broken = anthropic.COUNT_TOKENS.response_translator(
+        request, status=200, sse=False, translated=True, nonce="n", created=1
+    )
+    assert json.loads(translate(broken, b'{"choices": [{"message": {}}]}'))["type"] == "error"
+    assert broken is not None and broken.status == 502
 
 
 # -- a native pool's answers ------------------------------------------------------------------

@@ -4,7 +4,8 @@ Both dialects check the body as Anthropic documents it (every problem a 400 in A
 format, with its own ``reason``), normalise it for the classifier and the picker, and send it on
 either as it is, to a pool whose engine serves the Messages API (``native``: vLLM does), or
 translated to chat completions (``chat``, the default, since not every engine has it; a token
-count goes to the engine's ``/tokenize``). :mod:`.anthropic_answer` translates the answers back.
+count is answered by the engine's chat completions). :mod:`.anthropic_answer` translates the
+answers back.
 
 What the translation to chat completions does (the same mapping vLLM's own Messages endpoint
 makes, so a native and a translated pool answer alike):
@@ -232,8 +233,15 @@ class AnthropicMessages(_Anthropic):
 
 
 class AnthropicCountTokens(_Anthropic):
-    """``POST /v1/messages/count_tokens``: no answer is generated, so no classifier and no cache;
-    a translated pool's engine counts with ``/tokenize`` over the same chat messages."""
+    """``POST /v1/messages/count_tokens``: no answer is asked for, so no classifier and no cache.
+
+    A translated pool's engine counts the same chat messages by answering them with one token:
+    its ``usage.prompt_tokens`` is the count (the chat template and the generation prompt
+    included, as Anthropic's and vLLM's own counts are). Chat completions is the one API every
+    such engine serves and every gateway route carries (``/tokenize`` is vLLM's, and private
+    behind Pointsman's gateway); the one token costs a decode step, and the prompt's prefill is
+    then in the engine's prefix cache for the request the count was for.
+    """
 
     name: str = "anthropic-count-tokens"
     paths: tuple[str, ...] = ("/v1/messages/count_tokens",)
@@ -243,9 +251,12 @@ class AnthropicCountTokens(_Anthropic):
     def rewrite(self, request: LLMRequest, changes: BodyChanges) -> Upstream:
         if changes.upstream == "chat":
             chat = self._chat_body(request, changes)
-            chat.pop("tool_choice", None)
+            chat.pop("tool_choice", None)  # a forced call would change nothing counted
             chat.pop("parallel_tool_calls", None)
-            return Upstream(_encoder.encode(chat), path="/tokenize")
+            chat["max_tokens"] = 1
+            return Upstream(
+                _encoder.encode(chat), path="/v1/chat/completions", speaks="openai-chat"
+            )
         return openai.upstream(request, openai.changed_body(request, changes))
 
     def usage_reader(self, *, sse: bool) -> anthropic_answer.NoUsage:

@@ -298,13 +298,16 @@ class ErrorTranslator(WholeAnswer):
 
 
 class CountTranslator(WholeAnswer):
-    """``/tokenize``'s ``{"count", ...}`` -> ``count_tokens``' ``{"input_tokens"}``."""
+    """A one-token chat completion's ``usage.prompt_tokens`` -> ``count_tokens``'
+    ``{"input_tokens"}``."""
 
     def translate(self, raw: bytes | None) -> bytes:
-        body = json_object(raw) if raw is not None else None
-        count = body.get("count") if body is not None else None
-        if not isinstance(count, int) or isinstance(count, bool):
-            error = _api_error("the engine did not count the tokens")
+        try:
+            count = chat.read_answer(raw).prompt_tokens
+        except chat.TranslationError as exc:
+            return self.fail(502, _encoder.encode(_api_error(str(exc))))
+        if count is None:
+            error = _api_error("the engine did not report the prompt's tokens")
             return self.fail(502, _encoder.encode(error))
         return _encoder.encode({"input_tokens": count})
 
