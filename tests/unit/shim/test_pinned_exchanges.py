@@ -546,7 +546,7 @@ API_CASES = [
             rid("/v1/messages/count_tokens"),
             body_msg(messages("auto", max_tokens=None)),
             response_headers_msg(200),
-            response_body_msg(b'{"count": 21, "max_model_len": 8192, "tokens": []}'),
+            response_body_msg(JSON_ANSWER),
         ],
         config={**CLASSIFIER_ON, "default_model": "m1"},
         pick=OK,
