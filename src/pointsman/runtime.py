@@ -52,13 +52,23 @@ def setup_logging(level: str = "INFO", *, json_logs: bool = False) -> None:
     root.setLevel(level.upper())
 
 
+#: A readiness check: ready or not, optionally with the reason shown on ``/readyz``.
+Readiness = Callable[[], bool | tuple[bool, str]]
+
+
 class OpsServer:
-    """``/metrics`` (Prometheus text), ``/healthz`` (alive) and ``/readyz`` (ready to serve)."""
+    """The ops HTTP endpoint of every service: ``/metrics`` (Prometheus text of the service's
+    registry), ``/healthz`` (alive: answers as soon as the process runs) and ``/readyz`` (ready
+    to serve: 200 or 503, JSON ``{"ready": ..., "reason": ...}``).
+
+    Services start it before anything that may wait (NATS, models), so a probe can tell a
+    process that is alive but not ready yet from one that is gone.
+    """
 
     def __init__(
         self,
         port: int,
-        ready: Callable[[], bool],
+        ready: Readiness,
         host: str = "0.0.0.0",
         registry: prometheus_client.CollectorRegistry = prometheus_client.REGISTRY,
     ) -> None:
@@ -98,8 +108,9 @@ class OpsServer:
         return web.json_response({"status": "ok", "uptime_s": round(time.time() - self.started, 1)})
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        ok = self.ready()
-        return web.json_response({"ready": ok}, status=200 if ok else 503)
+        state = self.ready()
+        ok, reason = state if isinstance(state, tuple) else (state, "ok" if state else "not ready")
+        return web.json_response({"ready": ok, "reason": reason}, status=200 if ok else 503)
 
 
 def run(
