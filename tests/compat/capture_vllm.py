@@ -16,7 +16,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,15 +26,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pointsman.stack.procs import free_port, spawn, wait_ready
+
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE.parent / "fixtures"
 MODEL_NAME = "tiny-llama"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def vllm_argv(python: str, model: Path, port: int) -> list[str]:
@@ -83,32 +78,20 @@ def post_json(
 def running_vllm(python: str, model: Path, log: Path, timeout: float = 300.0) -> Iterator[int]:
     port = free_port()
     cache = Path(tempfile.mkdtemp(prefix="vllm-cache-"))
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            vllm_argv(python, model, port), env=vllm_env(cache), stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    # Its own process group: stopping it also stops vLLM's engine process.
+    proc = spawn(log.stem, vllm_argv(python, model, port), log.parent, env=vllm_env(cache))
+
+    def healthy() -> bool:
+        try:
+            return request(port, "GET", "/health", timeout=2)[0] == 200
+        except OSError:
+            return False
+
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vLLM exited with {proc.returncode}; see {log}")
-            try:
-                if request(port, "GET", "/health", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"vLLM not ready after {timeout:.0f}s; see {log}")
-            time.sleep(0.5)
+        wait_ready(proc, healthy, timeout, "vLLM")
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        proc.stop(30)
         shutil.rmtree(cache, ignore_errors=True)
 
 
