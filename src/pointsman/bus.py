@@ -148,9 +148,11 @@ class RouteCodec(StructCodec):
 
 
 class _HandlerTimer(BaseMiddleware):
-    """Times one message from its arrival to the end of its handling (the reply sent), for the
+    """Times one request from its arrival to the end of its handling (the reply sent), for the
     subjects a service names: what ``pointsman_picker_decision_seconds`` and
-    ``pointsman_classifier_request_seconds`` measure, FastStream's own work included."""
+    ``pointsman_classifier_request_seconds`` measure, FastStream's own work included. Only
+    messages that ask for a reply count (FastStream also runs broker middlewares on the replies
+    of the process's own requests)."""
 
     __slots__ = ("_observe", "_started")
 
@@ -158,7 +160,8 @@ class _HandlerTimer(BaseMiddleware):
         self, msg: Any, /, *, context: Any, observe: Mapping[str, Callable[[float], None]]
     ) -> None:
         super().__init__(msg, context=context)
-        self._observe = observe.get(getattr(msg, "subject", ""))
+        asks = bool(getattr(msg, "reply", ""))
+        self._observe = observe.get(getattr(msg, "subject", "")) if asks else None
         self._started = time.perf_counter()
 
     async def after_processed(self, *exc: Any) -> bool:
