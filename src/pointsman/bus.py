@@ -36,13 +36,14 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
 from faststream import BaseMiddleware
 from faststream.exceptions import IncorrectState
+from faststream.middlewares import AckPolicy
 from faststream.nats import NatsBroker
 from pydantic import BaseModel, ConfigDict
 
@@ -107,6 +108,8 @@ class Received(Generic[T]):
     error: str | None
     headers: Mapping[str, str]
     subject: str
+    #: The nats-py message, for answering it (see :meth:`ServiceBus.subscriber`).
+    raw: Any = field(default=None, repr=False, compare=False)
 
 
 def encode(message: Any) -> bytes:
@@ -142,9 +145,9 @@ class RouteCodec(StructCodec):
         raw = msg.raw_message
         subject = str(getattr(raw, "subject", "") or "")
         try:  # an empty body is an empty object: ``ModelsRequest`` has no fields
-            return Received(self._route.decode(msg.body or b"{}"), None, msg.headers, subject)
+            return Received(self._route.decode(msg.body or b"{}"), None, msg.headers, subject, raw)
         except msgspec.DecodeError as exc:
-            return Received(None, str(exc), msg.headers, subject)
+            return Received(None, str(exc), msg.headers, subject, raw)
 
 
 class _HandlerTimer(BaseMiddleware):
@@ -215,18 +218,47 @@ class ServiceBus:
         subject: str | None = None,
         max_workers: int | None = None,
         pending_msgs_limit: int | None = None,
-    ) -> Any:
-        """FastStream's subscriber for ``route`` (its subject unless ``subject``, its queue
-        group, its codec); call the result with the handler."""
+    ) -> Callable[[Callable[[Received[Any]], Awaitable[Any]]], Any]:
+        """Declare a handler of ``route``: ``bus.subscriber(route)(handler)`` makes FastStream's
+        subscriber (the route's subject unless ``subject``, its queue group, its codec) and
+        returns it (``await sub.start()`` starts one declared after :meth:`start`).
+
+        Two choices keep FastStream's per-message work down (``bench.scheduling.decision`` and a
+        CPU-per-message comparison, recorded in services/picker/README.md): no acknowledgement
+        middleware (core NATS has no acks: ``AckPolicy.MANUAL``), and a request route's reply
+        is sent with nats-py's ``Msg.respond`` as soon as the handler returns it, instead of
+        through FastStream's response publisher (which adds a correlation id and headers that
+        no Pointsman client reads). The handler still returns the reply: that is what
+        FastStream's in-memory ``TestNatsBroker`` hands back to a test's request.
+        """
         broker: Any = self.broker  # one call for core subscribers, with or without workers
-        return broker.subscriber(
+        subscriber = broker.subscriber(
             subject or route.subject,
             queue=route.queue,
             codec=RouteCodec(route),
-            no_reply=route.reply is None,
+            no_reply=True,
+            ack_policy=AckPolicy.MANUAL,
             max_workers=max_workers,
             pending_msgs_limit=pending_msgs_limit,
         )
+
+        def declare(handler: Callable[[Received[Any]], Awaitable[Any]]) -> Any:
+            if route.reply is None:
+                subscriber(handler)
+                return subscriber
+
+            async def answer(msg: Received[Any]) -> Any:
+                answer_ = await handler(msg)
+                raw = msg.raw
+                if raw is not None and raw.reply:
+                    with contextlib.suppress(Exception):  # the asker may be gone: not an error
+                        await raw.respond(encode(answer_))
+                return answer_
+
+            subscriber(answer)
+            return subscriber
+
+        return declare
 
     @property
     def client(self) -> Client | None:

@@ -76,8 +76,7 @@ class PickerApp:
             (routes.PICK, self.handlers.pick),
             (routes.MODELS, self.handlers.models),
         ):
-            subscriber = self.bus.subscriber(route)
-            subscriber(handler)
+            subscriber = self.bus.subscriber(route)(handler)
             await subscriber.start()
         if self.bus.client is not None:
             await self.bus.client.flush()

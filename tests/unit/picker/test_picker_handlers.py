@@ -7,37 +7,21 @@ server. The real-server tests are in tests/integration/picker.
 
 from __future__ import annotations
 
-import time
-
 from faststream.nats import TestNatsBroker
 from prometheus_client import generate_latest
 
 from pointsman.bus import NatsConfig
 from pointsman.v1 import (
     CompletionEvent,
-    EndpointMetrics,
     ModelsRequest,
     PickRequest,
     PickStatus,
-    PoolSnapshot,
     routes,
     subjects,
 )
 from pointsman_picker.app import PickerApp
 from pointsman_picker.config import PickerConfig
-
-
-def snapshot(pool: str, waiting: dict[str, int]) -> PoolSnapshot:
-    now = time.time()
-    return PoolSnapshot(
-        pool=pool,
-        collector="test",
-        published_at=now,
-        endpoints=[
-            EndpointMetrics(address=address, scraped_at=now, waiting=w)
-            for address, w in waiting.items()
-        ],
-    )
+from tests.helpers.snapshots import snapshot
 
 
 def picker_app() -> PickerApp:
@@ -51,7 +35,7 @@ def picker_app() -> PickerApp:
 async def test_snapshot_pick_models_and_completion() -> None:
     app = picker_app()
     async with TestNatsBroker(app.bus.broker) as broker:
-        snap = snapshot("m", {"a:1": 4, "b:2": 0})
+        snap = snapshot("m", **{"a-1": 4, "b-2": 0})
         await broker.publish(routes.SNAPSHOTS.encode(snap), subjects.metrics("m"))
 
         req = PickRequest(request_id="r1", model="m")
