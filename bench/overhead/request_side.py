@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from typing import Any
 import nats
 import yaml
 
-from bench.scheduling.decision import pct
+from bench.scheduling.decision import POOL, feed_snapshots, pct
 from pointsman.bus import NatsConfig
 from pointsman.stack.procs import (
     Child,
@@ -40,24 +39,8 @@ from pointsman.stack.procs import (
     spawn,
     wait_ready,
 )
-from pointsman.v1 import EndpointMetrics, PickRequest, PickStatus, PoolSnapshot, routes, subjects
+from pointsman.v1 import PickRequest, PickStatus, routes
 from pointsman_shim.bus import Bus
-
-POOL = "bench-model"
-ENDPOINTS = [f"10.2.0.{i}:8000" for i in range(1, 9)]
-
-
-async def _snapshots(nc: Any, stop: asyncio.Event) -> None:
-    rng = random.Random(5)
-    while not stop.is_set():
-        now = time.time()
-        eps = [
-            EndpointMetrics(address=a, scraped_at=now, waiting=rng.randrange(0, 3))
-            for a in ENDPOINTS
-        ]
-        snap = PoolSnapshot(pool=POOL, collector="bench", published_at=now, endpoints=eps)
-        await nc.publish(subjects.metrics(POOL), routes.SNAPSHOTS.encode(snap))
-        await asyncio.sleep(0.05)
 
 
 async def _phase(
@@ -95,7 +78,7 @@ async def _phase(
 async def _measure(nats_url: str, args: argparse.Namespace) -> dict[str, Any]:
     feeder = await nats.connect(nats_url)
     stop = asyncio.Event()
-    snapper = asyncio.create_task(_snapshots(feeder, stop))
+    snapper = asyncio.create_task(feed_snapshots(feeder, stop))
     raw = await nats.connect(nats_url)
     shim = Bus(NatsConfig(url=nats_url))
     await shim.start()

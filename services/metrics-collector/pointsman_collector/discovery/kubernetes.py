@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -150,26 +150,20 @@ class _SourceWatch:
         items = listed.get("items") or []
         rv = (listed.get("metadata") or {}).get("resourceVersion")
         await self._apply_pool(items[0] if items else None)
-        while True:
-            w = watch.Watch()
-            async with w.stream(
-                custom.list_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                src.namespace,
-                PLURAL,
-                field_selector=by_name,
-                resource_version=rv,
-                timeout_seconds=WATCH_SECONDS,
-            ) as stream:
-                async for event in stream:
-                    obj = event["raw_object"]
-                    if event["type"] == "ERROR":
-                        raise RuntimeError(str(obj.get("message", obj)))
-                    rv = (obj.get("metadata") or {}).get("resourceVersion", rv)
-                    if event["type"] == "BOOKMARK":
-                        continue
-                    await self._apply_pool(None if event["type"] == "DELETED" else obj)
+
+        async def changed(kind: str, obj: dict[str, Any]) -> None:
+            await self._apply_pool(None if kind == "DELETED" else obj)
+
+        await _watch_from(
+            rv,
+            changed,
+            custom.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            src.namespace,
+            PLURAL,
+            field_selector=by_name,
+        )
 
     async def _watch_pods(self, selector: str, ports: list[int]) -> None:
         await retry(
@@ -192,31 +186,44 @@ class _SourceWatch:
         }
         self._set_pods(pods)
         rv = (body.get("metadata") or {}).get("resourceVersion")
-        while True:
-            w = watch.Watch()
-            async with w.stream(
-                core.list_namespaced_pod,
-                ns,
-                label_selector=selector,
-                resource_version=rv,
-                timeout_seconds=WATCH_SECONDS,
-            ) as stream:
-                async for event in stream:
-                    obj = event["raw_object"]
-                    kind = event["type"]
-                    if kind == "ERROR":
-                        raise RuntimeError(str(obj.get("message", obj)))
-                    meta = obj.get("metadata") or {}
-                    rv = meta.get("resourceVersion", rv)
-                    if kind == "BOOKMARK":
-                        continue
-                    pods = dict(self.pods)
-                    if kind == "DELETED":
-                        pods.pop(meta.get("name", ""), None)
-                    else:
-                        pods[meta.get("name", "")] = pod_endpoints(obj, self.source, ports)
-                    if pods != self.pods:
-                        self._set_pods(pods)
+
+        async def changed(kind: str, obj: dict[str, Any]) -> None:
+            name = (obj.get("metadata") or {}).get("name", "")
+            pods = dict(self.pods)
+            if kind == "DELETED":
+                pods.pop(name, None)
+            else:
+                pods[name] = pod_endpoints(obj, self.source, ports)
+            if pods != self.pods:
+                self._set_pods(pods)
+
+        await _watch_from(rv, changed, core.list_namespaced_pod, ns, label_selector=selector)
+
+
+async def _watch_from(
+    rv: str | None,
+    changed: Callable[[str, dict[str, Any]], Awaitable[None]],
+    list_call: Any,
+    *args: Any,
+    **kwargs: Any,
+) -> None:
+    """Watch ``list_call(*args, **kwargs)`` from resource version ``rv``, handing each change
+    (``ADDED``/``MODIFIED``/``DELETED`` and the object) to ``changed``. Watches time out and are
+    resumed from the last version seen; an ``ERROR`` event (410 Gone, ...) raises, so the caller
+    lists again."""
+    while True:
+        w = watch.Watch()
+        async with w.stream(
+            list_call, *args, resource_version=rv, timeout_seconds=WATCH_SECONDS, **kwargs
+        ) as stream:
+            async for event in stream:
+                obj = event["raw_object"]
+                kind = event["type"]
+                if kind == "ERROR":
+                    raise RuntimeError(str(obj.get("message", obj)))
+                rv = (obj.get("metadata") or {}).get("resourceVersion", rv)
+                if kind != "BOOKMARK":
+                    await changed(kind, obj)
 
 
 class KubernetesDiscovery:
