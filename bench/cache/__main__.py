@@ -6,8 +6,8 @@
    and parameters) of 384-d normalised vectors, like MiniLM's. Both index backends (``exact``:
    numpy brute force; ``hnsw``: hnswlib) answer the same queries (perturbed stored vectors, as a
    paraphrase is); recall@1 of hnsw is measured against exact. Then the full
-   ``SemanticCache.lookup`` hit path (index + one Redis read + rendering) with N entries in a real
-   redis-server.
+   ``SemanticCache.lookup`` hit path (index + one Redis read; the shim renders the hit) with N
+   entries in a real redis-server.
 2. **End to end**: the whole stack (Envoy, shim, classifier on this CPU with the cache, Redis,
    a simulator at time scale 1): latency of a hit versus a miss that goes to the simulator
    (a miss per request is forced by a fresh tenant, so each is a real lookup and a real store).
@@ -161,7 +161,7 @@ async def bench_full_lookup(url: str, n: int, queries: int) -> dict[str, Any]:
         t = time.perf_counter()
         out = await cache.lookup(req, reply, q)
         lat.append((time.perf_counter() - t) * 1e3)
-        hits += out.answer is not None
+        hits += out.cached is not None
     await r.flushdb()
     await r.aclose()
     await cache.close()
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     results["index"] = bench_index(args.sizes, args.queries, args.ef)
     redis_server = RedisServer()
     try:
-        print("SemanticCache.lookup (index + Redis read + render):", flush=True)
+        print("SemanticCache.lookup (index + Redis read):", flush=True)
         results["lookup"] = [
             asyncio.run(bench_full_lookup(redis_server.url, n, args.queries)) for n in args.sizes
         ]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -20,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pointsman.sim import SimConfig, start_servers
-from tests.compat.fixtures import VLLM_DIR, headers, raw, sse_json
+from tests.compat.fixtures import Captured, headers, raw, replay, sse_json
 
 pytestmark = pytest.mark.integration
 
@@ -36,14 +35,11 @@ FAMILIES = [
 ]
 BODIES = ["chat", "completions"]
 STREAMS = ["chat_stream", "completions_stream"]
-
-
-@dataclass
-class Captured:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
+#: The captured chat and completions requests (the other APIs: test_compat_sim_apis.py).
+REQUESTS = [
+    "chat", "chat_stream", "chat_stream_no_usage", "completions", "completions_stream",
+    "unknown_model", "malformed_json",
+]  # fmt: skip
 
 # -- key paths ---------------------------------------------------------------------------------
 
@@ -93,7 +89,6 @@ def describe(real: Iterable[str], sim: Iterable[str]) -> str:
 
 
 async def _collect() -> dict[str, Captured]:
-    requests = json.loads((VLLM_DIR / "requests.json").read_text())
     config = SimConfig(port=0, model="tiny-llama", time_scale=0.01, max_num_seqs=4)
     servers = await start_servers(config, count=1)
     out: dict[str, Captured] = {}
@@ -102,12 +97,7 @@ async def _collect() -> dict[str, Captured]:
         timeout = aiohttp.ClientTimeout(total=30)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             out["metrics_idle"] = await _get(session, base + "/metrics")
-            for name, spec in requests.items():
-                data = spec["raw"].encode() if "raw" in spec else json.dumps(spec["body"]).encode()
-                async with session.post(
-                    base + spec["path"], data=data, headers={"content-type": "application/json"}
-                ) as resp:
-                    out[name] = Captured(resp.status, _lower(resp.headers), await resp.read())
+            out.update(await replay(session, base, REQUESTS))
             out["models"] = await _get(session, base + "/v1/models")
             out["metrics_busy"] = await _busy_metrics(session, base)
     finally:

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pointsman_shim.core.errors import error_body
-from pointsman_shim.core.usage import Usage, UsageReader
+from pointsman_shim.core.dialects.base import Usage
+from pointsman_shim.core.dialects.openai import error_body
+from pointsman_shim.core.dialects.openai_usage import UsageReader
 from tests.compat.fixtures import headers, raw, sse_events, sse_json
 
 NON_STREAMING = ["chat.json", "completions.json"]

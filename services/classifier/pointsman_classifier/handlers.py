@@ -129,7 +129,7 @@ def _annotate(span: Any, reply: ClassifyReply) -> None:
         span.set_attribute("pointsman.confidence", float(reply.confidence))
     if reply.block is not None:
         span.set_attribute("pointsman.block_reason", reply.block.reason)
-    if reply.answer is not None:
+    if reply.answer is not None or reply.cached is not None:
         span.set_attribute("pointsman.answered", True)
     if reply.error is not None:
         span.set_attribute("pointsman.error", reply.error)

@@ -1,7 +1,9 @@
 """One ext_proc stream = one HTTP request: decode Envoy's messages, decide, answer.
 
-This module turns Envoy's messages into calls of the pure core and the bus, and the results back
-into ext_proc responses. Body handling follows the mode Envoy announces per stream:
+This module turns Envoy's messages into calls of the pure core (the request's API dialect,
+:mod:`.core.dialects`, and the routing policy, :mod:`.core.policy`) and of the bus, and the results
+back into ext_proc responses; it decides nothing itself. Body handling follows the mode Envoy
+announces per stream:
 
 * ``BUFFERED``: the headers are answered at once (client routing headers stripped); the routing
   decision rides on the body response as header mutations, a body mutation and metadata.
@@ -25,30 +27,29 @@ A decision stream is inline unless Envoy says (``protocol_config``) that it send
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 from opentelemetry.trace import SpanKind
 
 from pointsman import tracing
-from pointsman.v1 import CompletionEvent, PickReply, PickRequest, PickStatus
+from pointsman.v1 import CompletionEvent, ModelsReply, PickReply
 from pointsman.v1.cache import CacheStore
-from pointsman.v1.classify import ClassifyReply, ClassifyRequest, Message
+from pointsman.v1.classify import ClassifyReply
 from pointsman_shim import envoy, metrics
 from pointsman_shim.bus import Bus, BusUnavailable
 from pointsman_shim.config import ShimConfig
 from pointsman_shim.core import headers as h
-from pointsman_shim.core.cachefill import Reassembler
-from pointsman_shim.core.errors import RequestError, error_body
-from pointsman_shim.core.openai import MODELS_PATH, Kind, LLMRequest, parse, route_kind
-from pointsman_shim.core.rewrite import rewrite
-from pointsman_shim.core.usage import UsageReader
+from pointsman_shim.core import policy
+from pointsman_shim.core.dialects import openai_chat
+from pointsman_shim.core.dialects.base import AnswerReading, Dialect, LLMRequest, UsageReading
+from pointsman_shim.core.dialects.registry import DIALECTS, Registry
+from pointsman_shim.core.errors import RequestError
+from pointsman_shim.core.policy import Answer, Passthrough, Route, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +57,12 @@ _PM = envoy.ProcessingMode
 _ATTR_NS = "envoy.filters.http.ext_proc"
 #: Dynamic metadata namespace of the decision, read back by the observer stream.
 CONTEXT_NAMESPACE = "pointsman"
-_encoder = msgspec.json.Encoder()
 _tracer = tracing.tracer("pointsman_shim")
 
 
 @dataclass(slots=True)
 class Routed:
-    """What the shim decided for a request that goes upstream."""
+    """What the shim decided for a request that goes upstream: what the response path needs."""
 
     model: str
     route: str  # picked, default-model, fail-open
@@ -83,31 +83,43 @@ class Stream:
     observer: bool = False
     headers: dict[str, str] = field(default_factory=dict)
     strip: list[str] = field(default_factory=list)
-    kind: Kind | None = None
+    #: The API of the request (``None``: a path the shim does not route).
+    dialect: Dialect | None = None
     body: bytearray = field(default_factory=bytearray)
     subset: list[str] | None = None
     routed: Routed | None = None
     status: int = 0
-    reader: UsageReader | None = None
+    reader: UsageReading | None = None
     stream_flag: bool = False
     done: bool = False
     cache_token: str | None = None  # semantic cache: store the answer under this token
-    cache_fill: Reassembler | None = None
+    cache_fill: AnswerReading | None = None
 
 
 class Processor:
     """Handles ext_proc streams; one instance per shim process."""
 
-    def __init__(self, config: ShimConfig, bus: Bus) -> None:
+    def __init__(
+        self,
+        config: ShimConfig,
+        bus: Bus,
+        *,
+        clock: Callable[[], float] = time.time,
+        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        dialects: Registry = DIALECTS,
+    ) -> None:
         self.config = config
         self.bus = bus
-        self.auto_models = frozenset(config.auto_models)
+        #: Wall clock and fresh ids, injectable so pinned tests get exact, repeatable answers.
+        self.clock = clock
+        self.new_id = new_id
+        self.dialects = dialects
         self.full_duplex_default = config.body_mode == "FULL_DUPLEX_STREAMED"
 
     async def process(
         self, requests: AsyncIterator[envoy.ProcessingRequest]
     ) -> AsyncIterator[envoy.ProcessingResponse]:
-        stream = Stream()
+        stream = Stream(started=self.clock())
         metrics.STREAMS.inc()
         try:
             async for request in requests:
@@ -147,7 +159,7 @@ class Processor:
         self, stream: Stream, request: envoy.ProcessingRequest
     ) -> list[envoy.ProcessingResponse]:
         stream.headers = envoy.header_map(request.request_headers)
-        stream.request_id = stream.headers.get("x-request-id") or uuid.uuid4().hex
+        stream.request_id = stream.headers.get("x-request-id") or self.new_id()
         stream.strip = h.to_strip(list(stream.headers))
         if request.HasField("protocol_config"):
             stream.full_duplex = (
@@ -163,22 +175,16 @@ class Processor:
 
         path = stream.headers.get(":path", "")
         method = stream.headers.get(":method", "")
-        stream.kind = route_kind(path)
-        if method == "GET" and path.split("?", 1)[0].rstrip("/") == MODELS_PATH:
+        stream.dialect = self.dialects.for_path(path)
+        if method == "GET" and path.split("?", 1)[0].rstrip("/") == policy.MODELS_PATH:
             return [await self._models(stream)]
-        if stream.kind is None or method != "POST":
-            metrics.REQUESTS.labels("passthrough").inc()
-            return [
-                envoy.request_headers(envoy.common(remove=stream.strip), mode=envoy.SKIP_BODIES)
-            ]
+        if stream.dialect is None or method != "POST":
+            return [self._decided(stream, Passthrough())]
         if request.request_headers.end_of_stream:
-            return [
-                self._reject(
-                    RequestError(
-                        400, "request body is empty; expected a JSON object", reason="empty_body"
-                    )
-                )
-            ]
+            error = RequestError(
+                400, "request body is empty; expected a JSON object", reason="empty_body"
+            )
+            return [self._reject(stream, error)]
         if stream.full_duplex:
             return []  # the headers response waits for the end of the body (see _route)
         return [envoy.request_headers(envoy.common(remove=stream.strip))]
@@ -187,19 +193,16 @@ class Processor:
         self, stream: Stream, request: envoy.ProcessingRequest
     ) -> list[envoy.ProcessingResponse]:
         body = request.request_body
-        if stream.kind is None:  # a body we asked not to see (mode override not honoured)
+        if stream.dialect is None:  # a body we asked not to see (mode override not honoured)
             return [envoy.request_body()]
         stream.body += body.body
         if len(stream.body) > self.config.max_body_bytes:
-            return [
-                self._reject(
-                    RequestError(
-                        413,
-                        f"request body exceeds the limit of {self.config.max_body_bytes} bytes",
-                        reason="body_too_large",
-                    )
-                )
-            ]
+            error = RequestError(
+                413,
+                f"request body exceeds the limit of {self.config.max_body_bytes} bytes",
+                reason="body_too_large",
+            )
+            return [self._reject(stream, error)]
         if not body.end_of_stream:
             # FULL_DUPLEX_STREAMED: keep buffering, answer at the end. STREAMED: Envoy waits for
             # every chunk's answer, so let it go on (the decision still comes at the end).
@@ -226,32 +229,32 @@ class Processor:
             return responses
 
     async def _route_in_span(self, stream: Stream) -> list[envoy.ProcessingResponse]:
-        assert stream.kind is not None
+        dialect = stream.dialect
+        assert dialect is not None
         started = time.perf_counter()
         raw = bytes(stream.body)
         try:
-            llm = parse(stream.kind, raw, max_bytes=self.config.max_body_bytes)
-            outcome = await self._decide(stream, llm)
+            llm = dialect.parse(raw, max_bytes=self.config.max_body_bytes)
+            decision = await self._decide(stream, dialect, llm)
         except RequestError as exc:
-            return [self._reject(exc)]
+            return [self._reject(stream, exc)]
         finally:
             metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
-        if isinstance(outcome, envoy.ProcessingResponse):
-            return [outcome]
-        routed, new_body = outcome
+        if isinstance(decision, Answer):
+            return [self._decided(stream, decision)]
+        self._count(decision)
+        routed = Routed(decision.model, decision.route, decision.endpoints, decision.headers)
         stream.routed = routed
         stream.stream_flag = llm.stream
+        stream.cache_token = decision.cache_token
 
-        set_headers = {h.SELECTED_MODEL: routed.model, **routed.response_headers}
+        set_headers = decision.request_headers()
         metadata: dict[str, dict[str, Any]] = {CONTEXT_NAMESPACE: _context(stream, routed)}
-        if routed.endpoints:
-            destination = ",".join(routed.endpoints)
-            set_headers[h.DESTINATION] = destination
-            metadata[h.LB_NAMESPACE] = {h.DESTINATION: destination}
-        out_body = raw if new_body is None else new_body
-        if new_body is not None or stream.full_duplex:
+        if decision.endpoints:
+            metadata[h.LB_NAMESPACE] = {h.DESTINATION: set_headers[h.DESTINATION]}
+        out_body = raw if decision.body is None else decision.body
+        if decision.body is not None or stream.full_duplex:
             set_headers["content-length"] = str(len(out_body))
-        metrics.REQUESTS.labels("fail_open" if routed.route == "fail-open" else "routed").inc()
 
         if stream.full_duplex:
             return [
@@ -265,133 +268,31 @@ class Processor:
             ]
         return [
             envoy.request_body(
-                envoy.common(set_headers=set_headers, body=new_body, clear_route_cache=True),
+                envoy.common(set_headers=set_headers, body=decision.body, clear_route_cache=True),
                 metadata=metadata,
             )
         ]
 
-    async def _decide(
-        self, stream: Stream, llm: LLMRequest
-    ) -> tuple[Routed, bytes | None] | envoy.ProcessingResponse:
-        """Classifier (when configured), then picker; an immediate answer ends the request."""
-        model = llm.model
-        route = "picked"
-        extra: dict[str, str] = {}
-        body_set: dict[str, Any] = {}
-        system_prompt: str | None = None
-        system_mode: Any = "insert"
-
+    async def _decide(self, stream: Stream, dialect: Dialect, llm: LLMRequest) -> Route | Answer:
+        """Classifier (when configured), then picker; the policy decides at each step."""
+        classified: ClassifyReply | Unavailable | None = None
         if self.config.classifier.enabled:
-            try:
-                reply = await self._classify(stream, llm)
-            except BusUnavailable as exc:
-                self._bus_failed(exc)
-                if self.config.classifier.failure_mode == "fail-closed":
-                    return self._reject(_unavailable(exc))
-                metrics.FAIL_OPEN.labels("classifier").inc()
-                extra[h.ROUTE_CLASSIFIER] = "fail-open"
-                if model in self.auto_models:
-                    model = self._default_model(model)
-            else:
-                if reply.block is not None:
-                    metrics.REQUESTS.labels("blocked").inc()
-                    b = reply.block
-                    return envoy.immediate(
-                        b.status,
-                        error_body(b.message, type=b.type, code=b.code),
-                        {h.BLOCK_REASON: b.reason, **reply.headers},
-                    )
-                if reply.answer is not None:
-                    metrics.REQUESTS.labels("answered").inc()
-                    return envoy.immediate(
-                        reply.answer.status,
-                        reply.answer.body,
-                        {"content-type": reply.answer.content_type, **reply.headers},
-                    )
-                model = reply.model
-                stream.cache_token = reply.cache_store
-                extra.update(reply.headers)
-                body_set = reply.body_set
-                system_prompt = reply.system_prompt
-                system_mode = reply.system_prompt_mode
-        elif model in self.auto_models:
-            model = self._default_model(model)
-            route = "default-model"
-
-        endpoints: list[str] = []
-        try:
-            pick = await self._pick(stream, llm, model)
-        except BusUnavailable as exc:
-            self._bus_failed(exc)
-            if self.config.failure_mode == "fail-closed":
-                return self._reject(_unavailable(exc))
-            metrics.FAIL_OPEN.labels("picker").inc()
-            route = "fail-open"
-        else:
-            if pick.status is PickStatus.UNKNOWN_MODEL:
-                raise RequestError(
-                    404,
-                    f"The model '{model}' does not exist.",
-                    reason="unknown_model",
-                    code="model_not_found",
-                    param="model",
-                )
-            if pick.status is PickStatus.NO_ENDPOINTS:
-                raise RequestError(
-                    503,
-                    f"no endpoint of model '{model}' can take the request now"
-                    + (f" ({pick.reason})" if pick.reason else ""),
-                    reason="no_endpoints",
-                    type="service_unavailable",
-                )
-            if pick.status is PickStatus.SHED:
-                metrics.REQUESTS.labels("shed").inc()
-                raise RequestError(
-                    429,
-                    f"model '{model}' is saturated and this request's priority is too low; retry later",
-                    reason="shed",
-                    type="rate_limit_exceeded",
-                    headers={h.SHED_REASON: pick.reason or "saturated"},
-                )
-            endpoints = pick.endpoints[: self.config.max_endpoints]
-            if pick.prefill:
-                extra[h.PREFILLER] = pick.prefill
-            if pick.scores and "x-pointsman-debug" in stream.headers:
-                extra[h.SCORES] = _encoder.encode(pick.scores).decode()
-            if endpoints:
-                metrics.PICKS.labels(model, endpoints[0]).inc()
-
-        extra[h.ROUTE] = route
-        new = rewrite(
-            llm,
-            model=model,
-            body_set=body_set,
-            system_prompt=system_prompt,
-            system_prompt_mode=system_mode,
+            classified = await self._classify(stream, llm)
+        choice = policy.choose(
+            llm, dialect, classified, self.config, now=self.clock(), nonce=self._nonce
         )
-        new_body = None if new is None else _encoder.encode(new)
-        return Routed(model, route, endpoints, extra), new_body
+        if isinstance(choice, Answer):
+            return choice
+        picked = await self._pick(stream, llm, choice.model)
+        debug = "x-pointsman-debug" in stream.headers
+        return policy.route(llm, dialect, choice, picked, self.config, debug=debug)
 
-    def _default_model(self, asked: str) -> str:
-        if self.config.default_model is None:
-            raise RequestError(
-                404,
-                f"The model '{asked}' asks Pointsman to choose a model, but no classifier is "
-                "enabled and shim.default_model is not set.",
-                reason="unknown_model",
-                code="model_not_found",
-                param="model",
-            )
-        return self.config.default_model
+    def _nonce(self) -> str:
+        return self.new_id()[:24]
 
-    async def _pick(self, stream: Stream, llm: LLMRequest, model: str) -> PickReply:
-        request = PickRequest(
-            request_id=stream.request_id,
-            model=model,
-            subset=stream.subset,
-            headers=h.forwarded(stream.headers),
-            prompt=llm.prompt_text() if self.config.send_prompt else None,
-            max_endpoints=self.config.max_endpoints,
+    async def _pick(self, stream: Stream, llm: LLMRequest, model: str) -> PickReply | Unavailable:
+        request = policy.pick_request(
+            llm, model, stream.headers, stream.request_id, stream.subset, self.config
         )
         started = time.perf_counter()
         with _tracer.start_as_current_span("pointsman.pick", kind=SpanKind.CLIENT) as span:
@@ -399,79 +300,71 @@ class Processor:
                 reply = await self.bus.pick(request, self.config.pick_timeout_ms / 1000)
             except BusUnavailable as exc:
                 span.set_attribute("pointsman.bus_failure", exc.kind)
-                raise
+                return self._bus_failed(exc.service, exc.kind)
             finally:
                 metrics.BUS_SECONDS.labels("picker").observe(time.perf_counter() - started)
             span.set_attribute("pointsman.pick_status", str(reply.status.value))
             span.set_attribute("pointsman.endpoints", reply.endpoints)
             return reply
 
-    async def _classify(self, stream: Stream, llm: LLMRequest) -> ClassifyReply:
-        headers = h.forwarded(stream.headers)
-        auth = stream.headers.get("authorization")
-        if auth:  # a tenant for the semantic cache that never carries the credential itself
-            headers[h.TENANT] = hashlib.sha256(auth.encode()).hexdigest()
-        request = ClassifyRequest(
-            request_id=stream.request_id,
-            model=llm.model,
-            messages=[Message(role=t.role, content=t.content) for t in llm.turns],
-            prompt=llm.prompt,
-            headers=headers,
-            params=_classify_params(llm),
-        )
+    async def _classify(self, stream: Stream, llm: LLMRequest) -> ClassifyReply | Unavailable:
+        request = policy.classify_request(llm, stream.headers, stream.request_id)
         started = time.perf_counter()
         with _tracer.start_as_current_span("pointsman.classify", kind=SpanKind.CLIENT) as span:
             try:
                 reply = await self.bus.classify(request, self.config.classifier.timeout_ms / 1000)
             except BusUnavailable as exc:
                 span.set_attribute("pointsman.bus_failure", exc.kind)
-                raise
+                return self._bus_failed(exc.service, exc.kind)
             finally:
                 metrics.BUS_SECONDS.labels("classifier").observe(time.perf_counter() - started)
             if reply.error is not None:  # e.g. overloaded: no decision, same policy as a timeout
                 span.set_attribute("pointsman.bus_failure", reply.error)
-                raise BusUnavailable("classifier", reply.error)
+                return self._bus_failed("classifier", reply.error)
             span.set_attribute("pointsman.model", reply.model)
             if reply.category is not None:
                 span.set_attribute("pointsman.category", reply.category)
             return reply
 
     async def _models(self, stream: Stream) -> envoy.ProcessingResponse:
-        """``GET /v1/models`` from the picker's view of the fleet, in OpenAI's list format."""
+        """``GET /v1/models`` from the picker's view of the fleet."""
+        reply: ModelsReply | Unavailable
         try:
             reply = await self.bus.models(self.config.pick_timeout_ms / 1000)
         except BusUnavailable as exc:
-            self._bus_failed(exc)
-            if self.config.failure_mode == "fail-closed":
-                return self._reject(_unavailable(exc))
-            metrics.FAIL_OPEN.labels("picker").inc()
-            return envoy.request_headers(envoy.common(remove=stream.strip), mode=envoy.SKIP_BODIES)
-        now = int(time.time())
-        data = [
-            {"id": p.name, "object": "model", "created": p.created or now, "owned_by": "pointsman"}
-            for p in sorted(reply.pools, key=lambda p: p.name)
-        ]
-        if self.config.classifier.enabled or self.config.default_model:
-            data += [
-                {"id": name, "object": "model", "created": now, "owned_by": "pointsman"}
-                for name in self.config.auto_models
-            ]
-        metrics.REQUESTS.labels("answered").inc()
-        return envoy.immediate(200, _encoder.encode({"object": "list", "data": data}))
+            reply = self._bus_failed(exc.service, exc.kind)
+        return self._decided(stream, policy.list_models(reply, self.config, now=self.clock()))
 
-    def _reject(self, exc: RequestError) -> envoy.ProcessingResponse:
-        metrics.REJECTIONS.labels(exc.reason, str(exc.status)).inc()
-        if exc.reason != "shed":
-            metrics.REQUESTS.labels(
-                "fail_closed" if exc.reason.startswith("bus_") else "rejected"
-            ).inc()
+    def _reject(self, stream: Stream, error: RequestError) -> envoy.ProcessingResponse:
+        """An error answer in the request's API format (OpenAI's for a path of none)."""
+        return self._decided(stream, policy.reject(error, stream.dialect or openai_chat.DIALECT))
+
+    def _decided(self, stream: Stream, decision: Answer | Passthrough) -> envoy.ProcessingResponse:
+        """Count a decision that routes nothing, and turn it into Envoy's answer."""
+        self._count(decision)
+        if isinstance(decision, Passthrough):
+            return envoy.request_headers(envoy.common(remove=stream.strip), mode=envoy.SKIP_BODIES)
         return envoy.immediate(
-            exc.status, exc.body(), {h.ERROR: exc.reason, **exc.headers}, details=exc.reason
+            decision.status,
+            decision.body,
+            {"content-type": decision.content_type, **decision.headers},
+            details=decision.reason,
         )
 
-    def _bus_failed(self, exc: BusUnavailable) -> None:
-        metrics.BUS_FAILURES.labels(exc.service, exc.kind).inc()
-        log.warning("bus call failed: %s", exc)
+    def _count(self, decision: Answer | Passthrough | Route) -> None:
+        for service in decision.fail_open:
+            metrics.FAIL_OPEN.labels(service).inc()
+        if isinstance(decision, Answer) and decision.reason:
+            metrics.REJECTIONS.labels(decision.reason, str(decision.status)).inc()
+        if decision.outcome is not None:
+            metrics.REQUESTS.labels(decision.outcome).inc()
+        if isinstance(decision, Route) and decision.endpoints:
+            metrics.PICKS.labels(decision.model, decision.endpoints[0]).inc()
+
+    def _bus_failed(self, service: str, kind: str) -> Unavailable:
+        metrics.BUS_FAILURES.labels(service, kind).inc()
+        log.warning("bus call failed: %s: %s", service, kind)
+        return Unavailable(service, kind)
 
     # -- response path ------------------------------------------------------------------------
 
@@ -500,10 +393,12 @@ class Processor:
         routed = stream.routed
         if routed is None:
             return None
+        dialect = stream.dialect
+        assert dialect is not None  # set with ``routed``, by the decision or from its metadata
         sse = headers.get("content-type", "").startswith("text/event-stream")
-        stream.reader = UsageReader(sse=sse)
+        stream.reader = dialect.usage_reader(sse=sse)
         if stream.cache_token is not None and 200 <= stream.status < 300:
-            stream.cache_fill = Reassembler(sse=sse)
+            stream.cache_fill = dialect.answer_reader(sse=sse)
         served = _served_endpoint(request) or (routed.endpoints[0] if routed.endpoints else "")
         routed.endpoints = [served, *[e for e in routed.endpoints if e != served]] if served else []
         if request.response_headers.end_of_stream:
@@ -528,7 +423,7 @@ class Processor:
         """An observer stream's message: the same response path, and no answer to Envoy."""
         if not stream.observer:
             stream.observer = True
-            _adopt_context(stream, request)
+            self._adopt_context(stream, request)
             metrics.OBSERVED.labels("true" if stream.routed is not None else "false").inc()
         if stream.routed is None or stream.done:
             return  # not a request the shim routed (non-LLM path, immediate answer)
@@ -536,6 +431,33 @@ class Processor:
             await self._read_response_headers(stream, request)
         elif which == "response_body":
             await self._response_body(stream, request)
+
+    def _adopt_context(self, stream: Stream, request: envoy.ProcessingRequest) -> None:
+        """Take the decision from the first observed message's metadata; none = not ours."""
+        ns = envoy.metadata_namespace(request, CONTEXT_NAMESPACE)
+        if ns is None:
+            return
+        ctx = envoy.struct_fields(ns)
+        model = ctx.get("model")
+        if not isinstance(model, str) or not model:
+            return
+        endpoints = ctx.get("endpoints")
+        stream.routed = Routed(
+            model=model,
+            route=str(ctx.get("route", "")),
+            endpoints=[e for e in endpoints if isinstance(e, str)]
+            if isinstance(endpoints, list)
+            else [],
+        )
+        # A decision of a shim from before dialects had names was an OpenAI one.
+        stream.dialect = self.dialects.named(str(ctx.get("dialect", ""))) or openai_chat.DIALECT
+        stream.request_id = str(ctx.get("request_id") or stream.request_id or self.new_id())
+        stream.stream_flag = bool(ctx.get("stream", False))
+        started = ctx.get("started")
+        if isinstance(started, (int, float)):
+            stream.started = float(started)
+        token = ctx.get("cache_token")
+        stream.cache_token = token if isinstance(token, str) and token else None
 
     async def _complete(self, stream: Stream) -> None:
         stream.done = True
@@ -581,15 +503,17 @@ class Processor:
                 prompt_tokens=usage.prompt_tokens if usage else None,
                 completion_tokens=usage.completion_tokens if usage else None,
                 total_tokens=usage.total_tokens if usage else None,
-                duration_ms=max(0.0, time.time() - stream.started) * 1000,
+                duration_ms=max(0.0, self.clock() - stream.started) * 1000,
             )
         )
 
 
 def _context(stream: Stream, routed: Routed) -> dict[str, Any]:
     """What the observer stream needs of the decision, as ``pointsman`` dynamic metadata."""
+    assert stream.dialect is not None
     context: dict[str, Any] = {
         "request_id": stream.request_id,
+        "dialect": stream.dialect.name,
         "model": routed.model,
         "route": routed.route,
         "endpoints": list(routed.endpoints),
@@ -599,42 +523,6 @@ def _context(stream: Stream, routed: Routed) -> dict[str, Any]:
     if stream.cache_token is not None:
         context["cache_token"] = stream.cache_token
     return context
-
-
-def _adopt_context(stream: Stream, request: envoy.ProcessingRequest) -> None:
-    """Take the decision from the first observed message's metadata; none = not ours."""
-    ns = envoy.metadata_namespace(request, CONTEXT_NAMESPACE)
-    if ns is None:
-        return
-    ctx = envoy.struct_fields(ns)
-    model = ctx.get("model")
-    if not isinstance(model, str) or not model:
-        return
-    endpoints = ctx.get("endpoints")
-    stream.routed = Routed(
-        model=model,
-        route=str(ctx.get("route", "")),
-        endpoints=[e for e in endpoints if isinstance(e, str)]
-        if isinstance(endpoints, list)
-        else [],
-    )
-    stream.request_id = str(ctx.get("request_id") or stream.request_id or uuid.uuid4().hex)
-    stream.stream_flag = bool(ctx.get("stream", False))
-    started = ctx.get("started")
-    if isinstance(started, (int, float)):
-        stream.started = float(started)
-    token = ctx.get("cache_token")
-    stream.cache_token = token if isinstance(token, str) and token else None
-
-
-def _classify_params(llm: LLMRequest) -> dict[str, Any]:
-    """The request's parameters, plus what the semantic cache needs to key and render a hit."""
-    params = llm.params()
-    if "stop" in llm.body:
-        params["stop"] = llm.body["stop"]
-    if llm.include_usage:
-        params["stream_options"] = {"include_usage": True}
-    return params
 
 
 def _served_endpoint(request: envoy.ProcessingRequest) -> str | None:
@@ -648,13 +536,3 @@ def _served_endpoint(request: envoy.ProcessingRequest) -> str | None:
         value = attrs.fields["upstream.address"].string_value
         return value or None
     return None
-
-
-def _unavailable(exc: BusUnavailable) -> RequestError:
-    return RequestError(
-        503,
-        f"the {exc.service} is unavailable ({exc.kind}); try again later",
-        reason=f"bus_{exc.service}_{exc.kind}",
-        type="service_unavailable",
-        code="service_unavailable",
-    )

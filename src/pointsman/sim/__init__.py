@@ -22,7 +22,8 @@ The model behind the defaults: Llama-3.1-8B-Instruct in bf16 on one H100 80GB.
   up at loads a laptop can generate. Raise it to model the real card.
 
 Tokens are counted without a tokenizer: one token is ``--chars-per-token 4`` characters of the
-prompt as a Llama-3 chat template would render it (see :mod:`pointsman.sim.tokens`). Output is
+prompt as a Llama-3 chat template would render it (see :mod:`pointsman.sim.tokens`); its id, as
+``/tokenize`` reports it, is the CRC-32 of those characters, the same on every replica. Output is
 ``max_tokens`` (or ``max_completion_tokens``) filler words, one per token, ending with
 ``finish_reason: "length"``; without a limit, ``--default-max-tokens`` words ending with "stop".
 
@@ -37,6 +38,13 @@ What a router sees:
   vLLM's null-valued extras are left out), ``GET /v1/models``, ``/health``,
   ``/metrics``, ``POST /reset_prefix_cache``. Every response carries ``x-sim-endpoint:
   host:port``; ``usage.prompt_tokens_details.cached_tokens`` tells the prefix-cache hit.
+- ``POST /v1/responses`` (JSON or the typed ``response.*`` events), ``GET`` and
+  ``POST .../cancel`` of a response, with vLLM's store semantics (``--enable-responses-store``;
+  :mod:`pointsman.sim.responses`); ``POST /v1/messages`` and ``/v1/messages/count_tokens``
+  with ``--anthropic`` only (:mod:`pointsman.sim.anthropic`). Both are generations like chat:
+  the same scheduler, KV cache and prefix cache.
+- ``POST /tokenize``, ``POST /detokenize``, and with ``--enable-scale-out`` the render paths
+  routers call to build routing keys (:mod:`pointsman.sim.render`): cheap, never scheduled.
 - ``/metrics``: vLLM's names and labels (``engine="0"``, ``model_name``):
   ``vllm:num_requests_running``/``_waiting``, ``vllm:kv_cache_usage_perc`` and the older
   ``vllm:gpu_cache_usage_perc``, ``vllm:prefix_cache_queries_total``/``_hits_total``,

@@ -19,9 +19,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         prog=prog,
         description=(
             "Simulated vLLM server(s): OpenAI-compatible API (/v1/chat/completions, "
-            "/v1/completions, /v1/models), /health and Prometheus /metrics with vLLM's metric "
-            "names. Continuous batching, a bounded KV cache with prefix caching, LoRA slots. "
-            "Defaults model Llama-3.1-8B (bf16) on one H100; see the pointsman.sim docstring."
+            "/v1/completions, /v1/responses, /v1/models), /tokenize, /detokenize, optionally "
+            "the render paths and the Anthropic Messages API, /health and Prometheus /metrics "
+            "with vLLM's metric names, in vLLM 0.32's shapes. Continuous batching, a bounded KV "
+            "cache with prefix caching, LoRA slots. Defaults model Llama-3.1-8B (bf16) on one "
+            "H100; see the pointsman.sim docstring."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -73,6 +75,34 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "histograms stay in simulated seconds",
     )
     g.add_argument("--log-level", default="INFO", help="logging level")
+    g = p.add_argument_group("APIs (each as vLLM 0.32 serves it)")
+    g.add_argument(
+        "--anthropic",
+        action="store_true",
+        help="serve the Anthropic Messages API (/v1/messages, /v1/messages/count_tokens); "
+        "without it those paths answer 404, as on a server without the API",
+    )
+    g.add_argument(
+        "--enable-scale-out",
+        action="store_true",
+        help="serve the render paths (/v1/chat/completions/render, /v1/completions/render, "
+        "/v1/responses/render, /v1/messages/render), as vLLM does with this flag; without it "
+        "they answer 403, as vLLM's do, and vllm-router's cache_aware builds no prefix key",
+    )
+    g.add_argument(
+        "--enable-responses-store",
+        dest="responses_store",
+        action="store_true",
+        help="keep responses created with store (the default) for GET /v1/responses/{id} and "
+        "previous_response_id, as vLLM with VLLM_ENABLE_RESPONSES_API_STORE=1; without it "
+        "store is ignored and both answer 404, as vLLM's default",
+    )
+    g.add_argument(
+        "--responses-store-size",
+        type=int,
+        default=_D.responses_store_size,
+        help="most responses kept; the oldest are forgotten first",
+    )
     g = p.add_argument_group("capacity")
     g.add_argument("--block-size", type=int, default=_D.block_size, help="tokens per KV block")
     g.add_argument(
@@ -129,7 +159,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--default-max-tokens",
         type=int,
         default=_D.default_max_tokens,
-        help="output tokens when a request sets no max_tokens",
+        help="output tokens when a request sets no max_tokens (Messages: when max_tokens is "
+        "higher)",
     )
     g.add_argument(
         "--chars-per-token",
@@ -150,6 +181,10 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         lora_load_s=args.lora_load_ms / 1000,
         seed=args.seed,
         time_scale=args.time_scale,
+        anthropic=args.anthropic,
+        enable_scale_out=args.enable_scale_out,
+        responses_store=args.responses_store,
+        responses_store_size=args.responses_store_size,
         block_size=args.block_size,
         num_gpu_blocks=args.num_gpu_blocks,
         max_num_seqs=args.max_num_seqs,

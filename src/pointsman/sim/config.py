@@ -25,6 +25,17 @@ class SimConfig:
     #: multiplies every simulated duration (0.01 runs 100x faster than the modelled GPU)
     time_scale: float = 1.0
 
+    # -- APIs beyond chat and completions (vLLM 0.32 serves each; see the package docstring) --
+    #: serve the Anthropic Messages API (/v1/messages, /v1/messages/count_tokens)
+    anthropic: bool = False
+    #: serve the render paths (/v1/chat/completions/render, ...): vLLM's --enable-scale-out
+    enable_scale_out: bool = False
+    #: keep responses with ``store`` for GET and previous_response_id: vLLM with
+    #: VLLM_ENABLE_RESPONSES_API_STORE=1
+    responses_store: bool = False
+    #: most responses kept (the oldest go first)
+    responses_store_size: int = 10_000
+
     # -- capacity --------------------------------------------------------------------------
     block_size: int = 16
     #: KV blocks on the GPU (3072 x 16 = 49,152 tokens)
@@ -64,6 +75,7 @@ class SimConfig:
             "max_model_len",
             "chars_per_token",
             "default_max_tokens",
+            "responses_store_size",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")

@@ -18,16 +18,26 @@ DONE = b"data: [DONE]\n\n"
 
 
 class ApiError(Exception):
-    """An error answered as ``{"error": {"message", "type", "param", "code"}}``."""
+    """An error answered as ``{"error": {"message", "type", "param", "code"}}``.
+
+    ``validation`` marks a request that does not fit the API's schema (vLLM's pydantic errors,
+    answered before any handler runs, so in the OpenAI shape on every path, Anthropic's too)."""
 
     def __init__(
-        self, status: int, message: str, type_: str = "BadRequestError", param: str | None = None
+        self,
+        status: int,
+        message: str,
+        type_: str = "BadRequestError",
+        param: str | None = None,
+        *,
+        validation: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type_
         self.param = param
+        self.validation = validation
 
     def body(self) -> bytes:
         return _encode(
@@ -40,6 +50,96 @@ class ApiError(Exception):
                 }
             }
         )
+
+    def anthropic_body(self) -> bytes:
+        """Anthropic's error shape, which vLLM's /v1/messages uses for all but schema errors."""
+        if self.validation:
+            return self.body()
+        return _encode({"type": "error", "error": {"type": self.type, "message": self.message}})
+
+
+def invalid(*errors: dict[str, Any]) -> ApiError:
+    """A schema error worded as vLLM 0.32 words pydantic's (``tests/fixtures/vllm-0.32``):
+    ``"1 validation error:\n  {'type': 'missing', 'loc': 'body.input', ...}"``, type
+    ``Bad Request``, param the first error's location. Each error holds ``type``, ``loc``,
+    ``msg``, ``input`` (already a string) and optionally ``ctx``."""
+    n = len(errors)
+    lines = [f"{n} validation error{'s' if n > 1 else ''}:"]
+    lines += [f"  {e!r}" for e in errors]
+    return ApiError(400, "\n".join(lines), "Bad Request", str(errors[0]["loc"]), validation=True)
+
+
+def missing(field: str, data: dict[str, Any]) -> dict[str, Any]:
+    """One pydantic ``missing`` error for a required ``field`` of the body ``data``."""
+    return {
+        "type": "missing",
+        "loc": f"body.{field}",
+        "msg": "Field required",
+        "input": f"<dict of {len(data)} items>",
+    }
+
+
+def wrong_type(field: str, kind: str, value: Any) -> dict[str, Any]:
+    """One pydantic ``<kind>_type`` error (``kind``: list, string, ...) for ``body.<field>``."""
+    return {
+        "type": f"{kind}_type",
+        "loc": f"body.{field}",
+        "msg": f"Input should be a valid {kind}",
+        "input": str(value),
+    }
+
+
+def number(data: dict[str, Any], key: str, default: float) -> float:
+    """A numeric request field as a float (what vLLM echoes), ``default`` when absent."""
+    value = data.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return default
+
+
+def decode_object(body: bytes) -> dict[str, Any]:
+    """The JSON object of a request body, or vLLM's 400 for a body that is not one."""
+    try:
+        data = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        text = str(exc)
+        at = text.rsplit("(byte ", 1)[-1].rstrip(")") if "(byte " in text else str(len(body))
+        raise invalid(
+            {
+                "type": "json_invalid",
+                "loc": f"body.{at}",
+                "msg": "JSON decode error",
+                "input": "<dict of 0 items>",
+                "ctx": {"error": text},
+            }
+        ) from None
+    if not isinstance(data, dict):
+        raise invalid(
+            {
+                "type": "model_attributes_type",
+                "loc": "body",
+                "msg": "Input should be a valid dictionary or object to extract fields from",
+                "input": repr(data),
+            }
+        )
+    return data
+
+
+def served_model(data: dict[str, Any], cfg: SimConfig) -> str:
+    """The request's ``model`` (the base model when left out), or vLLM's 400/404."""
+    model = data.get("model")
+    if model is None:
+        return cfg.model
+    if not isinstance(model, str):
+        raise ApiError(400, "'model' must be a string", param="model")
+    if model not in cfg.served_models():
+        raise ApiError(
+            404,
+            f"The model `{model}` does not exist. Valid aliases: {', '.join(cfg.served_models())}.",
+            "NotFoundError",
+            "model",
+        )
+    return model
 
 
 @dataclass
@@ -60,22 +160,13 @@ class Parsed:
 
 
 def parse(body: bytes, chat: bool, cfg: SimConfig) -> Parsed:
-    try:
-        data = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, f"JSON decode error: {exc}", "Bad Request", "body") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "Input should be a valid dictionary", "Bad Request", "body")
-    model = data.get("model")
-    if model is None:
-        model = cfg.model
-    if not isinstance(model, str):
-        raise ApiError(400, "'model' must be a string", param="model")
-    if model not in cfg.served_models():
-        raise ApiError(404, f"The model `{model}` does not exist.", "NotFoundError", "model")
+    data = decode_object(body)
+    model = served_model(data, cfg)
     ids: list[int] | None = None
     if chat:
         messages = data.get("messages")
+        if messages is None:
+            raise invalid(missing("messages", data))
         if (
             not isinstance(messages, list)
             or not messages
@@ -87,18 +178,30 @@ def parse(body: bytes, chat: bool, cfg: SimConfig) -> Parsed:
         prompt = data.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
             prompt = prompt[0]
+        if prompt is None:
+            raise invalid(missing("prompt", data))
         if not isinstance(prompt, (str, list)) or (isinstance(prompt, list) and not prompt):
             raise ApiError(400, "'prompt' must be a string or a list of token ids", param="prompt")
         text, ids = render_completion_prompt(prompt)
     prompt_len = max(1, len(ids)) if ids is not None else count_tokens(text, cfg.chars_per_token)
-    limit = cfg.max_model_len
     requested = data.get("max_completion_tokens") if chat else None
     if requested is None:
         requested = data.get("max_tokens")
+    max_out, reason = output_budget(prompt_len, requested, "max_tokens", cfg)
+    stream = data.get("stream") is True
+    opts = data.get("stream_options")
+    include_usage = stream and isinstance(opts, dict) and opts.get("include_usage") is True
+    return Parsed(chat, model, text, prompt_len, max_out, reason, stream, include_usage, ids)
+
+
+def output_budget(prompt_len: int, requested: Any, param: str, cfg: SimConfig) -> tuple[int, str]:
+    """Output tokens and finish reason of a request asking for ``requested`` (None: up to the
+    default, ending with "stop"), or a 400 when it is no positive integer or does not fit."""
     if requested is not None and (
         not isinstance(requested, int) or isinstance(requested, bool) or requested < 1
     ):
-        raise ApiError(400, "max_tokens must be an integer of at least 1", param="max_tokens")
+        raise ApiError(400, f"{param} must be an integer of at least 1", param=param)
+    limit = cfg.max_model_len
     if prompt_len >= limit or (requested is not None and prompt_len + requested > limit):
         raise ApiError(
             400,
@@ -106,16 +209,11 @@ def parse(body: bytes, chat: bool, cfg: SimConfig) -> Parsed:
             f"{prompt_len + (requested or 0)} tokens ({prompt_len} in the messages, "
             f"{requested or 0} in the completion). Please reduce the length of the messages "
             "or completion.",
-            param="max_tokens",
+            param=param,
         )
     if requested is None:
-        max_out, reason = min(cfg.default_max_tokens, limit - prompt_len), "stop"
-    else:
-        max_out, reason = requested, "length"
-    stream = data.get("stream") is True
-    opts = data.get("stream_options")
-    include_usage = stream and isinstance(opts, dict) and opts.get("include_usage") is True
-    return Parsed(chat, model, text, prompt_len, max_out, reason, stream, include_usage, ids)
+        return min(cfg.default_max_tokens, limit - prompt_len), "stop"
+    return requested, "length"
 
 
 def usage(prompt: int, completion: int, cached: int) -> dict[str, Any]:
@@ -169,11 +267,13 @@ class ChunkWriter:
     ``stream_options.include_usage``, a usage chunk with empty ``choices``; then ``[DONE]``.
     Completions: text chunks (the last with the finish reason), the usage chunk, ``[DONE]``."""
 
-    __slots__ = ("_head", "chat", "p")
+    __slots__ = ("_head", "chat", "created", "p", "rid")
 
     def __init__(self, p: Parsed, rid: str, created: int) -> None:
         self.p = p
         self.chat = p.chat
+        self.rid = rid
+        self.created = created
         obj = "chat.completion.chunk" if p.chat else "text_completion"
         # everything before "choices", shared by every chunk of the response
         self._head = _encode({"id": rid, "object": obj, "created": created, "model": p.model})[:-1]
@@ -203,3 +303,24 @@ class ChunkWriter:
         return self._event(
             b"[]", b',"usage":' + _encode(usage(self.p.prompt_len, completion, cached))
         )
+
+    # -- the stream writer protocol of pointsman.sim.server ----------------------------------
+    def opening(self) -> bytes:
+        return b""
+
+    def first(self) -> bytes:
+        return self.role() if self.chat else b""
+
+    def delta(self, text: str) -> bytes:
+        return self.content(text)
+
+    def full(self, text: str, completion: int, cached: int, finish_reason: str) -> bytes:
+        return full_response(
+            self.p, self.rid, self.created, text, completion, cached, finish_reason
+        )
+
+    def closing(self, tail: str, completion: int, cached: int, finish_reason: str) -> bytes:
+        last = self.content(tail, finish_reason)
+        if self.p.include_usage:
+            last += self.usage(completion, cached)
+        return last + DONE

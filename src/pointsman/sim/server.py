@@ -11,23 +11,67 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from aiohttp import web
 
+from pointsman.sim.anthropic import MessageWriter, count_tokens_body, parse_messages
 from pointsman.sim.config import SimConfig
 from pointsman.sim.engine import Engine, wait_news
-from pointsman.sim.openai import DONE, ApiError, ChunkWriter, Parsed, full_response, parse
+from pointsman.sim.openai import ApiError, ChunkWriter, Parsed, parse
+from pointsman.sim.render import (
+    SCALE_OUT_DISABLED,
+    detokenize_body,
+    render_chat_body,
+    render_completions_body,
+    render_parsed_body,
+    tokenize_body,
+)
+from pointsman.sim.responses import (
+    ResponseStore,
+    ResponseWriter,
+    Stored,
+    cannot_cancel,
+    not_found,
+    parse_responses,
+)
 from pointsman.sim.scheduler import ABORTED, FINISHED, Seq
-from pointsman.sim.tokens import block_hashes, block_hashes_of_ids, filler
+from pointsman.sim.tokens import Detokenizer, block_hashes, block_hashes_of_ids, filler
 
 log = logging.getLogger("pointsman.sim")
 
 _JSON = "application/json"
 _METRICS_TYPE = "text/plain; version=1.0.0; charset=utf-8"
+
+
+class Writer(Protocol):
+    """One API's answer to a generation: whole (``full``) or as a stream, whose pieces the
+    server writes as the engine produces tokens: ``opening`` with the headers, ``first``
+    before the first tokens, ``delta`` per engine step, ``closing`` with the last tokens."""
+
+    def full(self, text: str, completion: int, cached: int, finish_reason: str) -> bytes: ...
+    def opening(self) -> bytes: ...
+    def first(self) -> bytes: ...
+    def delta(self, text: str) -> bytes: ...
+    def closing(self, tail: str, completion: int, cached: int, finish_reason: str) -> bytes: ...
+
+
+def _error(err: ApiError, anthropic: bool = False) -> web.Response:
+    body = err.anthropic_body() if anthropic else err.body()
+    return web.Response(status=err.status, body=body, content_type=_JSON)
+
+
+def _answer(
+    build: Callable[[bytes, SimConfig, Any], bytes], body: bytes, cfg: SimConfig, extra: Any
+) -> web.Response:
+    """A cheap JSON answer computed in the handler, or its error."""
+    try:
+        return web.Response(body=build(body, cfg, extra), content_type=_JSON)
+    except ApiError as err:
+        return _error(err)
 
 
 class Replica:
@@ -43,6 +87,8 @@ class Replica:
         self._id_prefix = f"{rng.getrandbits(32):08x}"
         self._next_id = 0
         self.started = int(time.time())
+        self.store = ResponseStore(config.responses_store_size) if config.responses_store else None
+        self.detok = Detokenizer()
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> str:
@@ -55,6 +101,7 @@ class Replica:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/version", self._version)
         app.router.add_post("/reset_prefix_cache", self._reset_prefix_cache)
+        self._add_api_routes(app)
         app.on_response_prepare.append(self._stamp)
         # handler_cancellation: a client that hangs up aborts its request, as in vLLM
         self._runner = web.AppRunner(
@@ -70,6 +117,31 @@ class Replica:
             self.endpoint = f"{self.cfg.host}:{port}"
         self.engine.start()
         return self.endpoint
+
+    def _add_api_routes(self, app: web.Application) -> None:
+        """Responses, tokenize and render as vLLM 0.32 serves them; Messages with --anthropic;
+        the render paths with --enable-scale-out (vLLM answers 403 on them without it)."""
+        cfg, r = self.cfg, app.router
+        r.add_post("/v1/responses", self._responses)
+        r.add_get("/v1/responses/{rid}", self._get_response)
+        r.add_delete("/v1/responses/{rid}", self._method_not_allowed)  # vLLM 0.32 has no DELETE
+        r.add_post("/v1/responses/{rid}/cancel", self._cancel_response)
+        r.add_post("/tokenize", self._tokenize)
+        r.add_post("/detokenize", self._detokenize)
+        render = {
+            "/v1/chat/completions/render": self._render_chat,
+            "/v1/completions/render": self._render_completions,
+            "/v1/responses/render": self._render_responses,
+        }
+        if cfg.anthropic:
+            r.add_post("/v1/messages", self._messages)
+            r.add_post("/v1/messages/count_tokens", self._count_tokens)
+            render["/v1/messages/render"] = self._render_messages
+        else:
+            for path in ("/v1/messages", "/v1/messages/count_tokens", "/v1/messages/render"):
+                r.add_post(path, self._not_found)
+        for path, handler in render.items():
+            r.add_post(path, handler if cfg.enable_scale_out else self._scale_out_disabled)
 
     async def close(self) -> None:
         await self.engine.stop()
@@ -87,7 +159,11 @@ class Replica:
                 endpoint = f"[{host}]:{sock[1]}" if ":" in host else f"{host}:{sock[1]}"
         response.headers["x-sim-endpoint"] = endpoint
 
-    # -- OpenAI routes ---------------------------------------------------------------------
+    # -- generation: chat, completions, responses, messages ------------------------------
+    def _new_id(self, prefix: str) -> str:
+        self._next_id += 1
+        return f"{prefix}{self._id_prefix}{self._next_id:08x}"
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, chat=True)
 
@@ -95,21 +171,46 @@ class Replica:
         return await self._generate(request, chat=False)
 
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
-        cfg = self.cfg
         try:
-            p = parse(await request.read(), chat, cfg)
+            p = parse(await request.read(), chat, self.cfg)
         except ApiError as err:
-            return web.Response(status=err.status, body=err.body(), content_type=_JSON)
-        sched = self.engine.sched
-        if not sched.fits(p.prompt_len, p.max_out):
+            return _error(err)
+        rid = self._new_id("chatcmpl-" if chat else "cmpl-")
+        return await self._run(request, p, ChunkWriter(p, rid, int(time.time())), rid)
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        try:
+            req = parse_responses(await request.read(), self.cfg, self.store)
+        except ApiError as err:
+            return _error(err)
+        rid = self._new_id("resp_")
+        writer = ResponseWriter(req, rid, int(time.time()))
+        answer = await self._run(request, req.parsed, writer, rid)
+        if req.store and self.store is not None and writer.final is not None:
+            self.store.put(rid, Stored(writer.final, req.messages))
+        return answer
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        try:
+            req = parse_messages(await request.read(), self.cfg)
+        except ApiError as err:
+            return _error(err, anthropic=True)
+        rid = self._new_id("chatcmpl-")
+        writer = MessageWriter(req, rid, int(time.time()))
+        return await self._run(request, req.parsed, writer, rid, anthropic=True)
+
+    async def _run(
+        self, request: web.Request, p: Parsed, w: Writer, rid: str, anthropic: bool = False
+    ) -> web.StreamResponse:
+        """Schedule one generation on the engine and answer it, whole or streamed."""
+        cfg = self.cfg
+        if not self.engine.sched.fits(p.prompt_len, p.max_out):
             too_big = ApiError(
                 400,
                 f"request needs {p.prompt_len + p.max_out} tokens of KV cache; "
                 f"this replica holds {cfg.num_gpu_blocks * cfg.block_size}",
             )
-            return web.Response(status=400, body=too_big.body(), content_type=_JSON)
-        self._next_id += 1
-        rid = f"{'chatcmpl' if chat else 'cmpl'}-{self._id_prefix}{self._next_id:08x}"
+            return _error(too_big, anthropic)
         lora = p.model if p.model != cfg.model else None
         if not cfg.enable_prefix_caching:
             hashes: list[int] = []
@@ -126,7 +227,6 @@ class Replica:
             finish_reason=p.finish_reason,
             stream=p.stream,
         )
-        created = int(time.time())
         engine = self.engine
         engine.submit(seq)
         try:
@@ -134,25 +234,15 @@ class Replica:
                 while seq.status != FINISHED:
                     if seq.status == ABORTED:
                         gone = ApiError(503, "the server is shutting down", "ServiceUnavailable")
-                        return web.Response(status=503, body=gone.body(), content_type=_JSON)
+                        return _error(gone, anthropic)
                     await wait_news(seq)
-                body = full_response(
-                    p,
-                    rid,
-                    created,
-                    filler(0, seq.out),
-                    seq.out,
-                    seq.cached_tokens,
-                    seq.finish_reason,
-                )
+                body = w.full(filler(0, seq.out), seq.out, seq.cached_tokens, seq.finish_reason)
                 return web.Response(body=body, content_type=_JSON)
-            return await self._stream(request, p, seq, rid, created)
+            return await self._stream(request, seq, w)
         finally:
             engine.abort(seq)  # no-op once finished; frees the KV of a client that went away
 
-    async def _stream(
-        self, request: web.Request, p: Parsed, seq: Seq, rid: str, created: int
-    ) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, seq: Seq, w: Writer) -> web.StreamResponse:
         resp = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream; charset=utf-8",
@@ -160,10 +250,14 @@ class Replica:
             }
         )
         await resp.prepare(request)
-        w = ChunkWriter(p, rid, created)
-        # headers go out now; the role chunk only with the first token, as vLLM sends it, so
-        # a client timing the first body byte measures the time to first token
-        pending = [w.role()] if p.chat else []
+        # headers go out now, with the events vLLM sends before generating (Responses:
+        # response.created, response.in_progress); the opening of the answer (chat's role
+        # chunk) only with the first token, as vLLM sends it, so a client timing the first
+        # content byte measures the time to first token
+        opening = w.opening()
+        if opening:
+            await resp.write(opening)
+        pending = [w.first()]
         sent = 0
         while True:
             if seq.out == sent and seq.status != FINISHED:
@@ -172,19 +266,87 @@ class Replica:
                 await wait_news(seq)
                 continue
             out = seq.out
-            if seq.status == FINISHED:  # its last tokens and the finish reason in one chunk
-                pending.append(w.content(filler(sent, out - sent), seq.finish_reason))
-                if p.include_usage:
-                    pending.append(w.usage(out, seq.cached_tokens))
-                pending.append(DONE)
+            if seq.status == FINISHED:  # its last tokens and the end in one write
+                tail = filler(sent, out - sent)
+                pending.append(w.closing(tail, out, seq.cached_tokens, seq.finish_reason))
                 await resp.write(b"".join(pending))
                 break
-            pending.append(w.content(filler(sent, out - sent)))
+            pending.append(w.delta(filler(sent, out - sent)))
             sent = out
             await resp.write(b"".join(pending))
             pending.clear()
         await resp.write_eof()
         return resp
+
+    # -- stored responses ------------------------------------------------------------------
+    async def _get_response(self, request: web.Request) -> web.Response:
+        rid = request.match_info["rid"]
+        kept = self.store.get(rid) if self.store is not None else None
+        if kept is None:
+            return _error(not_found(rid))
+        return web.Response(body=msgspec.json.encode(kept.response), content_type=_JSON)
+
+    async def _cancel_response(self, request: web.Request) -> web.Response:
+        rid = request.match_info["rid"]
+        kept = self.store.get(rid) if self.store is not None else None
+        return _error(not_found(rid) if kept is None else cannot_cancel())
+
+    # -- cheap CPU calls: tokenize, render, count ------------------------------------------
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        return _answer(tokenize_body, await request.read(), self.cfg, self.detok)
+
+    async def _detokenize(self, request: web.Request) -> web.Response:
+        return _answer(detokenize_body, await request.read(), self.cfg, self.detok)
+
+    async def _count_tokens(self, request: web.Request) -> web.Response:
+        try:
+            body = count_tokens_body(await request.read(), self.cfg)
+        except ApiError as err:
+            return _error(err, anthropic=True)
+        return web.Response(body=body, content_type=_JSON)
+
+    async def _render_chat(self, request: web.Request) -> web.Response:
+        return _answer(render_chat_body, await request.read(), self.cfg, self._new_id("chatcmpl-"))
+
+    async def _render_completions(self, request: web.Request) -> web.Response:
+        return _answer(
+            render_completions_body, await request.read(), self.cfg, self._new_id("cmpl-")
+        )
+
+    async def _render_responses(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            req = parse_responses(body, self.cfg, self.store)
+            rid = self._new_id("resp_")
+            out = render_parsed_body(body, req.parsed, "max_output_tokens", rid, self.cfg, True)
+        except ApiError as err:
+            return _error(err)
+        return web.Response(body=out, content_type=_JSON)
+
+    async def _render_messages(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            req = parse_messages(body, self.cfg)
+            rid = self._new_id("chatcmpl-")
+            out = render_parsed_body(body, req.parsed, "max_tokens", rid, self.cfg)
+        except ApiError as err:
+            return _error(err)
+        return web.Response(body=out, content_type=_JSON)
+
+    # -- what a real server answers on paths it does not serve -----------------------------
+    async def _scale_out_disabled(self, request: web.Request) -> web.Response:
+        return _error(SCALE_OUT_DISABLED)
+
+    async def _not_found(self, request: web.Request) -> web.Response:
+        return web.Response(status=404, body=b'{"detail":"Not Found"}', content_type=_JSON)
+
+    async def _method_not_allowed(self, request: web.Request) -> web.Response:
+        return web.Response(
+            status=405,
+            body=b'{"detail":"Method Not Allowed"}',
+            content_type=_JSON,
+            headers={"Allow": "GET"},
+        )
 
     async def _models(self, request: web.Request) -> web.Response:
         cfg = self.cfg

@@ -11,6 +11,7 @@ their first ``k`` block hashes, exactly as two token sequences would in vLLM.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -72,12 +73,14 @@ def _content_text(content: Any) -> str:
     return str(content)
 
 
-def render_chat(messages: Iterable[Mapping[str, Any]]) -> str:
+def render_chat(messages: Iterable[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
     """The prompt a Llama-3 chat template would produce, close enough for counting.
 
     Each message becomes ``<|start_header_id|>role<|end_header_id|>\\n\\ncontent<|eot_id|>``
     after a BOS marker, with the assistant header appended (``add_generation_prompt``). A shared
-    system prompt therefore gives a shared rendered prefix, as it does with the real template.
+    system prompt therefore gives a shared rendered prefix, as it does with the real template,
+    and so does an earlier turn of the same conversation: the prompt of a turn, followed by its
+    answer, is a prefix of the next turn's prompt.
     """
     pieces = ["<|begin_of_text|>"]
     for msg in messages:
@@ -86,7 +89,8 @@ def render_chat(messages: Iterable[Mapping[str, Any]]) -> str:
             f"<|start_header_id|>{role}<|end_header_id|>\n\n"
             f"{_content_text(msg.get('content'))}<|eot_id|>"
         )
-    pieces.append("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    if add_generation_prompt:
+        pieces.append("<|start_header_id|>assistant<|end_header_id|>\n\n")
     return "".join(pieces)
 
 
@@ -101,6 +105,59 @@ def render_completion_prompt(
         ids = [int(p) for p in prompt]
         return " ".join(str(i) for i in ids), ids
     return "".join(str(p) for p in prompt), None
+
+
+#: Llama-3's vocabulary: ids below ``SPECIAL_BASE`` are text, the rest special tokens.
+VOCAB_SIZE = 128_256
+SPECIAL_BASE = 128_000
+BOS_ID = 128_000
+
+
+def token_ids(text: str, chars_per_token: int = 4) -> list[int]:
+    """The ids of the tokens :func:`count_tokens` counts: one per ``chars_per_token``-character
+    slice, its CRC-32 modulo the text part of the vocabulary.
+
+    CRC-32 (not Python's salted ``hash``) makes the ids the same in every process and on every
+    replica, as a real tokenizer's are: routers that key on token ids (vllm-router's
+    ``cache_aware`` builds its prefix tree from ``/tokenize``) see the same key for the same
+    text on every endpoint, and two prompts sharing a prefix share its leading ids. An empty
+    text is the single BOS token, so ``len(token_ids(t)) == count_tokens(t)`` always holds.
+    """
+    if not text:
+        return [BOS_ID]
+    crc = zlib.crc32
+    return [
+        crc(text[i : i + chars_per_token].encode()) % SPECIAL_BASE
+        for i in range(0, len(text), chars_per_token)
+    ]
+
+
+def token_slices(text: str, chars_per_token: int = 4) -> list[str]:
+    """The text of each token of :func:`token_ids` (``token_strs`` of ``/tokenize``)."""
+    if not text:
+        return ["<|begin_of_text|>"]
+    return [text[i : i + chars_per_token] for i in range(0, len(text), chars_per_token)]
+
+
+class Detokenizer:
+    """Turns ids back into text for ``/detokenize``. Ids are hashes, so only the ids this
+    replica has handed out by ``/tokenize`` are known; the table starts over when it holds
+    ``capacity`` ids (a bulk ``dict.update`` per request keeps ``/tokenize`` cheap, which
+    matters because routers call it once per request). An id never seen, or outside the
+    vocabulary, gives no text, as vLLM answers an id outside its vocabulary."""
+
+    def __init__(self, capacity: int = 1 << 17) -> None:
+        self.capacity = capacity
+        self._text: dict[int, str] = {BOS_ID: "<|begin_of_text|>"}
+
+    def learn(self, ids: Sequence[int], slices: Sequence[str]) -> None:
+        if len(self._text) + len(ids) > self.capacity:
+            self._text = {BOS_ID: "<|begin_of_text|>"}
+        self._text.update(zip(ids, slices, strict=True))
+
+    def text(self, ids: Iterable[int]) -> str:
+        table = self._text
+        return "".join(table.get(i, "") for i in ids)
 
 
 # fmt: off

@@ -53,20 +53,44 @@ class Block(msgspec.Struct, kw_only=True):
 
 
 class ImmediateAnswer(msgspec.Struct, kw_only=True):
-    """A complete answer to send the client without routing (a semantic-cache hit)."""
+    """A complete answer, already rendered for the client (how classifiers answered a
+    semantic-cache hit before :class:`CachedAnswer`; a shim still sends it on unchanged)."""
 
     status: int = 200
     body: bytes
     content_type: str = "application/json"
 
 
+class CachedAnswer(msgspec.Struct, kw_only=True):
+    """A semantic-cache hit: the stored answer, which the shim renders in the format of the API
+    the client spoke (JSON or an event stream, chat or completion, or another API's dialect).
+
+    ``model`` is the model that produced it; ``similarity`` the cosine similarity of the prompt
+    to the stored prompt (also reported in the ``x-pointsman-cache-similarity`` header).
+    """
+
+    content: str
+    role: str = "assistant"
+    finish_reason: str | None = "stop"
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    model: str = ""
+    similarity: float = 0.0
+
+
 class ClassifyReply(msgspec.Struct, kw_only=True):
     """The classifier's decision for one request.
 
     ``model`` is the model to route to (the client's own choice unless it asked for an auto
-    name). When ``block`` is set the shim answers the client with it and routes nothing. ``body_set`` is deep-merged into the request body's top level (reasoning switches such
-    as ``chat_template_kwargs.enable_thinking``). ``headers`` are added to the routed request and
-    reported on the response.
+    name). When ``block`` is set the shim answers the client with it and routes nothing; when
+    ``cached`` is set it answers with that semantic-cache hit. ``body_set`` is deep-merged into
+    the request body's top level (reasoning switches such as
+    ``chat_template_kwargs.enable_thinking``). ``headers`` are added to the routed request and
+    reported on the response, or to the answer.
+
+    ``answer`` is what classifiers sent for a hit before ``cached`` existed; a shim still sends it
+    as it is. A shim from before ``cached`` ignores that field and routes the request (answered
+    upstream, not stored, though reported as a cache hit): upgrade shims before classifiers.
     """
 
     model: str
@@ -84,6 +108,8 @@ class ClassifyReply(msgspec.Struct, kw_only=True):
     #: Semantic cache: an opaque token set when the lookup missed and the answer may be stored.
     #: The shim publishes the complete 2xx answer with it as a ``pointsman.v1.cache.CacheStore``.
     cache_store: str | None = None
+    #: Semantic cache: the hit, for the shim to render (replaces ``answer``; added after v1).
+    cached: CachedAnswer | None = None
     #: Set when the classifier made no decision (``"overloaded"``: its queue is full and it shed
     #: the request; ``"bad_request"``: nothing to classify was malformed). The shim then applies
     #: its fail-open / fail-closed policy exactly as for a timeout, without waiting for one.

@@ -36,7 +36,7 @@ def request(tenant: str = "t") -> ClassifyRequest:
 async def miss_and_store(a: SemanticCache, b: SemanticCache, seed: int, text: str) -> str:
     """Replica ``a`` misses, replica ``b`` completes the store (as the queue group may)."""
     reply = await a.lookup(request(), ClassifyReply(model="alpha"), vec(seed))
-    assert reply.answer is None and reply.cache_store
+    assert reply.cached is None and reply.cache_store
     result = await b.store(CacheStore(token=reply.cache_store, content=text, finish_reason="stop"))
     assert result == "stored"
     return reply.cache_store
@@ -57,19 +57,19 @@ async def test_bound_eviction_rebuild_and_handover(redis_url: str) -> None:
         # a replica that starts later rebuilds its index from Redis
         assert await a.rebuild() == 3
         hit = await a.lookup(request(), ClassifyReply(model="alpha"), vec(4))
-        assert hit.answer is not None and b"answer 4" in hit.answer.body
+        assert hit.cached is not None and hit.cached.content == "answer 4"
         assert hit.headers["x-pointsman-cache"] == "hit"
         evicted = await a.lookup(request(), ClassifyReply(model="alpha"), vec(0))
-        assert evicted.answer is None
+        assert evicted.cached is None
         # another tenant never sees the entry
         other = await a.lookup(request("u"), ClassifyReply(model="alpha"), vec(4))
-        assert other.answer is None
+        assert other.cached is None
         # least recently USED goes first: a hit on entry 2 makes entry 3 the one evicted next
-        assert (await b.lookup(request(), ClassifyReply(model="alpha"), vec(2))).answer
+        assert (await b.lookup(request(), ClassifyReply(model="alpha"), vec(2))).cached
         await b.flush_touched()
         await miss_and_store(a, b, 5, "answer 5")
-        assert (await b.lookup(request(), ClassifyReply(model="alpha"), vec(2))).answer
-        assert (await b.lookup(request(), ClassifyReply(model="alpha"), vec(3))).answer is None
+        assert (await b.lookup(request(), ClassifyReply(model="alpha"), vec(2))).cached
+        assert (await b.lookup(request(), ClassifyReply(model="alpha"), vec(3))).cached is None
         # a token is used once; unknown tokens and errors are not stored
         assert await b.store(CacheStore(token="nope", content="x")) == "unknown_token"
         reply = await a.lookup(request(), ClassifyReply(model="alpha"), vec(9))
@@ -87,7 +87,7 @@ async def test_unreachable_redis_is_a_miss_without_token() -> None:
     c.index.add("x", "p", vec(1), 1e12)
     try:
         reply = await c.lookup(request(), ClassifyReply(model="alpha"), vec(1))
-        assert reply.answer is None and reply.cache_store is None
+        assert reply.cached is None and reply.cache_store is None
         assert not c.available()  # resting: the next request does not wait on Redis
         assert await c.store(CacheStore(token="t", content="x")) == "unavailable"
     finally:
@@ -121,7 +121,7 @@ async def test_replicas_share_entries_over_the_bus(redis_url: str, nats_url: str
             await asyncio.sleep(0.02)
         for replica in (a, b):
             hit = await replica.lookup(request(), ClassifyReply(model="alpha"), vec(7))
-            assert hit.answer is not None and b"shared" in hit.answer.body
+            assert hit.cached is not None and "shared" in hit.cached.content
         stored = sum(c.metrics.stores.labels("stored")._value.get() for c in (a, b))
         assert stored == 1  # one replica of the queue group wrote it
     finally:

@@ -10,17 +10,15 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
 import yaml
-from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
-from google.protobuf import struct_pb2
 
 from pointsman.bus import NatsConfig
 from pointsman.v1 import CompletionEvent, EndpointMetrics, PoolSnapshot, decode, encode, subjects
@@ -28,6 +26,14 @@ from pointsman_shim.bus import Bus
 from pointsman_shim.config import ShimConfig
 from pointsman_shim.handlers import Processor
 from tests.helpers import procs
+from tests.helpers.extproc import (
+    body_msg,
+    headers_msg,
+    response_body_msg,
+    response_headers_msg,
+    run,
+    set_headers,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -66,71 +72,6 @@ async def publish_snapshot(nats_url: str) -> None:
     )
     await nc.publish(subjects.metrics(POOL), encode(snap))
     await nc.drain()
-
-
-def headers_msg(
-    path: str,
-    extra: dict[str, str] | None = None,
-    *,
-    eos: bool = False,
-    subset: list[str] | None = None,
-) -> pb.ProcessingRequest:
-    hdrs = {":path": path, ":method": "POST", "content-type": "application/json", **(extra or {})}
-    request = pb.ProcessingRequest(
-        request_headers=pb.HttpHeaders(
-            headers=base_pb2.HeaderMap(
-                headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in hdrs.items()]
-            ),
-            end_of_stream=eos,
-        )
-    )
-    if subset is not None:
-        value = struct_pb2.Struct()
-        value.update({"x-gateway-destination-endpoint-subset": subset})
-        request.metadata_context.filter_metadata["envoy.lb.subset_hint"].CopyFrom(value)
-    return request
-
-
-def body_msg(body: bytes, eos: bool = True) -> pb.ProcessingRequest:
-    return pb.ProcessingRequest(request_body=pb.HttpBody(body=body, end_of_stream=eos))
-
-
-def response_headers_msg(
-    status: int, served: str | None = None, content_type: str = "application/json"
-) -> pb.ProcessingRequest:
-    request = pb.ProcessingRequest(
-        response_headers=pb.HttpHeaders(
-            headers=base_pb2.HeaderMap(
-                headers=[
-                    base_pb2.HeaderValue(key=":status", raw_value=str(status).encode()),
-                    base_pb2.HeaderValue(key="content-type", raw_value=content_type.encode()),
-                ]
-            )
-        )
-    )
-    if served:
-        value = struct_pb2.Struct()
-        value.update({"x-gateway-destination-endpoint-served": served})
-        request.metadata_context.filter_metadata["envoy.lb"].CopyFrom(value)
-    return request
-
-
-def response_body_msg(body: bytes, eos: bool = True) -> pb.ProcessingRequest:
-    return pb.ProcessingRequest(response_body=pb.HttpBody(body=body, end_of_stream=eos))
-
-
-async def run(
-    processor: Processor, messages: list[pb.ProcessingRequest]
-) -> list[pb.ProcessingResponse]:
-    async def feed() -> AsyncIterator[pb.ProcessingRequest]:
-        for m in messages:
-            yield m
-
-    return [r async for r in processor.process(feed())]
-
-
-def set_headers(response: Any) -> dict[str, str]:
-    return {h.header.key: h.header.raw_value.decode() for h in response.header_mutation.set_headers}
 
 
 CHAT = json.dumps({"model": POOL, "messages": [{"role": "user", "content": "hi"}]}).encode()

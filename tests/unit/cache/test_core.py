@@ -1,23 +1,12 @@
-"""Semantic cache: eligibility, keys, and the rendering of a hit (JSON and SSE)."""
+"""Semantic cache: eligibility, keys, what may be stored (the shim renders a hit: test_dialects)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from pointsman.v1.classify import Block, ClassifyReply, ClassifyRequest, Message
+from pointsman.v1.classify import Block, CachedAnswer, ClassifyReply, ClassifyRequest, Message
 from pointsman_classifier.cache.config import CacheConfig, CacheOverride
-from pointsman_classifier.cache.core import (
-    StoredAnswer,
-    fingerprint,
-    plan,
-    render_json,
-    render_sse,
-    storable,
-    wants_stream,
-)
-from pointsman_shim.core.cachefill import Reassembler
+from pointsman_classifier.cache.core import StoredAnswer, fingerprint, plan, storable
 
 ON = CacheConfig(enabled=True)
 
@@ -45,6 +34,9 @@ def test_disabled_or_blocked_skips() -> None:
     blocked.block = Block(message="no", code="x", reason="jailbreak")
     p = plan(req(), blocked, ON)
     assert not p.lookup and not p.store
+    answered = reply()
+    answered.cached = CachedAnswer(content="Paris")
+    assert plan(req(), answered, ON).reason == "not_applicable"
 
 
 def test_plan_partition_and_threshold() -> None:
@@ -121,64 +113,3 @@ def test_storable() -> None:
     assert storable(StoredAnswer(content="Par", finish_reason="length"), cfg) == ""
     assert storable(a, cfg) == "too_large"
     assert storable(StoredAnswer(content="x", finish_reason="tool_calls"), ON) == "finish_reason"
-
-
-ANSWER = StoredAnswer(
-    content="Paris is the capital.", finish_reason="stop", prompt_tokens=7, completion_tokens=5
-)
-
-
-def test_render_json_chat_and_completion() -> None:
-    body = json.loads(render_json(ANSWER, chat=True, model="alpha", rid="id1", created=1))
-    assert body["object"] == "chat.completion"
-    assert body["choices"][0]["message"] == {"role": "assistant", "content": ANSWER.content}
-    assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
-    text = json.loads(render_json(ANSWER, chat=False, model="alpha", rid="id1", created=1))
-    assert text["object"] == "text_completion" and text["choices"][0]["text"] == ANSWER.content
-
-
-def _events(raw: bytes) -> list[str]:
-    assert raw.endswith(b"data: [DONE]\n\n")
-    return [e[len("data: ") :] for e in raw.decode().split("\n\n") if e]
-
-
-@pytest.mark.parametrize("include_usage", [False, True])
-def test_render_sse_chat(include_usage: bool) -> None:
-    raw = render_sse(
-        ANSWER, chat=True, model="alpha", rid="id1", created=1, include_usage=include_usage
-    )
-    events = _events(raw)
-    assert events[-1] == "[DONE]"
-    chunks = [json.loads(e) for e in events[:-1]]
-    assert all(c["object"] == "chat.completion.chunk" and c["id"] == "id1" for c in chunks)
-    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
-    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
-    assert text == ANSWER.content
-    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
-    assert finishes[-1] == "stop" and all(f is None for f in finishes[:-1])
-    if include_usage:
-        assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] == 12
-        assert all(c["usage"] is None for c in chunks[:-1])
-    else:
-        assert all("usage" not in c for c in chunks)
-
-
-@pytest.mark.parametrize("chat", [True, False])
-def test_sse_roundtrip_through_the_shim_reassembler(chat: bool) -> None:
-    """What a hit renders is exactly what the store would reassemble, in any chunking."""
-    raw = render_sse(ANSWER, chat=chat, model="alpha", rid="id1", created=1, include_usage=True)
-    for step in (1, 7, len(raw)):
-        r = Reassembler(sse=True)
-        for i in range(0, len(raw), step):
-            r.feed(raw[i : i + step])
-        got = r.finish()
-        assert got is not None
-        assert (got.content, got.finish_reason) == (ANSWER.content, "stop")
-        assert (got.prompt_tokens, got.completion_tokens) == (7, 5)
-
-
-def test_wants_stream() -> None:
-    assert wants_stream(req(params={"stream": True})) == (True, False)
-    opts = {"stream": True, "stream_options": {"include_usage": True}}
-    assert wants_stream(req(params=opts)) == (True, True)
-    assert wants_stream(req(params={"stream_options": {"include_usage": True}})) == (False, False)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from pointsman_shim.core.cachefill import Filled, Reassembler
+from pointsman_shim.core.dialects.base import Filled
+from pointsman_shim.core.dialects.openai_fill import Reassembler
 
 
 def sse(*chunks: object, done: bool = True) -> bytes:

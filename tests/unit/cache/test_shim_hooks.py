@@ -6,39 +6,27 @@ import hashlib
 import json
 from typing import Any
 
-from pointsman.v1.classify import ClassifyReply, ClassifyRequest
-from pointsman_shim.config import ShimConfig
-from pointsman_shim.core.openai import parse
-from pointsman_shim.handlers import Processor, Stream
+from pointsman.v1.classify import ClassifyRequest
+from pointsman_shim.core.dialects import openai_chat
+from pointsman_shim.core.policy import classify_request
 
 
-class FakeBus:
-    def __init__(self) -> None:
-        self.sent: list[ClassifyRequest] = []
-
-    async def classify(self, request: ClassifyRequest, timeout: float) -> ClassifyReply:
-        self.sent.append(request)
-        return ClassifyReply(model=request.model)
-
-
-async def classify(headers: dict[str, str], **body: Any) -> ClassifyRequest:
-    bus = FakeBus()
-    proc = Processor(ShimConfig(), bus)  # type: ignore[arg-type]
+def classify(headers: dict[str, str], **body: Any) -> ClassifyRequest:
     raw = json.dumps({"model": "m", "messages": [{"role": "user", "content": "q"}], **body})
-    await proc._classify(Stream(headers=headers), parse("chat", raw.encode(), max_bytes=1 << 20))
-    return bus.sent[0]
+    request = openai_chat.DIALECT.parse(raw.encode(), max_bytes=1 << 20)
+    return classify_request(request, headers, "r")
 
 
-async def test_tenant_is_a_hash_of_authorization_and_cannot_be_forged() -> None:
-    sent = await classify({"authorization": "Bearer sk-secret", "x-tenant-id": "t1"})
+def test_tenant_is_a_hash_of_authorization_and_cannot_be_forged() -> None:
+    sent = classify({"authorization": "Bearer sk-secret", "x-tenant-id": "t1"})
     assert sent.headers["x-pointsman-tenant"] == hashlib.sha256(b"Bearer sk-secret").hexdigest()
     assert "authorization" not in sent.headers and sent.headers["x-tenant-id"] == "t1"
-    forged = await classify({"x-pointsman-tenant": "someone-else"})
+    forged = classify({"x-pointsman-tenant": "someone-else"})
     assert "x-pointsman-tenant" not in forged.headers
 
 
-async def test_cache_parameters_reach_the_classifier() -> None:
-    sent = await classify(
+def test_cache_parameters_reach_the_classifier() -> None:
+    sent = classify(
         {"cache-control": "no-cache"},
         stream=True,
         stream_options={"include_usage": True},

@@ -1,4 +1,4 @@
-"""The body parser: every bad input maps to one reason and one 4xx."""
+"""The OpenAI dialects' body parsers: every bad input maps to one reason and one 4xx."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from pointsman_shim.core.dialects import openai_chat, openai_completions
+from pointsman_shim.core.dialects.registry import DIALECTS
 from pointsman_shim.core.errors import RequestError
-from pointsman_shim.core.openai import parse, route_kind
+
+CHAT = openai_chat.DIALECT
+COMPLETIONS = openai_completions.DIALECT
 
 LIMIT = 1024 * 1024
 
@@ -22,18 +26,19 @@ def chat(**fields: object) -> bytes:
 @pytest.mark.parametrize(
     ("path", "kind"),
     [
-        ("/v1/chat/completions", "chat"),
-        ("/v1/chat/completions?x=1", "chat"),
-        ("/v1/chat/completions/", "chat"),
-        ("/v1/completions", "completion"),
+        ("/v1/chat/completions", "openai-chat"),
+        ("/v1/chat/completions?x=1", "openai-chat"),
+        ("/v1/chat/completions/", "openai-chat"),
+        ("/v1/completions", "openai-completions"),
         ("/v1/models", None),
         ("/v1/embeddings", None),
         ("/health", None),
         ("", None),
     ],
 )
-def test_route_kind(path: str, kind: str | None) -> None:
-    assert route_kind(path) == kind
+def test_dialect_of_path(path: str, kind: str | None) -> None:
+    dialect = DIALECTS.for_path(path)
+    assert (dialect.name if dialect else None) == kind
 
 
 @pytest.mark.parametrize(
@@ -61,16 +66,17 @@ def test_route_kind(path: str, kind: str | None) -> None:
 )
 def test_chat_rejects(raw: bytes, status: int, reason: str) -> None:
     with pytest.raises(RequestError) as info:
-        parse("chat", raw, max_bytes=LIMIT)
+        CHAT.parse(raw, max_bytes=LIMIT)
     assert (info.value.status, info.value.reason) == (status, reason)
-    error = json.loads(info.value.body())["error"]
+    e = info.value
+    error = json.loads(CHAT.error_body(e.message, type=e.type, code=e.code, param=e.param))["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["message"]
 
 
 def test_body_over_limit_is_413() -> None:
     with pytest.raises(RequestError) as info:
-        parse("chat", chat(pad="x" * 2000), max_bytes=1000)
+        CHAT.parse(chat(pad="x" * 2000), max_bytes=1000)
     assert (info.value.status, info.value.reason) == (413, "body_too_large")
 
 
@@ -79,8 +85,8 @@ def test_body_over_limit_is_413() -> None:
     [("hello", "hello"), (["a", "b"], "a\nb"), ([1, 2, 3], "1 2 3")],
 )
 def test_completion_prompts(prompt: object, text: str) -> None:
-    request = parse(
-        "completion", json.dumps({"model": "m", "prompt": prompt}).encode(), max_bytes=LIMIT
+    request = COMPLETIONS.parse(
+        json.dumps({"model": "m", "prompt": prompt}).encode(), max_bytes=LIMIT
     )
     assert request.prompt_text() == text
 
@@ -89,7 +95,7 @@ def test_completion_prompts(prompt: object, text: str) -> None:
 def test_completion_bad_prompt(prompt: object) -> None:
     body = {"model": "m"} if prompt is None else {"model": "m", "prompt": prompt}
     with pytest.raises(RequestError) as info:
-        parse("completion", json.dumps(body).encode(), max_bytes=LIMIT)
+        COMPLETIONS.parse(json.dumps(body).encode(), max_bytes=LIMIT)
     assert info.value.status == 400
 
 
@@ -103,10 +109,15 @@ def test_chat_fields() -> None:
             {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url"}]},
         ],
     )
-    request = parse("chat", raw, max_bytes=LIMIT)
+    request = CHAT.parse(raw, max_bytes=LIMIT)
     assert request.stream and request.include_usage
     assert [(t.role, t.content) for t in request.turns] == [("system", "be brief"), ("user", "a")]
-    assert request.params() == {"temperature": 0.2, "stream": True}
+    # what the classifier sees: the cache renders a hit's usage chunk only when asked for
+    assert request.params == {
+        "temperature": 0.2,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     assert request.prompt_text() == "<|system|>be brief\n<|user|>a\n"
 
 
@@ -114,7 +125,7 @@ def test_chat_fields() -> None:
 def test_any_bytes_parse_or_fail_cleanly(raw: bytes) -> None:
     """No input crashes the parser: it returns a request or raises a RequestError."""
     try:
-        parse("chat", raw, max_bytes=LIMIT)
+        CHAT.parse(raw, max_bytes=LIMIT)
     except RequestError as exc:
         assert 400 <= exc.status < 500
 
@@ -129,6 +140,6 @@ def test_any_bytes_parse_or_fail_cleanly(raw: bytes) -> None:
 def test_any_json_parses_or_fails_cleanly(value: object) -> None:
     raw = json.dumps({"model": "m", "messages": value}).encode()
     try:
-        parse("chat", raw, max_bytes=LIMIT)
+        CHAT.parse(raw, max_bytes=LIMIT)
     except RequestError as exc:
         assert exc.status == 400

@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
 from pointsman_shim.core import headers
-from pointsman_shim.core.openai import parse
-from pointsman_shim.core.rewrite import deep_merge, rewrite
-from pointsman_shim.core.usage import UsageReader
+from pointsman_shim.core.dialects import openai_chat, openai_completions
+from pointsman_shim.core.dialects.base import BodyChanges, LLMRequest
+from pointsman_shim.core.dialects.openai import deep_merge
+from pointsman_shim.core.dialects.openai_usage import UsageReader
+
+CHAT = openai_chat.DIALECT
 
 
-def request(body: dict[str, object]):  # type: ignore[no-untyped-def]
-    return parse("chat", json.dumps(body).encode(), max_bytes=1 << 20)
+def request(body: dict[str, object]) -> LLMRequest:
+    return CHAT.parse(json.dumps(body).encode(), max_bytes=1 << 20)
+
+
+def rewrite(req: LLMRequest, **changes: Any) -> dict[str, Any] | None:
+    """The rewritten body, decoded (``None``: the client's bytes pass untouched)."""
+    upstream = CHAT.rewrite(req, BodyChanges(**changes))
+    assert upstream.path is None  # chat completions go upstream as chat completions
+    return None if upstream.body is None else json.loads(upstream.body)
 
 
 BASE = {"model": "auto", "messages": [{"role": "user", "content": "2+2?"}]}
@@ -60,12 +71,20 @@ def test_system_prompt(mode: str, messages: list[dict[str, str]], roles: list[st
         model="m",
         system_prompt="S",
         system_prompt_mode=mode,
-    )  # type: ignore[arg-type]
+    )
     assert new is not None
     assert [m["role"] for m in new["messages"]] == roles
     assert any(m["content"] == "S" for m in new["messages"])
     if mode == "replace":
         assert all(m["content"] != "c" for m in new["messages"])
+
+
+def test_completions_take_no_system_prompt() -> None:
+    dialect = openai_completions.DIALECT
+    req = dialect.parse(b'{"model": "m", "prompt": "p"}', max_bytes=1 << 20)
+    assert dialect.rewrite(req, BodyChanges("m", system_prompt="S")).body is None
+    new = dialect.rewrite(req, BodyChanges("n", {"top_k": 5}, system_prompt="S")).body
+    assert new is not None and json.loads(new) == {"model": "n", "prompt": "p", "top_k": 5}
 
 
 def test_deep_merge() -> None:

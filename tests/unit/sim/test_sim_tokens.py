@@ -7,12 +7,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pointsman.sim.tokens import (
+    BOS_ID,
+    SPECIAL_BASE,
+    Detokenizer,
     block_hashes,
     block_hashes_of_ids,
     count_tokens,
     filler,
     render_chat,
     render_completion_prompt,
+    token_ids,
+    token_slices,
 )
 
 
@@ -87,3 +92,42 @@ def test_filler_continues_where_it_stopped() -> None:
     assert filler(0, 5) == filler(0, 2) + filler(2, 3)
     assert filler(3, 0) == ""
     assert len(filler(0, 7).split()) == 7
+
+
+def test_token_ids_are_the_same_in_every_process() -> None:
+    # CRC-32, not Python's salted hash: these numbers hold in any process, on any replica
+    assert token_ids("abcdefgh") == [3984772369 % SPECIAL_BASE, 137591733 % SPECIAL_BASE]
+    assert token_ids("") == [BOS_ID]
+
+
+@given(st.text(max_size=300), st.integers(1, 8))
+def test_token_ids_match_the_count_and_the_slices(text: str, cpt: int) -> None:
+    ids = token_ids(text, cpt)
+    assert len(ids) == count_tokens(text, cpt) == len(token_slices(text, cpt))
+    assert all(0 <= i < SPECIAL_BASE for i in ids) or ids == [BOS_ID]
+    if text:
+        assert "".join(token_slices(text, cpt)) == text
+
+
+@given(st.text(min_size=1, max_size=200), st.text(max_size=200), st.integers(1, 8))
+def test_a_shared_prefix_shares_its_full_tokens(head: str, tail: str, cpt: int) -> None:
+    full = len(head) // cpt
+    assert token_ids(head + tail, cpt)[:full] == token_ids(head, cpt)[:full]
+
+
+def test_render_chat_without_the_generation_prompt_is_its_prefix() -> None:
+    msgs = [{"role": "user", "content": "hi"}]
+    assert render_chat(msgs).startswith(render_chat(msgs, add_generation_prompt=False))
+    assert not render_chat(msgs, add_generation_prompt=False).endswith("\n\n")
+
+
+def test_detokenizer_knows_what_it_handed_out() -> None:
+    d = Detokenizer(capacity=8)
+    text = "hello world!"
+    d.learn(token_ids(text), token_slices(text))
+    assert d.text(token_ids(text)) == text
+    assert d.text([BOS_ID]) == "<|begin_of_text|>"
+    assert d.text([SPECIAL_BASE + 200, 10**9]) == ""  # never handed out, or outside the vocab
+    other = "0123456789abcdefghijklmnop"  # 7 more ids: past the capacity, the table starts over
+    d.learn(token_ids(other), token_slices(other))
+    assert d.text(token_ids(other)) == other and d.text(token_ids(text)) == ""

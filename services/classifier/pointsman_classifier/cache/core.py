@@ -1,8 +1,9 @@
-"""Pure decisions of the semantic cache: who may use it, under which key, and how a hit looks.
+"""Pure decisions of the semantic cache: who may use it, under which key, what may be stored.
 
 Nothing here does I/O. :func:`plan` says whether one request may be answered from and stored in
-the cache and in which partition; :func:`render_json` and :func:`render_sse` turn a stored answer
-into the bytes the shim sends, as an OpenAI-compatible server would.
+the cache and in which partition; :func:`storable` whether an answer may be kept. A hit travels to
+the shim as the stored answer (``pointsman.v1.classify.CachedAnswer``), which the shim renders in
+the format of the API the client spoke.
 
 A partition is the hash of (tenant, effective model, parameter fingerprint): only entries of the
 same partition are ever compared, so one tenant's prompt can never find another tenant's answer,
@@ -107,7 +108,8 @@ def partition_key(tenant: str, model: str, fp: str) -> str:
 
 def plan(req: ClassifyRequest, reply: ClassifyReply, cfg: CacheConfig) -> Plan:
     """Whether the request may use the cache, after the classifier's decision ``reply``."""
-    if not cfg.enabled or reply.block is not None or reply.answer is not None or reply.error:
+    decided = reply.block is not None or reply.answer is not None or reply.cached is not None
+    if not cfg.enabled or decided or reply.error:
         return SKIP
     params = req.params
     n = params.get("n", 1)
@@ -157,100 +159,3 @@ def storable(answer: StoredAnswer, cfg: CacheConfig) -> str:
     if not answer.content:
         return "empty"
     return ""
-
-
-def _usage(a: StoredAnswer) -> dict[str, int] | None:
-    if a.prompt_tokens is None and a.completion_tokens is None:
-        return None
-    p = a.prompt_tokens or 0
-    c = a.completion_tokens or 0
-    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
-
-
-def render_json(a: StoredAnswer, *, chat: bool, model: str, rid: str, created: int) -> bytes:
-    """A complete non-streaming completion, as the upstream would have sent it."""
-    choice: dict[str, Any]
-    if chat:
-        choice = {
-            "index": 0,
-            "message": {"role": a.role, "content": a.content},
-            "logprobs": None,
-            "finish_reason": a.finish_reason or "stop",
-        }
-    else:
-        choice = {
-            "index": 0,
-            "text": a.content,
-            "logprobs": None,
-            "finish_reason": a.finish_reason or "stop",
-        }
-    body: dict[str, Any] = {
-        "id": rid,
-        "object": "chat.completion" if chat else "text_completion",
-        "created": created,
-        "model": model,
-        "choices": [choice],
-    }
-    usage = _usage(a)
-    if usage is not None:
-        body["usage"] = usage
-    return msgspec.json.encode(body)
-
-
-def render_sse(
-    a: StoredAnswer, *, chat: bool, model: str, rid: str, created: int, include_usage: bool
-) -> bytes:
-    """A complete, valid SSE stream in the OpenAI chunk format, ``data: [DONE]`` last.
-
-    Chat: a role chunk, the content chunk, the finish chunk; with ``include_usage`` every chunk
-    carries ``"usage": null`` and one last chunk with empty ``choices`` carries the usage.
-    """
-    obj = "chat.completion.chunk" if chat else "text_completion"
-    head: dict[str, Any] = {"id": rid, "object": obj, "created": created, "model": model}
-    chunks: list[dict[str, Any]] = []
-    if chat:
-        deltas: list[tuple[dict[str, Any], str | None]] = [
-            ({"role": a.role, "content": ""}, None),
-            ({"content": a.content}, None),
-            ({}, a.finish_reason or "stop"),
-        ]
-        for delta, finish in deltas:
-            chunks.append(
-                {
-                    **head,
-                    "choices": [
-                        {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-                    ],
-                }
-            )
-    else:
-        for text, finish in ((a.content, None), ("", a.finish_reason or "stop")):
-            chunks.append(
-                {
-                    **head,
-                    "choices": [
-                        {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-                    ],
-                }
-            )
-    if include_usage:
-        for c in chunks:
-            c["usage"] = None
-        chunks.append({**head, "choices": [], "usage": _usage(a) or _zero_usage()})
-    out = bytearray()
-    for c in chunks:
-        out += b"data: " + msgspec.json.encode(c) + b"\n\n"
-    out += b"data: [DONE]\n\n"
-    return bytes(out)
-
-
-def _zero_usage() -> dict[str, int]:
-    return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-
-
-def wants_stream(req: ClassifyRequest) -> tuple[bool, bool]:
-    """(``stream``, ``stream_options.include_usage``) of the request."""
-    stream = req.params.get("stream") is True
-    opts = req.params.get("stream_options")
-    include = isinstance(opts, dict) and opts.get("include_usage") is True
-    return stream, stream and include

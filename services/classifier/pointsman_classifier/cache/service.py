@@ -32,17 +32,14 @@ from redis.exceptions import RedisError
 from pointsman.bus import Received, ServiceBus
 from pointsman.v1 import routes
 from pointsman.v1.cache import CacheEvent, CacheStore
-from pointsman.v1.classify import ClassifyReply, ClassifyRequest, ImmediateAnswer
+from pointsman.v1.classify import CachedAnswer, ClassifyReply, ClassifyRequest
 from pointsman_classifier.cache.config import CacheConfig
 from pointsman_classifier.cache.core import (
     H_CACHE,
     H_SIMILARITY,
     StoredAnswer,
     plan,
-    render_json,
-    render_sse,
     storable,
-    wants_stream,
 )
 from pointsman_classifier.cache.index import VectorIndex
 
@@ -298,7 +295,7 @@ class SemanticCache:
                 if answer is None:
                     self.index.remove(key)  # expired or evicted while we did not hear of it
                 elif answer.partition == p.partition and answer.tenant == p.tenant:
-                    self._hit(req, reply, answer, key, sim)
+                    self._hit(reply, answer, key, sim)
                     m.lookups.labels("hit", category).inc()
                     m.lookup_seconds.observe(time.perf_counter() - started)
                     return reply
@@ -326,23 +323,17 @@ class SemanticCache:
         m.lookup_seconds.observe(time.perf_counter() - started)
         return reply
 
-    def _hit(
-        self, req: ClassifyRequest, reply: ClassifyReply, a: StoredAnswer, key: str, sim: float
-    ) -> None:
-        stream, include_usage = wants_stream(req)
-        chat = req.prompt is None
-        rid = f"{'chatcmpl' if chat else 'cmpl'}-cache-{uuid.uuid4().hex[:24]}"
-        created = int(time.time())
-        model = reply.model or a.model
-        if stream:
-            body = render_sse(
-                a, chat=chat, model=model, rid=rid, created=created, include_usage=include_usage
-            )
-            ctype = "text/event-stream"
-        else:
-            body = render_json(a, chat=chat, model=model, rid=rid, created=created)
-            ctype = "application/json"
-        reply.answer = ImmediateAnswer(status=200, body=body, content_type=ctype)
+    def _hit(self, reply: ClassifyReply, a: StoredAnswer, key: str, sim: float) -> None:
+        """The stored answer goes to the shim as it is; the shim renders it for the client."""
+        reply.cached = CachedAnswer(
+            content=a.content,
+            role=a.role,
+            finish_reason=a.finish_reason,
+            prompt_tokens=a.prompt_tokens,
+            completion_tokens=a.completion_tokens,
+            model=a.model,
+            similarity=sim,
+        )
         reply.headers[H_CACHE] = "hit"
         reply.headers[H_SIMILARITY] = f"{sim:.4f}"
         # LRU: a hit makes the entry recent again; written in batches, off the request's path.

@@ -1,1 +1,1 @@
-"""Pure decisions of the shim: parsing, rewriting, usage accounting. No I/O here."""
+"""Pure decisions of the shim: the routing policy and the API dialects. No I/O here."""

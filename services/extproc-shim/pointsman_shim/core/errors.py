@@ -1,17 +1,17 @@
-"""Client errors in the OpenAI error format.
+"""Requests the shim answers itself with an error.
 
 Every rejection the shim makes carries a ``reason``: the label of the Prometheus counter and the
 value of the ``x-pointsman-error`` response header, so an operator can tell rejections apart
-without reading bodies.
+without reading bodies. The body is written by the request's dialect, in its API's own error
+format (:meth:`~pointsman_shim.core.dialects.base.Dialect.error_body`).
 """
 
 from __future__ import annotations
 
-import msgspec
-
 
 class RequestError(Exception):
-    """A request the shim answers itself, with an OpenAI-style JSON error body."""
+    """A request the shim answers itself with an error; ``type`` and ``code`` in OpenAI's
+    vocabulary, which each dialect maps to its own."""
 
     def __init__(
         self,
@@ -32,13 +32,3 @@ class RequestError(Exception):
         self.code = code or reason
         self.param = param
         self.headers = headers or {}
-
-    def body(self) -> bytes:
-        return error_body(self.message, type=self.type, code=self.code, param=self.param)
-
-
-def error_body(message: str, *, type: str, code: str, param: str | None = None) -> bytes:
-    """``{"error": {"message", "type", "param", "code"}}`` as OpenAI and vLLM send it."""
-    return msgspec.json.encode(
-        {"error": {"message": message, "type": type, "param": param, "code": code}}
-    )

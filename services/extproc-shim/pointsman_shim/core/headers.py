@@ -6,6 +6,8 @@ removed from the client's request and only ever set by the shim.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pointsman.v1 import headers as reported
 
 DESTINATION = "x-gateway-destination-endpoint"
@@ -55,5 +57,5 @@ def to_strip(names: list[str]) -> list[str]:
     return out
 
 
-def forwarded(headers: dict[str, str]) -> dict[str, str]:
+def forwarded(headers: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k in FORWARDED}

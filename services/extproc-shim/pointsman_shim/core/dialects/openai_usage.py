@@ -1,4 +1,4 @@
-"""Read token usage from responses as they stream past, without holding whole bodies.
+"""Read token usage from OpenAI-format responses as they stream past, without holding whole bodies.
 
 Engines report ``usage`` in the JSON body of a non-streaming response, and in the last SSE chunk of
 a stream when the client asked for ``stream_options.include_usage``. The reader keeps only what it
@@ -7,32 +7,27 @@ needs: the JSON body up to a bound, or the current unfinished SSE line.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+
+from pointsman_shim.core.dialects.base import Usage
 
 #: A JSON response larger than this is passed on but not parsed for usage.
 MAX_JSON_BYTES = 4 * 1024 * 1024
 _decoder = msgspec.json.Decoder()
 
 
-@dataclass(slots=True)
-class Usage:
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    total_tokens: int | None = None
+def usage_of(value: Any) -> Usage | None:
+    """OpenAI's ``usage`` object as :class:`Usage` (``None``: not an object)."""
+    if not isinstance(value, dict):
+        return None
 
-    @classmethod
-    def from_json(cls, value: Any) -> Usage | None:
-        if not isinstance(value, dict):
-            return None
+    def number(key: str) -> int | None:
+        v = value.get(key)
+        return v if isinstance(v, int) and not isinstance(v, bool) else None
 
-        def number(key: str) -> int | None:
-            v = value.get(key)
-            return v if isinstance(v, int) and not isinstance(v, bool) else None
-
-        return cls(number("prompt_tokens"), number("completion_tokens"), number("total_tokens"))
+    return Usage(number("prompt_tokens"), number("completion_tokens"), number("total_tokens"))
 
 
 class UsageReader:
@@ -72,7 +67,7 @@ class UsageReader:
             except msgspec.DecodeError:
                 body = None
             if isinstance(body, dict):
-                self.usage = Usage.from_json(body.get("usage"))
+                self.usage = usage_of(body.get("usage"))
             self._buf.clear()
         return self.usage
 
@@ -91,6 +86,6 @@ class UsageReader:
         except msgspec.DecodeError:
             return
         if isinstance(chunk, dict):
-            usage = Usage.from_json(chunk.get("usage"))
+            usage = usage_of(chunk.get("usage"))
             if usage is not None:
                 self.usage = usage

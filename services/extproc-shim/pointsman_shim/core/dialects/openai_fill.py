@@ -1,4 +1,4 @@
-"""Reassemble one upstream answer for the semantic cache, as its body streams past.
+"""Reassemble one OpenAI-format upstream answer for the semantic cache, as its body streams past.
 
 Only single-choice text answers are kept: JSON bodies (``choices[0].message.content`` or
 ``choices[0].text``) and SSE streams (``delta.content`` / ``text`` of each chunk, the role, the
@@ -9,21 +9,13 @@ are ever stored. The bound keeps a huge answer from being held in memory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
+from pointsman_shim.core.dialects.base import Filled
+
 _decoder = msgspec.json.Decoder()
-
-
-@dataclass(slots=True)
-class Filled:
-    content: str
-    role: str = "assistant"
-    finish_reason: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
 
 
 def _int(value: Any) -> int | None:

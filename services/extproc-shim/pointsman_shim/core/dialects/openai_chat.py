@@ -1,0 +1,85 @@
+"""OpenAI chat completions (``POST /v1/chat/completions``): a conversation of ``messages``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pointsman.v1.classify import CachedAnswer
+from pointsman_shim.core.dialects import openai
+from pointsman_shim.core.dialects.base import BodyChanges, ChatTurn, LLMRequest, Rendered, Upstream
+from pointsman_shim.core.errors import RequestError
+
+
+class OpenAIChat(openai.OpenAIDialect):
+    name: str = "openai-chat"
+    paths: tuple[str, ...] = ("/v1/chat/completions",)
+
+    def parse(self, raw: bytes, *, max_bytes: int) -> LLMRequest:
+        request = openai.decode(self.name, raw, max_bytes=max_bytes)
+        request.turns = _turns(request.body.get("messages"))
+        return request
+
+    def rewrite(self, request: LLMRequest, changes: BodyChanges) -> Upstream:
+        """``insert`` puts the system prompt before the client's messages (after any system
+        messages the client sent, so the client's own instructions keep the last word);
+        ``replace`` drops the client's system messages for ours."""
+        body = openai.changed_body(request, changes)
+        if changes.system_prompt is not None:
+            messages = list(body.get("messages") or [])
+            system = {"role": "system", "content": changes.system_prompt}
+            if changes.system_prompt_mode == "replace":
+                messages = [system, *(m for m in messages if m.get("role") != "system")]
+            else:
+                first_other = next(
+                    (i for i, m in enumerate(messages) if m.get("role") != "system"),
+                    len(messages),
+                )
+                messages.insert(first_other, system)
+            body["messages"] = messages
+        return openai.upstream(request, body)
+
+    def render_cached(
+        self, request: LLMRequest, answer: CachedAnswer, *, model: str, nonce: str, created: int
+    ) -> Rendered:
+        rid = f"chatcmpl-cache-{nonce}"
+        return openai.render(request, answer, chat=True, rid=rid, model=model, created=created)
+
+
+DIALECT = OpenAIChat()
+
+
+def _turns(messages: Any) -> list[ChatTurn]:
+    if messages is None:
+        raise _invalid("'messages' is required", "missing_messages")
+    if not isinstance(messages, list):
+        raise _invalid(f"'messages' must be an array, not {openai.json_type(messages)}")
+    if not messages:
+        raise _invalid("'messages' must not be empty", "empty_messages")
+    turns = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _invalid(f"'messages[{i}]' must be an object")
+        role = message.get("role")
+        if not isinstance(role, str):
+            raise _invalid(f"'messages[{i}].role' must be a string")
+        turns.append(ChatTurn(role, content_text(message.get("content"))))
+    return turns
+
+
+def _invalid(message: str, reason: str = "invalid_messages") -> RequestError:
+    return RequestError(400, message, reason=reason, param="messages")
+
+
+def content_text(content: Any) -> str:
+    """The text of a message's content: a string, or the text parts of a multi-part array."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, dict) and part.get("type") == "text":
+                text = part.get("text")
+                if isinstance(text, str):
+                    parts.append(text)
+        return "\n".join(parts)
+    return ""

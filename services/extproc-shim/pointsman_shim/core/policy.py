@@ -1,0 +1,374 @@
+"""The shim's routing policy: which model, which endpoints, which answer. Pure: no I/O, no clock.
+
+A request's decision takes two steps around the two bus calls the handler makes:
+
+1. :func:`choose`: from the classifier's reply (or how the call failed, or ``None`` when no
+   classifier is asked), the model to ask the picker for (a :class:`Choice`), or an
+   :class:`Answer` that ends the request (a block, a semantic-cache hit, a rejection).
+2. :func:`route`: from the picker's reply (or how the call failed), the :class:`Route` upstream,
+   or an :class:`Answer` (unknown model, no endpoint, shed, fail-closed).
+
+:func:`list_models` answers ``GET /v1/models``; :func:`reject` turns a :class:`RequestError` into
+an :class:`Answer` in the request's API format. Every decision says how it counts (the
+``outcome`` label of ``pointsman_shim_requests_total``, a rejection's ``reason``, the services that
+failed open), so the handler counts without deciding anything. :func:`classify_request` and
+:func:`pick_request` say what the classifier and the picker are told.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import msgspec
+
+from pointsman.v1 import ModelsReply, PickReply, PickRequest, PickStatus
+from pointsman.v1.classify import ClassifyReply, ClassifyRequest, Message
+from pointsman_shim.config import ShimConfig
+from pointsman_shim.core import headers as h
+from pointsman_shim.core.dialects import openai_chat
+from pointsman_shim.core.dialects.base import BodyChanges, Dialect, ErrorFormat, LLMRequest
+from pointsman_shim.core.errors import RequestError
+
+MODELS_PATH = "/v1/models"
+_encoder = msgspec.json.Encoder()
+
+
+@dataclass(slots=True)
+class Unavailable:
+    """A bus call that brought no decision: ``service`` is ``classifier`` or ``picker``; ``kind``
+    is ``timeout``, ``no_responders``, ``disconnected``, ``bad_reply``, or the classifier's own
+    ``error`` (``overloaded``, ``bad_request``), which gets the same policy as a timeout."""
+
+    service: str
+    kind: str
+
+
+@dataclass(slots=True)
+class Answer:
+    """Answer the client now; nothing goes upstream.
+
+    ``outcome`` is the label counted in ``pointsman_shim_requests_total``; a rejection also has
+    its ``reason`` (``x-pointsman-error``, ``pointsman_shim_rejections_total``, Envoy's details).
+    ``fail_open`` names the services that failed open before the answer was decided.
+    """
+
+    status: int
+    body: bytes
+    headers: dict[str, str]
+    outcome: str
+    content_type: str = "application/json"
+    reason: str = ""
+    fail_open: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class Passthrough:
+    """Let the request take Envoy's own route untouched, its bodies unseen.
+
+    ``outcome`` is ``None`` when the request is not counted as one of the shim's requests (a
+    model list that failed open).
+    """
+
+    outcome: str | None = "passthrough"
+    fail_open: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class Choice:
+    """The model to ask the picker for, and what else the classifier (or its absence) decided.
+
+    ``route`` is ``default-model`` when an auto name went to ``shim.default_model`` because no
+    classifier was asked; ``headers`` are the report headers so far.
+    """
+
+    changes: BodyChanges
+    route: str = "picked"
+    headers: dict[str, str] = field(default_factory=dict)
+    cache_token: str | None = None
+    fail_open: tuple[str, ...] = ()
+
+    @property
+    def model(self) -> str:
+        return self.changes.model
+
+
+@dataclass(slots=True)
+class Route:
+    """Send the request upstream.
+
+    ``route`` is ``picked``, ``default-model`` or ``fail-open`` (no endpoints: Envoy's own load
+    balancing); ``endpoints`` are ordered best first. ``headers`` are the report headers, set on
+    the routed request and, when the shim sees the response, on the response. ``body`` is the new
+    request body (``None``: the client's bytes), ``path`` a new ``:path`` (a dialect that
+    translates to another API). ``cache_token`` asks for the answer to be stored.
+    """
+
+    model: str
+    route: str
+    endpoints: list[str]
+    headers: dict[str, str]
+    body: bytes | None = None
+    path: str | None = None
+    cache_token: str | None = None
+    fail_open: tuple[str, ...] = ()
+
+    @property
+    def outcome(self) -> str:
+        return "fail_open" if self.route == "fail-open" else "routed"
+
+    def request_headers(self) -> dict[str, str]:
+        """The headers set on the routed request: model, report headers, path, endpoints."""
+        out = {h.SELECTED_MODEL: self.model, **self.headers}
+        if self.path is not None:
+            out[":path"] = self.path
+        if self.endpoints:
+            out[h.DESTINATION] = ",".join(self.endpoints)
+        return out
+
+
+# -- what the services are told ----------------------------------------------------------------
+
+
+def classify_request(
+    request: LLMRequest, headers: Mapping[str, str], request_id: str
+) -> ClassifyRequest:
+    """The normalised request and the headers the classifier's policies read.
+
+    The request's ``authorization`` travels only as its SHA-256, a tenant for the semantic cache
+    that never carries the credential itself.
+    """
+    forwarded = h.forwarded(headers)
+    auth = headers.get("authorization")
+    if auth:
+        forwarded[h.TENANT] = hashlib.sha256(auth.encode()).hexdigest()
+    return ClassifyRequest(
+        request_id=request_id,
+        model=request.model,
+        messages=[Message(role=t.role, content=t.content) for t in request.turns],
+        prompt=request.prompt,
+        headers=forwarded,
+        params=request.params,
+    )
+
+
+def pick_request(
+    request: LLMRequest,
+    model: str,
+    headers: Mapping[str, str],
+    request_id: str,
+    subset: list[str] | None,
+    config: ShimConfig,
+) -> PickRequest:
+    return PickRequest(
+        request_id=request_id,
+        model=model,
+        subset=subset,
+        headers=h.forwarded(headers),
+        prompt=request.prompt_text() if config.send_prompt else None,
+        max_endpoints=config.max_endpoints,
+    )
+
+
+# -- the decision ------------------------------------------------------------------------------
+
+
+def choose(
+    request: LLMRequest,
+    dialect: Dialect,
+    classified: ClassifyReply | Unavailable | None,
+    config: ShimConfig,
+    *,
+    now: float,
+    nonce: Callable[[], str],
+) -> Choice | Answer:
+    """Step 1: the model, from the classifier's reply; ``None`` when no classifier is asked.
+
+    ``now`` (Unix time) and ``nonce()`` (a unique string, asked for only then) go into a cache
+    hit's response.
+    """
+    auto = request.model in config.auto_models
+    if classified is None:
+        if auto:
+            return _default_model(request, dialect, config, route="default-model")
+        return Choice(BodyChanges(request.model))
+    if isinstance(classified, Unavailable):
+        if config.classifier.failure_mode == "fail-closed":
+            return reject(unavailable(classified), dialect)
+        headers = {h.ROUTE_CLASSIFIER: "fail-open"}
+        if auto:
+            return _default_model(
+                request, dialect, config, headers=headers, fail_open=("classifier",)
+            )
+        return Choice(BodyChanges(request.model), headers=headers, fail_open=("classifier",))
+    reply = classified
+    if reply.block is not None:
+        b = reply.block
+        return Answer(
+            b.status,
+            dialect.error_body(b.message, type=b.type, code=b.code),
+            {h.BLOCK_REASON: b.reason, **reply.headers},
+            outcome="blocked",
+        )
+    if reply.cached is not None:
+        rendered = dialect.render_cached(
+            request,
+            reply.cached,
+            model=reply.model or reply.cached.model,
+            nonce=nonce(),
+            created=int(now),
+        )
+        return Answer(
+            200,
+            rendered.body,
+            dict(reply.headers),
+            outcome="answered",
+            content_type=rendered.content_type,
+        )
+    if reply.answer is not None:  # a classifier from before ``cached``: already rendered
+        a = reply.answer
+        return Answer(
+            a.status, a.body, dict(reply.headers), outcome="answered", content_type=a.content_type
+        )
+    return Choice(
+        BodyChanges(reply.model, reply.body_set, reply.system_prompt, reply.system_prompt_mode),
+        headers=dict(reply.headers),
+        cache_token=reply.cache_store,
+    )
+
+
+def route(
+    request: LLMRequest,
+    dialect: Dialect,
+    choice: Choice,
+    picked: PickReply | Unavailable,
+    config: ShimConfig,
+    *,
+    debug: bool = False,
+) -> Route | Answer:
+    """Step 2: the endpoints, from the picker's reply; ``debug`` reports the picker's scores."""
+    model = choice.model
+    headers = dict(choice.headers)
+    endpoints: list[str] = []
+    label = choice.route
+    fail_open = choice.fail_open
+    if isinstance(picked, Unavailable):
+        if config.failure_mode == "fail-closed":
+            return reject(unavailable(picked), dialect, fail_open)
+        fail_open = (*fail_open, "picker")
+        label = "fail-open"
+    elif picked.status is PickStatus.UNKNOWN_MODEL:
+        return reject(_unknown(f"The model '{model}' does not exist."), dialect, fail_open)
+    elif picked.status is PickStatus.NO_ENDPOINTS:
+        detail = f" ({picked.reason})" if picked.reason else ""
+        error = RequestError(
+            503,
+            f"no endpoint of model '{model}' can take the request now{detail}",
+            reason="no_endpoints",
+            type="service_unavailable",
+        )
+        return reject(error, dialect, fail_open)
+    elif picked.status is PickStatus.SHED:
+        error = RequestError(
+            429,
+            f"model '{model}' is saturated and this request's priority is too low; retry later",
+            reason="shed",
+            type="rate_limit_exceeded",
+            headers={h.SHED_REASON: picked.reason or "saturated"},
+        )
+        return reject(error, dialect, fail_open)
+    else:
+        endpoints = picked.endpoints[: config.max_endpoints]
+        if picked.prefill:
+            headers[h.PREFILLER] = picked.prefill
+        if picked.scores and debug:
+            headers[h.SCORES] = _encoder.encode(picked.scores).decode()
+    headers[h.ROUTE] = label
+    upstream = dialect.rewrite(request, choice.changes)
+    return Route(
+        model,
+        label,
+        endpoints,
+        headers,
+        body=upstream.body,
+        path=upstream.path,
+        cache_token=choice.cache_token,
+        fail_open=fail_open,
+    )
+
+
+def list_models(
+    reply: ModelsReply | Unavailable, config: ShimConfig, *, now: float
+) -> Answer | Passthrough:
+    """``GET /v1/models`` from the picker's view of the fleet, in OpenAI's list format, with the
+    auto names when something can resolve them (a classifier, a default model)."""
+    if isinstance(reply, Unavailable):
+        if config.failure_mode == "fail-closed":
+            return reject(unavailable(reply), openai_chat.DIALECT)
+        return Passthrough(outcome=None, fail_open=("picker",))
+    created = int(now)
+    data = [
+        {"id": p.name, "object": "model", "created": p.created or created, "owned_by": "pointsman"}
+        for p in sorted(reply.pools, key=lambda p: p.name)
+    ]
+    if config.classifier.enabled or config.default_model:
+        data += [
+            {"id": name, "object": "model", "created": created, "owned_by": "pointsman"}
+            for name in config.auto_models
+        ]
+    return Answer(200, _encoder.encode({"object": "list", "data": data}), {}, outcome="answered")
+
+
+def reject(error: RequestError, errors: ErrorFormat, fail_open: tuple[str, ...] = ()) -> Answer:
+    """The error answer to ``error``, its body in the format of the request's API."""
+    if error.reason == "shed":
+        outcome = "shed"
+    elif error.reason.startswith("bus_"):
+        outcome = "fail_closed"
+    else:
+        outcome = "rejected"
+    return Answer(
+        error.status,
+        errors.error_body(error.message, type=error.type, code=error.code, param=error.param),
+        {h.ERROR: error.reason, **error.headers},
+        outcome=outcome,
+        reason=error.reason,
+        fail_open=fail_open,
+    )
+
+
+def unavailable(failure: Unavailable) -> RequestError:
+    """The 503 of a ``fail-closed`` policy."""
+    return RequestError(
+        503,
+        f"the {failure.service} is unavailable ({failure.kind}); try again later",
+        reason=f"bus_{failure.service}_{failure.kind}",
+        type="service_unavailable",
+        code="service_unavailable",
+    )
+
+
+def _default_model(
+    request: LLMRequest,
+    dialect: Dialect,
+    config: ShimConfig,
+    *,
+    route: str = "picked",
+    headers: dict[str, str] | None = None,
+    fail_open: tuple[str, ...] = (),
+) -> Choice | Answer:
+    """An auto name with nobody to choose: ``shim.default_model``, or 404 without one."""
+    if config.default_model is None:
+        error = _unknown(
+            f"The model '{request.model}' asks Pointsman to choose a model, but no classifier "
+            "is enabled and shim.default_model is not set.",
+        )
+        return reject(error, dialect, fail_open)
+    return Choice(
+        BodyChanges(config.default_model), route=route, headers=headers or {}, fail_open=fail_open
+    )
+
+
+def _unknown(message: str) -> RequestError:
+    return RequestError(404, message, reason="unknown_model", code="model_not_found", param="model")
