@@ -14,7 +14,9 @@ import sys
 from pathlib import Path
 
 from pointsman import configfile
+from pointsman.stack.committed import write_or_check
 from pointsman.stack.envoy import EnvoyOptions, render_yaml
+from pointsman.stack.gateway import GatewayConfig
 
 HERE = Path(__file__).resolve().parent
 CONFIG = HERE / "pointsman.yaml"
@@ -52,21 +54,13 @@ def render() -> str:
         listen_address="0.0.0.0",
         body_mode=shim.get("body_mode", "BUFFERED"),
         failure_mode_allow=shim.get("failure_mode", "fail-open") == "fail-open",
+        gateway=configfile.section(data, "gateway", GatewayConfig),
     )
     return HEADER + render_yaml(options)
 
 
 def main(argv: list[str]) -> int:
-    text = render()
-    if "--check" in argv:
-        current = OUTPUT.read_text(encoding="utf-8") if OUTPUT.exists() else ""
-        if current != text:
-            print(f"{OUTPUT} is out of date: run python {Path(__file__).name}", file=sys.stderr)
-            return 1
-        return 0
-    OUTPUT.write_text(text, encoding="utf-8")
-    print(f"wrote {OUTPUT}")
-    return 0
+    return write_or_check(OUTPUT, render(), argv, Path(__file__).name)
 
 
 if __name__ == "__main__":

@@ -6,15 +6,17 @@ Skipped unless ``POINTSMAN_VLLM_PYTHON`` names a Python with vLLM installed (see
     POINTSMAN_VLLM_PYTHON=/work/vllm-venv/bin/python .venv/bin/pytest tests/compat/test_live_vllm.py
 
 vLLM takes one to four minutes to start on two busy cores; the tests share one server and one
-stack. The Responses API and /tokenize pass through the gateway to vLLM; their answers are
-compared with the simulator's answers to the same requests (status, keys and value types, event
-order), so the simulator is checked against the live server, not only against the captures.
+stack. The Responses API and /tokenize go to vLLM (through the gateway once it serves them:
+today it answers 404 to any path outside its API, src/pointsman/stack/gateway.py); their answers
+are compared with the simulator's answers to the same requests (status, keys and value types,
+event order), so the simulator is checked against the live server, not only against the captures.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -28,6 +30,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from pointsman.stack import Stack, StackOptions
+from pointsman.stack.gateway import GatewayConfig
 from pointsman.stack.procs import free_port
 from tests.compat import capture_vllm
 from tests.compat.fixtures import typed_events
@@ -166,20 +169,41 @@ def test_streamed_usage_is_counted_by_the_shim(stack: Stack) -> None:
 RESPONSES = "/v1/responses"
 
 
+def served_by_gateway(path: str) -> bool:
+    """Whether the gateway routes ``path`` (src/pointsman/stack/gateway.py); it answers 404 to
+    the rest itself, so those are asked of vLLM directly."""
+    bare = path.split("?", 1)[0]
+    return any(re.fullmatch(r.regex(), bare) for r in GatewayConfig().api_routes())
+
+
 def both(
-    stack: Stack, sim: str, method: str, path: str, body: dict[str, Any] | None = None
+    stack: Stack,
+    vllm: str,
+    sim: str,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
 ) -> list[httpx.Response]:
-    """The same request through the gateway to vLLM, and to the simulator."""
-    return [
-        httpx.request(method, base + path, json=body, timeout=60)
-        for base in (stack.gateway_url, sim)
-    ]
+    """The same request to vLLM (through the gateway when it serves the path) and to the
+    simulator."""
+    real = stack.gateway_url if served_by_gateway(path) else f"http://{vllm}"
+    return [httpx.request(method, base + path, json=body, timeout=60) for base in (real, sim)]
 
 
-def test_responses_pass_through_to_vllm_as_the_simulator_answers(stack: Stack, sim: str) -> None:
+def test_gateway_keeps_vllms_other_paths_private(stack: Stack, vllm: str) -> None:
+    body = {"model": MODEL, "prompt": "hello"}
+    assert httpx.post(f"http://{vllm}/tokenize", json=body, timeout=60).status_code == 200
+    r = httpx.post(stack.gateway_url + "/tokenize", json=body, timeout=60)
+    assert r.status_code == 404
+    assert r.json()["error"]["code"] == "unknown_url"
+
+
+def test_responses_pass_through_to_vllm_as_the_simulator_answers(
+    stack: Stack, vllm: str, sim: str
+) -> None:
     body = {"model": MODEL, "input": "hello there", "instructions": "be brief",
             "max_output_tokens": 5, "temperature": 0}  # fmt: skip
-    real, ours = both(stack, sim, "POST", RESPONSES, body)
+    real, ours = both(stack, vllm, sim, "POST", RESPONSES, body)
     assert real.status_code == ours.status_code == 200, real.text
     answer = real.json()
     assert answer["object"] == "response" and answer["model"] == MODEL
@@ -190,15 +214,17 @@ def test_responses_pass_through_to_vllm_as_the_simulator_answers(stack: Stack, s
         ("GET", f"{RESPONSES}/{answer['id']}", None),
         ("POST", RESPONSES, {**body, "previous_response_id": answer["id"]}),
     ):
-        real, ours = both(stack, sim, method, path, again)
+        real, ours = both(stack, vllm, sim, method, path, again)
         assert real.status_code == ours.status_code == 404
         assert ours.json()["error"].keys() == real.json()["error"].keys()
         assert ours.json()["error"]["param"] == real.json()["error"]["param"] == "response_id"
 
 
-def test_responses_stream_through_the_gateway_in_vllms_event_order(stack: Stack, sim: str) -> None:
+def test_responses_stream_through_the_gateway_in_vllms_event_order(
+    stack: Stack, vllm: str, sim: str
+) -> None:
     body = {"model": MODEL, "input": "hello there", "max_output_tokens": 6, "stream": True}
-    real, ours = both(stack, sim, "POST", RESPONSES, body)
+    real, ours = both(stack, vllm, sim, "POST", RESPONSES, body)
     assert real.status_code == ours.status_code == 200
     assert real.headers["content-type"].startswith("text/event-stream")
     assert shape(ours.content) == shape(real.content)
@@ -209,9 +235,11 @@ def test_responses_stream_through_the_gateway_in_vllms_event_order(stack: Stack,
     assert final["usage"]["output_tokens"] <= 6
 
 
-def test_tokenize_passes_through_with_the_simulators_shape(stack: Stack, sim: str) -> None:
+def test_tokenize_passes_through_with_the_simulators_shape(
+    stack: Stack, vllm: str, sim: str
+) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hello there"}]}
-    real, ours = both(stack, sim, "POST", "/tokenize", body)
+    real, ours = both(stack, vllm, sim, "POST", "/tokenize", body)
     assert real.status_code == ours.status_code == 200
     assert typed_paths(ours.json()) == typed_paths(real.json())
     assert real.json()["count"] == len(real.json()["tokens"])

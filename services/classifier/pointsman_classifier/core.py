@@ -77,6 +77,11 @@ class Outputs:
     tokens: int = 0
 
 
+#: The engine's counters, summed over batches (``Engine.stats``): batches, prompts, tokens, and
+#: seconds spent tokenizing, on the encoder's device (a GPU's busy time) and in the heads.
+ENGINE_STATS = ("batches", "items", "tokens", "prepare_s", "device_s", "finish_s")
+
+
 def guess_family(model: str) -> str | None:
     """The reasoning family a model name suggests, for models without a configured family."""
     name = model.lower()

@@ -10,7 +10,9 @@ the same pass.
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,12 @@ import torch
 
 from pointsman_classifier.fastbert import PooledBert
 from pointsman_classifier.fastbert import supports as fastbert_supports
+from pointsman_classifier.gpu import GpuRunner, Launched
+from pointsman_classifier.tokens import CHECK_TEXTS, FastTokenizer, TokenBatch
 
 DEFAULT_MAX_LENGTH = 256
+
+log = logging.getLogger(__name__)
 
 
 def default_model_path() -> Path:
@@ -70,6 +76,16 @@ class Prepared:
     groups: list[tuple[list[int], Any]]
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A batch handed to the device (:meth:`Encoder.launch`); :meth:`Encoder.collect` waits."""
+
+    depth: int | None
+    launched: Launched | None = None  # on the GPU runner: work still in flight
+    features: Features | None = None  # elsewhere: already computed
+    device_s: float = 0.0  # elsewhere: the forward pass's wall time
+
+
 class Encoder:
     """A Hugging Face encoder (BERT-like) run without gradients on one device."""
 
@@ -82,6 +98,8 @@ class Encoder:
         dtype: str = "auto",
         threads: int | None = None,
         quantize: str = "auto",
+        max_batch: int = 128,
+        cuda_graphs: bool = True,
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.device = pick_device(device)
@@ -98,10 +116,9 @@ class Encoder:
         self.model: Any = model.to(self.device, dtype=torch_dtype).eval()
         self.hidden_size = int(self.model.config.hidden_size)
         self.quantize = quantize_mode(quantize, self.device, torch_dtype)
-        # On the CPU a BERT runs through the lean forward of fastbert (measured there; the GPU
-        # path is the one measured on the H100 and stays as it was).
+        # A BERT runs through the lean forward of fastbert, on the CPU and on a GPU.
         self.fast: torch.nn.Module | None = (
-            PooledBert(self.model) if not gpu and fastbert_supports(self.model) else None
+            PooledBert(self.model) if fastbert_supports(self.model) else None
         )
         if self.quantize == "int8":
             self._quantize_int8()
@@ -113,6 +130,11 @@ class Encoder:
             | {max_length}
         )
         self.n_layers = int(self.model.config.num_hidden_layers)
+        self.tokens = _fast_tokenizer(self.tokenizer, max_length)
+        # On a GPU a BERT runs through fixed bucket shapes and CUDA graphs (gpu.py).
+        self.gpu: GpuRunner | None = None
+        if gpu and self.fast is not None and self.tokens is not None:
+            self.gpu = GpuRunner(self.fast, self.device, self.seq_buckets, max_batch, cuda_graphs)
 
     def _quantize_int8(self) -> None:
         """Linear layers with int8 weights, activations quantized per call (CPU only).
@@ -166,7 +188,8 @@ class Encoder:
         if self.bucket:
             ids, mask = self._bucketed(ids, mask)
         if self.fast is not None:
-            pooled_cpu = self.fast(ids, mask, depth).float()
+            dev = self.device
+            pooled_cpu = self.fast(ids.to(dev), mask.to(dev), depth).float().cpu()
             counts = mask.sum(dim=1).tolist()
             return Features(pooled_cpu[:n].numpy(), [int(t) for t in counts[:n]])
         ids = ids.to(self.device, non_blocking=True)
@@ -197,8 +220,13 @@ class Encoder:
         pm[:b, :t] = mask
         return pid, pm
 
-    def warm_shapes(self, max_batch: int) -> None:
-        """Run every bucketed shape once (GPU only), before serving."""
+    def warm_shapes(self, max_batch: int, depth: int | None = None) -> None:
+        """Run every bucketed shape once (GPU only), before serving: on the GPU runner, capture
+        a CUDA graph of each (for ``depth``, the depth the engine runs at)."""
+        if self.gpu is not None:
+            took = self.gpu.capture(depth)
+            log.info("encoder: %d bucket shapes ready in %.1f s", len(self.gpu.shapes()), took)
+            return
         if not self.bucket:
             return
         b = 1
@@ -219,36 +247,64 @@ class Encoder:
         a GPU: one group). Separate from :meth:`encode_prepared` so the next batch can be
         tokenized while the current one runs (see ``Engine.run``).
         """
-        if len(texts) <= 1:
-            return Prepared(len(texts), [(list(range(len(texts))), self.tokenize(texts))])
-        enc = self.tokenizer(self._clip(texts), truncation=True, max_length=self.max_length)
-        ids: list[list[int]] = enc["input_ids"]
-        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
+        if self.tokens is None:  # a tokenizer without a Rust backend
+            return self._prepare_hf(texts)
+        tb = self.tokens.encode(self._clip(texts))
+        if self.gpu is not None:
+            return Prepared(len(texts), [(g.index, g) for g in self.gpu.prepare(tb)])
+        return Prepared(len(texts), [(g, _tensors(tb, g)) for g in self._length_groups(tb)])
+
+    def _length_groups(self, tb: TokenBatch) -> list[list[int]]:
+        n = len(tb.ids)
+        if n <= 1:
+            return [list(range(n))]
+        order = sorted(range(n), key=lambda i: int(tb.lens[i]))
         groups: list[list[int]] = [[order[0]]]
         for i in order[1:]:
-            if len(ids[i]) > self.pad_ratio * len(ids[groups[-1][0]]) + 8:
+            if tb.lens[i] > self.pad_ratio * tb.lens[groups[-1][0]] + 8:
                 groups.append([i])
             else:
                 groups[-1].append(i)
+        return groups
+
+    def _prepare_hf(self, texts: list[str]) -> Prepared:
+        """:meth:`prepare` through the Hugging Face call (slower; any tokenizer)."""
+        enc = self.tokenizer(self._clip(texts), truncation=True, max_length=self.max_length)
+        ids: list[list[int]] = [list(x) for x in enc["input_ids"]]
+        tb = TokenBatch(ids, np.array([len(x) for x in ids], dtype=np.int64))
+        groups = self._length_groups(tb)
         return Prepared(
             len(texts),
             [
-                (
-                    g,
-                    self.tokenizer.pad(
-                        {
-                            "input_ids": [ids[i] for i in g],
-                            "attention_mask": [enc["attention_mask"][i] for i in g],
-                        },
-                        return_tensors="pt",
-                    ),
-                )
+                (g, self.tokenizer.pad({"input_ids": [ids[i] for i in g]}, return_tensors="pt"))
                 for g in groups
             ],
         )
 
+    def launch(self, prepared: Prepared, depth: int | None = None) -> Pending:
+        """Hand a batch from :meth:`prepare` to the device; on the GPU runner this only enqueues
+        the work, elsewhere it computes the features. :meth:`collect` gives them."""
+        if self.gpu is not None:
+            return Pending(
+                depth, launched=self.gpu.launch([g for _, g in prepared.groups], prepared.n, depth)
+            )
+        start = time.perf_counter()
+        feats = self._encode_groups(prepared, depth)
+        return Pending(depth, features=feats, device_s=time.perf_counter() - start)
+
+    def collect(self, pending: Pending) -> tuple[Features, float]:
+        """The features of a launched batch and the device time it took (GPU: CUDA events)."""
+        if pending.launched is not None:
+            layers, device_s = self.gpu.collect(pending.launched)  # type: ignore[union-attr]
+            return Features(layers, pending.launched.tokens), device_s
+        assert pending.features is not None
+        return pending.features, pending.device_s
+
     def encode_prepared(self, prepared: Prepared, depth: int | None = None) -> Features:
         """The forward pass over a batch from :meth:`prepare`; ``depth`` as in :meth:`encode`."""
+        return self.collect(self.launch(prepared, depth))[0]
+
+    def _encode_groups(self, prepared: Prepared, depth: int | None) -> Features:
         if len(prepared.groups) == 1 and prepared.groups[0][0] == list(range(prepared.n)):
             return self.encode(prepared.groups[0][1], depth)  # one group, in the texts' order
         n_out = self.n_layers + 1 if depth is None else depth + 1
@@ -264,6 +320,32 @@ class Encoder:
     def __call__(self, texts: list[str], depth: int | None = None) -> Features:
         """Pooled layers of ``texts``: :meth:`prepare`, then :meth:`encode_prepared`."""
         return self.encode_prepared(self.prepare(texts), depth)
+
+
+def _tensors(tb: TokenBatch, rows: list[int]) -> dict[str, torch.Tensor]:
+    """The Hugging Face call's ``input_ids`` and ``attention_mask`` for ``rows``, padded right."""
+    ids = tb.padded(rows)
+    mask = np.arange(ids.shape[1])[None, :] < tb.lens[rows][:, None]
+    return {
+        "input_ids": torch.from_numpy(ids),
+        "attention_mask": torch.from_numpy(mask.astype(np.int64)),
+    }
+
+
+def _fast_tokenizer(hf_tokenizer: Any, max_length: int) -> FastTokenizer | None:
+    """The Rust backend's batch tokenization when it gives the Hugging Face call's ids, padded on
+    the right; else ``None`` (the Hugging Face call is used)."""
+    try:
+        fast = FastTokenizer(hf_tokenizer, max_length)
+    except (TypeError, ImportError) as exc:
+        log.info("encoder: no fast tokenization (%s)", exc)
+        return None
+    if getattr(hf_tokenizer, "padding_side", "right") != "right" or not fast.check(CHECK_TEXTS):
+        log.warning(
+            "encoder: the tokenizer's backend differs from its Python call; using the latter"
+        )
+        return None
+    return fast
 
 
 def default_threads(gpu: bool) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,9 @@ import numpy.typing as npt
 import torch
 
 from pointsman_classifier import heads as heads_mod
-from pointsman_classifier.config import ClassifierConfig
-from pointsman_classifier.core import Outputs
-from pointsman_classifier.encoder import Encoder, Features, Prepared, pick_device
+from pointsman_classifier.config import ClassifierConfig, in_flight
+from pointsman_classifier.core import ENGINE_STATS, Outputs
+from pointsman_classifier.encoder import Encoder, Features, Pending, Prepared, pick_device
 from pointsman_classifier.pii import Finding
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,28 @@ class Batch:
 
     texts: list[str]
     encoded: Prepared
+    prepare_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A batch whose encoder pass was launched (:meth:`Engine.launch`)."""
+
+    batch: Batch
+    pending: Pending
+
+
+def one_blas_thread() -> None:
+    """numpy's BLAS on one thread in the engine's process (torch's own threads are not BLAS's).
+
+    The heads are matrix products of a batch's few hundred rows. Measured on the 2-core
+    development machine, with other jobs running: the shipped category and jailbreak heads took
+    48 ms for a batch of 8 with OpenBLAS's default threads (they spin, waiting for cores the
+    encoder and other processes hold) and 0.23 ms on one thread; a batch of 64, 0.7 ms.
+    """
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+    threadpool_limits(1, user_api="blas")
 
 
 class Engine:
@@ -141,6 +164,7 @@ class Engine:
 
     def __init__(self, cfg: ClassifierConfig) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        one_blas_thread()
         self.cfg = cfg
         self.device = pick_device(cfg.device)
         self.encoder = Encoder(
@@ -150,6 +174,8 @@ class Engine:
             dtype=cfg.dtype,
             threads=cfg.threads or None,
             quantize=cfg.quantize,
+            max_batch=cfg.batching.max_batch,
+            cuda_graphs=cfg.cuda_graphs,
         )
         dtype = next(self.encoder.model.parameters()).dtype
         heads_dir = Path(cfg.heads_dir) if cfg.heads_dir else None
@@ -186,8 +212,14 @@ class Engine:
                     f"jailbreak model labels {labels} contain none of "
                     f"jailbreak.positive_labels {cfg.jailbreak.positive_labels}"
                 )
+        #: Batches to hand over at once (``batching.in_flight`` resolved for the device).
+        self.in_flight = in_flight(cfg.batching, self.device.type)
         self.depth = self._depth()
+        # The depth argument of the encoder: None = every layer (the cache's embedding needs it).
+        self._encode_depth = None if self.depth == self.encoder.n_layers else self.depth
         self._run_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._stats = dict.fromkeys(ENGINE_STATS, 0.0)
         self.pii_model: TokenClassifier | None = None
         if cfg.pii.enabled and cfg.pii.model:
             self.pii_model = TokenClassifier(
@@ -223,35 +255,57 @@ class Engine:
             "hidden": self.encoder.hidden_size,
             "quantize": self.encoder.quantize,
             "fast_path": self.encoder.fast is not None,
+            "cuda_graphs": self.encoder.gpu is not None and self.encoder.gpu.use_graphs,
             "depth": self.depth,
             "threads": torch.get_num_threads(),
         }
 
     def warm_up(self) -> None:
         """One pass before serving, so the first request does not pay for lazy initialisation."""
+        self.encoder.warm_shapes(self.cfg.batching.max_batch, self._encode_depth)
         self.run(["warm-up", "a second, somewhat longer warm-up text for the encoder"])
-        self.encoder.warm_shapes(self.cfg.batching.max_batch)
+
+    def stats(self) -> dict[str, float]:
+        """Counters since start (:data:`ENGINE_STATS`): ``device_s`` is the encoder's time on its
+        device (GPU: measured with CUDA events), so its growth over wall time is the busy share."""
+        with self._stats_lock:
+            return dict(self._stats)
 
     def prepare(self, texts: list[str]) -> Batch:
         """The CPU half of a batch: tokenization for the shared encoder. Thread-safe."""
-        return Batch(texts, self.encoder.prepare(texts))
+        start = time.perf_counter()
+        encoded = self.encoder.prepare(texts)
+        return Batch(texts, encoded, time.perf_counter() - start)
 
     def run(self, texts: list[str]) -> list[Outputs]:
         """Classify one batch. Concurrent callers form a pipeline: each tokenizes its batch
-        (Hugging Face's fast tokenizers release the GIL) while another's forward pass runs, and
-        the forward passes themselves take turns."""
+        (the Rust tokenizer releases the GIL) while another's forward pass runs, and the forward
+        passes themselves take turns."""
         batch = self.prepare(texts)
         with self._run_lock:
             return self.run_prepared(batch)
 
     def run_prepared(self, batch: Batch) -> list[Outputs]:
         """The models over a batch from :meth:`prepare` (one caller at a time)."""
+        return self.finish(self.launch(batch))[0]
+
+    def launch(self, batch: Batch) -> InFlight:
+        """Start the shared encoder on a prepared batch (on a GPU: enqueue it and return)."""
+        # The shared encoder always runs, as deep as the heads and the semantic cache need.
+        return InFlight(batch, self.encoder.launch(batch.encoded, self._encode_depth))
+
+    def finish(self, flight: InFlight) -> tuple[list[Outputs], dict[str, float]]:
+        """Wait for a launched batch and run the heads: the outputs, and this batch's counters
+        (:data:`ENGINE_STATS`). Launching the next batch before finishing this one keeps the GPU
+        busy while the CPU runs the heads."""
+        start = time.perf_counter()
+        batch = flight.batch
         texts = batch.texts
         outs = [Outputs() for _ in texts]
-        # The shared encoder always runs, as deep as the heads and the semantic cache need.
-        full = self.depth == self.encoder.n_layers
-        feats: Features = self.encoder.encode_prepared(batch.encoded, None if full else self.depth)
-        emb = feats.embedding() if full else None
+        feats: Features
+        feats, device_s = self.encoder.collect(flight.pending)
+        # Only the semantic cache reads the sentence embedding (the encoder then runs every layer).
+        emb = feats.embedding() if self.cfg.cache.enabled else None
         for i, o in enumerate(outs):
             o.embedding = emb[i] if emb is not None else None
             o.tokens = feats.tokens[i]
@@ -276,4 +330,15 @@ class Engine:
         if self.pii_model is not None:
             for o, found in zip(outs, self.pii_model.find(texts), strict=True):
                 o.pii = found
-        return outs
+        stats = {
+            "batches": 1.0,
+            "items": float(len(texts)),
+            "tokens": float(sum(feats.tokens)),
+            "prepare_s": batch.prepare_s,
+            "device_s": device_s,
+            "finish_s": time.perf_counter() - start,
+        }
+        with self._stats_lock:
+            for k, v in stats.items():
+                self._stats[k] += v
+        return outs, stats

@@ -52,6 +52,7 @@ class PooledBert(nn.Module):
         self.heads = int(cfg.num_attention_heads)
         emb = model.embeddings
         self.word = emb.word_embeddings
+        self.vocab_size = int(self.word.num_embeddings)
         self.position = emb.position_embeddings
         self.token_type = emb.token_type_embeddings
         self.emb_norm = emb.LayerNorm
@@ -76,18 +77,29 @@ class PooledBert(nn.Module):
         self.eval()
 
     def forward(
-        self, ids: torch.Tensor, mask: torch.Tensor, depth: int | None = None
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        depth: int | None = None,
+        masked: bool = False,
     ) -> torch.Tensor:
-        """``depth``: run only the first ``depth`` transformer layers (``None``: all of them)."""
+        """``depth``: run only the first ``depth`` transformer layers (``None``: all of them).
+
+        ``masked``: always give the attention the mask, also when nothing is padded. The GPU
+        path sets it: a CUDA graph cannot branch on the data, and the same attention kernel for
+        every batch keeps a prompt's features independent of its neighbours.
+        """
         b, t = ids.shape
         # Token type 0 everywhere, as the encoder is called with one segment.
         x = self.word(ids) + self.position.weight[:t] + self.token_type.weight[0]
         x = self.emb_norm(x)
         m = mask.to(x.dtype).unsqueeze(-1)
-        count = m.sum(dim=1).clamp(min=1.0)
-        pooled = [(x * m).sum(dim=1) / count]
+        # Means in float32 also for a float16 model: the features leave the GPU as float32.
+        count = m.sum(dim=1, dtype=torch.float32).clamp(min=1.0)
+        pooled = [(x * m).sum(dim=1, dtype=torch.float32) / count]
         # Without padding (one prompt, or equal lengths) attention needs no mask at all.
-        attn_mask = None if bool(mask.all()) else mask[:, None, None, :].to(torch.bool)
+        dense = not masked and bool(mask.all())
+        attn_mask = None if dense else mask[:, None, None, :].to(torch.bool)
         layers = zip(
             self.qkv,
             self.attn_out,
@@ -102,5 +114,5 @@ class PooledBert(nn.Module):
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
             x = attn_norm(attn_out(a.transpose(1, 2).reshape(b, t, -1)) + x)
             x = ffn_norm(ffn_out(F.gelu(ffn_in(x))) + x)
-            pooled.append((x * m).sum(dim=1) / count)
+            pooled.append((x * m).sum(dim=1, dtype=torch.float32) / count)
         return torch.stack(pooled, dim=1)

@@ -8,10 +8,13 @@ each re-take waits for the loop thread's switch interval (5 ms): a 3 ms MiniLM b
 an interpreter of its own; the parent's batcher thread only sends a batch of texts through a
 pipe and blocks (GIL released) until the outputs come back.
 
-The child is a two-stage pipeline: a thread tokenizes the next batch while the main thread runs
-the current one through the models. Measured on the H100 with a BERT-base-sized encoder at 256
-tokens, tokenizing and converting a batch of 128 took about 45 of its 66 ms, in series with the
-forward pass; with two batches in flight (``batching.in_flight``) that work overlaps.
+The child is a pipeline, one thread per stage: one tokenizes what arrives, one launches the
+encoder on the device, and on a GPU a third waits for the device, runs the heads and sends the
+answers back (on a CPU the launching thread does that itself: the launch already computed).
+Measured on the H100 with a BERT-base-sized encoder at 256 tokens, tokenizing and converting a
+batch of 128 took about 45 of its 66 ms, in series with the forward pass; with several batches
+in flight (``batching.in_flight``) that work overlaps. On a GPU the launch only enqueues work
+(``gpu.py``), so the next batch is queued on the device while the heads of the current one run.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from collections import deque
 from multiprocessing.connection import Connection
 from typing import Any
 
+from pointsman_classifier.batcher import quick_handoffs
 from pointsman_classifier.config import ClassifierConfig
-from pointsman_classifier.core import Outputs
+from pointsman_classifier.config import in_flight as resolved_in_flight
+from pointsman_classifier.core import ENGINE_STATS, Outputs
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +41,14 @@ class _Slot:
 
     def __init__(self) -> None:
         self.done = threading.Event()
-        self.reply: tuple[str, Any] = ("error", "no reply")
+        self.reply: tuple[Any, ...] = ("error", "no reply")
 
 
 class EngineProcess:
     """The engine in a spawned child; :meth:`run` has the same contract as ``Engine.run``.
 
-    Up to ``in_flight`` batches may be in the child at once (callers beyond wait their turn):
+    Up to ``in_flight`` batches (default ``batching.in_flight``, resolved for the device) may be
+    in the child at once (callers beyond wait their turn):
     the child tokenizes the next batch on a thread of its own while the current one runs, so on
     a GPU the CPU's tokenization no longer adds to the forward pass. Replies come back in the
     order the batches were sent.
@@ -64,7 +70,6 @@ class EngineProcess:
         self._proc.start()
         self._req_child.close()
         self._res_child.close()
-        self._window = threading.BoundedSemaphore(in_flight or cfg.batching.in_flight)
         self._send_lock = threading.Lock()
         self._pending: deque[_Slot] = deque()
         self._dead = False
@@ -77,6 +82,10 @@ class EngineProcess:
             raise RuntimeError(f"classifier engine process failed to start: {payload}")
         self.name: str = payload["name"]
         self.info: dict[str, Any] = payload
+        device_type = str(payload["device"]).split(":")[0]
+        self.in_flight = in_flight or resolved_in_flight(cfg.batching, device_type)
+        self._window = threading.BoundedSemaphore(self.in_flight)
+        self._stats = dict.fromkeys(ENGINE_STATS, 0.0)
         self._receiver = threading.Thread(
             target=self._receive, name="classifier-engine-replies", daemon=True
         )
@@ -95,7 +104,7 @@ class EngineProcess:
                     self._pending.remove(slot)
                     raise RuntimeError(self._died()) from exc
             slot.done.wait()
-        status, payload = slot.reply
+        status, payload = slot.reply[:2]
         if status == "died":
             raise RuntimeError(self._died())
         if status != "ok":
@@ -111,6 +120,9 @@ class EngineProcess:
                 break
             with self._send_lock:
                 slot = self._pending.popleft() if self._pending else None
+                if reply[0] == "ok":
+                    for k, v in reply[2].items():
+                        self._stats[k] += v
             if slot is not None:
                 slot.reply = reply
                 slot.done.set()
@@ -120,6 +132,11 @@ class EngineProcess:
         for slot in pending:
             slot.reply = ("died", None)
             slot.done.set()
+
+    def stats(self) -> dict[str, float]:
+        """The engine's counters (``Engine.stats``), summed from its replies."""
+        with self._send_lock:
+            return dict(self._stats)
 
     def _died(self) -> str:
         return f"classifier engine process died (exit code {self._proc.exitcode})"
@@ -160,9 +177,15 @@ def _serve(req: Connection, res: Connection, cfg_data: dict[str, Any]) -> None:
         res.send(("error", f"{type(exc).__name__}: {exc}"))
         return
     res.send(("ready", info))
-    # Two stages: this thread tokenizes what arrives, the main thread runs the models. The queue
-    # holds at most one tokenized batch beyond the running one (the parent's window bounds it).
+    quick_handoffs()
+    # Stages, each a thread: tokenize what arrives, launch it on the device (this thread), and on
+    # a GPU finish (wait for the device, heads, send) in a third, so the next batch is queued on
+    # the GPU while the heads of this one run. On a CPU the launch computes the features itself:
+    # a third thread would only add a hand-over per batch, so this thread also finishes. Errors
+    # travel down the stages in order, so the replies keep the order of the requests. The
+    # parent's window bounds what is in flight.
     prepared: queue.Queue[tuple[str, Any] | None] = queue.Queue()
+    launched: queue.Queue[tuple[str, Any] | None] = queue.Queue()
 
     def read() -> None:
         while True:
@@ -178,16 +201,40 @@ def _serve(req: Connection, res: Connection, cfg_data: dict[str, Any]) -> None:
             except Exception as exc:
                 prepared.put(("error", f"{type(exc).__name__}: {exc}"))
 
-    threading.Thread(target=read, name="classifier-tokenize", daemon=True).start()
-    while True:
-        item = prepared.get()
-        if item is None:
-            return
+    def launch(item: tuple[str, Any]) -> tuple[str, Any]:
         status, batch = item
         if status != "ok":
-            res.send(item)
-            continue
+            return item
         try:
-            res.send(("ok", engine.run_prepared(batch)))
+            return ("ok", engine.launch(batch))
+        except Exception as exc:
+            return ("error", f"{type(exc).__name__}: {exc}")
+
+    def finish(item: tuple[str, Any]) -> None:
+        status, flight = item
+        if status != "ok":
+            res.send(item)
+            return
+        try:
+            outs, stats = engine.finish(flight)
+            res.send(("ok", outs, stats))
         except Exception as exc:
             res.send(("error", f"{type(exc).__name__}: {exc}"))
+
+    def finish_all() -> None:
+        while (item := launched.get()) is not None:
+            finish(item)
+
+    threading.Thread(target=read, name="classifier-tokenize", daemon=True).start()
+    finisher: threading.Thread | None = None
+    if engine.encoder.gpu is not None:
+        finisher = threading.Thread(target=finish_all, name="classifier-finish", daemon=True)
+        finisher.start()
+    while (item := prepared.get()) is not None:
+        if finisher is None:
+            finish(launch(item))
+        else:
+            launched.put(launch(item))
+    if finisher is not None:
+        launched.put(None)
+        finisher.join()

@@ -44,9 +44,10 @@ class ShimConfig(BaseModel):
     #: Envoy's own route and load balancing serve the request; ``fail-closed`` answers 503.
     failure_mode: FailureMode = "fail-open"
     #: How many endpoints to send Envoy (primary plus fallbacks, as an ordered comma list in the
-    #: header and the ``envoy.lb`` metadata). Keep 1 with an ORIGINAL_DST cluster, which takes a
-    #: single address; more needs a gateway that retries through the list.
-    max_endpoints: int = Field(default=1, ge=1, le=16)
+    #: header and the ``envoy.lb`` metadata). Pointsman's Envoy config (override_host load
+    #: balancing) sends the request to the first and a retry to the next; a gateway that reads a
+    #: single address (an ORIGINAL_DST cluster) needs 1.
+    max_endpoints: int = Field(default=2, ge=1, le=16)
     #: Largest request body accepted, in bytes (413 above). Envoy's own buffer limit must be larger.
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     #: Request body mode expected when Envoy does not say (Envoy >= 1.33 says, per stream).

@@ -28,6 +28,7 @@ import yaml
 
 from pointsman import configfile
 from pointsman.stack.envoy import EnvoyOptions, render_yaml
+from pointsman.stack.gateway import GatewayConfig
 from pointsman.stack.procs import (
     Child,
     StackError,
@@ -293,6 +294,7 @@ class Stack:
             response_path=o.response_path,
             failure_mode_allow=o.failure_mode == "fail-open",
             max_body_bytes=int(shim.get("max_body_bytes", 4 * 1024 * 1024)),
+            gateway=configfile.section(self.config, "gateway", GatewayConfig),
         )
         path = self.workdir / "envoy.yaml"
         path.write_text(render_yaml(options))

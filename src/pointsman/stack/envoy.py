@@ -1,9 +1,17 @@
 """Render the Envoy config of a Pointsman stack from ``src/pointsman/stack/envoy.template.yaml``.
 
 The template holds everything that does not depend on the fleet; this module fills its
-placeholders and appends one fail-open route and cluster per pool, so that when the picker does
-not answer, Envoy still sends each model's requests to that model's pods with its own load
-balancing.
+placeholders and adds what does: the routes (the API of :mod:`pointsman.stack.gateway`, then 404
+for any other path), one cluster per pool, and the local reply mappers.
+
+Each pool is one cluster whose load balancer is Envoy's ``override_host`` policy, the one made
+for the Gateway API Inference Extension's endpoint-picker protocol: the shim's pick (``envoy.lb``
+metadata ``x-gateway-destination-endpoint``, primary then fallbacks) chooses the endpoint, a
+retry takes the next one listed, and without a pick (fail-open) Envoy balances by least requests
+over the pool's healthy endpoints. A picked address the pool does not list is skipped, so a
+forged pick can only ever reach an endpoint of the model's own pool. There is no ORIGINAL_DST
+cluster: every pool ``pointsman up`` and docker-compose route to is known when the config is
+rendered.
 """
 
 from __future__ import annotations
@@ -15,10 +23,34 @@ from typing import Any, Literal
 
 import yaml
 
+from pointsman.stack.gateway import ENVOY_MADE, LOCAL_REPLIES, ApiRoute, GatewayConfig
 from pointsman.v1 import headers as reported
 
 TEMPLATE_NAME = "envoy.template.yaml"
 OBSERVER_FILTER = "pointsman.ext_proc.observe"
+#: The endpoint-picker protocol's names: metadata namespace and key of the picked endpoints.
+LB_NAMESPACE = "envoy.lb"
+DESTINATION = "x-gateway-destination-endpoint"
+SERVED = "x-gateway-destination-endpoint-served"
+ERROR_HEADER = "x-pointsman-error"
+
+_EXT_PROC_PER_ROUTE = (
+    "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute"
+)
+_OVERRIDE_HOST = (
+    "type.googleapis.com/envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost"
+)
+_LEAST_REQUEST = (
+    "type.googleapis.com/envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest"
+)
+_PREVIOUS_HOSTS = (
+    "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+)
+_CEL_FILTER = "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter"
+#: What a retry is for: the endpoint refused the connection or the stream, or dropped it before
+#: the response began (a request it may have started is run again elsewhere; a response already
+#: streaming to the client is never retried).
+RETRY_ON = "connect-failure,refused-stream,reset"
 
 
 def template_text() -> str:
@@ -32,7 +64,8 @@ class EnvoyOptions:
     admin_port: int
     shim_host: str
     shim_port: int
-    #: served model name -> endpoints ("host:port"); each gets a fail-open cluster.
+    #: served model name -> endpoints ("ip:port"; a host name is resolved, but then the pick
+    #: cannot name it); each pool gets a cluster and a route.
     pools: dict[str, list[str]] = field(default_factory=dict)
     default_pool: str | None = None
     listen_address: str = "127.0.0.1"
@@ -46,6 +79,8 @@ class EnvoyOptions:
     #: ``inline`` = the decision filter also sends the response (fewer streams, less CPU, but
     #: the client waits for the shim's answers on the response too).
     response_path: Literal["observer", "inline"] = "observer"
+    #: The ``gateway:`` config section: extra API paths, retries, health checks.
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)
 
 
 def render(options: EnvoyOptions) -> dict[str, Any]:
@@ -69,37 +104,176 @@ def render(options: EnvoyOptions) -> dict[str, Any]:
     hcm = resources_["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     if options.response_path == "inline":
         hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != OBSERVER_FILTER]
+    ext_procs = [f["name"] for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.router"]
     vhost = hcm["route_config"]["virtual_hosts"][0]
     vhost["response_headers_to_add"] = report_headers()
     # A client-sent report header would be echoed when the shim is down: drop them all early.
     early = hcm["early_header_mutation_extensions"][0]["typed_config"]["mutations"]
     removed = {m["remove"] for m in early if "remove" in m}
     early += [{"remove": name} for name in reported.REPORTED if name not in removed]
-    routes: list[dict[str, Any]] = vhost["routes"]
-    for index, (model, endpoints) in enumerate(sorted(options.pools.items())):
-        cluster = f"pool_{index}"
-        routes.append(
+
+    gateway = options.gateway
+    clusters = {model: f"pool_{i}" for i, model in enumerate(sorted(options.pools))}
+    default = options.default_pool or (sorted(options.pools)[0] if options.pools else None)
+    if default is not None and default not in clusters:
+        raise ValueError(f"default pool {default!r} is not one of the pools {sorted(clusters)}")
+    vhost["routes"] = routes(
+        gateway.api_routes(), clusters, clusters[default] if default else None, ext_procs
+    )
+    if gateway.retries:
+        vhost["retry_policy"] = retry_policy(gateway.retries)
+    hcm["local_reply_config"]["mappers"] = local_reply_mappers()
+    for model, name in clusters.items():
+        resources_["clusters"].append(pool_cluster(name, options.pools[model], gateway))
+    return config
+
+
+def routes(
+    api: tuple[ApiRoute, ...],
+    pools: dict[str, str],
+    default_cluster: str | None,
+    ext_procs: list[str],
+) -> list[dict[str, Any]]:
+    """The route table: 405 for a wrong method on an API path, then one route per pool chosen
+    by the shim's ``x-selected-model``, the default pool (shim down), and 404 for the rest.
+
+    The 404 and 405 answers are Envoy's own, with every ext_proc filter off for them: neither the
+    shim nor an engine ever sees such a request.
+    """
+    off = {name: {"@type": _EXT_PROC_PER_ROUTE, "disabled": True} for name in ext_procs}
+    out: list[dict[str, Any]] = []
+    for api_route in api:
+        out.append(
             {
-                "name": f"fail-open-{model}",
+                "name": f"method-not-allowed {api_route.path}",
                 "match": {
-                    "prefix": "/",
+                    **_path_match(api_route),
+                    "headers": [
+                        {
+                            "name": ":method",
+                            "string_match": {
+                                "safe_regex": {"regex": f"(?:{'|'.join(api_route.methods)})"}
+                            },
+                            "invert_match": True,
+                        }
+                    ],
+                },
+                "direct_response": {"status": 405},
+                "response_headers_to_add": [
+                    {
+                        "header": {"key": "allow", "value": ", ".join(api_route.methods)},
+                        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                    }
+                ],
+                "typed_per_filter_config": off,
+            }
+        )
+    any_api = {"safe_regex": {"regex": f"(?:{'|'.join(r.regex() for r in api)})"}}
+    for model, cluster in pools.items():
+        out.append(
+            {
+                "name": f"model {model}",
+                "match": {
+                    **any_api,
                     "headers": [{"name": "x-selected-model", "string_match": {"exact": model}}],
                 },
                 "route": {"cluster": cluster, "timeout": "0s"},
             }
         )
-        resources_["clusters"].append(_pool_cluster(cluster, endpoints))
-    default = options.default_pool or (sorted(options.pools)[0] if options.pools else None)
-    if default is not None:
-        index = sorted(options.pools).index(default)
-        routes.append(
+    if default_cluster is not None:
+        out.append(
             {
                 "name": "default-pool",
-                "match": {"prefix": "/"},
-                "route": {"cluster": f"pool_{index}", "timeout": "0s"},
+                "match": any_api,
+                "route": {"cluster": default_cluster, "timeout": "0s"},
             }
         )
-    return config
+    out.append(
+        {
+            "name": "not-found",
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 404},
+            "typed_per_filter_config": off,
+        }
+    )
+    return out
+
+
+def _path_match(api_route: ApiRoute) -> dict[str, Any]:
+    if api_route.templated:
+        return {"safe_regex": {"regex": api_route.regex()}}
+    return {"path": api_route.path}
+
+
+def retry_policy(retries: int) -> dict[str, Any]:
+    """Retry a transport failure once per ``retries`` on another endpoint of the same pool.
+
+    ``previous_hosts`` keeps the pool's balancer off the endpoints already tried; the
+    override_host balancer moves to the next picked endpoint by itself.
+    """
+    return {
+        "retry_on": RETRY_ON,
+        "num_retries": retries,
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {"@type": _PREVIOUS_HOSTS},
+            }
+        ],
+        "host_selection_retry_max_attempts": 5,
+    }
+
+
+def local_reply_mappers() -> list[dict[str, Any]]:
+    """``local_reply_config.mappers`` from :data:`pointsman.stack.gateway.LOCAL_REPLIES`.
+
+    There is no top-level ``body_format``: a local reply no mapper matches (the shim's immediate
+    responses) keeps its body and content type.
+    """
+    out = []
+    for reply in LOCAL_REPLIES:
+        cel = ENVOY_MADE
+        if reply.status is not None:
+            cel += f" && response.code == {reply.status}"
+        if reply.cel is not None:
+            cel += f" && ({reply.cel})"
+        filters: list[dict[str, Any]] = [
+            {
+                "extension_filter": {
+                    "name": "envoy.access_loggers.extension_filters.cel",
+                    "typed_config": {"@type": _CEL_FILTER, "expression": cel},
+                }
+            }
+        ]
+        if reply.flags:
+            filters.append({"response_flag_filter": {"flags": list(reply.flags)}})
+        mapper: dict[str, Any] = {
+            "filter": filters[0] if len(filters) == 1 else {"and_filter": {"filters": filters}}
+        }
+        if reply.rewrite_status is not None:
+            mapper["status_code"] = reply.rewrite_status
+        out.append(
+            {
+                **mapper,
+                "headers_to_add": [
+                    {
+                        "header": {"key": ERROR_HEADER, "value": reply.code},
+                        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                    }
+                ],
+                "body_format_override": {
+                    "json_format": {
+                        "error": {
+                            "message": reply.message,
+                            "type": reply.type,
+                            "param": None,
+                            "code": reply.code,
+                        }
+                    }
+                },
+            }
+        )
+    return out
 
 
 def report_headers() -> list[dict[str, Any]]:
@@ -126,7 +300,14 @@ def report_headers() -> list[dict[str, Any]]:
     return out
 
 
-def _pool_cluster(name: str, endpoints: list[str]) -> dict[str, Any]:
+def pool_cluster(name: str, endpoints: list[str], gateway: GatewayConfig) -> dict[str, Any]:
+    """One pool: the picked endpoint if the pool lists it, else least-request; health-checked.
+
+    ``healthy_panic_threshold: 0`` keeps Envoy from spreading traffic over failed endpoints when
+    most of a pool is down (its default above 50% failed); the client then gets a 503 JSON error.
+    override_host itself does not look at health: a picked endpoint is tried even if its health
+    check failed, and the retry moves on.
+    """
     lb_endpoints = []
     for endpoint in endpoints:
         host, _, port = endpoint.rpartition(":")
@@ -139,13 +320,103 @@ def _pool_cluster(name: str, endpoints: list[str]) -> dict[str, Any]:
                 }
             }
         )
-    return {
+    cluster: dict[str, Any] = {
         "name": name,
         "type": "STRICT_DNS",
-        "lb_policy": "LEAST_REQUEST",
         "connect_timeout": "2s",
+        "load_balancing_policy": override_host_policy(),
+        # update_merge_window 0: a health change reaches the balancers at once (Envoy's default
+        # batches them for 1 s, during which a dead endpoint still gets requests).
+        "common_lb_config": {
+            "healthy_panic_threshold": {"value": 0},
+            "update_merge_window": "0s",
+        },
+        "circuit_breakers": {
+            "thresholds": [
+                {
+                    "max_connections": 100000,
+                    "max_pending_requests": 100000,
+                    "max_requests": 100000,
+                    "max_retries": 100000,
+                }
+            ]
+        },
         "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": lb_endpoints}]},
     }
+    check = gateway.health_check
+    if check.enabled:
+        interval = _seconds(check.interval_ms)
+        cluster["health_checks"] = [
+            {
+                "timeout": _seconds(check.timeout_ms),
+                "interval": interval,
+                # Envoy's default for a pool without traffic is 60 s: a dead replica would keep
+                # its first fail-open requests for that long.
+                "no_traffic_interval": interval,
+                "unhealthy_threshold": check.unhealthy_threshold,
+                "healthy_threshold": check.healthy_threshold,
+                "http_health_check": {"path": check.path},
+            }
+        ]
+    if gateway.eject_after_failures:
+        # Passive: only connect failures, timeouts and resets count (local origin), never an
+        # engine's own 5xx answer (a bad request can make a healthy engine answer 500).
+        cluster["outlier_detection"] = {
+            "split_external_local_origin_errors": True,
+            "consecutive_local_origin_failure": gateway.eject_after_failures,
+            "enforcing_consecutive_local_origin_failure": 100,
+            "enforcing_consecutive_5xx": 0,
+            "enforcing_consecutive_gateway_failure": 0,
+            "enforcing_success_rate": 0,
+            "enforcing_local_origin_success_rate": 0,
+            "interval": "5s",
+            "base_ejection_time": "5s",
+            "max_ejection_time": "30s",
+            "max_ejection_percent": 50,
+        }
+    return cluster
+
+
+def override_host_policy() -> dict[str, Any]:
+    """The endpoint-picker protocol as an Envoy load balancer (``load_balancing_policy``).
+
+    The picked endpoints come from ``envoy.lb`` metadata only (a client cannot send metadata),
+    the endpoint used is reported back as ``x-gateway-destination-endpoint-served``, and without
+    a pick Envoy balances by least requests. The Istio overlay merges the same policy into its
+    model Services' clusters.
+    """
+    return {
+        "policies": [
+            {
+                "typed_extension_config": {
+                    "name": "envoy.load_balancing_policies.override_host",
+                    "typed_config": {
+                        "@type": _OVERRIDE_HOST,
+                        "override_host_sources": [
+                            {"metadata": {"key": LB_NAMESPACE, "path": [{"key": DESTINATION}]}}
+                        ],
+                        # The protocol's served-endpoint report, read by the shim's response path
+                        # (the endpoint a retry moved the request to).
+                        "selected_host_key": {"key": LB_NAMESPACE, "path": [{"key": SERVED}]},
+                        "fallback_policy": {
+                            "policies": [
+                                {
+                                    "typed_extension_config": {
+                                        "name": "envoy.load_balancing_policies.least_request",
+                                        "typed_config": {"@type": _LEAST_REQUEST},
+                                    }
+                                }
+                            ]
+                        },
+                    },
+                }
+            }
+        ]
+    }
+
+
+def _seconds(ms: int) -> str:
+    return f"{ms / 1000:.3f}s"
 
 
 def render_yaml(options: EnvoyOptions) -> str:

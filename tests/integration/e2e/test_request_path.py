@@ -121,9 +121,14 @@ def test_auto_goes_to_default_model_without_classifier(stack: Stack) -> None:
     assert r.json()["model"] == stack.config["shim"]["default_model"]
 
 
-def test_other_paths_pass_through(stack: Stack) -> None:
-    r = httpx.get(f"{stack.gateway_url}/health")
-    assert r.status_code == 200
+def test_paths_outside_the_api_are_a_json_404(stack: Stack) -> None:
+    """The engines serve /health and /metrics; the gateway does not pass them on."""
+    for path in ("/health", "/metrics"):
+        assert httpx.get(f"http://{stack.pools['alpha'][0]}{path}").status_code == 200
+        r = httpx.get(f"{stack.gateway_url}{path}")
+        assert r.status_code == 404
+        assert r.headers["content-type"] == "application/json"
+        assert r.json()["error"]["code"] == "unknown_url"
 
 
 BAD = [

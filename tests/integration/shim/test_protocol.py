@@ -234,7 +234,8 @@ async def test_full_duplex_holds_headers_and_streams_body_back(nats_url: str, pi
     new_body = json.loads(streamed.body)
     assert new_body["model"] == POOL
     assert routed["content-length"] == str(len(streamed.body))
-    assert routed["x-gateway-destination-endpoint"] == "10.0.0.1:8000"
+    # primary and fallback: shim.max_endpoints defaults to 2
+    assert routed["x-gateway-destination-endpoint"] == "10.0.0.1:8000,10.0.0.2:8000"
     assert routed["x-pointsman-route"] == "default-model"
     await processor.bus.close()
 

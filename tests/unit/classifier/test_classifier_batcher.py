@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from collections.abc import Callable
 
 import pytest
 from faststream.nats import TestNatsBroker
@@ -15,7 +17,7 @@ from faststream.nats import TestNatsBroker
 from pointsman.bus import NatsConfig, ServiceBus
 from pointsman.v1 import encode, routes
 from pointsman.v1.classify import ClassifyReply, ClassifyRequest, Message
-from pointsman_classifier.batcher import Batcher, BatchStats, Overloaded
+from pointsman_classifier.batcher import Batcher, BatchStats, Overloaded, Pace
 from pointsman_classifier.config import ClassifierConfig
 from pointsman_classifier.core import Outputs
 from pointsman_classifier.handlers import ClassifyHandler
@@ -168,6 +170,121 @@ async def test_model_failure_fails_the_batch_not_the_worker() -> None:
     finally:
         b.stop()
     assert [s.size for s in stats] == [1]
+
+
+def _held() -> tuple[Callable[[list[int]], list[int]], threading.Event, threading.Event]:
+    """A model that holds each batch until ``gate`` is set; ``entered`` says one arrived."""
+    gate, entered = threading.Event(), threading.Event()
+
+    def run(xs: list[int]) -> list[int]:
+        entered.set()
+        gate.wait(5)
+        return xs
+
+    return run, gate, entered
+
+
+async def test_a_request_that_cannot_make_its_deadline_is_shed_at_once() -> None:
+    # The pace says a batch takes 1 s in the model. While a batch runs, a request due in 0.5 s
+    # is refused on the spot, one due in 60 s waits and is served; one without a deadline too.
+    run, gate, entered = _held()
+    b: Batcher[int, int] = Batcher(run, max_batch=4, max_wait_s=0.0)
+    b.pace.record(4, handed=0.0, done=1.0)
+    b.start()
+    try:
+        first = asyncio.create_task(b.submit(0))
+        assert await asyncio.to_thread(entered.wait, 5)  # a batch is in the model
+        now = time.monotonic()
+        with pytest.raises(Overloaded) as refused:
+            await b.submit(1, deadline=now + 0.5)
+        assert refused.value.reason == "deadline"
+        patient = asyncio.create_task(b.submit(2, deadline=now + 60))
+        no_deadline = asyncio.create_task(b.submit(3))
+        gate.set()
+        assert list(await asyncio.gather(first, patient, no_deadline)) == [0, 2, 3]
+    finally:
+        gate.set()
+        b.stop()
+    assert b.shed == {"deadline": 1, "queue_full": 0}
+
+
+async def test_an_idle_batcher_runs_a_request_whatever_the_estimate() -> None:
+    # The estimate learns only from batches that run: with nothing queued or running, a request
+    # goes to the model even when an old, slow figure says it would be late.
+    b: Batcher[int, int] = Batcher(lambda xs: xs, max_batch=4, max_wait_s=0.0)
+    b.pace.record(4, handed=0.0, done=10.0)
+    b.start()
+    try:
+        assert await b.submit(1, deadline=time.monotonic() + 1) == 1
+    finally:
+        b.stop()
+    assert b.pace.latency_s < 10.0
+
+
+async def test_the_budget_applies_to_requests_without_a_deadline() -> None:
+    run, gate, entered = _held()
+    b: Batcher[int, int] = Batcher(run, max_batch=4, max_wait_s=0.0, budget_s=0.2)
+    b.pace.record(4, handed=0.0, done=1.0)
+    b.start()
+    try:
+        first = asyncio.create_task(b.submit(0))
+        assert await asyncio.to_thread(entered.wait, 5)
+        with pytest.raises(Overloaded):
+            await b.submit(1)
+        patient = asyncio.create_task(b.submit(2, deadline=time.monotonic() + 60))
+        gate.set()
+        assert list(await asyncio.gather(first, patient)) == [0, 2]
+    finally:
+        gate.set()
+        b.stop()
+
+
+async def test_a_request_whose_deadline_passes_in_the_queue_is_dropped_not_run() -> None:
+    seen: list[int] = []
+    gate, entered = threading.Event(), threading.Event()
+
+    def run(xs: list[int]) -> list[int]:
+        seen.extend(xs)
+        entered.set()
+        gate.wait(5)
+        return xs
+
+    b: Batcher[int, int] = Batcher(run, max_batch=4, max_wait_s=0.0)
+    b.start()
+    try:
+        first = asyncio.create_task(b.submit(0))
+        assert await asyncio.to_thread(entered.wait, 5)  # the worker holds item 0
+        due = time.monotonic() + 0.05
+        late = asyncio.create_task(b.submit(1, deadline=due))
+        patient = asyncio.create_task(b.submit(2, deadline=due + 60))
+        await asyncio.sleep(due - time.monotonic() + 0.02)  # the deadline passes in the queue
+        gate.set()
+        assert await first == 0
+        assert await patient == 2
+        with pytest.raises(Overloaded) as dropped:
+            await late
+        assert dropped.value.reason == "deadline"
+    finally:
+        gate.set()
+        b.stop()
+    assert seen == [0, 2]
+
+
+def test_pace_counts_the_gap_between_overlapping_batches() -> None:
+    # Batches in flight together: the model's time per prompt is the gap between completions
+    # (the pipeline's rate), not each batch's own time. A small batch (fixed cost per batch) may
+    # lower the figure but never raise it.
+    p = Pace(max_batch=8, workers=2)
+    p.record(8, handed=0.0, done=1.0)  # alone: its own time, 1/8 s per prompt
+    assert p.per_item_s == pytest.approx(1 / 8)
+    p.record(8, handed=0.5, done=1.4)  # handed over before the first finished: gap 0.4 s
+    assert p.per_item_s == pytest.approx(0.8 / 8 + 0.2 * 0.4 / 8)
+    before = p.per_item_s
+    p.record(1, handed=2.0, done=2.5)  # 0.5 s per prompt: ignored
+    assert p.per_item_s == before
+    p.record(2, handed=3.0, done=3.01)  # 5 ms per prompt: pulls the figure down
+    assert p.per_item_s == pytest.approx(0.8 * before + 0.2 * 0.005)
+    assert p.finish_time(10.0, 16) == pytest.approx(10.0 + 16 * p.per_item_s + p.latency_s * 1.5)
 
 
 CFG = ClassifierConfig.model_validate(

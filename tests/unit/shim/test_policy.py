@@ -217,7 +217,7 @@ def decide_route(
     [
         (
             OK,
-            {},
+            {"max_endpoints": 1},
             False,
             (["a:1"], "picked", "routed", {"x-prefiller-host-port": "p:1"}),
         ),
