@@ -23,7 +23,6 @@ import json
 import shutil
 import signal
 import statistics
-import subprocess
 import tempfile
 import time
 import uuid
@@ -33,7 +32,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from pointsman.stack.procs import free_port
+from pointsman.stack.procs import free_port, port_free, spawn, wait_ready
 from pointsman.v1.classify import ClassifyReply, ClassifyRequest, Message
 from pointsman_classifier.cache.config import CacheConfig
 from pointsman_classifier.cache.core import StoredAnswer, plan
@@ -116,28 +115,12 @@ class RedisServer:
         self.dir = tempfile.mkdtemp(prefix="bench-cache-redis-")
         argv = [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", ""]
         argv += ["--appendonly", "no", "--dir", self.dir]
-        self.proc = subprocess.Popen(
-            argv,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        import redis
-
-        r = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                r.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        self.proc = spawn("redis-server", argv, Path(self.dir))
+        wait_ready(self.proc, lambda: not port_free(self.port), 15, "redis-server")
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        self.proc.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

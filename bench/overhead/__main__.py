@@ -19,6 +19,9 @@ them natively (``bench-native``: the request passes, made stateless; Redis keeps
 state), as JSON and as an event stream.
 
     python -m bench.overhead [--rates 50,100,200] [--seconds 10] [--rounds 2] [--apis-only]
+
+``--request-side`` measures only the shim's bus call instead, FastStream's request API against
+raw nats-py in one run (``bench/overhead/request_side.py``).
 """
 
 from __future__ import annotations
@@ -198,8 +201,24 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only the per-API rows (skip the baseline, floor and capacity phases)",
     )
-    p.add_argument("--out", type=Path, default=Path("bench/results/overhead.json"))
+    p.add_argument("--out", type=Path, default=None, help="JSON results path")
+    p.add_argument(
+        "--request-side",
+        action="store_true",
+        help="measure only the shim's pick request: FastStream's request API vs raw nats-py, "
+        "alternating in one run (uses --seconds, --rounds, --rate)",
+    )
+    p.add_argument(
+        "--rate", type=float, default=500.0, help="requests/s of --request-side (default 500)"
+    )
     args = p.parse_args(argv)
+    if args.request_side:
+        from bench.overhead import request_side
+
+        result = request_side.run(args)
+        request_side.report(result, args.out or Path("bench/results/overhead_request_side.json"))
+        return 0
+    args.out = args.out or Path("bench/results/overhead.json")
     args.rate_list = [float(r) for r in args.rates.split(",") if r.strip()]
 
     options = StackOptions(

@@ -102,7 +102,8 @@ def merged(urls: list[str], name: str) -> dict[float, float]:
     return out
 
 
-async def _snapshots(nc: Any, stop: asyncio.Event) -> None:
+async def feed_snapshots(nc: Any, stop: asyncio.Event) -> None:
+    """Publish a snapshot of the bench pool every 50 ms, as a collector would, until ``stop``."""
     rng = random.Random(3)
     while not stop.is_set():
         now = time.time()
@@ -124,7 +125,7 @@ async def _snapshots(nc: Any, stop: asyncio.Event) -> None:
 async def _load(nats_url: str, rate: float, seconds: float) -> dict[str, Any]:
     nc = await nats.connect(nats_url)
     stop = asyncio.Event()
-    snapper = asyncio.create_task(_snapshots(nc, stop))
+    snapper = asyncio.create_task(feed_snapshots(nc, stop))
     rng = random.Random(7)
     docs = [
         f"doc {g}: " + " ".join(f"w{rng.randrange(10**6)}" for _ in range(700)) for g in range(32)

@@ -14,15 +14,14 @@ import asyncio
 import json
 import os
 import socket
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from pointsman.stack.procs import http_status, spawn, wait_ready
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 MODEL = "sim-bench"
@@ -132,35 +131,26 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     base = _ports(args.replicas)
     addresses = [f"127.0.0.1:{base + i}" for i in range(args.replicas)]
-    log = tempfile.NamedTemporaryFile(prefix="bench-sim-", suffix=".log", delete=False)  # noqa: SIM115
-    proc = subprocess.Popen(
+    proc = spawn(
+        "bench-sim",
         [sys.executable, "-m", "pointsman.sim", "--host", "127.0.0.1", "--port", str(base),
          "--count", str(args.replicas), "--model", MODEL, "--time-scale", str(args.time_scale),
          "--log-level", "WARNING"],
-        stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     rows: list[dict[str, Any]] = []
     try:
-        deadline = time.monotonic() + 30
         for address in addresses:
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://{address}/health", timeout=0.5):
-                        break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"simulator did not start; see {log.name}") from None
-                    time.sleep(0.05)
+            url = f"http://{address}/health"
+            wait_ready(proc, lambda u=url: http_status(u) == 200, 30, "simulator")  # type: ignore[misc]
         for rate in (float(r) for r in args.rates.split(",") if r.strip()):
-            cpu0 = _cpu_seconds(proc.pid)
+            cpu0 = _cpu_seconds(proc.popen.pid)
             row = asyncio.run(
                 _load(addresses, rate, args.duration, args.max_tokens, args.prompt_chars)
             )
-            row["sim_cpu_core_share"] = (_cpu_seconds(proc.pid) - cpu0) / row["elapsed_s"]
+            row["sim_cpu_core_share"] = (_cpu_seconds(proc.popen.pid) - cpu0) / row["elapsed_s"]
             rows.append(row)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        proc.stop()
     head = ["rate", "sent_rps", "done_rps", "errors", "ttft_p50_ms", "ttft_p99_ms",
             "e2e_p50_ms", "e2e_p99_ms", "sim_cpu_core_share"]  # fmt: skip
     print(

@@ -57,13 +57,3 @@ def section(data: dict[str, Any], name: str, model: type[M], **overrides: Any) -
             loc = ".".join(str(p) for p in (name, *err["loc"]))
             lines.append(f"  {loc}: {err['msg']}")
         raise ConfigError("invalid config:\n" + "\n".join(lines)) from None
-
-
-def nats_url(data: dict[str, Any]) -> str:
-    """The NATS URL: ``$NATS_URL`` wins over the file's ``nats.url``; default localhost."""
-    env = os.environ.get("NATS_URL")
-    if env:
-        return env
-    nats = data.get("nats") or {}
-    url = nats.get("url") if isinstance(nats, dict) else None
-    return str(url or "nats://127.0.0.1:4222")

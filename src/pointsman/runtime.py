@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import prometheus_client
 from aiohttp import web
@@ -23,6 +23,7 @@ from aiohttp import web
 from pointsman.tracing import current_trace_id
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class _JsonFormatter(logging.Formatter):
@@ -52,13 +53,23 @@ def setup_logging(level: str = "INFO", *, json_logs: bool = False) -> None:
     root.setLevel(level.upper())
 
 
+#: A readiness check: ready or not, optionally with the reason shown on ``/readyz``.
+Readiness = Callable[[], bool | tuple[bool, str]]
+
+
 class OpsServer:
-    """``/metrics`` (Prometheus text), ``/healthz`` (alive) and ``/readyz`` (ready to serve)."""
+    """The ops HTTP endpoint of every service: ``/metrics`` (Prometheus text of the service's
+    registry), ``/healthz`` (alive: answers as soon as the process runs) and ``/readyz`` (ready
+    to serve: 200 or 503, JSON ``{"ready": ..., "reason": ...}``).
+
+    Services start it before anything that may wait (NATS, models), so a probe can tell a
+    process that is alive but not ready yet from one that is gone.
+    """
 
     def __init__(
         self,
         port: int,
-        ready: Callable[[], bool],
+        ready: Readiness,
         host: str = "0.0.0.0",
         registry: prometheus_client.CollectorRegistry = prometheus_client.REGISTRY,
     ) -> None:
@@ -98,8 +109,9 @@ class OpsServer:
         return web.json_response({"status": "ok", "uptime_s": round(time.time() - self.started, 1)})
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        ok = self.ready()
-        return web.json_response({"ready": ok}, status=200 if ok else 503)
+        state = self.ready()
+        ok, reason = state if isinstance(state, tuple) else (state, "ok" if state else "not ready")
+        return web.json_response({"ready": ok, "reason": reason}, status=200 if ok else 503)
 
 
 def run(
@@ -126,20 +138,46 @@ def run(
     asyncio.run(runner())
 
 
-async def retry_forever(
-    what: str, attempt: Callable[[], Awaitable[Any]], stop: asyncio.Event, delay: float = 0.5
-) -> Any:
-    """Call ``attempt`` until it succeeds or ``stop`` is set (then ``None``); logs each failure once
-    per distinct error so a missing dependency is visible without flooding the log."""
+async def retry(
+    what: str,
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    stop: asyncio.Event | None = None,
+    delay: float = 0.5,
+    max_delay: float | None = None,
+    on_error: Callable[[BaseException], None] | None = None,
+) -> T | None:
+    """The one retry loop of Pointsman: await ``attempt()`` until it returns (its result) or
+    ``stop`` is set (``None``). A failure is counted through ``on_error``, logged once per
+    distinct error (a dependency that stays down does not flood the log), and retried after
+    ``delay`` seconds, doubling up to ``max_delay`` when given.
+
+    A loop that must keep running (a subscription, a watch) is an ``attempt`` that only ever
+    ends by failing: ``retry`` restarts it after each failure. NATS connections are the
+    exception: nats-py's own reconnect loop, configured in :mod:`pointsman.bus`, covers them.
+    """
     last = ""
-    while not stop.is_set():
+    wait = delay
+    while stop is None or not stop.is_set():
+        started = time.monotonic()
         try:
             return await attempt()
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:
+            if on_error is not None:
+                on_error(exc)
             text = f"{type(exc).__name__}: {exc}"
             if text != last:
-                log.warning("%s failed, retrying every %.1fs: %s", what, delay, text)
+                log.warning("%s failed, retrying: %s", what, text)
                 last = text
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
+            if time.monotonic() - started > wait:  # it had been up a while: start over
+                wait = delay
+        if stop is None:
+            await asyncio.sleep(wait)
+        else:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), wait)
+        if max_delay is not None:
+            wait = min(wait * 2, max_delay)
     return None

@@ -17,8 +17,6 @@ import http.client
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,15 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pointsman.stack.procs import free_port, spawn, wait_ready
+
 HERE = Path(__file__).resolve().parent
 FIXTURES = HERE.parent / "fixtures"
 MODEL_NAME = "tiny-llama"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def vllm_argv(python: str, model: Path, port: int, extra: Sequence[str] = ()) -> list[str]:
@@ -96,39 +90,21 @@ def running_vllm(
     process that outlives a killed API server otherwise."""
     port = free_port()
     cache = Path(tempfile.mkdtemp(prefix="vllm-cache-"))
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            vllm_argv(python, model, port, extra), env={**vllm_env(cache), **(env or {})}, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    env_all = {**vllm_env(cache), **(env or {})}
+    proc = spawn(log.stem, vllm_argv(python, model, port, extra), log.parent, env=env_all)
+
+    def healthy() -> bool:
+        try:
+            return request(port, "GET", "/health", timeout=2)[0] == 200
+        except OSError:
+            return False
+
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vLLM exited with {proc.returncode}; see {log}")
-            try:
-                if request(port, "GET", "/health", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"vLLM not ready after {timeout:.0f}s; see {log}")
-            time.sleep(0.5)
+        wait_ready(proc, healthy, timeout, "vLLM")
         yield port
     finally:
-        stop_group(proc)
+        proc.stop(30)  # the whole process group: SIGTERM, then SIGKILL what is left
         shutil.rmtree(cache, ignore_errors=True)
-
-
-def stop_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM vLLM's process group, then SIGKILL whatever is left of it."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(30)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(10)
 
 
 def metric_value(text: str, name: str) -> float:

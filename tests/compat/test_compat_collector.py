@@ -71,14 +71,11 @@ def test_busy_page_shows_queueing_and_kv_use() -> None:
     assert busy.waiting > 0 and busy.running > 0 and 0 < busy.kv_usage < 1
 
 
-@pytest.mark.parametrize("full", [False, True], ids=["extract", "parse"])
 @pytest.mark.parametrize("engine", [None, "vllm"], ids=["auto", "named"])
 @pytest.mark.parametrize("page", PAGES)
-def test_collector_reads_what_the_reference_parser_reads(
-    page: str, engine: str | None, full: bool
-) -> None:
+def test_collector_reads_what_the_reference_parser_reads(page: str, engine: str | None) -> None:
     want = expected(page)
-    got = engines.read_page(raw(f"{page}.txt"), engines.BUILTIN, engine, full=full)
+    got = engines.read_page(raw(f"{page}.txt"), engines.BUILTIN, engine)
     assert got.engine == "vllm"
     assert got.waiting == want.waiting
     assert got.running == want.running

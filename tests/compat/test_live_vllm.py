@@ -63,7 +63,7 @@ def vllm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         procs.wait_until(lambda: procs.http_ok(url), 600, "vLLM", proc)
         yield f"127.0.0.1:{port}"
     finally:
-        capture_vllm.stop_group(proc.popen)  # the engine core outlives a killed API server
+        proc.stop(30)  # its process group: the engine core outlives a killed API server
 
 
 @pytest.fixture(scope="module")

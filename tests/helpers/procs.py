@@ -7,19 +7,22 @@ the process (and says what it printed) if it does not become ready.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from pointsman.stack.procs import binary, free_port, redis_argv
+from pointsman.stack.procs import (
+    Child,
+    binary,
+    free_port,
+    http_status,
+    redis_argv,
+    spawn,
+    wait_ready,
+)
 
 __all__ = [
     "Proc",
@@ -35,6 +38,9 @@ __all__ = [
 
 VENV_BIN = Path(sys.executable).parent
 
+#: The stack's child process (one spawner for the stack, the tests and the benchmarks).
+Proc = Child
+
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
@@ -43,77 +49,14 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=0.5) as resp:
-            return 200 <= int(resp.status) < 300
-    except Exception:
-        return False
+    return 200 <= http_status(url) < 300
 
 
 def wait_until(
     check: Callable[[], bool], timeout: float, what: str, proc: Proc | None = None
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        if proc is not None and proc.popen.poll() is not None:
-            raise RuntimeError(
-                f"{what}: process exited with {proc.popen.returncode}\n{proc.output()}"
-            )
-        time.sleep(0.02)
-    detail = proc.output() if proc is not None else ""
-    raise TimeoutError(f"{what} not ready after {timeout:.0f}s\n{detail}")
-
-
-@dataclass
-class Proc:
-    """A child process whose output goes to a log file (read on failure)."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    extra: dict[str, object] = field(default_factory=dict)
-
-    def output(self, limit: int = 6000) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return f"--- {self.name} output (last {limit} chars) ---\n{text[-limit:]}"
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
-
-
-def spawn(
-    name: str,
-    argv: Sequence[str],
-    *,
-    env: dict[str, str] | None = None,
-    cwd: str | os.PathLike[str] | None = None,
-    log_dir: Path | None = None,
-) -> Proc:
-    log_dir = log_dir or Path(tempfile.mkdtemp(prefix="pointsman-test-"))
-    log_path = log_dir / f"{name}.log"
-    log = open(log_path, "wb")  # noqa: SIM115 - closed when the process is reaped
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    popen = subprocess.Popen(
-        list(argv),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=full_env,
-        cwd=cwd,
-        start_new_session=True,
-    )
-    log.close()
-    return Proc(name, popen, log_path)
+    """Poll ``check`` with a deadline; fail with ``proc``'s output if it exits meanwhile."""
+    wait_ready(proc, check, timeout, what)
 
 
 @contextlib.contextmanager

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 
-from pointsman import configfile, tracing
-from pointsman.runtime import setup_logging
+from pointsman import bus, configfile, tracing
+from pointsman.runtime import run, setup_logging
 from pointsman_classifier.config import ClassifierConfig
 
 
@@ -28,20 +27,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         data = configfile.read(args.config)
         cfg = configfile.section(data, "classifier", ClassifierConfig)
+        bus.nats_config(data)  # fail at start-up on a bad nats section, not after loading models
         tracing_cfg = configfile.section(data, "tracing", tracing.TracingConfig)
     except configfile.ConfigError as exc:
         print(f"pointsman-classifier: {exc}", file=sys.stderr)
         return 2
     tracing.setup(tracing_cfg, "pointsman-classifier")
-    from pointsman_classifier.app import run
+    from pointsman_classifier.app import run as serve
 
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:
-        pass
-    asyncio.run(run(data, cfg))
+    run(lambda stop: serve(data, cfg, stop))
     return 0
 
 

@@ -1,21 +1,20 @@
-"""Wire the classifier: models, batcher, NATS queue-group responder, HTTP health and metrics."""
+"""Wire the classifier: ops server, models, batcher, then the bus handlers (FastStream).
+
+The ops server answers first (alive, not ready); the models load; then the replica joins the
+classify queue group and waits for NATS if it is not up yet. Ready = models loaded and connected.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 import socket
 from typing import Any
 
-import nats
-from nats.aio.msg import Msg
-
-from pointsman import configfile
+from pointsman import bus
 from pointsman.runtime import OpsServer
-from pointsman.v1.classify import CLASSIFIER_QUEUE, CLASSIFY
+from pointsman.v1 import routes
 from pointsman_classifier.batcher import Batcher
 from pointsman_classifier.cache.service import SemanticCache
 from pointsman_classifier.config import ClassifierConfig
@@ -44,19 +43,23 @@ class ClassifierApp:
         self.cfg = cfg
         self.metrics = Metrics()
         self.http = OpsServer(cfg.http_port, self.ready, registry=self.metrics.registry)
-        self.nc: Any = None
+        self.bus: bus.ServiceBus | None = None
         self.batcher: Batcher[str, Outputs] | None = None
         self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self._tasks: set[asyncio.Task[None]] = set()
         self._models_ready = False
         self._engine: Any = None
         self.cache: SemanticCache | None = None
         self.sessions: SessionStore | None = None
 
-    def ready(self) -> bool:
-        return self._models_ready and self.nc is not None and bool(self.nc.is_connected)
+    def ready(self) -> tuple[bool, str]:
+        if not self._models_ready:
+            return False, "loading models"
+        if self.bus is None or not self.bus.connected:
+            return False, "not connected to NATS"
+        return True, "ok"
 
-    async def start(self) -> None:
+    async def start(self, stop: asyncio.Event | None = None) -> bool:
+        """Serve; ``False`` when ``stop`` was set while waiting for NATS."""
         await self.http.start()
         engine = await asyncio.to_thread(load_engine, self.cfg)
         self._engine = engine
@@ -90,46 +93,33 @@ class ClassifierApp:
         )
         self._models_ready = True
 
-        url = configfile.nats_url(self.data)
-        self.nc = await nats.connect(
-            url,
-            name=f"pointsman-classifier {self.name}",
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
+        self.bus = bus.ServiceBus(
+            bus.nats_config(self.data),
+            f"classifier-{self.name}",
+            timers={routes.CLASSIFY.subject: self.metrics.request_seconds.observe},
         )
-
-        async def on_msg(msg: Msg) -> None:
-            # nats-py runs a subscription's callbacks one after another: hand each message to
-            # its own task so concurrent requests reach the batcher together.
-            task = asyncio.create_task(self._answer(handler, msg))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
+        # Requests are handled concurrently, so they reach the batcher together; the bound
+        # leaves room for a full batching queue plus the batches in flight, so an overload is
+        # answered by the batcher ("overloaded") instead of queueing in the client.
+        workers = b.queue_size + engine.in_flight * b.max_batch
+        self.bus.subscriber(routes.CLASSIFY, max_workers=workers, pending_msgs_limit=65536)(handler)
         if self.cache is not None:
-            await self.cache.start(self.nc)
-        await self.nc.subscribe(
-            CLASSIFY, queue=CLASSIFIER_QUEUE, cb=on_msg, pending_msgs_limit=65536
-        )
+            self.cache.subscribe(self.bus)
+            self.cache.start()
+        if not await self.bus.start(stop):
+            return False
         log.info(
             "classifier %s ready on %s (queue group %s), served models: %s",
             self.name,
-            CLASSIFY,
-            CLASSIFIER_QUEUE,
+            routes.CLASSIFY.subject,
+            routes.CLASSIFY.queue,
             ", ".join(sorted(served)) or "any",
         )
-
-    async def _answer(self, handler: ClassifyHandler, msg: Msg) -> None:
-        reply = await handler(msg.data, msg.headers)
-        if msg.reply:
-            with contextlib.suppress(Exception):
-                await msg.respond(reply)
+        return True
 
     async def stop(self) -> None:
-        if self.nc is not None:
-            with contextlib.suppress(Exception):
-                await self.nc.drain()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
+        if self.bus is not None:
+            await self.bus.stop()
         if self.cache is not None:
             await self.cache.close()
         if self.sessions is not None:
@@ -141,16 +131,11 @@ class ClassifierApp:
         await self.http.stop()
 
 
-async def run(data: dict[str, Any], cfg: ClassifierConfig) -> None:
+async def run(data: dict[str, Any], cfg: ClassifierConfig, stop: asyncio.Event) -> None:
     app = ClassifierApp(data, cfg)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
     try:
-        await app.start()
-        await stop.wait()
+        if await app.start(stop):
+            await stop.wait()
         log.info("stopping")
     finally:
         await app.stop()

@@ -1,17 +1,19 @@
-"""Decode a classify request, ask the models and the core, encode the reply. Nothing else."""
+"""The classify handler: take the decoded request, ask the models and the core, return the reply.
+
+It is the FastStream handler of ``pointsman.v1.routes.CLASSIFY`` (the app declares the
+subscriber; the route's codec decodes the request before the call and encodes the reply after).
+"""
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import msgspec
 from opentelemetry.trace import SpanKind
 
 from pointsman import tracing
-from pointsman.v1 import decode, encode
+from pointsman.bus import Received
 from pointsman.v1.classify import ClassifyReply, ClassifyRequest
 from pointsman_classifier import pii, sessions
 from pointsman_classifier.batcher import Overloaded
@@ -27,7 +29,7 @@ Infer = Callable[[str], Awaitable[Outputs]]
 
 
 class ClassifyHandler:
-    """Turns one ``ClassifyRequest`` (bytes) into one ``ClassifyReply`` (bytes).
+    """Turns one received ``ClassifyRequest`` into one ``ClassifyReply``; never raises.
 
     ``infer`` runs the models on one prompt text (through the batcher in the service);
     ``served`` gives the model names that can be routed to right now.
@@ -51,26 +53,24 @@ class ClassifyHandler:
         self.metrics = metrics
         self.name = name
 
-    async def __call__(self, data: bytes, headers: dict[str, str] | None = None) -> bytes:
+    async def __call__(self, msg: Received[ClassifyRequest]) -> ClassifyReply:
         if tracing.enabled():
             with _tracer.start_as_current_span(
                 "pointsman.classifier.classify",
-                context=tracing.extract(headers),
+                context=tracing.extract(msg.headers),
                 kind=SpanKind.SERVER,
             ) as span:
-                out = await self._handle(data)
-                _annotate(span, out)
-                return out
-        return await self._handle(data)
+                reply = await self._handle(msg)
+                _annotate(span, reply)
+                return reply
+        return await self._handle(msg)
 
-    async def _handle(self, data: bytes) -> bytes:
-        start = time.perf_counter()
-        try:
-            req = decode(data, ClassifyRequest)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    async def _handle(self, msg: Received[ClassifyRequest]) -> ClassifyReply:
+        req = msg.body
+        if req is None:
             self.metrics.errors.labels("bad_request").inc()
-            log.warning("bad classify request: %s", exc)
-            return encode(ClassifyReply(model="", error="bad_request", classifier=self.name))
+            log.warning("bad classify request: %s", msg.error)
+            return ClassifyReply(model="", error="bad_request", classifier=self.name)
         try:
             reply = await self.classify(req)
         except Overloaded:
@@ -80,8 +80,7 @@ class ClassifyHandler:
             log.exception("classify %s failed", req.request_id)
             self.metrics.errors.labels("internal").inc()
             reply = ClassifyReply(model=req.model, error="internal", classifier=self.name)
-        self.metrics.request_seconds.observe(time.perf_counter() - start)
-        return encode(reply)
+        return reply
 
     async def classify(self, req: ClassifyRequest) -> ClassifyReply:
         cfg = self.cfg
@@ -146,9 +145,8 @@ def _all_text(req: ClassifyRequest) -> list[str]:
     return texts
 
 
-def _annotate(span: Any, encoded: bytes) -> None:
+def _annotate(span: Any, reply: ClassifyReply) -> None:
     """Decision attributes on the span (never prompt text)."""
-    reply = decode(encoded, ClassifyReply)
     span.set_attribute("pointsman.model", reply.model)
     span.set_attribute("pointsman.selected", reply.selected)
     if reply.category is not None:

@@ -26,12 +26,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "pointsman-shim") -> int
     from pointsman_shim.app import load_config, serve
 
     try:
-        config, nats_url, tracing_config = load_config(args.config)
+        config, nats, tracing_config = load_config(args.config)
     except configfile.ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     tracing.setup(tracing_config, "pointsman-shim")
-    run(lambda stop: serve(config, nats_url, stop))
+    run(lambda stop: serve(config, nats, stop))
     return 0
 
 

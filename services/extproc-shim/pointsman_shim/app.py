@@ -1,4 +1,5 @@
-"""Wire the shim: config -> NATS connection -> ext_proc and health servers -> ops HTTP."""
+"""Wire the shim: config -> ext_proc and health servers -> ops HTTP -> NATS (in the background:
+the shim serves, fail-open or fail-closed, before NATS is there)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import contextlib
 import logging
 from typing import Any
 
-from pointsman import configfile
-from pointsman.runtime import OpsServer, retry_forever
+from pointsman import bus, configfile
+from pointsman.bus import NatsConfig
+from pointsman.runtime import OpsServer
 from pointsman.tracing import TracingConfig
 from pointsman_shim.bus import Bus
 from pointsman_shim.config import ShimConfig
@@ -18,24 +20,24 @@ from pointsman_shim.server import Health, start_ext_proc
 log = logging.getLogger(__name__)
 
 
-def load_config(path: str | None) -> tuple[ShimConfig, str, TracingConfig]:
+def load_config(path: str | None) -> tuple[ShimConfig, NatsConfig, TracingConfig]:
     data: dict[str, Any] = configfile.read(path)
     return (
         configfile.section(data, "shim", ShimConfig),
-        configfile.nats_url(data),
+        bus.nats_config(data),
         configfile.section(data, "tracing", TracingConfig),
     )
 
 
-async def serve(config: ShimConfig, nats_url: str, stop: asyncio.Event) -> None:
-    bus = Bus(nats_url)
-    processor = Processor(config, bus)
+async def serve(config: ShimConfig, nats: NatsConfig, stop: asyncio.Event) -> None:
+    shim_bus = Bus(nats)
+    processor = Processor(config, shim_bus)
     health = Health()
     health_port = await health.start(config.health_listen)
     server, port = await start_ext_proc(processor, config.listen)
 
     def ready() -> bool:
-        return bus.connected or config.failure_mode == "fail-open"
+        return shim_bus.connected or config.failure_mode == "fail-open"
 
     ops = OpsServer(config.http_port, ready)
     http_port = await ops.start()
@@ -47,7 +49,7 @@ async def serve(config: ShimConfig, nats_url: str, stop: asyncio.Event) -> None:
         http_port,
         config.failure_mode,
     )
-    connector = asyncio.create_task(retry_forever("connect to NATS", bus.connect, stop))
+    connector = asyncio.create_task(shim_bus.start(stop))
 
     async def track_readiness() -> None:
         last: bool | None = None
@@ -66,7 +68,7 @@ async def serve(config: ShimConfig, nats_url: str, stop: asyncio.Event) -> None:
     await server.stop(2)
     connector.cancel()
     tracker.cancel()
-    await bus.close()
+    await shim_bus.close()
     await processor.state.close()
     await health.stop()
     await ops.stop()

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import os
-import signal
 import sys
 
-from pointsman import configfile
-from pointsman.runtime import setup_logging
-from pointsman_collector.app import run
+from pointsman import bus, configfile
+from pointsman.runtime import run, setup_logging
+from pointsman_collector.app import run as serve
 from pointsman_collector.config import CollectorConfig
 
 
@@ -34,25 +31,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     try:
         data = configfile.read(args.config)
         cfg = configfile.section(data, "collector", CollectorConfig)
+        nats = bus.nats_config(data)
     except configfile.ConfigError as exc:
         print(f"pointsman-collector: {exc}", file=sys.stderr)
         return 2
-    url = configfile.nats_url(data)
-
-    async def amain() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await run(cfg, nats_url=url, config_path=args.config, stop=stop)
-
-    with contextlib.suppress(KeyboardInterrupt):
-        try:
-            import uvloop
-        except ImportError:  # pragma: no cover - uvloop is a core dependency off Windows
-            asyncio.run(amain())
-        else:
-            uvloop.run(amain())
+    run(lambda stop: serve(cfg, nats=nats, config_path=args.config, stop=stop))
     return 0
 
 

@@ -1,5 +1,8 @@
 """Wiring: discovery -> shard assignment -> scrape ticks -> pool snapshots on NATS.
 
+NATS need not be up first: the ops server answers at once (alive, not ready) and the collector
+waits for NATS through the shared bus shell (:mod:`pointsman.bus`), as every service does.
+
 One tick every ``interval_ms``: start a scrape of every owned endpoint whose previous scrape has
 ended (a slow endpoint is skipped, never queued, so it cannot delay the others), wait for the
 tick's scrapes up to a deadline inside the interval, then publish one snapshot per pool with
@@ -18,11 +21,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import nats
-from aiohttp import web
 from nats.js.api import StorageType
 
-from pointsman.v1 import encode, subjects
+from pointsman.bus import NatsConfig, ServiceBus
+from pointsman.runtime import OpsServer
+from pointsman.v1 import routes, subjects
 from pointsman_collector.config import CollectorConfig
 from pointsman_collector.core import engines
 from pointsman_collector.core.endpoints import Endpoint, merge
@@ -39,7 +42,6 @@ from pointsman_collector.discovery import Source
 from pointsman_collector.discovery.static import StaticFileSource
 from pointsman_collector.membership import Membership
 from pointsman_collector.rawhttp import RawClient
-from pointsman_collector.scrape import HttpScraper, ScrapeError
 from pointsman_collector.telemetry import Telemetry
 
 log = logging.getLogger("pointsman_collector")
@@ -78,7 +80,7 @@ class Collector:
         self,
         cfg: CollectorConfig,
         *,
-        nats_url: str,
+        nats: NatsConfig,
         sources: Sequence[Source],
         http: bool = True,
     ) -> None:
@@ -86,7 +88,7 @@ class Collector:
         self.id = cfg.replica_id()
         self.specs = cfg.specs()
         self.telemetry = Telemetry()
-        self._nats_url = nats_url
+        self.bus = ServiceBus(nats, f"collector-{self.id}")
         self._sources = list(sources)
         self._http = http
         self._interval_s = cfg.interval_ms / 1000
@@ -100,63 +102,13 @@ class Collector:
         #: pool -> the collector names (this id, or its parts) published under last tick.
         self._published: dict[str, set[str]] = {}
         self._discovered = False
-        self._sem = asyncio.Semaphore(cfg.concurrency)
         self._tasks: list[asyncio.Task[Any]] = []
-        self._nc: Any = None
         self._kv_prefix: str | None = None
         self._kv: Any = None
         self._membership: Membership | None = None
-        self._runner: web.AppRunner | None = None
-        self._scraper: HttpScraper | None = None
-        self._full = cfg.parser == "full"
-        self._raw: RawClient | None = None
-        self._tick_no = 0
-        self._pending = 0
-        self._tick_done: asyncio.Future[None] | None = None
-
-    # ----- lifecycle -------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        """Serve HTTP at once (live, not ready), then connect to NATS, retrying until it
-        answers, so start-up order in a stack does not matter."""
-        cfg = self.cfg
-        if self._http:
-            runner = web.AppRunner(self.telemetry.app(self.ready), access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, "0.0.0.0", cfg.http_port).start()
-            self._runner = runner
-        while True:
-            try:
-                self._nc = await nats.connect(
-                    self._nats_url,
-                    name=f"pointsman-collector-{self.id}",
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
-                    connect_timeout=2,
-                )
-                break
-            except Exception as exc:
-                log.warning("NATS at %s not reachable, retrying in 1 s: %s", self._nats_url, exc)
-                await asyncio.sleep(1.0)
-        if cfg.latest.enabled:
-            await self._open_kv()
-        if cfg.client == "raw":
-            self._raw = RawClient(
-                timeout_s=cfg.timeout_ms / 1000,
-                max_body=cfg.max_body_bytes,
-                path=cfg.path,
-                on_result=self._on_raw,
-            )
-        else:
-            self._scraper = HttpScraper(
-                timeout_s=cfg.timeout_ms / 1000,
-                concurrency=cfg.concurrency,
-                max_body=cfg.max_body_bytes,
-                path=cfg.path,
-            )
         if cfg.sharding.enabled:
             self._membership = Membership(
-                self._nc,
+                self.bus,
                 me=self.id,
                 subject=cfg.sharding.subject,
                 heartbeat_s=cfg.sharding.heartbeat_ms / 1000,
@@ -164,6 +116,31 @@ class Collector:
                 on_change=self.set_members,
                 owned=lambda: len(self._owned),
             )
+        self._ops = OpsServer(cfg.http_port, self.ready, registry=self.telemetry.registry)
+        self._raw: RawClient | None = None
+        self._tick_no = 0
+        self._pending = 0
+        self._tick_done: asyncio.Future[None] | None = None
+
+    # ----- lifecycle -------------------------------------------------------------------------
+
+    async def start(self, stop: asyncio.Event | None = None) -> bool:
+        """Serve HTTP at once (live, not ready), then wait for NATS, so start-up order in a
+        stack does not matter. ``False`` when ``stop`` was set while waiting."""
+        cfg = self.cfg
+        if self._http:
+            await self._ops.start()
+        if not await self.bus.start(stop):
+            return False
+        if cfg.latest.enabled:
+            await self._open_kv()
+        self._raw = RawClient(
+            timeout_s=cfg.timeout_ms / 1000,
+            max_body=cfg.max_body_bytes,
+            path=cfg.path,
+            on_result=self._on_raw,
+        )
+        if self._membership is not None:
             await self._membership.start()
             membership = self._membership
             self.telemetry.disagreeing.set_function(lambda: membership.disagreeing)
@@ -179,10 +156,12 @@ class Collector:
             len(self._sources),
             "on" if cfg.sharding.enabled else "off",
         )
+        return True
 
     async def _open_kv(self) -> None:
         lc = self.cfg.latest
-        js = self._nc.jetstream()
+        assert self.bus.client is not None
+        js = self.bus.client.jetstream()
         try:
             try:
                 self._kv = await js.key_value(lc.bucket)
@@ -210,19 +189,14 @@ class Collector:
                 for name in names:
                     with contextlib.suppress(Exception):
                         await self._kv.delete(self._kv_key(pool, name))
-        if self._nc is not None:
-            with contextlib.suppress(Exception):
-                await self._nc.drain()
-        if self._scraper is not None:
-            await self._scraper.close()
+        await self.bus.stop()
         if self._raw is not None:
             self._raw.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._ops.stop()
         log.info("collector %s stopped", self.id)
 
     def ready(self) -> tuple[bool, str]:
-        if self._nc is None or not self._nc.is_connected:
+        if not self.bus.connected:
             return False, "not connected to NATS"
         if not self._discovered:
             return False, "no discovery source has reported yet"
@@ -286,7 +260,7 @@ class Collector:
     def _record(
         self, st: EndpointState, body: bytes | None, error: str | None, started: float
     ) -> None:
-        """Turn one fetch's outcome into the endpoint's state (both HTTP clients end here)."""
+        """Turn one fetch's outcome into the endpoint's state."""
         result = "ok"
         if body is None:
             result = "timeout" if error == "timeout" else "error"
@@ -294,7 +268,7 @@ class Collector:
         else:
             engine = st.endpoint.engine or st.detected or self.cfg.engine
             try:
-                reading = engines.read_page(body, self.specs, engine, full=self._full)
+                reading = engines.read_page(body, self.specs, engine)
             except (engines.NoEngineMetrics, ParseError) as exc:
                 result = "parse_error"
                 st.detected = None  # detect again next time (the engine may have changed)
@@ -303,21 +277,6 @@ class Collector:
                 record_ok(st, reading, time.time(), (time.perf_counter() - started) * 1000)
         self.telemetry.result(result).inc()
         self.telemetry.scrape_seconds.observe(time.perf_counter() - started)
-
-    async def _scrape(self, st: EndpointState) -> None:
-        key = st.endpoint.key
-        assert self._scraper is not None
-        try:
-            async with self._sem:
-                started = time.perf_counter()
-                try:
-                    body: bytes | None = await self._scraper.fetch(st.endpoint.address)
-                    error = None
-                except ScrapeError as exc:
-                    body, error = None, str(exc)
-                self._record(st, body, error, started)
-        finally:
-            self._inflight.discard(key)
 
     def _on_raw(self, token: Any, body: bytes | None, error: str | None, started: float) -> None:
         st, tick_no, started_perf = token
@@ -330,25 +289,10 @@ class Collector:
 
     async def tick(self) -> None:
         """One interval's work: scrape what is owned and free, then publish."""
-        if self._raw is not None:
-            await self._tick_raw()
-        else:
-            await self._tick_aiohttp()
+        await self._scrape_owned()
         await self.publish()
 
-    async def _tick_aiohttp(self) -> None:
-        started: list[asyncio.Task[None]] = []
-        for st in self._owned:
-            key = st.endpoint.key
-            if key in self._inflight:
-                self.telemetry.skipped.inc()
-                continue
-            self._inflight.add(key)
-            started.append(asyncio.create_task(self._scrape(st)))
-        if started:
-            await asyncio.wait(started, timeout=self._wait_s)
-
-    async def _tick_raw(self) -> None:
+    async def _scrape_owned(self) -> None:
         raw = self._raw
         assert raw is not None
         raw.expire(time.monotonic())
@@ -372,7 +316,8 @@ class Collector:
     async def publish(self) -> None:
         """One snapshot per owned pool (split when too big for one NATS message), and an empty
         one under every name this replica published before but holds nothing under now."""
-        if self._nc is None or not self._nc.is_connected:
+        nc = self.bus.client
+        if nc is None or not nc.is_connected:
             return
         now = time.time()
         snaps = build_snapshots(
@@ -387,17 +332,19 @@ class Collector:
         published: dict[str, set[str]] = {}
         count = 0
         for pool, snap in snaps.items():
-            data = encode(snap)
+            data = routes.SNAPSHOTS.encode(snap)
             parts = [(snap, data)]
             if len(data) > limit:
-                parts = [(p, encode(p)) for p in split(snap, len(data) // limit + 1)]
+                parts = [
+                    (p, routes.SNAPSHOTS.encode(p)) for p in split(snap, len(data) // limit + 1)
+                ]
             names = published[pool] = set()
             for part, part_data in parts:
                 names.add(part.collector)
-                await self._nc.publish(subjects.metrics(pool), part_data)
+                await nc.publish(subjects.metrics(pool), part_data)
                 if self._kv_prefix is not None:
                     key = self._kv_prefix + self._kv_key(pool, part.collector)
-                    await self._nc.publish(key, part_data)
+                    await nc.publish(key, part_data)
             count += len(parts)
         for pool, names in self._published.items():
             for name in names - published.get(pool, set()):
@@ -410,7 +357,7 @@ class Collector:
                     interval_ms=self.cfg.interval_ms,
                     pools=[pool],
                 )[pool]
-                await self._nc.publish(subjects.metrics(pool), encode(empty))
+                await nc.publish(subjects.metrics(pool), routes.SNAPSHOTS.encode(empty))
                 count += 1
                 if self._kv is not None:
                     with contextlib.suppress(Exception):
@@ -421,7 +368,7 @@ class Collector:
     def _snapshot_limit(self) -> int:
         if self.cfg.max_snapshot_bytes:
             return self.cfg.max_snapshot_bytes
-        server_max = int(getattr(self._nc, "max_payload", 0) or 1024 * 1024)
+        server_max = int(getattr(self.bus.client, "max_payload", 0) or 1024 * 1024)
         return int(server_max * 0.9)
 
     def _kv_key(self, pool: str, collector: str | None = None) -> str:
@@ -453,21 +400,13 @@ class Collector:
 async def run(
     cfg: CollectorConfig,
     *,
-    nats_url: str,
+    nats: NatsConfig,
     config_path: str | None,
     stop: asyncio.Event,
 ) -> None:
-    collector = Collector(cfg, nats_url=nats_url, sources=build_sources(cfg, config_path))
-    starting = asyncio.create_task(collector.start())
-    stopping = asyncio.create_task(stop.wait())
+    collector = Collector(cfg, nats=nats, sources=build_sources(cfg, config_path))
     try:
-        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if starting.done():
-            starting.result()  # raise what start-up raised
-            await stopping
+        if await collector.start(stop):
+            await stop.wait()
     finally:
-        starting.cancel()
-        stopping.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await starting
         await collector.stop()

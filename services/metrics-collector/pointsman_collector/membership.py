@@ -13,10 +13,9 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
-import msgspec
-
+from pointsman.bus import Received, ServiceBus
+from pointsman.v1 import CollectorAnnounce, routes
 from pointsman_collector.core.shard import Heartbeat, live_members
 
 log = logging.getLogger(__name__)
@@ -25,22 +24,13 @@ log = logging.getLogger(__name__)
 VIEW_GRACE_S = 10.0
 
 
-class Announce(msgspec.Struct, kw_only=True):
-    """The heartbeat message (internal to collector replicas)."""
-
-    member: str
-    active: bool = True
-    leaving: bool = False
-    endpoints: int = 0
-    #: Digest of the replica's discovered endpoints: replicas that disagree would leave some
-    #: endpoints to an owner that does not know them, so a lasting difference is logged.
-    view: str = ""
-
-
 class Membership:
+    """One replica's view of the others. The heartbeat handler is declared on the replica's bus
+    at construction (before the bus starts); :meth:`start` begins announcing."""
+
     def __init__(
         self,
-        nc: Any,
+        bus: ServiceBus,
         *,
         me: str,
         subject: str,
@@ -49,7 +39,8 @@ class Membership:
         on_change: Callable[[list[str]], None],
         owned: Callable[[], int] = lambda: 0,
     ) -> None:
-        self._nc = nc
+        self._bus = bus
+        self._route = routes.COLLECTOR_HEARTBEAT.on(subject)
         self.me = me
         self._subject = subject
         self._heartbeat_s = heartbeat_s
@@ -60,24 +51,26 @@ class Membership:
         self._started = time.monotonic()
         self.active = False
         self.members: list[str] = []
-        self._sub: Any = None
         self._task: asyncio.Task[None] | None = None
         #: Digest of this replica's discovered endpoints (set by the app).
         self.view = ""
         self._mismatch_since: dict[str, float] = {}
         self._warned: set[tuple[str, str]] = set()
+        self._announcing = False
+        bus.subscriber(self._route)(self._on_message)
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(self._subject, cb=self._on_message)
         self._started = time.monotonic()
+        self._announcing = True
         await self._announce()
         self._task = asyncio.create_task(self._loop(), name="collector-heartbeat")
 
-    async def _on_message(self, msg: Any) -> None:
-        try:
-            ann = msgspec.json.decode(msg.data, type=Announce)
-        except msgspec.ValidationError:
+    async def _on_message(self, msg: Received[CollectorAnnounce]) -> None:
+        ann = msg.body
+        if ann is None:
             log.warning("ignoring malformed heartbeat on %s", self._subject)
+            return
+        if not self._announcing:  # connected, not started yet: learn nothing before our lease
             return
         if ann.member == self.me:
             return
@@ -91,7 +84,7 @@ class Membership:
         if ann.leaving or prev is None or prev.active != ann.active or prev.leaving:
             self._recompute()
 
-    def _check_view(self, ann: Announce) -> None:
+    def _check_view(self, ann: CollectorAnnounce) -> None:
         if not ann.view or not self.view or ann.view == self.view or ann.leaving:
             self._mismatch_since.pop(ann.member, None)
             return
@@ -116,15 +109,14 @@ class Membership:
         return sum(1 for t in self._mismatch_since.values() if now - t > VIEW_GRACE_S)
 
     async def _announce(self, leaving: bool = False) -> None:
-        ann = Announce(
+        ann = CollectorAnnounce(
             member=self.me,
             active=self.active,
             leaving=leaving,
             endpoints=self._owned(),
             view=self.view,
         )
-        with contextlib.suppress(Exception):
-            await self._nc.publish(self._subject, msgspec.json.encode(ann))
+        await self._bus.publish(self._subject, self._route.encode(ann))
 
     def _recompute(self) -> None:
         now = time.monotonic()
@@ -157,7 +149,6 @@ class Membership:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self._announce(leaving=True)
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
+        if self._announcing:
+            self._announcing = False
+            await self._announce(leaving=True)

@@ -1,13 +1,10 @@
-"""The collector's own Prometheus metrics and its HTTP endpoints (/metrics, /healthz, /readyz)."""
+"""The collector's own Prometheus metrics (served by the shared ops server, ``pointsman.runtime``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Telemetry:
@@ -66,21 +63,3 @@ class Telemetry:
         if child is None:
             child = self._results[result] = self.scrapes.labels(result)
         return child
-
-    def app(self, ready: Callable[[], tuple[bool, str]]) -> web.Application:
-        async def metrics(_: web.Request) -> web.Response:
-            body = generate_latest(self.registry)
-            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-        async def healthz(_: web.Request) -> web.Response:
-            return web.Response(text="ok\n")
-
-        async def readyz(_: web.Request) -> web.Response:
-            ok, why = ready()
-            return web.Response(status=200 if ok else 503, text=why + "\n")
-
-        app = web.Application()
-        app.router.add_get("/metrics", metrics)
-        app.router.add_get("/healthz", healthz)
-        app.router.add_get("/readyz", readyz)
-        return app

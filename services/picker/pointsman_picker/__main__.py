@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
-import signal
 import sys
 from collections.abc import Sequence
 
-from pointsman import configfile, tracing
-from pointsman.runtime import setup_logging
-from pointsman_picker import config as picker_config
+from pointsman import bus, configfile, tracing
+from pointsman.runtime import run, setup_logging
+from pointsman_picker.config import PickerConfig
 
 
 def _parser(prog: str | None) -> argparse.ArgumentParser:
@@ -32,22 +30,16 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     return p
 
 
-async def _serve(cfg: picker_config.PickerConfig, url: str) -> None:
-    from pointsman_picker.app import run
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await run(cfg, url, stop)
-
-
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = _parser(prog).parse_args(argv)
     setup_logging(args.log_level, json_logs=args.json_logs)
+    from pointsman_picker.plan import build_plans
+
     try:
         data = configfile.read(args.config)
-        cfg = picker_config.load(data)
+        cfg = configfile.section(data, "picker", PickerConfig)
+        build_plans(cfg)  # fail now, at start-up, on a bad plugin, parameter or profile name
+        nats = bus.nats_config(data)
         tracing_cfg = configfile.section(data, "tracing", tracing.TracingConfig)
     except configfile.ConfigError as exc:
         print(f"pointsman-picker: {exc}", file=sys.stderr)
@@ -56,12 +48,9 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     # Fewer young-generation collections: each pick allocates a few hundred short-lived
     # objects, and the default threshold (700) would collect several times per pick burst.
     gc.set_threshold(20_000, 20, 50)
-    try:
-        import uvloop
+    from pointsman_picker.app import run as serve
 
-        uvloop.run(_serve(cfg, configfile.nats_url(data)))
-    except ImportError:
-        asyncio.run(_serve(cfg, configfile.nats_url(data)))
+    run(lambda stop: serve(cfg, nats, stop))
     return 0
 
 

@@ -1,8 +1,9 @@
-"""Wiring: NATS subscriptions, the health/metrics server, housekeeping, shared state.
+"""Wiring: the bus subscribers, the ops server, housekeeping, shared state.
 
 Start-up order matters: the replica subscribes to snapshots and completions first and joins
 the pick queue group only once it has seen a snapshot (or ``warmup_ms`` passed), so a new
-replica does not answer "unknown model" for pools it simply has not heard of yet.
+replica does not answer "unknown model" for pools it simply has not heard of yet. NATS need not
+be up first: the ops server answers at once (alive, not ready) and the replica waits for NATS.
 """
 
 from __future__ import annotations
@@ -13,12 +14,10 @@ import gc
 import logging
 import os
 import time
-from typing import Any
 
-import nats
-
+from pointsman.bus import NatsConfig, Received, ServiceBus
 from pointsman.runtime import OpsServer
-from pointsman.v1 import subjects
+from pointsman.v1 import PoolSnapshot, routes
 from pointsman_picker.config import PickerConfig
 from pointsman_picker.handlers import Handlers
 from pointsman_picker.redis_state import RedisSync
@@ -29,16 +28,21 @@ log = logging.getLogger(__name__)
 
 
 class PickerApp:
-    def __init__(self, config: PickerConfig, nats_url: str) -> None:
+    def __init__(self, config: PickerConfig, nats: NatsConfig) -> None:
         self.config = config
-        self.nats_url = nats_url
         self.telemetry = Telemetry()
         self.scheduler = Scheduler(config, self.telemetry, clock=time.time)
         self.handlers = Handlers(self.scheduler)
         self.http = OpsServer(
             config.http_port, self.ready, host=config.http_host, registry=self.telemetry.registry
         )
-        self._nc: Any = None
+        self.bus = ServiceBus(
+            nats,
+            f"picker-{config.replica_id}",
+            timers={routes.PICK.subject: self.telemetry.decision_seconds.observe},
+        )
+        self.bus.subscriber(routes.SNAPSHOTS)(self._on_snapshot)
+        self.bus.subscriber(routes.COMPLETIONS)(self.handlers.completion)
         self._serving = False
         self._tasks: list[asyncio.Task[None]] = []
         self._first_snapshot = asyncio.Event()
@@ -54,28 +58,28 @@ class PickerApp:
             )
             self.scheduler.sink = self.shared.submit
 
-    def ready(self) -> bool:
-        return self._serving and self._nc is not None and self._nc.is_connected
+    def ready(self) -> tuple[bool, str]:
+        if not self.bus.connected:
+            return False, "not connected to NATS"
+        return (True, "ok") if self._serving else (False, "starting")
 
-    async def start(self) -> None:
+    async def start(self, stop: asyncio.Event | None = None) -> bool:
+        """Serve; ``False`` when ``stop`` was set while waiting for NATS."""
         await self.http.start()
-        self._nc = await nats.connect(
-            self.nats_url,
-            name=f"pointsman-picker-{self.config.replica_id}",
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-        )
-        await self._nc.subscribe(subjects.METRICS_ALL, cb=self._on_snapshot)
-        await self._nc.subscribe(subjects.COMPLETIONS, cb=self.handlers.completion)
+        if not await self.bus.start(stop):
+            return False
         if self.shared is not None:
             await self.shared.start(self.scheduler.on_remote)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._first_snapshot.wait(), self.config.warmup_ms / 1000)
-        await self._nc.subscribe(subjects.PICK, queue=subjects.PICKER_QUEUE, cb=self.handlers.pick)
-        await self._nc.subscribe(
-            subjects.MODELS, queue=subjects.PICKER_QUEUE, cb=self.handlers.models
-        )
-        await self._nc.flush()
+        for route, handler in (
+            (routes.PICK, self.handlers.pick),
+            (routes.MODELS, self.handlers.models),
+        ):
+            subscriber = self.bus.subscriber(route)(handler)
+            await subscriber.start()
+        if self.bus.client is not None:
+            await self.bus.client.flush()
         self._tasks.append(asyncio.create_task(self._housekeeping()))
         # Start-up objects (modules, config, plugins) never die: keep them out of every
         # collection, so a full collection only walks what picks created.
@@ -83,11 +87,12 @@ class PickerApp:
         self._serving = True
         log.info(
             "picker %s serving on %s (http :%d, shared state: %s)",
-            self.config.replica_id, self.nats_url, self.http.port,
+            self.config.replica_id, self.bus.config.url, self.http.port,
             "redis" if self.shared else "none",
         )  # fmt: skip
+        return True
 
-    async def _on_snapshot(self, msg: Any) -> None:
+    async def _on_snapshot(self, msg: Received[PoolSnapshot]) -> None:
         await self.handlers.snapshot(msg)
         self._first_snapshot.set()
 
@@ -107,19 +112,17 @@ class PickerApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        if self._nc is not None:
-            with contextlib.suppress(Exception):
-                await self._nc.drain()
+        await self.bus.stop()
         if self.shared is not None:
             await self.shared.stop()
         await self.http.stop()
         log.info("picker %s stopped", self.config.replica_id)
 
 
-async def run(config: PickerConfig, nats_url: str, stop: asyncio.Event) -> None:
-    app = PickerApp(config, nats_url)
-    await app.start()
+async def run(config: PickerConfig, nats: NatsConfig, stop: asyncio.Event) -> None:
+    app = PickerApp(config, nats)
     try:
-        await stop.wait()
+        if await app.start(stop):
+            await stop.wait()
     finally:
         await app.stop()

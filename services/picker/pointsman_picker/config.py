@@ -92,13 +92,3 @@ class PickerConfig(_Strict):
     default_priority: int = 0
     pools: dict[str, PoolConfig] = Field(default_factory=dict)
     shared_state: SharedStateConfig = Field(default_factory=SharedStateConfig)
-
-
-def load(data: dict[str, Any]) -> PickerConfig:
-    """Validate the ``picker`` section of a whole config file, profiles and plugins included."""
-    from pointsman import configfile
-    from pointsman_picker.plan import build_plans
-
-    cfg = configfile.section(data, "picker", PickerConfig)
-    build_plans(cfg)  # raise now, at start-up, on a bad plugin, parameter or profile name
-    return cfg

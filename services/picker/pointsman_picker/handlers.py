@@ -1,25 +1,29 @@
-"""Bus handlers: decode the message, ask the scheduler, encode the reply. Nothing else."""
+"""Bus handlers: take the decoded message, ask the scheduler, return the reply. Nothing else.
+
+Each method is a FastStream handler of one route of :mod:`pointsman.v1.routes` (the app
+declares the subscribers): the route's codec has decoded the body before the call, and encodes
+the returned reply after it. A message that did not decode is counted and, for a pick, answered
+(``no_endpoints`` with the reason) so the shim does not wait for its deadline.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
-import msgspec
 from opentelemetry.trace import SpanKind
 
 from pointsman import tracing
+from pointsman.bus import Received
 from pointsman.v1 import (
     CompletionEvent,
+    ModelsReply,
     ModelsRequest,
     PickReply,
     PickRequest,
     PickStatus,
     PoolSnapshot,
-    decode,
-    encode,
-    subjects,
+    routes,
 )
 from pointsman_picker.scheduler import Scheduler
 
@@ -32,31 +36,29 @@ class Handlers:
         self._s = scheduler
         self._t = scheduler.telemetry
 
-    async def pick(self, msg: Any) -> None:
+    async def pick(self, msg: Received[PickRequest]) -> PickReply:
         start = time.perf_counter()
-        try:
-            req = decode(msg.data, PickRequest)
-        except msgspec.DecodeError as exc:
-            self._t.bad_messages.labels(subjects.PICK).inc()
-            log.warning("bad pick request: %s", exc)
+        req = msg.body
+        if req is None:
+            self._t.bad_messages.labels(routes.PICK.subject).inc()
+            log.warning("bad pick request: %s", msg.error)
             reply = PickReply(
                 status=PickStatus.NO_ENDPOINTS,
-                reason=f"invalid pick request: {exc}",
+                reason=f"invalid pick request: {msg.error}",
                 picker=self._s.config.replica_id,
             )
+        elif tracing.enabled():
+            reply = self._traced_pick(req, msg)
         else:
-            reply = self._traced_pick(req, msg.headers) if tracing.enabled() else self._s.pick(req)
-        data = encode(reply)
+            reply = self._s.pick(req)
         self._t.pick_seconds.observe(time.perf_counter() - start)
-        if msg.reply:
-            await msg.respond(data)
-        self._t.decision_seconds.observe(time.perf_counter() - start)
+        return reply
 
-    def _traced_pick(self, req: PickRequest, headers: dict[str, str] | None) -> PickReply:
+    def _traced_pick(self, req: PickRequest, msg: Received[PickRequest]) -> PickReply:
         """The pick as a span of the request's trace (context from the NATS headers)."""
         with _tracer.start_as_current_span(
             "pointsman.picker.pick",
-            context=tracing.extract(headers),
+            context=tracing.extract(msg.headers),
             kind=SpanKind.SERVER,
             attributes={"pointsman.request_id": req.request_id, "pointsman.model": req.model},
         ) as span:
@@ -71,28 +73,21 @@ class Handlers:
                 span.set_attribute("pointsman.reason", reply.reason)
             return reply
 
-    async def models(self, msg: Any) -> None:
-        try:
-            decode(msg.data or b"{}", ModelsRequest)
-        except msgspec.DecodeError:
-            self._t.bad_messages.labels(subjects.MODELS).inc()
-        if msg.reply:
-            await msg.respond(encode(self._s.models()))
+    async def models(self, msg: Received[ModelsRequest]) -> ModelsReply:
+        if msg.body is None:
+            self._t.bad_messages.labels(routes.MODELS.subject).inc()
+        return self._s.models()
 
-    async def snapshot(self, msg: Any) -> None:
-        try:
-            snap = decode(msg.data, PoolSnapshot)
-        except msgspec.DecodeError as exc:
-            self._t.bad_messages.labels(subjects.METRICS_ALL).inc()
-            log.warning("bad snapshot on %s: %s", msg.subject, exc)
+    async def snapshot(self, msg: Received[PoolSnapshot]) -> None:
+        if msg.body is None:
+            self._t.bad_messages.labels(routes.SNAPSHOTS.subject).inc()
+            log.warning("bad snapshot on %s: %s", msg.subject, msg.error)
             return
-        self._s.on_snapshot(snap)
+        self._s.on_snapshot(msg.body)
 
-    async def completion(self, msg: Any) -> None:
-        try:
-            event = decode(msg.data, CompletionEvent)
-        except msgspec.DecodeError as exc:
-            self._t.bad_messages.labels(subjects.COMPLETIONS).inc()
-            log.warning("bad completion event: %s", exc)
+    async def completion(self, msg: Received[CompletionEvent]) -> None:
+        if msg.body is None:
+            self._t.bad_messages.labels(routes.COMPLETIONS.subject).inc()
+            log.warning("bad completion event: %s", msg.error)
             return
-        self._s.on_completion(event)
+        self._s.on_completion(msg.body)

@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
+from pointsman.runtime import retry
 from pointsman_picker.config import SharedStateConfig
 from pointsman_picker.core.framework import PrefixStored, SessionBound, Update
 from pointsman_picker.telemetry import Telemetry
@@ -146,29 +147,28 @@ class RedisSync:
     # --- reading ---------------------------------------------------------------------------
 
     async def _listen(self) -> None:
-        backoff = 0.1
-        while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self._channel)
-                self._subscribed.set()
-                backoff = 0.1
-                while True:
-                    msg = await pubsub.get_message(timeout=1.0)
-                    if msg is None or msg.get("type") != "message":
-                        continue
-                    self._apply(msg["data"])
-            except asyncio.CancelledError:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-                raise
-            except Exception as exc:
-                self._t.sync_errors.labels("subscribe").inc()
-                log.warning("shared state: subscription lost (%s); retrying", exc)
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+        """The sync channel's subscription, restarted after each failure (backoff to 5 s)."""
+        await retry(
+            "shared state: subscription",
+            self._listen_once,
+            delay=0.1,
+            max_delay=5.0,
+            on_error=lambda _: self._t.sync_errors.labels("subscribe").inc(),
+        )
+
+    async def _listen_once(self) -> None:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self._channel)
+            self._subscribed.set()
+            while True:
+                msg = await pubsub.get_message(timeout=1.0)
+                if msg is None or msg.get("type") != "message":
+                    continue
+                self._apply(msg["data"])
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
 
     def _apply(self, data: bytes) -> None:
         try:

@@ -37,7 +37,7 @@ class Telemetry:
         )  # fmt: skip
         self.pick_seconds = Histogram(
             "pointsman_picker_pick_seconds",
-            "CPU path of one decision: decode, schedule, encode (no I/O, no waiting).",
+            "CPU path of one decision in the handler: the schedule (no I/O, no waiting).",
             buckets=_LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.bad_messages = Counter(

@@ -1,4 +1,9 @@
-"""Child processes of a local stack: start with a log file, wait for readiness, stop cleanly."""
+"""Child processes: start with a log file, wait for readiness, stop cleanly.
+
+The one process spawner of the code base: the local stack (``pointsman up``), the tests
+(``tests/helpers/procs.py`` builds its server fixtures on it) and the benchmarks use it. Every
+child gets its own process group, so stopping it stops what it started too.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -92,6 +98,8 @@ class Child:
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path
+    #: Whatever the caller wants to keep with the process (a test's port, ...).
+    extra: dict[str, object] = field(default_factory=dict)
 
     @property
     def alive(self) -> bool:
@@ -103,6 +111,10 @@ class Child:
         except OSError:
             return ""
         return text[-chars:]
+
+    def output(self, chars: int = 6000) -> str:
+        """The end of the log with a header naming the process (for failure messages)."""
+        return f"--- {self.name} output (last {chars} chars) ---\n{self.tail(chars)}"
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.popen.poll() is not None:
@@ -118,8 +130,15 @@ class Child:
 
 
 def spawn(
-    name: str, argv: Sequence[str], log_dir: Path, env: dict[str, str] | None = None
+    name: str,
+    argv: Sequence[str],
+    log_dir: Path | None = None,
+    env: dict[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
 ) -> Child:
+    """Start ``argv`` with its output in ``<log_dir>/<name>.log`` (a new temporary directory
+    when ``log_dir`` is not given) and ``env`` over this process's environment."""
+    log_dir = log_dir or Path(tempfile.mkdtemp(prefix="pointsman-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     with open(log_path, "ab") as log:
@@ -129,22 +148,24 @@ def spawn(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            cwd=cwd,
             start_new_session=True,  # its own process group: Ctrl-C reaches us, we stop it
         )
     return Child(name, popen, log_path)
 
 
-def wait_ready(child: Child, check: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_ready(child: Child | None, check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``check`` until it holds; fail with the child's output if it exits or the
+    deadline passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return
-        if not child.alive:
+        if child is not None and not child.alive:
             raise StackError(
                 f"{what} exited with code {child.popen.returncode} while starting; "
                 f"its output ({child.log_path}):\n{child.tail()}"
             )
-        time.sleep(0.05)
-    raise StackError(
-        f"{what} not ready after {timeout:.0f} s; its output ({child.log_path}):\n{child.tail()}"
-    )
+        time.sleep(0.02)
+    detail = f"; its output ({child.log_path}):\n{child.tail()}" if child is not None else ""
+    raise StackError(f"{what} not ready after {timeout:.0f} s{detail}")

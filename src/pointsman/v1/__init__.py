@@ -1,4 +1,4 @@
-"""Version 1 of the bus contracts: subjects and message schemas.
+"""Version 1 of the bus contracts: routes (:mod:`pointsman.v1.routes`), subjects, message schemas.
 
 This package is the only coupling between Pointsman services. A breaking change to a message
 means a new version package (``pointsman.v2``) with new subjects, so old and new replicas can run
@@ -7,6 +7,7 @@ side by side during a rollout. Adding an optional field with a default is not br
 
 from pointsman.v1 import subjects
 from pointsman.v1.messages import (
+    CollectorAnnounce,
     CompletionEvent,
     EndpointMetrics,
     ModelsReply,
@@ -21,6 +22,7 @@ from pointsman.v1.messages import (
 )
 
 __all__ = [
+    "CollectorAnnounce",
     "CompletionEvent",
     "EndpointMetrics",
     "ModelsReply",

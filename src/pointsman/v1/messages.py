@@ -147,3 +147,15 @@ class CompletionEvent(msgspec.Struct, kw_only=True):
     total_tokens: int | None = None
     duration_ms: float = 0.0
     extra: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class CollectorAnnounce(msgspec.Struct, kw_only=True):
+    """A collector replica's membership heartbeat (read only by the other collector replicas)."""
+
+    member: str
+    active: bool = True
+    leaving: bool = False
+    endpoints: int = 0
+    #: Digest of the replica's discovered endpoints: replicas that disagree would leave some
+    #: endpoints to an owner that does not know them, so a lasting difference is logged.
+    view: str = ""

@@ -9,7 +9,6 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from pointsman.v1 import encode
 from pointsman.v1.cache import CacheStore
 from pointsman.v1.classify import ClassifyReply, ClassifyRequest, Message
 from pointsman_classifier.cache.config import CacheConfig
@@ -38,9 +37,7 @@ async def miss_and_store(a: SemanticCache, b: SemanticCache, seed: int, text: st
     """Replica ``a`` misses, replica ``b`` completes the store (as the queue group may)."""
     reply = await a.lookup(request(), ClassifyReply(model="alpha"), vec(seed))
     assert reply.cached is None and reply.cache_store
-    result = await b.store(
-        encode(CacheStore(token=reply.cache_store, content=text, finish_reason="stop"))
-    )
+    result = await b.store(CacheStore(token=reply.cache_store, content=text, finish_reason="stop"))
     assert result == "stored"
     return reply.cache_store
 
@@ -74,11 +71,11 @@ async def test_bound_eviction_rebuild_and_handover(redis_url: str) -> None:
         assert (await b.lookup(request(), ClassifyReply(model="alpha"), vec(2))).cached
         assert (await b.lookup(request(), ClassifyReply(model="alpha"), vec(3))).cached is None
         # a token is used once; unknown tokens and errors are not stored
-        assert await b.store(encode(CacheStore(token="nope", content="x"))) == "unknown_token"
+        assert await b.store(CacheStore(token="nope", content="x")) == "unknown_token"
         reply = await a.lookup(request(), ClassifyReply(model="alpha"), vec(9))
         assert reply.cache_store
         bad = CacheStore(token=reply.cache_store, content="x", status=500)
-        assert await b.store(encode(bad)) == "status"
+        assert await b.store(bad) == "status"
     finally:
         await a.close()
         await b.close()
@@ -92,7 +89,7 @@ async def test_unreachable_redis_is_a_miss_without_token() -> None:
         reply = await c.lookup(request(), ClassifyReply(model="alpha"), vec(1))
         assert reply.cached is None and reply.cache_store is None
         assert not c.available()  # resting: the next request does not wait on Redis
-        assert await c.store(encode(CacheStore(token="t", content="x"))) == "unavailable"
+        assert await c.store(CacheStore(token="t", content="x")) == "unavailable"
     finally:
         await c.close()
 
@@ -100,22 +97,24 @@ async def test_unreachable_redis_is_a_miss_without_token() -> None:
 async def test_replicas_share_entries_over_the_bus(redis_url: str, nats_url: str) -> None:
     """Replica A misses; the shim's store goes to the queue group (one replica writes it); the
     entry is announced to every replica, so B answers the paraphrase without rebuilding."""
-    import nats
-
-    from pointsman.v1.cache import CACHE_STORE
+    from pointsman.bus import NatsConfig, ServiceBus
+    from pointsman.v1 import routes
 
     cfg = CacheConfig(enabled=True, redis_url=redis_url, key_prefix=f"t-{uuid.uuid4().hex}")
     a, b = SemanticCache(cfg, name="a"), SemanticCache(cfg, name="b")
-    ncs = [await nats.connect(nats_url) for _ in range(3)]
+    buses = [ServiceBus(NatsConfig(url=nats_url), f"test-{i}") for i in range(3)]
     try:
-        await a.start(ncs[0])
-        await b.start(ncs[1])
-        await ncs[0].flush()
-        await ncs[1].flush()
+        for cache, bus in zip((a, b), buses, strict=False):
+            cache.subscribe(bus)
+            cache.start()
+        for bus in buses:
+            assert await bus.start()
+            assert bus.client is not None
+            await bus.client.flush()
         reply = await a.lookup(request(), ClassifyReply(model="alpha"), vec(7))
         assert reply.cache_store
         store = CacheStore(token=reply.cache_store, content="shared", finish_reason="stop")
-        await ncs[2].publish(CACHE_STORE, encode(store))
+        assert await buses[2].publish(routes.CACHE_STORE.subject, routes.CACHE_STORE.encode(store))
         deadline = asyncio.get_running_loop().time() + 10
         while not (len(a.index) == 1 and len(b.index) == 1):
             assert asyncio.get_running_loop().time() < deadline, "entry not announced to both"
@@ -128,5 +127,5 @@ async def test_replicas_share_entries_over_the_bus(redis_url: str, nats_url: str
     finally:
         for c in (a, b):
             await c.close()
-        for nc in ncs:
-            await nc.close()
+        for bus in buses:
+            await bus.stop()

@@ -134,6 +134,7 @@ async def test_collector_scrapes_pods_of_an_inference_pool(
     """End to end: InferencePool -> pods -> scrapes -> snapshot on NATS."""
     import nats
 
+    from pointsman.bus import NatsConfig
     from pointsman.v1 import PoolSnapshot, decode, subjects
     from pointsman_collector.app import Collector, build_sources
     from pointsman_collector.config import CollectorConfig
@@ -162,7 +163,7 @@ async def test_collector_scrapes_pods_of_an_inference_pool(
         got.put_nowait(decode(msg.data, PoolSnapshot))  # type: ignore[attr-defined]
 
     await nc.subscribe(subjects.metrics(pool), cb=cb)
-    collector = Collector(cfg, nats_url=nats_url, sources=build_sources(cfg, None))
+    collector = Collector(cfg, nats=NatsConfig(url=nats_url), sources=build_sources(cfg, None))
     await collector.start()
     try:
         deadline = time.monotonic() + 15

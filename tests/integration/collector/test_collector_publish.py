@@ -9,6 +9,7 @@ from collections.abc import Callable
 import nats
 import pytest
 
+from pointsman.bus import NatsConfig
 from pointsman.v1 import PoolSnapshot, decode, subjects
 from pointsman_collector.app import Collector
 from pointsman_collector.config import CollectorConfig
@@ -59,9 +60,8 @@ class Watcher:
         raise AssertionError(f"no matching snapshot in {timeout}s; last: {last}")
 
 
-@pytest.mark.parametrize("client", ["raw", "aiohttp"])
 async def test_scrapes_publishes_and_marks_dead_endpoints(
-    nats_url: str, fleet: object, unique: str, client: str
+    nats_url: str, fleet: object, unique: str
 ) -> None:
     a = await fleet.add(waiting=3, running=5, kv=0.25)  # type: ignore[attr-defined]
     b = await fleet.add(fixture="sglang.txt", waiting=1, running=2, kv=0.5)  # type: ignore[attr-defined]
@@ -70,7 +70,7 @@ async def test_scrapes_publishes_and_marks_dead_endpoints(
     endpoints = parse_pools(
         {pool: [a.address, {"address": b.address, "labels": {"role": "decode"}}, dead]}
     )
-    collector = Collector(config(unique, client=client), nats_url=nats_url, sources=[])
+    collector = Collector(config(unique), nats=NatsConfig(url=nats_url), sources=[])
     nc = await nats.connect(nats_url)
     watcher = Watcher()
     await nc.subscribe(subjects.metrics(pool), cb=watcher.cb)
@@ -133,9 +133,8 @@ async def test_scrapes_publishes_and_marks_dead_endpoints(
         await nc.close()
 
 
-@pytest.mark.parametrize("client", ["raw", "aiohttp"])
 async def test_slow_endpoint_does_not_delay_the_others(
-    nats_url: str, fleet: object, unique: str, client: str
+    nats_url: str, fleet: object, unique: str
 ) -> None:
     from aiohttp import web
 
@@ -155,7 +154,7 @@ async def test_slow_endpoint_does_not_delay_the_others(
     slow = f"127.0.0.1:{runner.addresses[0][1]}"
     pool = f"slow-{unique}"
     collector = Collector(
-        config(unique, timeout_ms=1000, client=client), nats_url=nats_url, sources=[]
+        config(unique, timeout_ms=1000), nats=NatsConfig(url=nats_url), sources=[]
     )
     nc = await nats.connect(nats_url)
     watcher = Watcher()
@@ -186,7 +185,7 @@ async def test_big_pool_is_split_and_vanished_parts_are_emptied(
     eps = parse_pools({pool: [e.address for e in engines]})
     # About 300 bytes per endpoint: a 1,000-byte limit needs several parts.
     cfg = config(unique, max_snapshot_bytes=1000, sharding={"enabled": False})
-    collector = Collector(cfg, nats_url=nats_url, sources=[])
+    collector = Collector(cfg, nats=NatsConfig(url=nats_url), sources=[])
     nc = await nats.connect(nats_url)
     latest: dict[str, PoolSnapshot] = {}
     watcher = Watcher()

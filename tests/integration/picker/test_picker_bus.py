@@ -25,24 +25,10 @@ from pointsman.v1 import (
     encode,
     subjects,
 )
+from tests.helpers.snapshots import snapshot
 from tests.integration.picker.conftest import StartPicker
 
 pytestmark = pytest.mark.integration
-
-
-def snapshot(pool: str, **waiting: int) -> PoolSnapshot:
-    now = time.time()
-    return PoolSnapshot(
-        pool=pool,
-        collector="test",
-        published_at=now,
-        endpoints=[
-            EndpointMetrics(
-                address=addr.replace("_", ".").replace("-", ":"), scraped_at=now, waiting=w
-            )
-            for addr, w in waiting.items()
-        ],
-    )
 
 
 def _get(url: str) -> str:

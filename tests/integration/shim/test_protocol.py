@@ -20,6 +20,7 @@ import yaml
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
+from pointsman.bus import NatsConfig
 from pointsman.v1 import CompletionEvent, EndpointMetrics, PoolSnapshot, decode, encode, subjects
 from pointsman_shim.bus import Bus
 from pointsman_shim.config import ShimConfig
@@ -77,8 +78,8 @@ CHAT = json.dumps({"model": POOL, "messages": [{"role": "user", "content": "hi"}
 
 
 async def make_processor(nats_url: str, **config: Any) -> Processor:
-    bus = Bus(nats_url)
-    await bus.connect()
+    bus = Bus(NatsConfig(url=nats_url))
+    await bus.start()
     await publish_snapshot(nats_url)
     processor = Processor(ShimConfig(pick_timeout_ms=1000, **config), bus)
     # wait until the picker has the pool

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from pointsman_collector.config import CollectorConfig, EngineMapping
-from pointsman_collector.core import engines, prom
+from pointsman_collector.core import engines
+from tests.helpers import promtext
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SPECS = engines.BUILTIN
@@ -80,7 +81,13 @@ def page(name: str) -> bytes:
     ],
 )
 def test_read_real_pages(name: str, expected: dict[str, object], full: bool) -> None:
-    reading = engines.read_page(page(name), SPECS, None, full=full)
+    data = page(name)
+    if full:  # the reference: the whole page parsed, then read
+        spec = engines.detect(data, list(SPECS.values()))
+        assert spec is not None
+        reading = engines.read(promtext.parse(data.decode()).samples, spec)
+    else:
+        reading = engines.read_page(data, SPECS, None)
     for field, value in expected.items():
         assert getattr(reading, field) == value, field
 
@@ -122,7 +129,7 @@ def test_mapped_engine_from_config() -> None:
     ],
 )
 def test_kv_usage_stays_in_range(lines: list[str], kv: float) -> None:
-    samples = prom.parse("\n".join(lines)).samples
+    samples = promtext.parse("\n".join(lines)).samples
     assert engines.read(samples, engines.VLLM).kv_usage == kv
 
 
@@ -131,7 +138,7 @@ def test_cache_config_none_blocks_is_zero() -> None:
         "vllm:num_requests_waiting 0\n"
         'vllm:cache_config_info{block_size="16",num_gpu_blocks="None"} 1.0\n'
     )
-    reading = engines.read(prom.parse(text).samples, engines.VLLM)
+    reading = engines.read(promtext.parse(text).samples, engines.VLLM)
     assert (reading.block_size, reading.num_blocks) == (16, 0)
 
 

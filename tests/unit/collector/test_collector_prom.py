@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pointsman_collector.core import prom
+from tests.helpers import promtext
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PAGES = sorted(p.name for p in FIXTURES.glob("*.txt"))
@@ -68,7 +69,7 @@ def test_malformed_lines_raise(line: str) -> None:
 
 
 def test_parse_vllm_page_types_and_histograms() -> None:
-    exp = prom.parse(page("vllm_v1.txt"))
+    exp = promtext.parse(page("vllm_v1.txt"))
     assert exp.types["vllm:time_to_first_token_seconds"] == "histogram"
     assert exp.types["vllm:num_requests_waiting"] == "gauge"
     buckets = exp.samples["vllm:time_to_first_token_seconds_bucket"]
@@ -81,7 +82,7 @@ def test_parse_vllm_page_types_and_histograms() -> None:
 @pytest.mark.parametrize("name", PAGES)
 def test_extract_agrees_with_parse_on_real_pages(name: str) -> None:
     text = page(name)
-    full = prom.parse(text).samples
+    full = promtext.parse(text).samples
     wanted = sorted(full)
     fast = prom.extract(text.encode(), wanted)
     assert fast == full
@@ -134,7 +135,7 @@ SAMPLES = st.lists(
 def test_render_then_parse_roundtrips(samples: list[tuple[str, dict[str, str], float]]) -> None:
     lines = ["# HELP x some help", "# TYPE x gauge"]
     lines += [_render(*s) for s in samples]
-    exp = prom.parse("\n".join(lines) + "\n")
+    exp = promtext.parse("\n".join(lines) + "\n")
     got = [(s.name, s.labels, s.value) for ss in exp.samples.values() for s in ss]
     assert sorted(got, key=repr) == sorted(samples, key=repr)
 
@@ -145,7 +146,7 @@ def test_extract_matches_parse(
     samples: list[tuple[str, dict[str, str], float]], extra: list[str]
 ) -> None:
     text = "\n".join(["# TYPE foo counter", *(_render(*s) for s in samples)])
-    full = prom.parse(text).samples
+    full = promtext.parse(text).samples
     wanted = [s[0] for s in samples[:3]] + extra
     fast = prom.extract(text.encode(), wanted)
     assert fast == {n: full[n] for n in wanted if n in full}

@@ -26,18 +26,12 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 import redis.asyncio as aioredis
-from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.exceptions import RedisError
 
-from pointsman.v1 import decode, encode
-from pointsman.v1.cache import (
-    CACHE_EVENTS,
-    CACHE_STORE,
-    CACHE_STORE_QUEUE,
-    CacheEvent,
-    CacheStore,
-)
+from pointsman.bus import Received, ServiceBus
+from pointsman.v1 import routes
+from pointsman.v1.cache import CacheEvent, CacheStore
 from pointsman.v1.classify import CachedAnswer, ClassifyReply, ClassifyRequest
 from pointsman_classifier.cache.config import CacheConfig
 from pointsman_classifier.cache.core import (
@@ -128,11 +122,10 @@ class SemanticCache:
             socket_connect_timeout=max(timeout, 0.2),
         )
         self.timeout = timeout
-        self.nc: Any = None
+        self.bus: ServiceBus | None = None
         self._down_until = 0.0
         self._needs_rebuild = True
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._subs: list[Any] = []
         self._touched: dict[str, float] = {}
         p = cfg.key_prefix
         self._entry = f"{p}:e:"
@@ -141,23 +134,29 @@ class SemanticCache:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
-    async def start(self, nc: Any) -> None:
-        self.nc = nc
+    def subscribe(self, bus: ServiceBus) -> None:
+        """Declare the cache's handlers on the replica's bus (before it starts): stores from
+        the shim (one replica of the queue group each) and entry events (every replica); the
+        replica's own events go out on the same bus."""
+        self.bus = bus
+        bus.subscriber(routes.CACHE_STORE)(self._on_store)
+        bus.subscriber(routes.CACHE_EVENTS)(self._on_event)
 
-        async def on_store(msg: Msg) -> None:
-            self._spawn(self.store(msg.data))
+    async def _on_store(self, msg: Received[CacheStore]) -> None:
+        if msg.body is None:
+            self.metrics.stores.labels("bad_message").inc()
+            return
+        self._spawn(self.store(msg.body))  # Redis round trips: do not hold up the next message
 
-        async def on_event(msg: Msg) -> None:
-            self.apply_event(msg.data)
+    async def _on_event(self, msg: Received[CacheEvent]) -> None:
+        if msg.body is not None:
+            self.apply_event(msg.body)
 
-        self._subs.append(await nc.subscribe(CACHE_STORE, queue=CACHE_STORE_QUEUE, cb=on_store))
-        self._subs.append(await nc.subscribe(CACHE_EVENTS, cb=on_event))
+    def start(self) -> None:
+        """Rebuild the index from Redis now and after outages; sweep expired entries."""
         self._spawn(self._maintain())
 
     async def close(self) -> None:
-        for sub in self._subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
         for t in list(self._tasks):
             t.cancel()
         if self._tasks:
@@ -342,17 +341,13 @@ class SemanticCache:
 
     # -- store (from the shim, one replica per message) -------------------------------------------
 
-    async def store(self, data: bytes) -> str:
+    async def store(self, msg: CacheStore) -> str:
         """Write one answer; returns the result counted in ``stores_total``."""
-        result = await self._store(data)
+        result = await self._store(msg)
         self.metrics.stores.labels(result).inc()
         return result
 
-    async def _store(self, data: bytes) -> str:
-        try:
-            msg = decode(data, CacheStore)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return "bad_message"
+    async def _store(self, msg: CacheStore) -> str:
         if not 200 <= msg.status < 300:
             return "status"
         if not self.available():
@@ -424,20 +419,16 @@ class SemanticCache:
             await self._publish(CacheEvent(op="remove", id=i, origin=self.name))
 
     async def _publish(self, event: CacheEvent) -> None:
-        if self.nc is None:
-            self.apply_event(encode(event))
-            return
-        try:
-            await self.nc.publish(CACHE_EVENTS, encode(event))
-        except Exception as exc:  # the entry is in Redis; other replicas find it at rebuild
-            log.warning("cache event not published: %s", exc)
-            self.apply_event(encode(event))
+        """Announce to every replica, this one included (it hears its own events back); with
+        no bus, or the bus down, apply it here: the entry is in Redis and the other replicas
+        find it at their next rebuild."""
+        route = routes.CACHE_EVENTS
+        if self.bus is None or not await self.bus.publish(route.subject, route.encode(event)):
+            if self.bus is not None:
+                log.warning("cache event %s not published; applied locally", event.id)
+            self.apply_event(event)
 
-    def apply_event(self, data: bytes) -> None:
-        try:
-            ev = decode(data, CacheEvent)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return
+    def apply_event(self, ev: CacheEvent) -> None:
         if ev.op == "remove":
             self.index.remove(ev.id)
         elif ev.embedding and ev.expires_at > time.time():

@@ -147,18 +147,8 @@ def read(samples: Mapping[str, Sequence[Sample]], spec: EngineSpec) -> Reading:
     return reading
 
 
-def read_page(
-    data: bytes,
-    specs: Mapping[str, EngineSpec],
-    engine: str | None,
-    *,
-    full: bool = False,
-) -> Reading:
-    """Detect (or look up) the engine of one ``/metrics`` page and read it.
-
-    ``full`` parses the whole page with the general parser instead of extracting the needed
-    families (kept for comparison and as the fallback that reads anything).
-    """
+def read_page(data: bytes, specs: Mapping[str, EngineSpec], engine: str | None) -> Reading:
+    """Detect (or look up) the engine of one ``/metrics`` page and read the needed families."""
     if engine and engine != "auto":
         spec = specs.get(engine)
         if spec is None:
@@ -168,12 +158,7 @@ def read_page(
         if found is None:
             raise NoEngineMetrics(f"no known engine metrics on the page (known: {sorted(specs)})")
         spec = found
-    if full:
-        text = data.decode("utf-8", "replace")
-        samples: Mapping[str, Sequence[Sample]] = prom.parse(text).samples
-    else:
-        samples = _extract_needed(data, spec)
-    return read(samples, spec)
+    return read(_extract_needed(data, spec), spec)
 
 
 def _extract_needed(data: bytes, spec: EngineSpec) -> dict[str, list[Sample]]:

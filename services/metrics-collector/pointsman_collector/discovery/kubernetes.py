@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from kubernetes_asyncio import client, config, watch
 
+from pointsman.runtime import retry
 from pointsman_collector.config import KubernetesConfig, KubernetesSource
 from pointsman_collector.core.endpoints import Endpoint
 from pointsman_collector.discovery import Report
@@ -130,101 +131,99 @@ class _SourceWatch:
             self._pods_task = asyncio.create_task(self._watch_pods(*wanted))
 
     async def _follow_pool(self) -> None:
-        custom = client.CustomObjectsApi(self.api)
-        src = self.source
-        by_name = f"metadata.name={src.inference_pool}"
         try:
-            while True:
-                try:
-                    listed: Any = await custom.list_namespaced_custom_object(
-                        GROUP, VERSION, src.namespace, PLURAL, field_selector=by_name
-                    )
-                    items = listed.get("items") or []
-                    rv = (listed.get("metadata") or {}).get("resourceVersion")
-                    await self._apply_pool(items[0] if items else None)
-                    while True:
-                        w = watch.Watch()
-                        async with w.stream(
-                            custom.list_namespaced_custom_object,
-                            GROUP,
-                            VERSION,
-                            src.namespace,
-                            PLURAL,
-                            field_selector=by_name,
-                            resource_version=rv,
-                            timeout_seconds=WATCH_SECONDS,
-                        ) as stream:
-                            async for event in stream:
-                                obj = event["raw_object"]
-                                if event["type"] == "ERROR":
-                                    raise RuntimeError(str(obj.get("message", obj)))
-                                rv = (obj.get("metadata") or {}).get("resourceVersion", rv)
-                                if event["type"] == "BOOKMARK":
-                                    continue
-                                await self._apply_pool(None if event["type"] == "DELETED" else obj)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    log.warning(
-                        "watch of %s failed, listing again in %.1fs: %s",
-                        self.name,
-                        self.retry_s,
-                        exc,
-                    )
-                    await asyncio.sleep(self.retry_s)
+            await retry(f"watch of {self.name}", self._follow_pool_once, delay=self.retry_s)
         finally:
             if self._pods_task is not None:
                 self._pods_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._pods_task
 
+    async def _follow_pool_once(self) -> None:
+        """List the InferencePool, then watch it from that version, until the watch fails."""
+        custom = client.CustomObjectsApi(self.api)
+        src = self.source
+        by_name = f"metadata.name={src.inference_pool}"
+        listed: Any = await custom.list_namespaced_custom_object(
+            GROUP, VERSION, src.namespace, PLURAL, field_selector=by_name
+        )
+        items = listed.get("items") or []
+        rv = (listed.get("metadata") or {}).get("resourceVersion")
+        await self._apply_pool(items[0] if items else None)
+
+        async def changed(kind: str, obj: dict[str, Any]) -> None:
+            await self._apply_pool(None if kind == "DELETED" else obj)
+
+        await _watch_from(
+            rv,
+            changed,
+            custom.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            src.namespace,
+            PLURAL,
+            field_selector=by_name,
+        )
+
     async def _watch_pods(self, selector: str, ports: list[int]) -> None:
+        await retry(
+            f"pod watch {self.name}",
+            lambda: self._watch_pods_once(selector, ports),
+            delay=self.retry_s,
+        )
+
+    async def _watch_pods_once(self, selector: str, ports: list[int]) -> None:
+        """List the selected pods, then watch them from that version, until the watch fails."""
         core = client.CoreV1Api(self.api)
         ns = self.source.namespace
-        while True:
-            try:
-                listed: Any = await core.list_namespaced_pod(
-                    ns, label_selector=selector, _preload_content=False
-                )
-                body = await listed.json()
-                pods = {
-                    p["metadata"]["name"]: pod_endpoints(p, self.source, ports)
-                    for p in body.get("items") or []
-                }
+        listed: Any = await core.list_namespaced_pod(
+            ns, label_selector=selector, _preload_content=False
+        )
+        body = await listed.json()
+        pods = {
+            p["metadata"]["name"]: pod_endpoints(p, self.source, ports)
+            for p in body.get("items") or []
+        }
+        self._set_pods(pods)
+        rv = (body.get("metadata") or {}).get("resourceVersion")
+
+        async def changed(kind: str, obj: dict[str, Any]) -> None:
+            name = (obj.get("metadata") or {}).get("name", "")
+            pods = dict(self.pods)
+            if kind == "DELETED":
+                pods.pop(name, None)
+            else:
+                pods[name] = pod_endpoints(obj, self.source, ports)
+            if pods != self.pods:
                 self._set_pods(pods)
-                rv = (body.get("metadata") or {}).get("resourceVersion")
-                while True:
-                    w = watch.Watch()
-                    async with w.stream(
-                        core.list_namespaced_pod,
-                        ns,
-                        label_selector=selector,
-                        resource_version=rv,
-                        timeout_seconds=WATCH_SECONDS,
-                    ) as stream:
-                        async for event in stream:
-                            obj = event["raw_object"]
-                            kind = event["type"]
-                            if kind == "ERROR":
-                                raise RuntimeError(str(obj.get("message", obj)))
-                            meta = obj.get("metadata") or {}
-                            rv = meta.get("resourceVersion", rv)
-                            if kind == "BOOKMARK":
-                                continue
-                            pods = dict(self.pods)
-                            if kind == "DELETED":
-                                pods.pop(meta.get("name", ""), None)
-                            else:
-                                pods[meta.get("name", "")] = pod_endpoints(obj, self.source, ports)
-                            if pods != self.pods:
-                                self._set_pods(pods)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning(
-                    "pod watch %s failed, listing again in %.1fs: %s", self.name, self.retry_s, exc
-                )
-                await asyncio.sleep(self.retry_s)
+
+        await _watch_from(rv, changed, core.list_namespaced_pod, ns, label_selector=selector)
+
+
+async def _watch_from(
+    rv: str | None,
+    changed: Callable[[str, dict[str, Any]], Awaitable[None]],
+    list_call: Any,
+    *args: Any,
+    **kwargs: Any,
+) -> None:
+    """Watch ``list_call(*args, **kwargs)`` from resource version ``rv``, handing each change
+    (``ADDED``/``MODIFIED``/``DELETED`` and the object) to ``changed``. Watches time out and are
+    resumed from the last version seen; an ``ERROR`` event (410 Gone, ...) raises, so the caller
+    lists again."""
+    while True:
+        w = watch.Watch()
+        async with w.stream(
+            list_call, *args, resource_version=rv, timeout_seconds=WATCH_SECONDS, **kwargs
+        ) as stream:
+            async for event in stream:
+                obj = event["raw_object"]
+                kind = event["type"]
+                if kind == "ERROR":
+                    raise RuntimeError(str(obj.get("message", obj)))
+                rv = (obj.get("metadata") or {}).get("resourceVersion", rv)
+                if kind != "BOOKMARK":
+                    await changed(kind, obj)
 
 
 class KubernetesDiscovery:
