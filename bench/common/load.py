@@ -27,6 +27,14 @@ class Result:
     def ok(self) -> int:
         return len(self.latencies_ms)
 
+    def add(self, other: Result) -> None:
+        """Fold another phase's result into this one (phases of one path, alternated)."""
+        self.latencies_ms += other.latencies_ms
+        self.errors += other.errors
+        self.elapsed_s += other.elapsed_s
+        for k, v in other.statuses.items():
+            self.statuses[k] = self.statuses.get(k, 0) + v
+
     def pct(self, q: float) -> float:
         if not self.latencies_ms:
             return float("nan")

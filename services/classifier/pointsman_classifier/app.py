@@ -21,6 +21,7 @@ from pointsman_classifier.config import ClassifierConfig
 from pointsman_classifier.core import Outputs
 from pointsman_classifier.handlers import ClassifyHandler
 from pointsman_classifier.metrics import Metrics
+from pointsman_classifier.sessions import SessionStore
 from pointsman_classifier.subproc import load_engine
 
 log = logging.getLogger("pointsman_classifier")
@@ -48,6 +49,7 @@ class ClassifierApp:
         self._models_ready = False
         self._engine: Any = None
         self.cache: SemanticCache | None = None
+        self.sessions: SessionStore | None = None
 
     def ready(self) -> tuple[bool, str]:
         if not self._models_ready:
@@ -78,8 +80,16 @@ class ClassifierApp:
         served = served_models(self.data, self.cfg)
         if self.cfg.cache.enabled:
             self.cache = SemanticCache(self.cfg.cache, self.metrics.registry, self.name)
+        if self.cfg.sessions.enabled:
+            self.sessions = SessionStore(self.cfg.sessions)
         handler = ClassifyHandler(
-            self.cfg, self.batcher.submit, lambda: served, self.metrics, self.name, self.cache
+            self.cfg,
+            self.batcher.submit,
+            lambda: served,
+            self.metrics,
+            self.name,
+            self.cache,
+            self.sessions,
         )
         self._models_ready = True
 
@@ -112,6 +122,8 @@ class ClassifierApp:
             await self.bus.stop()
         if self.cache is not None:
             await self.cache.close()
+        if self.sessions is not None:
+            await self.sessions.close()
         if self.batcher is not None:
             await asyncio.to_thread(self.batcher.stop)
         if self._engine is not None and hasattr(self._engine, "close"):

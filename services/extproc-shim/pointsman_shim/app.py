@@ -69,5 +69,6 @@ async def serve(config: ShimConfig, nats: NatsConfig, stop: asyncio.Event) -> No
     connector.cancel()
     tracker.cancel()
     await shim_bus.close()
+    await processor.state.close()
     await health.stop()
     await ops.stop()

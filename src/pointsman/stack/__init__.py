@@ -1,8 +1,9 @@
 """``pointsman up``: the whole stack on one machine, for trying Pointsman and for tests.
 
-It starts, in order: nats-server (unless ``NATS_URL`` names one), simulated vLLM replicas, the
-metrics-collector, the picker, the classifier (when enabled), the extproc-shim, and Envoy wired to
-the shim. Every part is a real process on loopback; :class:`Stack` is the same thing as a Python
+It starts, in order: nats-server (unless ``NATS_URL`` names one), redis-server (when one is
+installed: the Responses API's state and the classifier's sessions live there), simulated vLLM
+replicas, the metrics-collector, the picker, the classifier (when enabled), the extproc-shim, and
+Envoy wired to the shim. Every part is a real process on loopback; :class:`Stack` is the same thing as a Python
 API for tests and benchmarks.
 """
 
@@ -37,6 +38,7 @@ from pointsman.stack.procs import (
     free_port_block,
     http_status,
     port_free,
+    redis_argv,
     spawn,
     wait_ready,
 )
@@ -82,6 +84,9 @@ class StackOptions:
     #: Start the classifier service (None: when its package and torch are installed).
     classifier: bool | None = False
     nats_url: str | None = None
+    #: Start redis-server for the Responses API's store and the classifier's sessions (None:
+    #: when a redis-server binary is found; without Redis, stateful Responses calls answer 503).
+    redis: bool | None = None
     workdir: Path | None = None
     #: Sections merged over everything else (tests use it to tune deadlines).
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -108,6 +113,7 @@ class Stack:
         self.pools: dict[str, list[str]] = {}
         self.gateway_url = ""
         self.nats_url = ""
+        self.redis_url = ""
         self.config_path: Path | None = None
         self.workdir = Path(self.options.workdir or tempfile.mkdtemp(prefix="pointsman-stack-"))
         self.log_dir = self.workdir / "logs"
@@ -154,6 +160,7 @@ class Stack:
             self.gateway_port = free_port(o.host)
 
         self.nats_url = o.nats_url or os.environ.get("NATS_URL") or self._start_nats()
+        self.redis_url = self._start_redis()
         if o.simulate:
             self.pools = self._start_simulators()
         else:
@@ -186,12 +193,18 @@ class Stack:
                 "failure_mode": o.failure_mode,
                 "body_mode": o.body_mode,
                 "classifier": {"enabled": bool(with_classifier)},
+                "responses": {"redis_url": self.redis_url},
             },
             "picker": {},
             "collector": {"http_port": self.ports["collector_http"]},
         }
         if with_classifier:
             generated["classifier"] = {"http_port": self.ports["classifier_http"]}
+            if self.redis_url:
+                generated["classifier"]["sessions"] = {
+                    "enabled": True,
+                    "redis_url": self.redis_url,
+                }
             if o.simulate and o.models == DEFAULT_MODELS:
                 generated["classifier"].update(DEMO_ROUTING)
         user_sections = {k: v for k, v in user.items() if k not in {"nats", "pools"}}
@@ -227,6 +240,26 @@ class Stack:
         url = f"nats://127.0.0.1:{port}"
         wait_ready(child, lambda: not port_free(port), 15, "nats-server")
         return url
+
+    def _start_redis(self) -> str:
+        """redis-server on a free port, without persistence; ``""`` when not wanted or none is
+        installed (then only ``redis=True`` is an error)."""
+        want = self.options.redis
+        if want is False:
+            return ""
+        try:
+            path = binary("redis-server")
+        except StackError:
+            if want:
+                raise
+            return ""
+        port = free_port()
+        store = self.workdir / "redis"
+        store.mkdir(parents=True, exist_ok=True)
+        child = spawn("redis-server", redis_argv(path, port, str(store)), self.log_dir)
+        self.children["redis-server"] = child
+        wait_ready(child, lambda: not port_free(port), 15, "redis-server")
+        return f"redis://127.0.0.1:{port}/0"
 
     def _start_simulators(self) -> dict[str, list[str]]:
         o = self.options
@@ -438,6 +471,20 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         action="store_false",
         help="do not start the classifier: 'auto' goes to the first model",
     )
+    redis = p.add_mutually_exclusive_group()
+    redis.add_argument(
+        "--redis",
+        dest="redis",
+        action="store_true",
+        default=None,
+        help="start redis-server (the Responses API's state, sessions); default: when installed",
+    )
+    redis.add_argument(
+        "--no-redis",
+        dest="redis",
+        action="store_false",
+        help="do not start redis-server: stateful Responses calls answer 503",
+    )
     p.add_argument(
         "--workdir",
         type=Path,
@@ -461,6 +508,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "pointsman up") -> int:
         response_path=args.response_path,
         failure_mode=args.failure_mode,
         classifier=args.classifier,
+        redis=args.redis,
         workdir=args.workdir,
     )
     stack = Stack(options)
