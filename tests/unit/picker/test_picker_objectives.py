@@ -54,3 +54,22 @@ def test_scheduler_takes_cluster_objectives_from_the_policy() -> None:
     scheduler.on_policy(InferencePolicy(objectives=[Objective("offline", -3, pool="m")]))
     assert to_request(pick, adapters={}, objectives=scheduler.objectives).priority == -3
     assert scheduler.objectives.priority("batch") == -1
+
+
+@pytest.mark.parametrize(
+    ("address", "subset", "allowed"),
+    [
+        ("10.0.0.1:8000", {"10.0.0.1:8000"}, True),
+        ("10.0.0.1:8002", {"10.0.0.1:8000"}, False),  # another data-parallel rank of the pod
+        ("10.0.0.1:8002", {"10.0.0.1"}, True),  # the pod: any rank
+        ("10.0.0.2:8000", {"10.0.0.1"}, False),
+        ("[fd00::1]:3000", {"fd00::1"}, True),
+        ("[fd00::1]:3000", {"[fd00::1]:3000"}, True),
+    ],
+)
+def test_subset_hint_names_an_endpoint_or_a_pod(
+    address: str, subset: set[str], allowed: bool
+) -> None:
+    from pointsman_picker.core.pipeline import in_subset
+
+    assert in_subset(address, frozenset(subset)) is allowed
