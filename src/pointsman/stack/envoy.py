@@ -175,10 +175,12 @@ def _epp_clusters(pool_pickers: dict[str, str]) -> dict[str, str]:
 
 
 def pool_picker_filter(options: EnvoyOptions, cluster: str) -> dict[str, Any]:
-    """The second ext_proc of model-selector mode, configured as Inference Extension gateways
-    configure their endpoint picker: headers and the whole body (``FULL_DUPLEX_STREAMED``, with
-    trailers, so the picker sees the end of the body), the pick read from ``envoy.lb`` metadata,
-    the subset hint forwarded. Its service is set per route (per pool); ``cluster`` is only the
+    """The second ext_proc of model-selector mode, as Inference Extension gateways configure
+    their endpoint picker: headers and the whole body, the pick read from ``envoy.lb`` metadata,
+    the subset hint forwarded. The body is ``BUFFERED``, not the protocol's
+    ``FULL_DUPLEX_STREAMED``: Envoy 1.40 does not honour ``failure_mode_allow`` on a full-duplex
+    stream (a picker that is down gave 500s, ``test_epp_unavailable_fail_open``), and a
+    picker that speaks the protocol must answer a buffered stream too. Its service is set per route (per pool); ``cluster`` is only the
     default Envoy requires. It sees the request after Pointsman's decision filter, so its body
     has the selected (or rewritten) model."""
     timeout = f"{options.message_timeout_ms / 1000:.3f}s"
@@ -191,8 +193,8 @@ def pool_picker_filter(options: EnvoyOptions, cluster: str) -> dict[str, Any]:
             "message_timeout": timeout,
             "processing_mode": {
                 "request_header_mode": "SEND",
-                "request_body_mode": "FULL_DUPLEX_STREAMED",
-                "request_trailer_mode": "SEND",
+                "request_body_mode": "BUFFERED",
+                "request_trailer_mode": "SKIP",
                 "response_header_mode": "SKIP",
                 "response_body_mode": "NONE",
                 "response_trailer_mode": "SKIP",

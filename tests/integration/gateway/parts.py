@@ -116,12 +116,10 @@ def vllm_router(workers: list[str], policy: str = "round_robin") -> Iterator[str
 
 
 class RoundRobinPicker(pb_grpc.ExternalProcessorServicer):
-    """Picks the next endpoint of its pool for every request, on the headers response of a
-    ``FULL_DUPLEX_STREAMED`` stream at the end of the body (as the protocol says): header and
-    ``envoy.lb`` metadata ``x-gateway-destination-endpoint``, plus ``x-test-picked-by`` so a test
-    can tell which component chose. Knows nothing of Pointsman."""
-
-    NAME = "round-robin-epp"
+    """Picks the next endpoint of its pool for every request, as the endpoint-picker protocol
+    says: header and ``envoy.lb`` metadata ``x-gateway-destination-endpoint``, on the answer to
+    the end of the body (``BUFFERED``: the headers are answered at once). Knows nothing of
+    Pointsman; :attr:`picks` records what it chose."""
 
     def __init__(self, endpoints: list[str]) -> None:
         self.endpoints = endpoints
@@ -132,44 +130,34 @@ class RoundRobinPicker(pb_grpc.ExternalProcessorServicer):
     def Process(
         self, request_iterator: Iterator[pb.ProcessingRequest], context: Any
     ) -> Iterator[pb.ProcessingResponse]:
-        body = bytearray()
         for request in request_iterator:
             which = request.WhichOneof("request")
-            if which == "request_headers" and request.request_headers.end_of_stream:
-                yield pb.ProcessingResponse(request_headers=pb.HeadersResponse())  # no body
+            if which == "request_headers":
+                yield pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+            elif which == "request_body" and request.request_body.end_of_stream:
+                yield self._decide()
             elif which == "request_body":
-                body += request.request_body.body
-                if request.request_body.end_of_stream:
-                    yield from self._decide(bytes(body))
+                yield pb.ProcessingResponse(request_body=pb.BodyResponse())
             elif which == "request_trailers":
                 yield pb.ProcessingResponse(request_trailers=pb.TrailersResponse())
 
-    def _decide(self, body: bytes) -> Iterator[pb.ProcessingResponse]:
+    def _decide(self) -> pb.ProcessingResponse:
         with self._lock:
             pick = next(self._next)
             self.picks.append(pick)
-        common = pb.CommonResponse(clear_route_cache=False)
-        for key, value in (
-            ("x-gateway-destination-endpoint", pick),
-            ("x-test-picked-by", self.NAME),
-            ("content-length", str(len(body))),
-        ):
-            common.header_mutation.set_headers.append(
-                base_pb2.HeaderValueOption(
-                    header=base_pb2.HeaderValue(key=key, raw_value=value.encode()),
-                    append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
-                )
+        common = pb.CommonResponse()
+        common.header_mutation.set_headers.append(
+            base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(
+                    key="x-gateway-destination-endpoint", raw_value=pick.encode()
+                ),
+                append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
             )
+        )
         metadata = struct_pb2.Struct()
         metadata.update({"envoy.lb": {"x-gateway-destination-endpoint": pick}})
-        yield pb.ProcessingResponse(
-            request_headers=pb.HeadersResponse(response=common), dynamic_metadata=metadata
-        )
-        chunk = pb.StreamedBodyResponse(body=body, end_of_stream=True)
-        yield pb.ProcessingResponse(
-            request_body=pb.BodyResponse(
-                response=pb.CommonResponse(body_mutation=pb.BodyMutation(streamed_response=chunk))
-            )
+        return pb.ProcessingResponse(
+            request_body=pb.BodyResponse(response=common), dynamic_metadata=metadata
         )
 
 
