@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import nats
@@ -57,16 +57,6 @@ def model_rewrite(
             ],
         },
     }
-
-
-@pytest.fixture
-async def kube() -> AsyncIterator[FakeKube]:
-    k = FakeKube()
-    await k.start()
-    try:
-        yield k
-    finally:
-        await k.stop()
 
 
 def kube_config(kube: FakeKube) -> KubernetesConfig:
