@@ -35,6 +35,9 @@ TARGETS = [
     "overlays/envoy-gateway",
     "overlays/inference-pool",
     "overlays/gpu",
+    "overlays/llm-d",
+    "overlays/production-stack",
+    "overlays/envoy-gateway-inference-pool",
 ]
 SERVICES = ["shim", "picker", "collector", "classifier"]
 IMAGES = {s: f"ghcr.io/pointsman/pointsman-{s}" for s in SERVICES}
@@ -149,6 +152,19 @@ def test_custom_resources_validate_against_their_crds(docs: list[dict[str, Any]]
         ),
         ("overlays/envoy-gateway", "BackendTrafficPolicy", ["spec", "healthCheck", "x"], {}),
         ("overlays/gpu", "ScaledObject", ["spec", "triggers", 0, "metricType"], "Average"),
+        (
+            "overlays/envoy-gateway-inference-pool",
+            "InferenceModelRewrite",
+            ["spec", "rules", 0, "targets", 0, "weight"],
+            0,
+        ),
+        (
+            "overlays/envoy-gateway-inference-pool",
+            "InferenceModelRewrite",
+            ["spec", "rules", 0, "matches", 0, "model", "type"],
+            "Prefix",
+        ),
+        ("overlays/envoy-gateway-inference-pool", "InferenceObjective", ["spec", "poolRef"], {}),
     ],
 )
 def test_crd_schemas_catch_mistakes(target: str, kind: str, path: list[Any], bad: Any) -> None:
@@ -332,7 +348,13 @@ def test_discovery_rbac_is_least_privilege(docs: list[dict[str, Any]]) -> None:
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 granted.add((group, resource))
-    assert granted == {("", "pods"), ("inference.networking.k8s.io", "inferencepools")}
+    expected = {("", "pods"), ("inference.networking.k8s.io", "inferencepools")}
+    if _config(docs)["collector"]["kubernetes"].get("policy", {}).get("enabled"):
+        expected |= {
+            ("inference.networking.x-k8s.io", "inferenceobjectives"),
+            ("inference.networking.x-k8s.io", "inferencemodelrewrites"),
+        }
+    assert granted == expected
     binding = _one(docs, "RoleBinding", "pointsman-collector-discovery")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"] == [
@@ -694,3 +716,63 @@ def test_gpu_overlay_puts_the_classifier_on_gpus_and_scales_it_on_its_queue() ->
     base = _one(render("base"), "Deployment", "pointsman-classifier")["spec"]["template"]["spec"]
     assert base["containers"][0]["image"].startswith(IMAGES["classifier"] + ":")
     assert "nvidia.com/gpu" not in base["containers"][0]["resources"].get("limits", {})
+
+
+# --- Pointsman in front of another endpoint picker ------------------------------------------
+
+
+def test_llm_d_overlay_selects_the_model_and_leaves_the_pod_to_llm_d() -> None:
+    docs = render("overlays/llm-d")
+    config = _config(docs)
+    assert config["shim"]["mode"] == "selector"
+    assert config["collector"]["kubernetes"]["policy"]["enabled"]
+    pools = _find(docs, "InferencePool")
+    assert {p["metadata"]["name"] for p in pools} == {"llama-3-8b", "mistral-7b"}
+    for pool in pools:
+        ref = pool["spec"]["endpointPickerRef"]
+        assert ref["name"] == f"{pool['metadata']['name']}-epp"  # llm-d's picker, not the shim
+        assert ref["failureMode"] == "FailOpen"
+    shim = _one(docs, "Service", "pointsman-shim")
+    port = next(p["port"] for p in shim["spec"]["ports"] if p["name"] == "grpc-extproc")
+    envoyfilter = _one(docs, "EnvoyFilter", "pointsman-selector")
+    gateway = _one(docs, "Gateway", "pointsman-inference-gateway")
+    assert envoyfilter["spec"]["workloadSelector"]["labels"] == {
+        "gateway.networking.k8s.io/gateway-name": gateway["metadata"]["name"]
+    }
+    (patch,) = envoyfilter["spec"]["configPatches"]
+    # first in the chain: the route (and so the pool and its picker) follows the selection
+    assert patch["patch"]["operation"] == "INSERT_FIRST"
+    extproc = patch["patch"]["value"]["typed_config"]
+    cluster = extproc["grpc_service"]["envoy_grpc"]["cluster_name"]
+    assert cluster == f"outbound|{port}||pointsman-shim.{NAMESPACE}.svc.cluster.local"
+    assert extproc["processing_mode"]["request_body_mode"] == config["shim"]["body_mode"]
+    assert extproc["failure_mode_allow"] is (config["shim"]["failure_mode"] == "fail-open")
+    route = _one(docs, "HTTPRoute", "pointsman-inference")
+    backends = {b["name"] for r in route["spec"]["rules"] for b in r["backendRefs"]}
+    assert backends == {p["metadata"]["name"] for p in pools}
+
+
+def test_production_stack_overlay_sends_every_model_to_the_router() -> None:
+    docs = render("overlays/production-stack")
+    assert _config(docs)["shim"]["mode"] == "selector"
+    route = _one(docs, "HTTPRoute", "pointsman-models")
+    for rule in route["spec"]["rules"]:
+        assert rule["backendRefs"] == [{"name": "vllm-router-service", "port": 80}]
+    policy = _one(docs, "EnvoyExtensionPolicy", "pointsman-extproc")
+    assert policy["spec"]["extProc"][0]["backendRefs"][0]["name"] == "pointsman-shim"
+
+
+def test_envoy_gateway_inference_pool_overlay_has_objectives_and_a_canary() -> None:
+    docs = render("overlays/envoy-gateway-inference-pool")
+    config = _config(docs)
+    assert _one(docs, "Gateway", "pointsman-inference-gateway")["spec"]["gatewayClassName"] == "eg"
+    pools = {p["metadata"]["name"] for p in _find(docs, "InferencePool")}
+    for kind in ("InferenceObjective", "InferenceModelRewrite"):
+        for doc in _find(docs, kind):
+            assert doc["spec"]["poolRef"]["name"] in pools
+    (rewrite,) = _find(docs, "InferenceModelRewrite")
+    targets = [t["modelRewrite"] for t in rewrite["spec"]["rules"][0]["targets"]]
+    adapters = config["picker"]["adapters"]
+    for target in targets:  # every target is a pool or an adapter of one
+        assert target in pools or adapters.get(target) in pools
+    assert config["collector"]["kubernetes"]["policy"] == {"enabled": True, "namespace": NAMESPACE}

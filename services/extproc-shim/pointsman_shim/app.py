@@ -32,6 +32,7 @@ def load_config(path: str | None) -> tuple[ShimConfig, NatsConfig, TracingConfig
 async def serve(config: ShimConfig, nats: NatsConfig, stop: asyncio.Event) -> None:
     shim_bus = Bus(nats)
     processor = Processor(config, shim_bus)
+    shim_bus.on_policy(processor.apply_policy)
     health = Health()
     health_port = await health.start(config.health_listen)
     server, port = await start_ext_proc(processor, config.listen)
@@ -42,7 +43,8 @@ async def serve(config: ShimConfig, nats: NatsConfig, stop: asyncio.Event) -> No
     ops = OpsServer(config.http_port, ready)
     http_port = await ops.start()
     log.info(
-        "shim listening: ext_proc %s (port %d), health port %d, http port %d; failure mode %s",
+        "shim (%s) listening: ext_proc %s (port %d), health port %d, http port %d; failure mode %s",
+        config.mode,
         config.listen,
         port,
         health_port,

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
 import nats.errors
 
 from pointsman import tracing
-from pointsman.bus import NatsConfig, ServiceBus
+from pointsman.bus import NatsConfig, Received, ServiceBus
 from pointsman.v1 import (
     CompletionEvent,
     ModelsReply,
@@ -32,6 +33,7 @@ from pointsman.v1 import (
 )
 from pointsman.v1.cache import CacheStore
 from pointsman.v1.classify import ClassifyReply, ClassifyRequest
+from pointsman.v1.policy import InferencePolicy
 from pointsman.v1.routes import Route
 
 log = logging.getLogger(__name__)
@@ -107,6 +109,18 @@ class Bus:
         """Best effort: a lost store is a later cache miss, never a failed response."""
         route = routes.CACHE_STORE
         await self.service.publish(route.subject, route.encode(message))
+
+    def on_policy(self, handler: Callable[[InferencePolicy], None]) -> None:
+        """Call ``handler`` with every InferencePolicy the collector publishes (declared before
+        :meth:`start`; a message that does not decode is logged and dropped)."""
+
+        async def received(msg: Received[InferencePolicy]) -> None:
+            if msg.body is None:
+                log.warning("bad policy message: %s", msg.error)
+                return
+            handler(msg.body)
+
+        self.service.subscriber(routes.POLICY)(received)
 
     async def close(self) -> None:
         await self.service.stop()

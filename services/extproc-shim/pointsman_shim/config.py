@@ -6,7 +6,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pointsman.v1.policy import ModelRewrite, RewriteRule, RewriteTarget
+
 FailureMode = Literal["fail-open", "fail-closed"]
+#: What the shim decides: ``full`` (the model, then the endpoint from Pointsman's picker),
+#: ``selector`` (the model only; the gateway routes by ``x-selected-model`` to a pool whose own
+#: endpoint picker chooses the pod) or ``picker`` (an endpoint picker for pools behind another
+#: model selector: no classifier, and the report headers of the stage before it are kept).
+Mode = Literal["full", "selector", "picker"]
 #: How a pool serves an API: ``native`` (its engine speaks it; the request passes through, made
 #: stateless) or ``chat`` (the shim translates it to chat completions and the answer back).
 ApiMode = Literal["native", "chat"]
@@ -79,11 +86,55 @@ class ResponsesStore(BaseModel):
     redis_retry_s: float = Field(default=1.0, ge=0)
 
 
+class RewriteTargetConfig(BaseModel):
+    """One weighted target of a rewrite rule."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1)
+    weight: int = Field(default=1, ge=1, le=1_000_000)
+
+
+class RewriteRuleConfig(BaseModel):
+    """Requests for one of ``matches`` (exact model names; empty: every request for the
+    rewrite's ``pool``) go to ``targets`` by weight."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    matches: list[str] = Field(default_factory=list)
+    targets: list[RewriteTargetConfig] = Field(min_length=1)
+
+
+class ModelRewriteConfig(BaseModel):
+    """An InferenceModelRewrite written in the config file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    pool: str = ""
+    rules: list[RewriteRuleConfig] = Field(min_length=1)
+
+    def contract(self) -> ModelRewrite:
+        return ModelRewrite(
+            name=self.name,
+            pool=self.pool,
+            rules=[
+                RewriteRule(
+                    models=list(r.matches),
+                    targets=[RewriteTarget(t.model, t.weight) for t in r.targets],
+                )
+                for r in self.rules
+            ],
+        )
+
+
 class ShimConfig(BaseModel):
     """Every key of the ``shim:`` section, with its default."""
 
     model_config = ConfigDict(extra="forbid")
 
+    #: ``full``, ``selector`` or ``picker`` (see :data:`Mode`).
+    mode: Mode = "full"
     #: ext_proc gRPC listen address.
     listen: str = "0.0.0.0:9002"
     #: gRPC health service (grpc.health.v1) listen address, separate so probes never queue
@@ -118,3 +169,6 @@ class ShimConfig(BaseModel):
     apis: Apis = Field(default_factory=Apis)
     #: The Responses API's stored responses (``GET``/``DELETE``, ``previous_response_id``).
     responses: ResponsesStore = Field(default_factory=ResponsesStore)
+    #: Model-name rewrites with weighted targets (InferenceModelRewrite in the config file);
+    #: those the collector reads from Kubernetes come after them.
+    model_rewrites: list[ModelRewriteConfig] = Field(default_factory=list)

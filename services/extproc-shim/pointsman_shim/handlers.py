@@ -52,11 +52,12 @@ from pointsman import tracing
 from pointsman.v1 import CompletionEvent, ModelsReply, PickReply
 from pointsman.v1.cache import CacheStore
 from pointsman.v1.classify import ClassifyReply
+from pointsman.v1.policy import InferencePolicy
 from pointsman_shim import envoy, metrics
 from pointsman_shim.bus import Bus, BusUnavailable
 from pointsman_shim.config import ShimConfig
 from pointsman_shim.core import headers as h
-from pointsman_shim.core import policy, sessions
+from pointsman_shim.core import policy, rewrite, sessions
 from pointsman_shim.core.dialects import openai_chat, openai_responses
 from pointsman_shim.core.dialects.base import (
     AnswerReading,
@@ -155,6 +156,12 @@ class Processor:
         self.dialects = dialects
         self.state = state if state is not None else ResponsesState(config.responses)
         self.full_duplex_default = config.body_mode == "FULL_DUPLEX_STREAMED"
+        self._config_rewrites = [r.contract() for r in config.model_rewrites]
+        self.rewrites = rewrite.Rewrites(self._config_rewrites)
+
+    def apply_policy(self, cluster: InferencePolicy) -> None:
+        """The InferenceModelRewrites the collector read from Kubernetes, after the config's."""
+        self.rewrites = rewrite.Rewrites(rewrite.ordered(self._config_rewrites, cluster.rewrites))
 
     async def process(
         self, requests: AsyncIterator[envoy.ProcessingRequest]
@@ -200,7 +207,7 @@ class Processor:
     ) -> list[envoy.ProcessingResponse]:
         stream.headers = envoy.header_map(request.request_headers)
         stream.request_id = stream.headers.get("x-request-id") or self.new_id()
-        stream.strip = h.to_strip(list(stream.headers))
+        stream.strip = h.to_strip(list(stream.headers), keep_reports=self.config.mode == "picker")
         if request.HasField("protocol_config"):
             stream.body_mode = request.protocol_config.request_body_mode
             stream.full_duplex = stream.body_mode == _PM.FULL_DUPLEX_STREAMED
@@ -326,7 +333,11 @@ class Processor:
             self._keep_turn(stream.turn, llm, session, stream.tenant)
 
         set_headers = decision.request_headers()
-        metadata: dict[str, dict[str, Any]] = {CONTEXT_NAMESPACE: _context(stream, routed)}
+        metadata: dict[str, dict[str, Any]] = {}
+        if not (self.config.mode == "picker" and stream.inline):
+            # An inline endpoint picker behind a model selector reads the response itself; the
+            # observer keeps the selector's context.
+            metadata[CONTEXT_NAMESPACE] = _context(stream, routed)
         if decision.endpoints:
             metadata[h.LB_NAMESPACE] = {h.DESTINATION: set_headers[h.DESTINATION]}
         out_body = raw if decision.body is None else decision.body
@@ -362,13 +373,22 @@ class Processor:
         take, before the picker reserves an endpoint for it."""
         classified: ClassifyReply | Unavailable | None = None
         translating = _translating(dialect)
-        if self.config.classifier.enabled and (translating is None or translating.generates):
+        mode = self.config.mode
+        if (
+            mode != "picker"
+            and self.config.classifier.enabled
+            and (translating is None or translating.generates)
+        ):
             classified = await self._classify(stream, llm, session)
         choice = policy.choose(
             llm, dialect, classified, self.config, now=self.clock(), nonce=self._nonce
         )
         if isinstance(choice, Answer):
             return choice
+        asked = choice.model
+        choice = policy.rewrite(choice, self.rewrites, stream.request_id)
+        if choice.rewrite is not None:
+            metrics.REWRITES.labels(choice.rewrite, asked, choice.model).inc()
         upstream = policy.prepare(llm, dialect, choice, self.config)
         if choice.changes.upstream == "chat" and stream.full_duplex and not stream.inline:
             raise RequestError(
@@ -380,7 +400,9 @@ class Processor:
                 reason="translation_unavailable",
                 type="server_error",
             )
-        picked = await self._pick(stream, llm, choice.model, session)
+        picked = (
+            None if mode == "selector" else await self._pick(stream, llm, choice.model, session)
+        )
         debug = "x-pointsman-debug" in stream.headers
         return policy.route(
             llm, dialect, choice, picked, self.config, debug=debug, upstream=upstream
@@ -478,12 +500,13 @@ class Processor:
             return reply
 
     async def _models(self, stream: Stream) -> envoy.ProcessingResponse:
-        """``GET /v1/models`` from the picker's view of the fleet."""
-        reply: ModelsReply | Unavailable
-        try:
-            reply = await self.bus.models(self.config.pick_timeout_ms / 1000)
-        except BusUnavailable as exc:
-            reply = self._bus_failed(exc.service, exc.kind)
+        """``GET /v1/models`` from the picker's view of the fleet (none in selector mode)."""
+        reply: ModelsReply | Unavailable | None = None
+        if self.config.mode != "selector":
+            try:
+                reply = await self.bus.models(self.config.pick_timeout_ms / 1000)
+            except BusUnavailable as exc:
+                reply = self._bus_failed(exc.service, exc.kind)
         return self._decided(stream, policy.list_models(reply, self.config, now=self.clock()))
 
     def _reject(self, stream: Stream, error: RequestError) -> envoy.ProcessingResponse:

@@ -77,3 +77,8 @@ SESSIONS = Counter(
     "Routed requests by where their session identity came from.",
     ["source"],  # header, previous_response, conversation, none
 )
+REWRITES = Counter(
+    "pointsman_shim_rewrites",
+    "Requests an InferenceModelRewrite sent to another model, by rewrite, asked and target model.",
+    ["rewrite", "model", "target"],
+)

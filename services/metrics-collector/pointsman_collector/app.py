@@ -26,6 +26,7 @@ from nats.js.api import StorageType
 from pointsman.bus import NatsConfig, ServiceBus
 from pointsman.runtime import OpsServer
 from pointsman.v1 import routes, subjects
+from pointsman.v1.policy import InferencePolicy
 from pointsman_collector.config import CollectorConfig
 from pointsman_collector.core import engines
 from pointsman_collector.core.endpoints import Endpoint, merge
@@ -68,7 +69,7 @@ def build_sources(cfg: CollectorConfig, config_path: str | None) -> list[Source]
         if not path.is_absolute():
             path = base / path
         sources.append(StaticFileSource(path, top_level_key=False, poll_s=poll_s))
-    if cfg.kubernetes.sources:
+    if cfg.kubernetes.sources or cfg.kubernetes.policy.enabled:
         from pointsman_collector.discovery.kubernetes import KubernetesDiscovery
 
         sources.append(KubernetesDiscovery(cfg.kubernetes, base_dir=base))
@@ -121,6 +122,11 @@ class Collector:
         self._tick_no = 0
         self._pending = 0
         self._tick_done: asyncio.Future[None] | None = None
+        self._policy: InferencePolicy | None = None
+        self._policy_changed = asyncio.Event()
+        for source in self._sources:
+            if hasattr(source, "on_policy"):  # Kubernetes: InferenceObjectives and rewrites
+                source.on_policy = self.set_policy
 
     # ----- lifecycle -------------------------------------------------------------------------
 
@@ -149,6 +155,8 @@ class Collector:
         for source in self._sources:
             self._tasks.append(asyncio.create_task(self._run_source(source), name=source.name))
         self._tasks.append(asyncio.create_task(self._tick_loop(), name="collector-ticks"))
+        if cfg.kubernetes.policy.enabled:
+            self._tasks.append(asyncio.create_task(self._policy_loop(), name="policy"))
         log.info(
             "collector %s started: interval %d ms, %d discovery sources, sharding %s",
             self.id,
@@ -254,6 +262,24 @@ class Collector:
     @property
     def owned(self) -> list[Endpoint]:
         return [st.endpoint for st in self._owned]
+
+    # ----- the inference policy ---------------------------------------------------------------
+
+    def set_policy(self, policy: InferencePolicy) -> None:
+        """The InferenceObjectives and InferenceModelRewrites changed: publish them now."""
+        self._policy = policy
+        self._policy_changed.set()
+
+    async def _policy_loop(self) -> None:
+        """Publish the policy on a change and every ``kubernetes.policy.interval_s`` (a shim or
+        picker that starts later gets it within that)."""
+        every = self.cfg.kubernetes.policy.interval_s
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._policy_changed.wait(), every)
+            self._policy_changed.clear()
+            if self._policy is not None:
+                await self.bus.publish(routes.POLICY.subject, routes.POLICY.encode(self._policy))
 
     # ----- scraping and publishing ------------------------------------------------------------
 

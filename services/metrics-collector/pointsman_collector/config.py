@@ -65,6 +65,16 @@ class KubernetesSource(_Strict):
         return self
 
 
+class PolicyWatchConfig(_Strict):
+    """InferenceObjectives and InferenceModelRewrites, published to the shims and pickers."""
+
+    #: Watch them (needs the Inference Extension's CRDs and read access to them).
+    enabled: bool = False
+    namespace: str = "default"
+    #: The policy is published at once on a change and again this often (for late joiners).
+    interval_s: float = Field(default=5.0, gt=0)
+
+
 class KubernetesConfig(_Strict):
     #: Path of a kubeconfig file; None = in-cluster service account, else ``$KUBECONFIG``.
     kubeconfig: str | None = None
@@ -73,6 +83,7 @@ class KubernetesConfig(_Strict):
     sources: list[KubernetesSource] = Field(default_factory=list)
     #: Seconds to wait before re-listing after a watch fails.
     retry_s: float = Field(default=2.0, gt=0)
+    policy: PolicyWatchConfig = PolicyWatchConfig()
 
 
 class ShardingConfig(_Strict):

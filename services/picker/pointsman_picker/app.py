@@ -43,6 +43,7 @@ class PickerApp:
         )
         self.bus.subscriber(routes.SNAPSHOTS)(self._on_snapshot)
         self.bus.subscriber(routes.COMPLETIONS)(self.handlers.completion)
+        self.bus.subscriber(routes.POLICY)(self.handlers.policy)
         self._serving = False
         self._tasks: list[asyncio.Task[None]] = []
         self._first_snapshot = asyncio.Event()

@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pointsman_picker.core.objectives import CRITICALITY, Criticality
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -36,6 +38,19 @@ class ProfileEntry(_Strict):
 class SaturationConfig(_Strict):
     queue_depth_threshold: int = Field(default=5, ge=0)
     kv_cache_util_threshold: float = Field(default=0.8, ge=0, le=1)
+
+
+class ObjectiveConfig(_Strict):
+    """An objective's priority, given directly or as the older InferenceModel criticality
+    (``Critical`` 1, ``Standard`` 0, ``Sheddable`` -1); ``priority`` wins when both are set."""
+
+    priority: int | None = None
+    criticality: Criticality | None = None
+
+    def value(self) -> int:
+        if self.priority is not None:
+            return self.priority
+        return CRITICALITY[self.criticality] if self.criticality else 0
 
 
 class PoolConfig(_Strict):
@@ -86,9 +101,18 @@ class PickerConfig(_Strict):
     #: Prompts shorter than this many UTF-8 bytes are not disaggregated.
     pd_threshold_bytes: int = Field(default=0, ge=0)
     saturation: SaturationConfig = Field(default_factory=SaturationConfig)
-    #: Objective name (``x-llm-d-inference-objective``) -> priority; below 0 may be shed.
-    objectives: dict[str, int] = Field(default_factory=dict)
+    #: Objective name (``x-gateway-inference-objective`` / ``x-llm-d-inference-objective``) ->
+    #: priority, or ``{priority, criticality}``; below 0 may be shed. InferenceObjectives from
+    #: Kubernetes (through the collector) add to these.
+    objectives: dict[str, int | ObjectiveConfig] = Field(default_factory=dict)
     #: Priority of a request that names no (known) objective and no priority.
     default_priority: int = 0
     pools: dict[str, PoolConfig] = Field(default_factory=dict)
     shared_state: SharedStateConfig = Field(default_factory=SharedStateConfig)
+
+    def objective_priorities(self) -> dict[str, int]:
+        """``objectives`` with every entry as its priority."""
+        return {
+            name: value if isinstance(value, int) else value.value()
+            for name, value in self.objectives.items()
+        }

@@ -25,6 +25,7 @@ from pointsman.v1 import (
     PoolSnapshot,
     routes,
 )
+from pointsman.v1.policy import InferencePolicy
 from pointsman_picker.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,13 @@ class Handlers:
             log.warning("bad snapshot on %s: %s", msg.subject, msg.error)
             return
         self._s.on_snapshot(msg.body)
+
+    async def policy(self, msg: Received[InferencePolicy]) -> None:
+        if msg.body is None:
+            self._t.bad_messages.labels(routes.POLICY.subject).inc()
+            log.warning("bad policy message: %s", msg.error)
+            return
+        self._s.on_policy(msg.body)
 
     async def completion(self, msg: Received[CompletionEvent]) -> None:
         if msg.body is None:

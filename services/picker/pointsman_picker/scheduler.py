@@ -20,8 +20,10 @@ from pointsman.v1 import (
     PoolInfo,
     PoolSnapshot,
 )
+from pointsman.v1.policy import InferencePolicy
 from pointsman_picker.config import PickerConfig
 from pointsman_picker.core.framework import Cycle, Update
+from pointsman_picker.core.objectives import Objectives
 from pointsman_picker.core.pipeline import Decision, schedule
 from pointsman_picker.core.request import to_request
 from pointsman_picker.plan import Plans, build_plans
@@ -51,6 +53,7 @@ class Scheduler:
         self.store = PoolStore(config.forget_after_s)
         self.in_flight = InFlight(config.in_flight_ttl_s)
         self.affinity = Affinity()
+        self.objectives = Objectives(config.objective_priorities())
         self.sink: Sink = _no_sink
         self._clock = clock
         self._rng = rng or random.Random()
@@ -67,6 +70,10 @@ class Scheduler:
         self.in_flight.release(f"{event.request_id}#prefill")
         if released:
             self.telemetry.completions.inc()
+
+    def on_policy(self, policy: InferencePolicy) -> None:
+        """InferenceObjectives from Kubernetes (the collector), under the config file's."""
+        self.objectives = Objectives(self.config.objective_priorities(), policy.objectives)
 
     def on_remote(self, updates: Sequence[Update]) -> None:
         """Apply another replica's decisions to local state."""
@@ -91,7 +98,7 @@ class Scheduler:
         req = to_request(
             pick,
             adapters=cfg.adapters,
-            objectives=cfg.objectives,
+            objectives=self.objectives,
             default_priority=cfg.default_priority,
         )
         metrics = self.store.metrics(req.pool)

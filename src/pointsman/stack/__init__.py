@@ -3,7 +3,9 @@
 It starts, in order: nats-server (unless ``NATS_URL`` names one), redis-server (when one is
 installed: the Responses API's state and the classifier's sessions live there), simulated vLLM
 replicas, the metrics-collector, the picker, the classifier (when enabled), the extproc-shim, and
-Envoy wired to the shim. Every part is a real process on loopback; :class:`Stack` is the same thing as a Python
+Envoy wired to the shim. ``--mode selector`` runs the model-selector shape instead: the shim
+chooses the model only, and a second shim in endpoint-picker mode (``shim.mode: picker``) is
+each pool's own endpoint picker behind it, as llm-d's or the Inference Extension's would be. Every part is a real process on loopback; :class:`Stack` is the same thing as a Python
 API for tests and benchmarks.
 """
 
@@ -81,6 +83,9 @@ class StackOptions:
     #: How Envoy gives the shim the response: see ``EnvoyOptions.response_path``.
     response_path: Literal["observer", "inline"] = "observer"
     failure_mode: Literal["fail-open", "fail-closed"] = "fail-open"
+    #: ``full``: one shim chooses model and endpoint; ``selector``: the shim chooses the model
+    #: and a second shim (``shim.mode: picker``) is every pool's endpoint picker.
+    mode: Literal["full", "selector"] = "full"
     #: Start the classifier service (None: when its package and torch are installed).
     classifier: bool | None = False
     nats_url: str | None = None
@@ -177,6 +182,9 @@ class Stack:
             "shim_grpc": free_port(),
             "shim_health": free_port(),
             "shim_http": free_port(),
+            "epp_grpc": free_port(),
+            "epp_health": free_port(),
+            "epp_http": free_port(),
             "collector_http": free_port(),
             "classifier_http": free_port(),
             "envoy_admin": free_port(),
@@ -186,6 +194,7 @@ class Stack:
             # the user's entries as written (labels, engines); simulators: plain addresses
             "pools": self.pools if o.simulate else user["pools"],
             "shim": {
+                "mode": o.mode,
                 "listen": f"127.0.0.1:{self.ports['shim_grpc']}",
                 "health_listen": f"127.0.0.1:{self.ports['shim_health']}",
                 "http_port": self.ports["shim_http"],
@@ -218,6 +227,8 @@ class Stack:
         if with_classifier:
             self._start_service("classifier", timeout=max(o.ready_timeout, 120))
         self._start_service("shim")
+        if o.mode == "selector":
+            self._start_pool_picker()
         self._start_envoy()
         self.gateway_url = f"http://{o.host}:{self.gateway_port}"
         self._wait_models()
@@ -311,6 +322,27 @@ class Stack:
             child, lambda: http_status(url) == 200, timeout or self.options.ready_timeout, name
         )
 
+    def _start_pool_picker(self) -> None:
+        """The pools' endpoint picker of the model-selector shape: a shim in ``picker`` mode
+        (the endpoint-picker protocol in front of Pointsman's picker), its own ports."""
+        shim = {
+            **self.config["shim"],
+            "mode": "picker",
+            "listen": f"127.0.0.1:{self.ports['epp_grpc']}",
+            "health_listen": f"127.0.0.1:{self.ports['epp_health']}",
+            "http_port": self.ports["epp_http"],
+            "classifier": {"enabled": False},
+        }
+        config_path = self.workdir / "pointsman-pool-picker.yaml"
+        config_path.write_text(yaml.safe_dump({**self.config, "shim": shim}, sort_keys=False))
+        argv = [sys.executable, "-m", _MODULES["shim"], "--config", str(config_path)]
+        child = spawn("pool-picker", argv, self.log_dir, env={"NATS_URL": self.nats_url})
+        self.children["pool-picker"] = child
+        url = f"http://127.0.0.1:{self.ports['epp_http']}/readyz"
+        wait_ready(
+            child, lambda: http_status(url) == 200, self.options.ready_timeout, "pool-picker"
+        )
+
     def _start_envoy(self) -> None:
         o = self.options
         shim = self.config["shim"]
@@ -326,6 +358,10 @@ class Stack:
             body_mode=o.body_mode,
             response_path=o.response_path,
             failure_mode_allow=o.failure_mode == "fail-open",
+            mode=o.mode,
+            pool_pickers={p: f"127.0.0.1:{self.ports['epp_grpc']}" for p in self.pools}
+            if o.mode == "selector"
+            else {},
             max_body_bytes=int(shim.get("max_body_bytes", 4 * 1024 * 1024)),
             gateway=configfile.section(self.config, "gateway", GatewayConfig),
         )
@@ -437,6 +473,15 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     p.add_argument("--pickers", type=int, default=1, help="picker replicas (default: 1)")
     p.add_argument(
+        "--mode",
+        choices=["full", "selector"],
+        default="full",
+        help="'full': the shim chooses the model and the endpoint; 'selector': the shim chooses "
+        "the model only (shim.mode: selector) and a second shim in endpoint-picker mode is each "
+        "pool's own picker behind it, the shape of Pointsman in front of llm-d or the Inference "
+        "Extension (default: full)",
+    )
+    p.add_argument(
         "--body-mode",
         choices=["BUFFERED", "FULL_DUPLEX_STREAMED"],
         default="BUFFERED",
@@ -507,6 +552,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "pointsman up") -> int:
         body_mode=args.body_mode,
         response_path=args.response_path,
         failure_mode=args.failure_mode,
+        mode=args.mode,
         classifier=args.classifier,
         redis=args.redis,
         workdir=args.workdir,

@@ -28,6 +28,9 @@ from pointsman.v1 import headers as reported
 
 TEMPLATE_NAME = "envoy.template.yaml"
 OBSERVER_FILTER = "pointsman.ext_proc.observe"
+#: Model-selector mode: the ext_proc filter of each pool's own endpoint picker (EPP), after
+#: Pointsman's decision filter; its gRPC service is set per route, i.e. per pool.
+POOL_PICKER_FILTER = "pointsman.ext_proc.pool_picker"
 #: The endpoint-picker protocol's names: metadata namespace and key of the picked endpoints.
 LB_NAMESPACE = "envoy.lb"
 DESTINATION = "x-gateway-destination-endpoint"
@@ -81,6 +84,16 @@ class EnvoyOptions:
     response_path: Literal["observer", "inline"] = "observer"
     #: The ``gateway:`` config section: extra API paths, retries, health checks.
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
+    #: ``full``: the shim picks the endpoint too. ``selector``: the shim (``shim.mode:
+    #: selector``) chooses the model only, and a pool listed in ``pool_pickers`` gets its pod
+    #: from that endpoint picker (a second ext_proc, the endpoint-picker protocol); a pool not
+    #: listed is balanced by Envoy (an InferencePool without an endpoint picker).
+    mode: Literal["full", "selector"] = "full"
+    #: Model-selector mode: pool -> ``host:port`` of its endpoint picker's ext_proc server.
+    pool_pickers: dict[str, str] = field(default_factory=dict)
+    #: Model-selector mode: serve a request when its pool's picker is down or slow (Envoy's
+    #: own balancing), as an InferencePool's ``failureMode: FailOpen``.
+    pool_picker_fail_open: bool = True
 
 
 def render(options: EnvoyOptions) -> dict[str, Any]:
@@ -104,6 +117,10 @@ def render(options: EnvoyOptions) -> dict[str, Any]:
     hcm = resources_["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     if options.response_path == "inline":
         hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != OBSERVER_FILTER]
+    pickers = _pool_pickers(options)
+    if pickers:
+        # Right after the decision filter: the model (and so the route) is chosen first.
+        hcm["http_filters"].insert(1, pool_picker_filter(options, next(iter(pickers.values()))))
     ext_procs = [f["name"] for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.router"]
     vhost = hcm["route_config"]["virtual_hosts"][0]
     vhost["response_headers_to_add"] = report_headers()
@@ -117,15 +134,127 @@ def render(options: EnvoyOptions) -> dict[str, Any]:
     default = options.default_pool or (sorted(options.pools)[0] if options.pools else None)
     if default is not None and default not in clusters:
         raise ValueError(f"default pool {default!r} is not one of the pools {sorted(clusters)}")
+    per_pool = {
+        model: _pool_picker_route_config(pickers.get(model), options.message_timeout_ms)
+        for model in clusters
+    } if options.mode == "selector" and pickers else {}  # fmt: skip
     vhost["routes"] = routes(
-        gateway.api_routes(), clusters, clusters[default] if default else None, ext_procs
+        gateway.api_routes(),
+        clusters,
+        clusters[default] if default else None,
+        ext_procs,
+        per_pool=per_pool,
+        default_pool=default,
     )
     if gateway.retries:
         vhost["retry_policy"] = retry_policy(gateway.retries)
     hcm["local_reply_config"]["mappers"] = local_reply_mappers()
     for model, name in clusters.items():
         resources_["clusters"].append(pool_cluster(name, options.pools[model], gateway))
+    if pickers:
+        for name, address in _epp_clusters(options.pool_pickers).items():
+            resources_["clusters"].append(_grpc_cluster(name, address))
     return config
+
+
+def _pool_pickers(options: EnvoyOptions) -> dict[str, str]:
+    """pool -> the cluster name of its endpoint picker (model-selector mode only)."""
+    if options.mode != "selector":
+        return {}
+    unknown = sorted(set(options.pool_pickers) - set(options.pools))
+    if unknown:
+        raise ValueError(f"pool_pickers names pools that are not pools: {unknown}")
+    by_address = {a: n for n, a in _epp_clusters(options.pool_pickers).items()}
+    return {model: by_address[address] for model, address in sorted(options.pool_pickers.items())}
+
+
+def _epp_clusters(pool_pickers: dict[str, str]) -> dict[str, str]:
+    """cluster name -> ``host:port``, one cluster per distinct picker address."""
+    addresses = sorted(set(pool_pickers.values()))
+    return {f"pool_picker_{i}": address for i, address in enumerate(addresses)}
+
+
+def pool_picker_filter(options: EnvoyOptions, cluster: str) -> dict[str, Any]:
+    """The second ext_proc of model-selector mode, as Inference Extension gateways configure
+    their endpoint picker: headers and the whole body, the pick read from ``envoy.lb`` metadata,
+    the subset hint forwarded. The body is ``BUFFERED``, not the protocol's
+    ``FULL_DUPLEX_STREAMED``: Envoy 1.40 does not honour ``failure_mode_allow`` on a full-duplex
+    stream (a picker that is down gave 500s, ``test_epp_unavailable_fail_open``), and a
+    picker that speaks the protocol must answer a buffered stream too. Its service is set per route (per pool); ``cluster`` is only the
+    default Envoy requires. It sees the request after Pointsman's decision filter, so its body
+    has the selected (or rewritten) model."""
+    timeout = f"{options.message_timeout_ms / 1000:.3f}s"
+    return {
+        "name": POOL_PICKER_FILTER,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": {"envoy_grpc": {"cluster_name": cluster}, "timeout": timeout},
+            "failure_mode_allow": options.pool_picker_fail_open,
+            "message_timeout": timeout,
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "request_body_mode": "BUFFERED",
+                "request_trailer_mode": "SKIP",
+                "response_header_mode": "SKIP",
+                "response_body_mode": "NONE",
+                "response_trailer_mode": "SKIP",
+            },
+            "metadata_options": {
+                "forwarding_namespaces": {"untyped": ["envoy.lb.subset_hint"]},
+                # envoy.lb: the pick; pointsman: a Pointsman picker's context for the observer.
+                "receiving_namespaces": {"untyped": ["envoy.lb", "pointsman"]},
+            },
+        },
+    }
+
+
+def _pool_picker_route_config(cluster: str | None, timeout_ms: int) -> dict[str, Any]:
+    """A pool route's setting of the pool-picker filter: its own picker, or none."""
+    if cluster is None:
+        return {"@type": _EXT_PROC_PER_ROUTE, "disabled": True}
+    return {
+        "@type": _EXT_PROC_PER_ROUTE,
+        "overrides": {
+            "grpc_service": {
+                "envoy_grpc": {"cluster_name": cluster},
+                "timeout": f"{timeout_ms / 1000:.3f}s",
+            }
+        },
+    }
+
+
+def _grpc_cluster(name: str, address: str) -> dict[str, Any]:
+    host, _, port = address.rpartition(":")
+    return {
+        "name": name,
+        "type": "STRICT_DNS",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {
+                                        "address": host.strip("[]"),
+                                        "port_value": int(port),
+                                    }
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
 
 
 def routes(
@@ -133,13 +262,24 @@ def routes(
     pools: dict[str, str],
     default_cluster: str | None,
     ext_procs: list[str],
+    *,
+    per_pool: dict[str, dict[str, Any]] | None = None,
+    default_pool: str | None = None,
 ) -> list[dict[str, Any]]:
     """The route table: 405 for a wrong method on an API path, then one route per pool chosen
     by the shim's ``x-selected-model``, the default pool (shim down), and 404 for the rest.
 
     The 404 and 405 answers are Envoy's own, with every ext_proc filter off for them: neither the
-    shim nor an engine ever sees such a request.
+    shim nor an engine ever sees such a request. ``per_pool`` (model-selector mode): each pool
+    route's setting of the pool-picker filter.
     """
+    per_pool = per_pool or {}
+
+    def picker_of(model: str | None) -> dict[str, Any]:
+        if model is None or model not in per_pool:
+            return {}
+        return {"typed_per_filter_config": {POOL_PICKER_FILTER: per_pool[model]}}
+
     off = {name: {"@type": _EXT_PROC_PER_ROUTE, "disabled": True} for name in ext_procs}
     out: list[dict[str, Any]] = []
     for api_route in api:
@@ -178,6 +318,7 @@ def routes(
                     "headers": [{"name": "x-selected-model", "string_match": {"exact": model}}],
                 },
                 "route": {"cluster": cluster, "timeout": "0s"},
+                **picker_of(model),
             }
         )
     if default_cluster is not None:
@@ -186,6 +327,7 @@ def routes(
                 "name": "default-pool",
                 "match": any_api,
                 "route": {"cluster": default_cluster, "timeout": "0s"},
+                **picker_of(default_pool),
             }
         )
     out.append(

@@ -24,6 +24,8 @@ ENDPOINT = "x-pointsman-endpoint"
 #: ``previous_response`` (the session of the response it continues) or ``conversation`` (a hash
 #: of the conversation's opening turns).
 SESSION = "x-pointsman-session"
+#: The target an InferenceModelRewrite sent the request to (a canary, one side of a split).
+REWRITE = "x-pointsman-rewrite"
 
 #: Set by the classifier (see services/classifier/README.md, "Headers").
 CLASSIFIER = (
@@ -45,4 +47,13 @@ CLASSIFIER = (
 )
 
 #: Request headers the gateway copies onto the response, in this order.
-REPORTED = (SELECTED_MODEL, ROUTE, ROUTE_CLASSIFIER, PREFILLER, SCORES, SESSION, *CLASSIFIER)
+REPORTED = (
+    SELECTED_MODEL,
+    ROUTE,
+    ROUTE_CLASSIFIER,
+    PREFILLER,
+    SCORES,
+    SESSION,
+    REWRITE,
+    *CLASSIFIER,
+)

@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from pointsman.v1 import cache, classify, subjects
+from pointsman.v1 import cache, classify, policy, subjects
 from pointsman.v1.cache import CacheEvent, CacheStore
 from pointsman.v1.classify import ClassifyReply, ClassifyRequest
 from pointsman.v1.messages import (
@@ -29,6 +29,7 @@ from pointsman.v1.messages import (
     PickRequest,
     PoolSnapshot,
 )
+from pointsman.v1.policy import InferencePolicy
 
 Req = TypeVar("Req", bound=msgspec.Struct)
 Rep = TypeVar("Rep", bound=msgspec.Struct)
@@ -99,6 +100,8 @@ CACHE_EVENTS: Route[CacheEvent, Any] = Route(cache.CACHE_EVENTS, CacheEvent)
 COLLECTOR_HEARTBEAT: Route[CollectorAnnounce, Any] = Route(
     subjects.COLLECTOR_HEARTBEAT, CollectorAnnounce
 )
+#: Pub/sub, collector -> every shim and picker: InferenceObjectives and InferenceModelRewrites.
+POLICY: Route[InferencePolicy, Any] = Route(policy.POLICY, InferencePolicy)
 
 #: Every route, for documentation and tests.
 ALL: tuple[Route[Any, Any], ...] = (
@@ -110,4 +113,5 @@ ALL: tuple[Route[Any, Any], ...] = (
     CACHE_STORE,
     CACHE_EVENTS,
     COLLECTOR_HEARTBEAT,
+    POLICY,
 )

@@ -14,6 +14,14 @@ from typing import Any
 from aiohttp import web
 
 POOLS_PATH = "/apis/inference.networking.k8s.io/v1/namespaces/{ns}/inferencepools"
+X_PATH = "/apis/inference.networking.x-k8s.io/v1alpha2/namespaces/{ns}/"
+#: kind -> (apiVersion, list kind): what each collection answers.
+KINDS = {
+    "pods": ("v1", "PodList"),
+    "pools": ("inference.networking.k8s.io/v1", "InferencePoolList"),
+    "objectives": ("inference.networking.x-k8s.io/v1alpha2", "InferenceObjectiveList"),
+    "rewrites": ("inference.networking.x-k8s.io/v1alpha2", "InferenceModelRewriteList"),
+}
 
 
 def pod(
@@ -70,7 +78,7 @@ class _Watcher:
 class FakeKube:
     def __init__(self) -> None:
         self.rv = 100
-        self.objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {"pods": {}, "pools": {}}
+        self.objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {k: {} for k in KINDS}
         self.watchers: list[_Watcher] = []
         self.history: list[tuple[int, str, dict[str, Any]]] = []
         self.lists = 0
@@ -105,6 +113,14 @@ class FakeKube:
         key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
         self._put("pools", obj, "MODIFIED" if key in self.objects["pools"] else "ADDED")
 
+    def apply(self, kind: str, obj: dict[str, Any]) -> None:
+        """Create or update an object of any kind (``objectives``, ``rewrites``, ...)."""
+        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        self._put(kind, obj, "MODIFIED" if key in self.objects[kind] else "ADDED")
+
+    def delete(self, kind: str, name: str, ns: str = "default") -> None:
+        self._put(kind, self.objects[kind][(ns, name)], "DELETED")
+
     def expire_watches(self) -> None:
         """Answer every open watch with 410 Gone, as the API server does after compaction."""
         gone = {
@@ -137,8 +153,7 @@ class FakeKube:
         if request.query.get("watch") not in ("true", "True", "1"):
             self.lists += 1
             items = [o for o in self.objects[kind].values() if self._selected(w, o)]
-            list_kind = "PodList" if kind == "pods" else "InferencePoolList"
-            api = "v1" if kind == "pods" else "inference.networking.k8s.io/v1"
+            api, list_kind = KINDS[kind]
             return web.json_response(
                 {
                     "apiVersion": api,
@@ -188,8 +203,16 @@ class FakeKube:
         async def pools(r: web.Request) -> web.StreamResponse:
             return await self._serve(r, "pools")
 
+        async def objectives(r: web.Request) -> web.StreamResponse:
+            return await self._serve(r, "objectives")
+
+        async def rewrites(r: web.Request) -> web.StreamResponse:
+            return await self._serve(r, "rewrites")
+
         app.router.add_get("/api/v1/namespaces/{ns}/pods", pods)
         app.router.add_get(POOLS_PATH, pools)
+        app.router.add_get(X_PATH + "inferenceobjectives", objectives)
+        app.router.add_get(X_PATH + "inferencemodelrewrites", rewrites)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", 0).start()

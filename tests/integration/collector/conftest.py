@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from collector_fake_kube import FakeKube  # type: ignore[import-not-found]
 
 FIXTURES = Path(__file__).parents[2] / "unit" / "collector" / "fixtures"
 
@@ -93,3 +94,14 @@ async def fleet() -> AsyncIterator[EngineFleet]:
 def unique() -> str:
     """A suffix that keeps this test's subjects, buckets and pools apart from other tests'."""
     return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture
+async def kube() -> AsyncIterator[FakeKube]:
+    """The fake Kubernetes API server (collector_fake_kube), started and stopped per test."""
+    k = FakeKube()
+    await k.start()
+    try:
+        yield k
+    finally:
+        await k.stop()

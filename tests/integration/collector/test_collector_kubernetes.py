@@ -22,16 +22,6 @@ from pointsman_collector.discovery.kubernetes import KubernetesDiscovery
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-async def kube() -> AsyncIterator[FakeKube]:
-    k = FakeKube()
-    await k.start()
-    try:
-        yield k
-    finally:
-        await k.stop()
-
-
 class View:
     def __init__(self) -> None:
         self.endpoints: list[Endpoint] = []

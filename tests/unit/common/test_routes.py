@@ -19,6 +19,7 @@ WIRE = {
     "CACHE_STORE": ("pointsman.v1.cache.store", "pointsman-classifier-cache", False),
     "CACHE_EVENTS": ("pointsman.v1.cache.events", "", False),
     "COLLECTOR_HEARTBEAT": ("pointsman.v1.collector.heartbeat", "", False),
+    "POLICY": ("pointsman.v1.policy", "", False),
 }
 
 

@@ -133,6 +133,11 @@ def test_debug_scores() -> None:
         ({"x-pointsman-priority": "-5"}, (-5, None)),
         ({"x-pointsman-priority": "7", "x-llm-d-inference-objective": "batch"}, (7, "batch")),
         ({"x-pointsman-priority": "junk", "x-llm-d-inference-objective": "batch"}, (-1, "batch")),
+        ({"x-gateway-inference-objective": "critical"}, (10, "critical")),
+        (
+            {"x-gateway-inference-objective": "critical", "x-llm-d-inference-objective": "batch"},
+            (10, "critical"),
+        ),
     ],
 )
 def test_priority(headers: dict[str, str], expected: tuple[int, str | None]) -> None:

@@ -20,6 +20,7 @@ ROUTE = reported.ROUTE
 ROUTE_CLASSIFIER = reported.ROUTE_CLASSIFIER
 SCORES = reported.SCORES
 SESSION = reported.SESSION
+REWRITE = reported.REWRITE
 SESSION_ID = "x-session-id"
 ERROR = "x-pointsman-error"
 SHED_REASON = "x-pointsman-shed-reason"
@@ -32,6 +33,9 @@ SUBSET_NAMESPACE = "envoy.lb.subset_hint"
 
 #: Set only by the shim: any client-sent value is removed before routing.
 ROUTING_HEADERS = (DESTINATION, DESTINATION_SERVED, SUBSET, PREFILLER, SELECTED_MODEL)
+#: What an endpoint picker behind another model selector (``shim.mode: picker``) removes: the
+#: endpoint headers only; the model and the report headers are the selector's.
+ENDPOINT_HEADERS = (DESTINATION, DESTINATION_SERVED, SUBSET, PREFILLER)
 #: Client headers of ours that are inputs, not decisions; kept and forwarded to the services.
 CLIENT_INPUTS = frozenset({"x-pointsman-priority", "x-pointsman-debug"})
 #: Request headers the picker and classifier read (never credentials).
@@ -48,8 +52,14 @@ FORWARDED = frozenset(
 )
 
 
-def to_strip(names: list[str]) -> list[str]:
-    """The client-sent headers (lower-case names) that must be removed before routing."""
+def to_strip(names: list[str], *, keep_reports: bool = False) -> list[str]:
+    """The client-sent headers (lower-case names) that must be removed before routing.
+
+    ``keep_reports``: the shim is the endpoint picker behind another stage that chose the model
+    (``shim.mode: picker``); the headers that stage set are kept, only endpoint headers go.
+    """
+    if keep_reports:
+        return [name for name in names if name in ENDPOINT_HEADERS]
     out = []
     for name in names:
         if name in ROUTING_HEADERS or (

@@ -37,6 +37,7 @@ from pointsman_shim.core.dialects.base import (
     Upstream,
 )
 from pointsman_shim.core.errors import RequestError
+from pointsman_shim.core.rewrite import Rewrites
 from pointsman_shim.core.sessions import Session
 
 MODELS_PATH = "/v1/models"
@@ -90,7 +91,8 @@ class Choice:
     """The model to ask the picker for, and what else the classifier (or its absence) decided.
 
     ``route`` is ``default-model`` when an auto name went to ``shim.default_model`` because no
-    classifier was asked; ``headers`` are the report headers so far.
+    classifier was asked; ``headers`` are the report headers so far. ``rewrite`` names the
+    InferenceModelRewrite that moved the model, when one did.
     """
 
     changes: BodyChanges
@@ -98,6 +100,7 @@ class Choice:
     headers: dict[str, str] = field(default_factory=dict)
     cache_token: str | None = None
     fail_open: tuple[str, ...] = ()
+    rewrite: str | None = None
 
     @property
     def model(self) -> str:
@@ -108,8 +111,9 @@ class Choice:
 class Route:
     """Send the request upstream.
 
-    ``route`` is ``picked``, ``default-model`` or ``fail-open`` (no endpoints: Envoy's own load
-    balancing); ``endpoints`` are ordered best first. ``headers`` are the report headers, set on
+    ``route`` is ``picked``, ``default-model``, ``selected`` (model-selector mode: the gateway's
+    pool picker chooses) or ``fail-open`` (no endpoints: Envoy's own load balancing);
+    ``endpoints`` are ordered best first. ``headers`` are the report headers, set on
     the routed request and, when the shim sees the response, on the response. ``body`` is the new
     request body (``None``: the client's bytes), ``path`` a new ``:path`` (a dialect that
     translates to another API). ``cache_token`` asks for the answer to be stored.
@@ -275,6 +279,18 @@ def choose(
     )
 
 
+def rewrite(choice: Choice, rewrites: Rewrites, key: str) -> Choice:
+    """The choice after the model-name rewrites (InferenceModelRewrite): the target drawn for
+    this request (``key``: its id) in place of the model, named in ``x-pointsman-rewrite``."""
+    moved = rewrites.apply(choice.model, key) if rewrites else None
+    if moved is None:
+        return choice
+    choice.changes.model = moved.model
+    choice.headers[h.REWRITE] = moved.model
+    choice.rewrite = moved.rewrite
+    return choice
+
+
 def prepare(request: LLMRequest, dialect: Dialect, choice: Choice, config: ShimConfig) -> Upstream:
     """What goes upstream for the chosen model: the dialect's rewrite, told how the model's pool
     serves the API (``shim.apis``). Asked before the picker, so that a request the pool cannot
@@ -290,20 +306,24 @@ def route(
     request: LLMRequest,
     dialect: Dialect,
     choice: Choice,
-    picked: PickReply | Unavailable,
+    picked: PickReply | Unavailable | None,
     config: ShimConfig,
     *,
     debug: bool = False,
     upstream: Upstream | None = None,
 ) -> Route | Answer:
     """Step 2: the endpoints, from the picker's reply; ``debug`` reports the picker's scores.
-    ``upstream`` is :func:`prepare`'s answer when the caller asked it before the picker."""
+    ``upstream`` is :func:`prepare`'s answer when the caller asked it before the picker.
+    ``picked`` is ``None`` in model-selector mode: no endpoints, the gateway's pool picks."""
     model = choice.model
     headers = dict(choice.headers)
     endpoints: list[str] = []
     label = choice.route
     fail_open = choice.fail_open
-    if isinstance(picked, Unavailable):
+    if picked is None:
+        if label == "picked":
+            label = "selected"
+    elif isinstance(picked, Unavailable):
         if config.failure_mode == "fail-closed":
             return reject(unavailable(picked), dialect, fail_open)
         fail_open = (*fail_open, "picker")
@@ -352,10 +372,13 @@ def route(
 
 
 def list_models(
-    reply: ModelsReply | Unavailable, config: ShimConfig, *, now: float
+    reply: ModelsReply | Unavailable | None, config: ShimConfig, *, now: float
 ) -> Answer | Passthrough:
     """``GET /v1/models`` from the picker's view of the fleet, in OpenAI's list format, with the
-    auto names when something can resolve them (a classifier, a default model)."""
+    auto names when something can resolve them (a classifier, a default model). ``None``: there
+    is no picker to ask (model-selector mode), the request passes to the gateway's route."""
+    if reply is None:  # model-selector mode: the pools' own routers list their models
+        return Passthrough()
     if isinstance(reply, Unavailable):
         if config.failure_mode == "fail-closed":
             return reject(unavailable(reply), openai_chat.DIALECT)

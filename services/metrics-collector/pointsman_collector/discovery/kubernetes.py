@@ -8,6 +8,11 @@ a change to either restarts the pod watch with the new selector.
 
 Only pods that are Running, Ready, have an IP and are not being deleted become endpoints, like
 the endpoint picker of the Gateway API Inference Extension does.
+
+With ``kubernetes.policy.enabled`` the same client lists and watches the Inference Extension's
+InferenceObjectives and InferenceModelRewrites (``inference.networking.x-k8s.io/v1alpha2``) the
+same way, and hands the policy they make (:mod:`pointsman_collector.core.policy`) to
+``on_policy`` on every change.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from typing import Any
 from kubernetes_asyncio import client, config, watch
 
 from pointsman.runtime import retry
+from pointsman.v1.policy import InferencePolicy
 from pointsman_collector.config import KubernetesConfig, KubernetesSource
+from pointsman_collector.core import policy as policy_core
 from pointsman_collector.core.endpoints import Endpoint
 from pointsman_collector.discovery import Report
 
@@ -32,6 +39,11 @@ GROUP = "inference.networking.k8s.io"
 VERSION = "v1"
 PLURAL = "inferencepools"
 WATCH_SECONDS = 240
+#: The Inference Extension's experimental group: InferenceObjective, InferenceModelRewrite.
+X_GROUP = "inference.networking.x-k8s.io"
+X_VERSION = "v1alpha2"
+OBJECTIVES = "inferenceobjectives"
+REWRITES = "inferencemodelrewrites"
 
 
 def pod_ready(pod: Mapping[str, Any]) -> bool:
@@ -226,14 +238,102 @@ async def _watch_from(
                     await changed(kind, obj)
 
 
+class _PolicyWatch:
+    """InferenceObjectives and InferenceModelRewrites of one namespace, kept current: each kind
+    is listed, then watched from the list's version; a failed watch (410 Gone, ...) lists again
+    after ``retry_s``. Objects that do not have their CRD's shape are logged and left out."""
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        cfg: KubernetesConfig,
+        on_policy: Callable[[InferencePolicy], None],
+    ) -> None:
+        self.api = api
+        self.namespace = cfg.policy.namespace
+        self.retry_s = cfg.retry_s
+        self.on_policy = on_policy
+        self.pools = {s.inference_pool: s.pool for s in cfg.sources if s.inference_pool}
+        self.objects: dict[str, dict[str, dict[str, Any]]] = {OBJECTIVES: {}, REWRITES: {}}
+        self.listed: set[str] = set()
+        self._last: InferencePolicy | None = None
+
+    async def run(self) -> None:
+        await asyncio.gather(self._follow(OBJECTIVES), self._follow(REWRITES))
+
+    async def _follow(self, plural: str) -> None:
+        await retry(
+            f"watch of {self.namespace}/{plural}",
+            lambda: self._follow_once(plural),
+            delay=self.retry_s,
+        )
+
+    async def _follow_once(self, plural: str) -> None:
+        custom = client.CustomObjectsApi(self.api)
+        listed: Any = await custom.list_namespaced_custom_object(
+            X_GROUP, X_VERSION, self.namespace, plural
+        )
+        self.objects[plural] = {
+            _object_name(o): o for o in listed.get("items") or [] if _object_name(o)
+        }
+        self.listed.add(plural)
+        self._changed()
+        rv = (listed.get("metadata") or {}).get("resourceVersion")
+
+        async def changed(kind: str, obj: dict[str, Any]) -> None:
+            name = _object_name(obj)
+            if kind == "DELETED":
+                self.objects[plural].pop(name, None)
+            elif name:
+                self.objects[plural][name] = obj
+            self._changed()
+
+        await _watch_from(
+            rv, changed, custom.list_namespaced_custom_object, X_GROUP, X_VERSION,
+            self.namespace, plural,
+        )  # fmt: skip
+
+    def _changed(self) -> None:
+        if self.listed != {OBJECTIVES, REWRITES}:
+            return  # both kinds listed first: never publish half a policy
+        objectives, rewrites = [], []
+        for name, obj in self.objects[OBJECTIVES].items():
+            try:
+                objectives.append(policy_core.objective(obj, self.pools))
+            except policy_core.PolicyError as exc:
+                log.warning("InferenceObjective %s skipped: %s", name, exc)
+        for name, obj in self.objects[REWRITES].items():
+            try:
+                rewrites.append(policy_core.rewrite(obj, self.pools))
+            except policy_core.PolicyError as exc:
+                log.warning("InferenceModelRewrite %s skipped: %s", name, exc)
+        built = policy_core.build(objectives, rewrites, source=f"kubernetes/{self.namespace}")
+        if built != self._last:
+            self._last = built
+            log.info("inference policy: %d objectives, %d rewrites", len(objectives), len(rewrites))
+            self.on_policy(built)
+
+
+def _object_name(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("name") or "")
+
+
 class KubernetesDiscovery:
-    """Every configured Kubernetes source, reported as one view."""
+    """Every configured Kubernetes source, reported as one view; and, when configured, the
+    inference policy (:class:`_PolicyWatch`), handed to ``on_policy``."""
 
     name = "kubernetes"
 
-    def __init__(self, cfg: KubernetesConfig, *, base_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        cfg: KubernetesConfig,
+        *,
+        base_dir: Path | None = None,
+        on_policy: Callable[[InferencePolicy], None] | None = None,
+    ) -> None:
         self.cfg = cfg
         self._base = base_dir or Path.cwd()
+        self.on_policy = on_policy
 
     async def _client(self) -> client.ApiClient:
         conf = client.Configuration()
@@ -256,6 +356,11 @@ class KubernetesDiscovery:
         changed = asyncio.Event()
         watches = [_SourceWatch(api, s, self.cfg.retry_s, changed) for s in self.cfg.sources]
         tasks = [asyncio.create_task(w.run(), name=w.name) for w in watches]
+        if self.cfg.policy.enabled and self.on_policy is not None:
+            policy = _PolicyWatch(api, self.cfg, self.on_policy)
+            tasks.append(asyncio.create_task(policy.run(), name="inference-policy"))
+        if not watches:
+            report(self.name, [])  # a policy-only source: no endpoints of its own
         try:
             last: list[Endpoint] | None = None
             while True:

@@ -129,10 +129,23 @@ def _role(e: Endpoint, label: str) -> str:
     return e.labels.get(label, "both")
 
 
+def in_subset(address: str, subset: frozenset[str]) -> bool:
+    """Whether the proxy's subset hint allows ``address`` (``host:port``): an entry with a port
+    names that endpoint (one data-parallel rank of a pod), an entry without one names the host
+    (every rank of the pod), as the Inference Extension's conformance picker reads it."""
+    if address in subset:
+        return True
+    host = address.rpartition(":")[0]
+    return host in subset or host.strip("[]") in subset
+
+
 def schedule(plan: PoolPlan, cycle: Cycle, endpoints: Sequence[Endpoint]) -> Decision:
     req = cycle.request
+    subset = req.subset
     candidates = (
-        list(endpoints) if req.subset is None else [e for e in endpoints if e.address in req.subset]
+        list(endpoints)
+        if subset is None
+        else [e for e in endpoints if in_subset(e.address, subset)]
     )
     if req.priority < 0 and saturated(candidates, cycle.now, plan):
         return Decision(PickStatus.SHED, reason="saturated")

@@ -5,31 +5,37 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from pointsman.v1 import PickRequest
+from pointsman_picker.core.objectives import Objectives
 from pointsman_picker.core.types import Request
 
 SESSION_HEADER = "x-session-id"
-OBJECTIVE_HEADER = "x-llm-d-inference-objective"
+#: The Inference Extension's objective header; llm-d's older name is read when it is absent.
+OBJECTIVE_HEADER = "x-gateway-inference-objective"
+LLMD_OBJECTIVE_HEADER = "x-llm-d-inference-objective"
 PRIORITY_HEADER = "x-pointsman-priority"
 DEBUG_HEADER = "x-pointsman-debug"
 
 
 def priority_of(
-    headers: Mapping[str, str], objectives: Mapping[str, int], default: int = 0
+    headers: Mapping[str, str], objectives: Objectives | Mapping[str, int], default: int = 0
 ) -> tuple[int, str | None]:
     """(priority, objective): our direct priority header wins, then a known objective.
 
     A malformed priority header or an unknown objective falls back to ``default`` rather than
     failing the request: shedding is a policy, not validation.
     """
-    objective = headers.get(OBJECTIVE_HEADER) or None
+    if not isinstance(objectives, Objectives):
+        objectives = Objectives(objectives)
+    objective = headers.get(OBJECTIVE_HEADER) or headers.get(LLMD_OBJECTIVE_HEADER) or None
     direct = headers.get(PRIORITY_HEADER)
     if direct is not None:
         try:
             return int(direct.strip()), objective
         except ValueError:
             pass
-    if objective is not None and objective in objectives:
-        return objectives[objective], objective
+    known = objectives.priority(objective) if objective is not None else None
+    if known is not None:
+        return known, objective
     return default, objective
 
 
@@ -37,7 +43,7 @@ def to_request(
     pick: PickRequest,
     *,
     adapters: Mapping[str, str],
-    objectives: Mapping[str, int],
+    objectives: Objectives | Mapping[str, int],
     default_priority: int = 0,
 ) -> Request:
     pool = adapters.get(pick.model, pick.model)
