@@ -50,6 +50,8 @@ async def serve(config: ShimConfig, nats: NatsConfig, stop: asyncio.Event) -> No
         config.failure_mode,
     )
     connector = asyncio.create_task(shim_bus.start(stop))
+    # A refused credential (CredentialError) ends the shim as it ends every service.
+    connector.add_done_callback(lambda t: _stop_if_failed(t, stop))
 
     async def track_readiness() -> None:
         last: bool | None = None
@@ -71,3 +73,10 @@ async def serve(config: ShimConfig, nats: NatsConfig, stop: asyncio.Event) -> No
     await shim_bus.close()
     await health.stop()
     await ops.stop()
+    if connector.done() and not connector.cancelled() and connector.exception() is not None:
+        raise connector.exception()  # type: ignore[misc]
+
+
+def _stop_if_failed(task: asyncio.Task[bool], stop: asyncio.Event) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        stop.set()

@@ -4,6 +4,11 @@ It starts, in order: nats-server (unless ``NATS_URL`` names one), simulated vLLM
 metrics-collector, the picker, the classifier (when enabled), the extproc-shim, and Envoy wired to
 the shim. Every part is a real process on loopback; :class:`Stack` is the same thing as a Python
 API for tests and benchmarks.
+
+Secure by default: the nats-server it starts requires each service's own NKey, with the subject
+permissions of :mod:`pointsman.natsauth` (generated at start in the run directory's
+``credentials/``, :mod:`pointsman.stack.credentials`), optionally over TLS from a throwaway CA
+(``--nats-tls``); every port binds 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any, Literal
 import yaml
 
 from pointsman import configfile
+from pointsman.stack import credentials
 from pointsman.stack.envoy import EnvoyOptions, render_yaml
 from pointsman.stack.gateway import GatewayConfig
 from pointsman.stack.procs import (
@@ -82,6 +88,11 @@ class StackOptions:
     #: Start the classifier service (None: when its package and torch are installed).
     classifier: bool | None = False
     nats_url: str | None = None
+    #: Start nats-server with authorization: one generated NKey per service (off: an open bus,
+    #: only for benchmarks that measure what authentication costs).
+    nats_auth: bool = True
+    #: nats-server over TLS, with a throwaway CA generated at start.
+    nats_tls: bool = False
     workdir: Path | None = None
     #: Sections merged over everything else (tests use it to tune deadlines).
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -114,6 +125,9 @@ class Stack:
         self._requested_port = self.options.gateway_port
         self.gateway_port = self.options.gateway_port
         self.ports: dict[str, int] = {}
+        #: Each service identity's NATS credential (when this stack started nats-server).
+        self.identities: dict[str, credentials.Identity] = {}
+        self.nats_section: dict[str, Any] = {}
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -174,24 +188,31 @@ class Stack:
             "classifier_http": free_port(),
             "envoy_admin": free_port(),
         }
+        nats_section = dict(self.nats_section) or {
+            k: v for k, v in (user.get("nats") or {}).items() if k != "url"
+        }
         generated: dict[str, Any] = {
-            "nats": {"url": self.nats_url},
+            "nats": {"url": self.nats_url, **nats_section},
             # the user's entries as written (labels, engines); simulators: plain addresses
             "pools": self.pools if o.simulate else user["pools"],
             "shim": {
                 "listen": f"127.0.0.1:{self.ports['shim_grpc']}",
                 "health_listen": f"127.0.0.1:{self.ports['shim_health']}",
+                "http_host": "127.0.0.1",
                 "http_port": self.ports["shim_http"],
                 "default_model": next(iter(self.pools)),
                 "failure_mode": o.failure_mode,
                 "body_mode": o.body_mode,
                 "classifier": {"enabled": bool(with_classifier)},
             },
-            "picker": {},
-            "collector": {"http_port": self.ports["collector_http"]},
+            "picker": {"http_host": "127.0.0.1"},
+            "collector": {"http_host": "127.0.0.1", "http_port": self.ports["collector_http"]},
         }
         if with_classifier:
-            generated["classifier"] = {"http_port": self.ports["classifier_http"]}
+            generated["classifier"] = {
+                "http_host": "127.0.0.1",
+                "http_port": self.ports["classifier_http"],
+            }
             if o.simulate and o.models == DEFAULT_MODELS:
                 generated["classifier"].update(DEMO_ROUTING)
         user_sections = {k: v for k, v in user.items() if k not in {"nats", "pools"}}
@@ -216,17 +237,43 @@ class Stack:
     # -- parts ------------------------------------------------------------------------------
 
     def _start_nats(self) -> str:
+        o = self.options
         port = free_port()
         store = self.workdir / "nats"
-        child = spawn(
-            "nats-server",
-            [binary("nats-server"), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
-            self.log_dir,
-        )
+        argv = [binary("nats-server"), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)]
+        tls = None
+        if o.nats_tls:
+            tls = credentials.throwaway_ca(self.workdir / "tls", ["127.0.0.1", "localhost"])
+            self.nats_section["tls"] = {"ca_file": str(tls.ca_file)}
+        if o.nats_auth or tls is not None:
+            keys: dict[str, list[str]] | None = None
+            if o.nats_auth:
+                self.identities = credentials.generate(self.workdir / "credentials")
+                keys = {name: [i.public_key] for name, i in self.identities.items()}
+            conf = self.workdir / "nats-server.conf"
+            conf.write_text(
+                credentials.nats_server_conf(
+                    listen=f"127.0.0.1:{port}", store_dir=store, keys=keys, tls=tls
+                )
+            )
+            argv = [binary("nats-server"), "-c", str(conf)]
+        child = spawn("nats-server", argv, self.log_dir)
         self.children["nats-server"] = child
-        url = f"nats://127.0.0.1:{port}"
+        scheme = "tls" if tls is not None else "nats"
+        url = f"{scheme}://127.0.0.1:{port}"
         wait_ready(child, lambda: not port_free(port), 15, "nats-server")
         return url
+
+    def nats_config(self, identity: str | None = None) -> Any:
+        """The ``nats:`` config of one identity of this stack (tests and benchmarks connect as a
+        service does: ``nats.connect(**stack.nats_config("picker").connect_options("picker"))``);
+        a :class:`pointsman.bus.NatsConfig`."""
+        from pointsman.bus import NatsConfig
+
+        section = {**self.config.get("nats", {"url": self.nats_url})}
+        if identity is not None and identity in self.identities:
+            section["nkey_seed_file"] = str(self.identities[identity].seed_file)
+        return NatsConfig.model_validate(section)
 
     def _start_simulators(self) -> dict[str, list[str]]:
         o = self.options
@@ -271,7 +318,10 @@ class Stack:
         else:
             port = int(self.config[service]["http_port"])
         argv = [sys.executable, "-m", _MODULES[service], "--config", str(config_path)]
-        child = spawn(name, argv, self.log_dir, env={"NATS_URL": self.nats_url})
+        env = {"NATS_URL": self.nats_url}
+        if service in self.identities:
+            env["NATS_NKEY_SEED_FILE"] = str(self.identities[service].seed_file)
+        child = spawn(name, argv, self.log_dir, env=env)
         self.children[name] = child
         url = f"http://127.0.0.1:{port}/readyz"
         wait_ready(
