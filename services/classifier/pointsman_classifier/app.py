@@ -12,7 +12,8 @@ import os
 import socket
 from typing import Any
 
-from pointsman import bus
+from pointsman import bus, configfile
+from pointsman.debug import DebugConfig
 from pointsman.runtime import OpsServer
 from pointsman.v1 import routes
 from pointsman_classifier.batcher import Batcher
@@ -41,7 +42,9 @@ class ClassifierApp:
         self.data = data
         self.cfg = cfg
         self.metrics = Metrics()
-        self.http = OpsServer(cfg.http_port, self.ready, registry=self.metrics.registry)
+        self.http = OpsServer(
+            cfg.http_port, self.ready, host=cfg.http_host, registry=self.metrics.registry
+        )
         self.bus: bus.ServiceBus | None = None
         self.batcher: Batcher[str, Outputs] | None = None
         self.name = f"{socket.gethostname()}:{os.getpid()}"
@@ -78,8 +81,15 @@ class ClassifierApp:
         served = served_models(self.data, self.cfg)
         if self.cfg.cache.enabled:
             self.cache = SemanticCache(self.cfg.cache, self.metrics.registry, self.name)
+        debug = configfile.section(self.data, "debug", DebugConfig).enabled
         handler = ClassifyHandler(
-            self.cfg, self.batcher.submit, lambda: served, self.metrics, self.name, self.cache
+            self.cfg,
+            self.batcher.submit,
+            lambda: served,
+            self.metrics,
+            self.name,
+            self.cache,
+            debug=debug,
         )
         self._models_ready = True
 

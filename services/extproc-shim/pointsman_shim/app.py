@@ -10,11 +10,13 @@ from typing import Any
 
 from pointsman import bus, configfile
 from pointsman.bus import NatsConfig
+from pointsman.debug import DebugConfig
 from pointsman.runtime import OpsServer
 from pointsman.tracing import TracingConfig
 from pointsman_shim.bus import Bus
 from pointsman_shim.config import ShimConfig
 from pointsman_shim.handlers import Processor
+from pointsman_shim.membership import Membership, static_pools
 from pointsman_shim.server import Health, start_ext_proc
 
 log = logging.getLogger(__name__)
@@ -29,21 +31,42 @@ def load_config(path: str | None) -> tuple[ShimConfig, NatsConfig, TracingConfig
     )
 
 
-async def serve(config: ShimConfig, nats: NatsConfig, stop: asyncio.Event) -> None:
+def load_extra(path: str | None) -> tuple[DebugConfig, dict[str, frozenset[str]]]:
+    """The shared sections the shim also reads: ``debug`` and the static ``pools``."""
+    data: dict[str, Any] = configfile.read(path)
+    return configfile.section(data, "debug", DebugConfig), static_pools(data)
+
+
+async def serve(
+    config: ShimConfig,
+    nats: NatsConfig,
+    stop: asyncio.Event,
+    *,
+    debug: DebugConfig | None = None,
+    pools: dict[str, frozenset[str]] | None = None,
+) -> None:
     shim_bus = Bus(nats)
-    processor = Processor(config, shim_bus)
+    membership = Membership(pools or {}, config.forget_after_s)
+    membership.subscribe(shim_bus.service)
+    processor = Processor(config, shim_bus, known=membership.pools, debug_config=debug)
     health = Health()
     health_port = await health.start(config.health_listen)
-    server, port = await start_ext_proc(processor, config.listen)
+    server, port = await start_ext_proc(processor, config.listen, config.tls)
 
     def ready() -> bool:
         return shim_bus.connected or config.failure_mode == "fail-open"
 
-    ops = OpsServer(config.http_port, ready)
+    ops = OpsServer(config.http_port, ready, host=config.http_host)
     http_port = await ops.start()
     log.info(
-        "shim listening: ext_proc %s (port %d), health port %d, http port %d; failure mode %s",
+        "shim listening: ext_proc %s (port %d, %s), health port %d, http port %d; failure mode %s",
         config.listen,
+        port,
+        "mutual TLS"
+        if config.tls.client_ca_file
+        else "TLS"
+        if config.tls.cert_file
+        else "plaintext",
         port,
         health_port,
         http_port,

@@ -28,11 +28,11 @@ log = logging.getLogger(__name__)
 
 
 class PickerApp:
-    def __init__(self, config: PickerConfig, nats: NatsConfig) -> None:
+    def __init__(self, config: PickerConfig, nats: NatsConfig, *, debug: bool = False) -> None:
         self.config = config
         self.telemetry = Telemetry()
         self.scheduler = Scheduler(config, self.telemetry, clock=time.time)
-        self.handlers = Handlers(self.scheduler)
+        self.handlers = Handlers(self.scheduler, debug=debug)
         self.http = OpsServer(
             config.http_port, self.ready, host=config.http_host, registry=self.telemetry.registry
         )
@@ -119,8 +119,10 @@ class PickerApp:
         log.info("picker %s stopped", self.config.replica_id)
 
 
-async def run(config: PickerConfig, nats: NatsConfig, stop: asyncio.Event) -> None:
-    app = PickerApp(config, nats)
+async def run(
+    config: PickerConfig, nats: NatsConfig, stop: asyncio.Event, *, debug: bool = False
+) -> None:
+    app = PickerApp(config, nats, debug=debug)
     try:
         if await app.start(stop):
             await stop.wait()

@@ -32,8 +32,9 @@ from typing import Any, Literal
 import yaml
 
 from pointsman import configfile
+from pointsman.debug import DebugConfig
 from pointsman.stack import credentials
-from pointsman.stack.envoy import EnvoyOptions, render_yaml
+from pointsman.stack.envoy import EnvoyOptions, ShimTls, render_yaml
 from pointsman.stack.gateway import GatewayConfig
 from pointsman.stack.procs import (
     Child,
@@ -93,6 +94,8 @@ class StackOptions:
     nats_auth: bool = True
     #: nats-server over TLS, with a throwaway CA generated at start.
     nats_tls: bool = False
+    #: ext_proc over mutual TLS between Envoy and the shim, with a throwaway CA.
+    extproc_tls: bool = False
     workdir: Path | None = None
     #: Sections merged over everything else (tests use it to tune deadlines).
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -215,6 +218,13 @@ class Stack:
             }
             if o.simulate and o.models == DEFAULT_MODELS:
                 generated["classifier"].update(DEMO_ROUTING)
+        if o.extproc_tls:
+            files = credentials.throwaway_ca(self.workdir / "extproc-tls", ["127.0.0.1"])
+            generated["shim"]["tls"] = {
+                "cert_file": str(files.cert_file),
+                "key_file": str(files.key_file),
+                "client_ca_file": str(files.ca_file),
+            }
         user_sections = {k: v for k, v in user.items() if k not in {"nats", "pools"}}
         self.config = _merge(_merge(generated, user_sections), o.overrides)
         self.config_path = self.workdir / "pointsman.yaml"
@@ -345,6 +355,8 @@ class Stack:
             failure_mode_allow=o.failure_mode == "fail-open",
             max_body_bytes=int(shim.get("max_body_bytes", 4 * 1024 * 1024)),
             gateway=configfile.section(self.config, "gateway", GatewayConfig),
+            report_endpoint=configfile.section(self.config, "debug", DebugConfig).report_endpoint,
+            shim_tls=_shim_tls(shim),
         )
         path = self.workdir / "envoy.yaml"
         path.write_text(render_yaml(options))
@@ -393,6 +405,21 @@ class Stack:
         child.stop()
         service, _, index = name.partition("-")
         self._start_service(service, int(index or 0))
+
+
+def _shim_tls(shim: dict[str, Any]) -> ShimTls | None:
+    """Envoy's side of ``shim.tls``: trust the CA that signed the shim's certificate (the
+    throwaway CA of ``--extproc-tls`` signs one certificate for both ends)."""
+    tls = shim.get("tls") or {}
+    if not tls.get("cert_file"):
+        return None
+    ca = tls.get("client_ca_file") or tls["cert_file"]
+    mutual = bool(tls.get("client_ca_file"))
+    return ShimTls(
+        ca_file=ca,
+        cert_file=tls["cert_file"] if mutual else None,
+        key_file=tls["key_file"] if mutual else None,
+    )
 
 
 def _port_race(message: str) -> bool:
@@ -489,6 +516,22 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         help="do not start the classifier: 'auto' goes to the first model",
     )
     p.add_argument(
+        "--nats-tls",
+        action="store_true",
+        help="NATS over TLS, with a throwaway CA generated at start (authentication is always on)",
+    )
+    p.add_argument(
+        "--extproc-tls",
+        action="store_true",
+        help="ext_proc between Envoy and the shim over mutual TLS, with a throwaway CA",
+    )
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="honour x-pointsman-debug (scores, classifier debug headers) and report the "
+        "serving replica (x-pointsman-endpoint); off by default: both inform an attacker",
+    )
+    p.add_argument(
         "--workdir",
         type=Path,
         help="where config files and logs go (default: a new temporary directory)",
@@ -512,6 +555,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "pointsman up") -> int:
         failure_mode=args.failure_mode,
         classifier=args.classifier,
         workdir=args.workdir,
+        nats_tls=args.nats_tls,
+        extproc_tls=args.extproc_tls,
+        overrides={"debug": {"enabled": True, "report_endpoint": True}} if args.debug else {},
     )
     stack = Stack(options)
     stop = threading.Event()

@@ -28,6 +28,10 @@ def make_stack(**options: object) -> Stack:
         "overrides": {"shim": {"pick_timeout_ms": 300}},
     }
     defaults.update(options)
+    # These tests read the serving replica from x-pointsman-endpoint (off by default).
+    overrides = dict(defaults["overrides"])  # type: ignore[call-overload]
+    overrides["debug"] = {"report_endpoint": True, **overrides.get("debug", {})}
+    defaults["overrides"] = overrides
     return Stack(StackOptions(**defaults))  # type: ignore[arg-type]
 
 
