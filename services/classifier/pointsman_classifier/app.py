@@ -12,7 +12,7 @@ import os
 import socket
 from typing import Any
 
-from pointsman import bus, configfile
+from pointsman import bus, configfile, redisconf
 from pointsman.debug import DebugConfig
 from pointsman.runtime import OpsServer
 from pointsman.v1 import routes
@@ -80,7 +80,9 @@ class ClassifierApp:
         self.name = f"{self.name}/{engine.name}"
         served = served_models(self.data, self.cfg)
         if self.cfg.cache.enabled:
-            self.cache = SemanticCache(self.cfg.cache, self.metrics.registry, self.name)
+            self.cache = SemanticCache(
+                self.cfg.cache, self.metrics.registry, self.name, redisconf.security(self.data)
+            )
         debug = configfile.section(self.data, "debug", DebugConfig).enabled
         handler = ClassifyHandler(
             self.cfg,
