@@ -261,7 +261,11 @@ def kubernetes_secrets(namespace: str, *, tls: bool = True) -> list[dict[str, An
 def compose_credentials(out: Path) -> None:
     """What the compose stack's ``credentials`` service writes, one directory per volume:
     ``nats/users.conf`` (the public keys as config variables), ``<identity>/nkey.seed``, and
-    ``redis/users.acl`` with ``<user>/redis-password``."""
+    ``redis/users.acl`` with ``<user>/redis-password``. Credentials already there are kept
+    (every ``up`` runs it; a restarted nats-server must find the keys its clients hold): remove
+    the volumes (``docker compose down -v``) to make new ones."""
+    if (out / "nats" / "users.conf").exists():
+        return
     lines = []
     for identity in IDENTITIES:
         seed, public = nkey_pair()

@@ -86,7 +86,8 @@ def post_and_collect_completions(
     per request, then a second more, so that a duplicate event shows too."""
 
     async def run() -> tuple[list[CompletionEvent], list[httpx.Response]]:
-        nc = await nats.connect(stack.nats_url)
+        # As a picker: the identity that may read completion events (the bus is authenticated).
+        nc = await nats.connect(**stack.nats_config("picker").connect_options("picker"))
         sub = await nc.subscribe(subjects.COMPLETIONS)
         await nc.flush()
         async with httpx.AsyncClient() as client:
