@@ -14,7 +14,8 @@ simulator answers almost at once (time scale 0.0001) with one token, so the diff
     python -m bench.overhead [--rates 50,100,200] [--seconds 10] [--rounds 2]
 
 ``--request-side`` measures only the shim's bus call instead, FastStream's request API against
-raw nats-py in one run (``bench/overhead/request_side.py``).
+raw nats-py in one run (``bench/overhead/request_side.py``). ``--security auth|nats-tls|extproc-tls``
+compares two whole stacks that differ only in that layer, alternating (``bench/overhead/security.py``).
 """
 
 from __future__ import annotations
@@ -169,7 +170,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--rate", type=float, default=500.0, help="requests/s of --request-side (default 500)"
     )
+    p.add_argument(
+        "--security",
+        choices=["auth", "nats-tls", "extproc-tls"],
+        default=None,
+        help="compare two stacks that differ only in NATS authentication, NATS TLS or ext_proc "
+        "TLS, alternating in one run (uses --rates, --seconds, --rounds)",
+    )
     args = p.parse_args(argv)
+    if args.security:
+        from bench.overhead import security
+
+        args.rate_list = [float(r) for r in args.rates.split(",") if r.strip()]
+        result = security.run(args)
+        name = f"overhead_security_{args.security.replace('-', '_')}.json"
+        security.report(result, args.out or Path("bench/results") / name)
+        return 0
     if args.request_side:
         from bench.overhead import request_side
 
