@@ -227,3 +227,35 @@ def test_the_nats_conf_is_accepted_by_nats_server(tmp_path: Path) -> None:
         env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_cert_manager_component_issues_the_nats_tls_secret(tmp_path: Path) -> None:
+    import shutil
+
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed")
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(BASE, tmp_path)],
+                "components": [
+                    os.path.relpath(
+                        ROOT / "deploy/kubernetes/components/nats-cert-manager", tmp_path
+                    )
+                ],
+            }
+        )
+    )
+    out = subprocess.run(
+        ["kubectl", "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(tmp_path)],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout  # fmt: skip
+    docs = list(yaml.safe_load_all(out))
+    cert = _one(docs, "Certificate", "pointsman-nats-tls")
+    nats = _one(docs, "StatefulSet", "pointsman-nats")["spec"]["template"]["spec"]
+    tls = next(v for v in nats["volumes"] if v["name"] == "tls")
+    assert cert["spec"]["secretName"] == tls["secret"]["secretName"]
+    service = _one(docs, "Service", "pointsman-nats")["metadata"]["name"]
+    assert service in cert["spec"]["dnsNames"]
+    assert "*.pointsman-nats-headless" in cert["spec"]["dnsNames"]
+    assert _one(docs, "Certificate", "pointsman-nats-ca")["spec"]["isCA"] is True
