@@ -34,6 +34,14 @@ class Result:
         index = min(len(data) - 1, max(0, round(q / 100 * (len(data) - 1))))
         return data[index]
 
+    def add(self, other: Result) -> None:
+        """Fold another phase's results into this one (phases of one path, alternating)."""
+        self.latencies_ms += other.latencies_ms
+        self.errors += other.errors
+        self.elapsed_s += other.elapsed_s
+        for k, v in other.statuses.items():
+            self.statuses[k] = self.statuses.get(k, 0) + v
+
     def summary(self) -> dict[str, Any]:
         return {
             "requests_ok": self.ok,

@@ -123,6 +123,22 @@ def baseline_envoy_config(listen: int, admin: int, upstream: str) -> dict[str, A
     }
 
 
+def bench_stack(args: argparse.Namespace, **flags: bool) -> Stack:
+    """The measured stack: one model, one simulated replica that answers at once; ``flags``
+    are :class:`StackOptions` switches (``nats_auth``, ``nats_tls``, ``extproc_tls``)."""
+    return Stack(
+        StackOptions(
+            models=["bench-model"],
+            replicas=1,
+            gateway_port=0,
+            sim_args=["--time-scale", "0.0001"],
+            body_mode=args.body_mode,
+            response_path=args.response_path,
+            **flags,  # type: ignore[arg-type]
+        )
+    )
+
+
 def ready_check(url: str) -> Callable[[], bool]:
     return lambda: http_status(url) == 200
 
@@ -195,15 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out or Path("bench/results/overhead.json")
     args.rate_list = [float(r) for r in args.rates.split(",") if r.strip()]
 
-    options = StackOptions(
-        models=["bench-model"],
-        replicas=1,
-        gateway_port=0,
-        sim_args=["--time-scale", "0.0001"],
-        body_mode=args.body_mode,
-        response_path=args.response_path,
-    )
-    with Stack(options) as stack:
+    with bench_stack(args) as stack:
         upstream = stack.pools["bench-model"][0]
         listen, admin = free_port(), free_port()
         cfg = stack.workdir / "envoy-baseline.yaml"
@@ -290,12 +298,7 @@ async def run_phases(
                     for n, pid in pids.items():
                         cpu_total[n] += cpu_seconds(pid) - before[n]
                     requests_total += r.ok
-                m = merged[name]
-                m.latencies_ms += r.latencies_ms
-                m.errors += r.errors
-                m.elapsed_s += r.elapsed_s
-                for k, v in r.statuses.items():
-                    m.statuses[k] = m.statuses.get(k, 0) + v
+                merged[name].add(r)
         by_rate[f"{rate:g}"] = {name: res.summary() for name, res in merged.items()}
     capacity = {}
     for name, url in urls.items():

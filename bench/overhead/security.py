@@ -22,32 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.common.load import Result, open_loop, warm
-from pointsman.stack import Stack, StackOptions
+from bench.overhead.__main__ import PAYLOAD, bench_stack
 
 MODES: dict[str, tuple[dict[str, bool], dict[str, bool]]] = {
     "auth": ({"nats_auth": False}, {"nats_auth": True}),
     "nats-tls": ({"nats_auth": True}, {"nats_auth": True, "nats_tls": True}),
     "extproc-tls": ({"extproc_tls": False}, {"extproc_tls": True}),
 }
-PAYLOAD = {
-    "model": "bench-model",
-    "messages": [{"role": "user", "content": "Say hi."}],
-    "max_tokens": 1,
-}
-
-
-def _stack(args: argparse.Namespace, flags: dict[str, bool]) -> Stack:
-    return Stack(
-        StackOptions(
-            models=["bench-model"],
-            replicas=1,
-            gateway_port=0,
-            sim_args=["--time-scale", "0.0001"],
-            body_mode=args.body_mode,
-            response_path=args.response_path,
-            **flags,  # type: ignore[arg-type]
-        )
-    )
 
 
 async def _phases(urls: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
@@ -58,20 +39,14 @@ async def _phases(urls: dict[str, str], args: argparse.Namespace) -> dict[str, A
         merged = {name: Result() for name in urls}
         for _ in range(args.rounds):
             for name, url in urls.items():
-                r = await open_loop(url, PAYLOAD, rate, args.seconds)
-                m = merged[name]
-                m.latencies_ms += r.latencies_ms
-                m.errors += r.errors
-                m.elapsed_s += r.elapsed_s
-                for k, v in r.statuses.items():
-                    m.statuses[k] = m.statuses.get(k, 0) + v
+                merged[name].add(await open_loop(url, PAYLOAD, rate, args.seconds))
         out[f"{rate:g}"] = {name: res.summary() for name, res in merged.items()}
     return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     without, with_ = MODES[args.security]
-    with _stack(args, without) as plain, _stack(args, with_) as secured:
+    with bench_stack(args, **without) as plain, bench_stack(args, **with_) as secured:
         urls = {
             "without": f"{plain.gateway_url}/v1/chat/completions",
             "with": f"{secured.gateway_url}/v1/chat/completions",
