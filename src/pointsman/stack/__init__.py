@@ -261,9 +261,11 @@ class Stack:
                 self.identities = credentials.generate(self.workdir / "credentials")
                 keys = {name: [i.public_key] for name, i in self.identities.items()}
             conf = self.workdir / "nats-server.conf"
+            # The user's renamed subjects (collector.sharding.subject, latest.bucket) count.
+            user = _merge(configfile.read(o.config) if o.config else {}, o.overrides)
             conf.write_text(
                 credentials.nats_server_conf(
-                    listen=f"127.0.0.1:{port}", store_dir=store, keys=keys, tls=tls
+                    listen=f"127.0.0.1:{port}", store_dir=store, keys=keys, config=user, tls=tls
                 )
             )
             argv = [binary("nats-server"), "-c", str(conf)]
