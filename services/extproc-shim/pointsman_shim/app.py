@@ -67,7 +67,6 @@ async def serve(
         else "TLS"
         if config.tls.cert_file
         else "plaintext",
-        port,
         health_port,
         http_port,
         config.failure_mode,
