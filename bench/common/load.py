@@ -27,20 +27,20 @@ class Result:
     def ok(self) -> int:
         return len(self.latencies_ms)
 
+    def add(self, other: Result) -> None:
+        """Fold another phase's result into this one (phases of one path, alternated)."""
+        self.latencies_ms += other.latencies_ms
+        self.errors += other.errors
+        self.elapsed_s += other.elapsed_s
+        for k, v in other.statuses.items():
+            self.statuses[k] = self.statuses.get(k, 0) + v
+
     def pct(self, q: float) -> float:
         if not self.latencies_ms:
             return float("nan")
         data = sorted(self.latencies_ms)
         index = min(len(data) - 1, max(0, round(q / 100 * (len(data) - 1))))
         return data[index]
-
-    def add(self, other: Result) -> None:
-        """Fold another phase's results into this one (phases of one path, alternating)."""
-        self.latencies_ms += other.latencies_ms
-        self.errors += other.errors
-        self.elapsed_s += other.elapsed_s
-        for k, v in other.statuses.items():
-            self.statuses[k] = self.statuses.get(k, 0) + v
 
     def summary(self) -> dict[str, Any]:
         return {

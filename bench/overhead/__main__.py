@@ -11,7 +11,14 @@ The same load, in one run, through three gateways in front of the same simulator
 Phases alternate (baseline, pointsman, baseline, ...) so drift on a noisy machine hits both. The
 simulator answers almost at once (time scale 0.0001) with one token, so the difference is routing overhead.
 
-    python -m bench.overhead [--rates 50,100,200] [--seconds 10] [--rounds 2]
+Then one row per API, through the same Pointsman stack, alternating in the same run: the added
+latency of the Anthropic Messages and OpenAI Responses APIs over plain chat completions
+passthrough, for a pool that gets them translated to chat completions (``bench-model``: the
+request rewritten, the answer translated back on the decision stream) and for one that serves
+them natively (``bench-native``: the request passes, made stateless; Redis keeps the Responses
+state), as JSON and as an event stream.
+
+    python -m bench.overhead [--rates 50,100,200] [--seconds 10] [--rounds 2] [--apis-only]
 
 ``--request-side`` measures only the shim's bus call instead, FastStream's request API against
 raw nats-py in one run (``bench/overhead/request_side.py``). ``--security auth|nats-tls|extproc-tls``
@@ -42,6 +49,30 @@ PAYLOAD = {
     "messages": [{"role": "user", "content": "Say hi."}],
     "max_tokens": 1,
 }
+TRANSLATED, NATIVE = "bench-model", "bench-native"
+
+
+def api_rows(gateway: str) -> dict[str, tuple[str, dict[str, Any]]]:
+    """name -> (URL, body): chat passthrough first, the baseline of the others."""
+    chat = f"{gateway}/v1/chat/completions"
+    messages, responses = f"{gateway}/v1/messages", f"{gateway}/v1/responses"
+    rows: dict[str, tuple[str, dict[str, Any]]] = {"chat passthrough": (chat, PAYLOAD)}
+    for stream in (False, True):
+        tag = " stream" if stream else ""
+        extra: dict[str, Any] = {"stream": True} if stream else {}
+        chat_stream = {**extra, "stream_options": {"include_usage": True}} if stream else {}
+        if stream:
+            rows["chat passthrough stream"] = (chat, {**PAYLOAD, **chat_stream})
+        for pool, how in ((TRANSLATED, "translated"), (NATIVE, "native")):
+            rows[f"messages {how}{tag}"] = (
+                messages,
+                {"model": pool, "max_tokens": 1, "messages": PAYLOAD["messages"], **extra},
+            )
+            rows[f"responses {how}{tag}"] = (
+                responses,
+                {"model": pool, "input": "Say hi.", "max_output_tokens": 1, **extra},
+            )
+    return rows
 
 
 def baseline_envoy_config(listen: int, admin: int, upstream: str) -> dict[str, Any]:
@@ -124,16 +155,27 @@ def baseline_envoy_config(listen: int, admin: int, upstream: str) -> dict[str, A
 
 
 def bench_stack(args: argparse.Namespace, **flags: bool) -> Stack:
-    """The measured stack: one model, one simulated replica that answers at once; ``flags``
-    are :class:`StackOptions` switches (``nats_auth``, ``nats_tls``, ``extproc_tls``)."""
+    """The measured stack: two models (one gets the Responses and Messages APIs translated, one
+    serves them natively), one simulated replica each that answers at once; ``flags`` are
+    :class:`StackOptions` switches (``nats_auth``, ``nats_tls``, ``extproc_tls``)."""
     return Stack(
         StackOptions(
-            models=["bench-model"],
+            models=[TRANSLATED, NATIVE],
             replicas=1,
             gateway_port=0,
-            sim_args=["--time-scale", "0.0001"],
+            sim_args=["--time-scale", "0.0001", "--anthropic"],
             body_mode=args.body_mode,
             response_path=args.response_path,
+            overrides={
+                "shim": {
+                    "apis": {
+                        "pools": {
+                            TRANSLATED: {"responses": "chat", "messages": "chat"},
+                            NATIVE: {"responses": "native", "messages": "native"},
+                        }
+                    }
+                }
+            },
             **flags,  # type: ignore[arg-type]
         )
     )
@@ -176,6 +218,17 @@ def main(argv: list[str] | None = None) -> int:
         default="observer",
         help="Envoy's response path to the shim (see pointsman up --help; default observer)",
     )
+    p.add_argument(
+        "--api-rate",
+        type=float,
+        default=50.0,
+        help="open-loop rate of the per-API rows (default 50 req/s)",
+    )
+    p.add_argument(
+        "--apis-only",
+        action="store_true",
+        help="only the per-API rows (skip the baseline, floor and capacity phases)",
+    )
     p.add_argument("--out", type=Path, default=None, help="JSON results path")
     p.add_argument(
         "--request-side",
@@ -212,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     args.rate_list = [float(r) for r in args.rates.split(",") if r.strip()]
 
     with bench_stack(args) as stack:
+        if args.apis_only:
+            apis = asyncio.run(run_api_phases(api_rows(stack.gateway_url), args))
+            report_apis({"apis": apis}, args, write=True)
+            return 0
         upstream = stack.pools["bench-model"][0]
         listen, admin = free_port(), free_port()
         cfg = stack.workdir / "envoy-baseline.yaml"
@@ -271,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             pids = {name: child.popen.pid for name, child in stack.children.items()}
             results = asyncio.run(run_phases(urls, pids, args))
+            results["apis"] = asyncio.run(run_api_phases(api_rows(stack.gateway_url), args))
         finally:
             floor_envoy.stop()
             floor.stop()
@@ -278,6 +336,57 @@ def main(argv: list[str] | None = None) -> int:
 
     report(results, args)
     return 0
+
+
+async def run_api_phases(
+    rows: dict[str, tuple[str, dict[str, Any]]], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Each row at ``--api-rate`` for ``--seconds``, all rows in turn, ``--rounds`` times."""
+    for url, body in rows.values():
+        await warm(url, body, 50)
+    merged = {name: Result() for name in rows}
+    for _ in range(args.rounds):
+        for name, (url, body) in rows.items():
+            merged[name].add(await open_loop(url, body, args.api_rate, args.seconds))
+    return {name: res.summary() for name, res in merged.items()}
+
+
+def report_apis(results: dict[str, Any], args: argparse.Namespace, *, write: bool) -> None:
+    apis = results["apis"]
+    print(
+        f"\nper API, through Pointsman: open loop {args.api_rate:g} req/s, "
+        f"{args.rounds}x{args.seconds:.0f} s per row, rows alternating"
+    )
+    print(
+        f"{'row':<28}{'ok':>7}{'err':>5}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'+p50':>8}{'+p90':>8}{'+p99':>8}"
+    )
+    added: dict[str, dict[str, float]] = {}
+    for name, row in apis.items():
+        base = apis["chat passthrough stream" if name.endswith("stream") else "chat passthrough"]
+        plus = {q: row[f"p{q}_ms"] - base[f"p{q}_ms"] for q in (50, 90, 99)}
+        added[name] = {f"p{q}": v for q, v in plus.items()}
+        print(
+            f"{name:<28}{row['requests_ok']:>7}{row['errors']:>5}{row['p50_ms']:>9.2f}"
+            f"{row['p90_ms']:>9.2f}{row['p99_ms']:>9.2f}{plus[50]:>8.2f}{plus[90]:>8.2f}{plus[99]:>8.2f}"
+        )
+    print(
+        "(+: added over chat completions passthrough through Pointsman, same run; streams vs the chat stream)"
+    )
+    results["apis_added_ms"] = added
+    if write:
+        results["params"] = {
+            "api_rate": args.api_rate,
+            "seconds": args.seconds,
+            "rounds": args.rounds,
+            "body_mode": args.body_mode,
+            "response_path": args.response_path,
+            "cpus": os.cpu_count(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        out = args.out.with_name(args.out.stem + "-apis.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
+        print(f"wrote {out}")
 
 
 async def run_phases(
@@ -349,6 +458,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
         "CPU per request on the Pointsman path (us): "
         + ", ".join(f"{n} {v:.0f}" for n, v in results["cpu_us_per_request"].items())
     )
+    report_apis(results, args, write=False)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")

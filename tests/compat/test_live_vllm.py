@@ -211,15 +211,20 @@ def test_responses_pass_through_to_vllm_as_the_simulator_answers(
     assert answer["object"] == "response" and answer["model"] == MODEL
     assert 0 < answer["usage"]["output_tokens"] <= 5
     assert typed_paths(ours.json()) == typed_paths(answer)
-    # vLLM's default: store is ignored, so the id is unknown to GET and previous_response_id
-    for method, path, again in (
-        ("GET", f"{RESPONSES}/{answer['id']}", None),
-        ("POST", RESPONSES, {**body, "previous_response_id": answer["id"]}),
-    ):
-        real, ours = both(stack, vllm, sim, method, path, again)
-        assert real.status_code == ours.status_code == 404
-        assert ours.json()["error"].keys() == real.json()["error"].keys()
-        assert ours.json()["error"]["param"] == real.json()["error"]["param"] == "response_id"
+    # vLLM's default keeps nothing (its store is off), nor does the simulator like it ...
+    gone = httpx.get(f"{sim}{RESPONSES}/{answer['id']}", timeout=60)
+    assert gone.status_code == 404 and gone.json()["error"]["param"] == "response_id"
+    # ... but Pointsman keeps the state: GET, and a turn continuing it, which reaches vLLM as a
+    # stateless request with the whole conversation (its prompt grows by the first turn)
+    kept = httpx.get(f"{stack.gateway_url}{RESPONSES}/{answer['id']}", timeout=60)
+    assert kept.status_code == 200 and kept.json()["id"] == answer["id"]
+    again = {**body, "input": "and then?", "previous_response_id": answer["id"]}
+    turn = httpx.post(stack.gateway_url + RESPONSES, json=again, timeout=60)
+    assert turn.status_code == 200, turn.text
+    assert turn.json()["usage"]["input_tokens"] > answer["usage"]["input_tokens"]
+    missing = {**again, "previous_response_id": "resp_never"}
+    unknown = httpx.post(stack.gateway_url + RESPONSES, json=missing, timeout=60)
+    assert unknown.status_code == 404 and unknown.json()["error"]["param"] == "previous_response_id"
 
 
 def test_responses_stream_through_the_gateway_in_vllms_event_order(
@@ -245,3 +250,37 @@ def test_tokenize_passes_through_with_the_simulators_shape(
     assert real.status_code == ours.status_code == 200
     assert typed_paths(ours.json()) == typed_paths(real.json())
     assert real.json()["count"] == len(real.json()["tokens"])
+
+
+MESSAGES = {
+    "model": MODEL,
+    "max_tokens": 5,
+    "system": "be brief",
+    "messages": [{"role": "user", "content": "hello there"}],
+}
+
+
+def test_messages_translated_to_vllms_chat_answer_like_vllms_own(stack: Stack, vllm: str) -> None:
+    """The default for Messages is ``chat``: the gateway translates to vLLM's chat completions.
+    vLLM 0.32 also serves /v1/messages itself: both answers have the same shape."""
+    translated = httpx.post(stack.gateway_url + "/v1/messages", json=MESSAGES, timeout=60)
+    own = httpx.post(f"http://{vllm}/v1/messages", json=MESSAGES, timeout=60)
+    assert translated.status_code == own.status_code == 200, translated.text
+    assert set(own.json()) <= set(translated.json())
+    assert translated.json()["usage"] == own.json()["usage"]
+    stream = {**MESSAGES, "stream": True}
+    translated = httpx.post(stack.gateway_url + "/v1/messages", json=stream, timeout=60)
+    own = httpx.post(f"http://{vllm}/v1/messages", json=stream, timeout=60)
+    assert _collapsed(translated.content) == _collapsed(own.content)  # chunking may differ
+    count = {k: v for k, v in MESSAGES.items() if k != "max_tokens"}
+    counted = httpx.post(stack.gateway_url + "/v1/messages/count_tokens", json=count, timeout=60)
+    own_count = httpx.post(f"http://{vllm}/v1/messages/count_tokens", json=count, timeout=60)
+    assert counted.json()["input_tokens"] == own_count.json()["input_tokens"]
+
+
+def _collapsed(stream: bytes) -> list[str]:
+    out: list[str] = []
+    for name, _ in typed_events(stream):
+        if not out or out[-1] != name:
+            out.append(name)
+    return out

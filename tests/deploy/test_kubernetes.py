@@ -412,12 +412,12 @@ def _rules_route_only_the_api(route: dict[str, Any]) -> None:
     (src/pointsman/stack/gateway.py): anything else finds no rule and gets the gateway's 404."""
     from pointsman.stack.gateway import API_ROUTES
 
-    want = {(r.path, m) for r in API_ROUTES for m in r.methods}
+    want = {(r.regex() if r.templated else r.path, m) for r in API_ROUTES for m in r.methods}
     for rule in route["spec"]["rules"]:
         got = set()
         for match in rule["matches"]:
             path = match["path"]
-            kind = "RegularExpression" if "{" in path["value"] else "Exact"
+            kind = "RegularExpression" if "[" in path["value"] else "Exact"
             assert path["type"] == kind, (route["metadata"]["name"], match)
             assert "method" in match, (route["metadata"]["name"], match)
             got.add((path["value"], match["method"]))

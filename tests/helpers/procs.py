@@ -14,7 +14,15 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from pointsman.stack.procs import Child, binary, free_port, http_status, spawn, wait_ready
+from pointsman.stack.procs import (
+    Child,
+    binary,
+    free_port,
+    http_status,
+    redis_argv,
+    spawn,
+    wait_ready,
+)
 
 __all__ = [
     "Proc",
@@ -90,20 +98,7 @@ def redis_server(port: int | None = None) -> Iterator[str]:
     """A real redis-server on a free port (no persistence); yields its URL."""
     port = port or free_port()
     workdir = tempfile.mkdtemp(prefix="pointsman-redis-")
-    argv = [
-        redis_server_binary(),
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        workdir,
-    ]
-    proc = spawn("redis-server", argv)
+    proc = spawn("redis-server", redis_argv(redis_server_binary(), port, workdir))
     try:
         wait_until(lambda: port_open(port), 15, "redis-server", proc)
         yield f"redis://127.0.0.1:{port}/0"

@@ -22,6 +22,7 @@ from pointsman_classifier.config import ClassifierConfig
 from pointsman_classifier.core import Outputs
 from pointsman_classifier.handlers import ClassifyHandler
 from pointsman_classifier.metrics import Metrics
+from pointsman_classifier.sessions import SessionStore
 from pointsman_classifier.subproc import load_engine
 
 log = logging.getLogger("pointsman_classifier")
@@ -51,6 +52,7 @@ class ClassifierApp:
         self._models_ready = False
         self._engine: Any = None
         self.cache: SemanticCache | None = None
+        self.sessions: SessionStore | None = None
 
     def ready(self) -> tuple[bool, str]:
         if not self._models_ready:
@@ -83,6 +85,8 @@ class ClassifierApp:
             self.cache = SemanticCache(
                 self.cfg.cache, self.metrics.registry, self.name, redisconf.security(self.data)
             )
+        if self.cfg.sessions.enabled:
+            self.sessions = SessionStore(self.cfg.sessions, redisconf.security(self.data))
         debug = configfile.section(self.data, "debug", DebugConfig).enabled
         handler = ClassifyHandler(
             self.cfg,
@@ -91,6 +95,7 @@ class ClassifierApp:
             self.metrics,
             self.name,
             self.cache,
+            self.sessions,
             debug=debug,
         )
         self._models_ready = True
@@ -124,6 +129,8 @@ class ClassifierApp:
             await self.bus.stop()
         if self.cache is not None:
             await self.cache.close()
+        if self.sessions is not None:
+            await self.sessions.close()
         if self.batcher is not None:
             await asyncio.to_thread(self.batcher.stop)
         if self._engine is not None and hasattr(self._engine, "close"):

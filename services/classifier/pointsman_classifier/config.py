@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pointsman_classifier.cache.config import CacheConfig
+from pointsman_classifier.sessions import SessionsConfig
 
 MMLU_PRO_CATEGORIES = (
     "biology",
@@ -203,6 +204,8 @@ class ClassifierConfig(_Strict):
     reasoning_families: dict[str, ReasoningFamily] = Field(default_factory=_default_families)
     #: Semantic cache (off by default; needs Redis): see pointsman_classifier/cache/.
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    #: Sessions that stay on their model (off by default; needs Redis): see sessions.py.
+    sessions: SessionsConfig = Field(default_factory=SessionsConfig)
 
     @model_validator(mode="after")
     def _check_families(self) -> ClassifierConfig:

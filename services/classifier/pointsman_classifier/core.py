@@ -142,17 +142,22 @@ def decide(
     cfg: ClassifierConfig,
     served: frozenset[str] | None = None,
     classifier: str = "",
+    keep_category: str | None = None,
 ) -> ClassifyReply:
     """The whole decision for one request (see the module doc for the order of the rules).
 
     ``served`` is the set of model names that can be routed to; ``None`` or empty means every
-    configured model counts as served.
+    configured model counts as served. ``keep_category`` replaces the classified category (a
+    session staying on its earlier choice, see sessions.py).
     """
     debug = req.headers.get(cfg.debug_header, "").strip().lower() in _TRUTHY
     auto = req.model in cfg.auto_models
     headers: dict[str, str] = {}
 
     category, confidence, low_conf = top_category(cfg, signals.categories)
+    if keep_category is not None:
+        category, low_conf = keep_category, False
+        confidence = (signals.categories or {}).get(keep_category, confidence)
     cat_cfg = cfg.categories.get(category or "", CategoryConfig())
     if category is not None and confidence is not None:
         headers[H_CATEGORY] = category

@@ -15,11 +15,11 @@ from opentelemetry.trace import SpanKind
 from pointsman import tracing
 from pointsman.bus import Received
 from pointsman.v1.classify import ClassifyReply, ClassifyRequest
-from pointsman_classifier import pii
+from pointsman_classifier import pii, sessions
 from pointsman_classifier.batcher import Overloaded
 from pointsman_classifier.cache.service import SemanticCache
 from pointsman_classifier.config import ClassifierConfig
-from pointsman_classifier.core import Outputs, Signals, decide, prompt_text
+from pointsman_classifier.core import Outputs, Signals, decide, prompt_text, top_category
 from pointsman_classifier.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class ClassifyHandler:
         metrics: Metrics,
         name: str = "",
         cache: SemanticCache | None = None,
+        sessions: sessions.SessionStore | None = None,
         *,
         debug: bool = False,
     ) -> None:
@@ -50,6 +51,7 @@ class ClassifyHandler:
         self.cfg = cfg
         self.debug = debug
         self.cache = cache
+        self.sessions = sessions
         self.infer = infer
         self.served = served
         self.metrics = metrics
@@ -102,7 +104,16 @@ class ClassifyHandler:
             jailbreak=outputs.jailbreak if cfg.jailbreak.enabled else None,
             pii=frozenset(found),
         )
-        reply = decide(req, signals, cfg, self.served(), classifier=self.name)
+        keep, verdict = await self._session(req, signals)
+        reply = decide(req, signals, cfg, self.served(), classifier=self.name, keep_category=keep)
+        if verdict is not None:
+            reply.headers[sessions.H_SESSION_MODEL] = verdict
+            self.metrics.sessions.labels(verdict).inc()
+            if reply.block is None and reply.category is not None and self.sessions is not None:
+                assert req.session is not None
+                self.sessions.remember(
+                    req.session, sessions.Choice(category=reply.category, model=reply.model)
+                )
         if self.cache is not None and reply.block is None:
             reply = await self.cache.lookup(req, reply, outputs.embedding)
         m = self.metrics
@@ -116,6 +127,21 @@ class ClassifyHandler:
                 reply.category or "", reply.model, "true" if reply.selected else "false"
             ).inc()
         return reply
+
+    async def _session(
+        self, req: ClassifyRequest, signals: Signals
+    ) -> tuple[str | None, str | None]:
+        """(the category a session keeps, the verdict); (None, None) when no session applies."""
+        if self.sessions is None or not req.session or req.model not in self.cfg.auto_models:
+            return None, None
+        previous = None
+        if req.follow_up:
+            previous, answered = await self.sessions.get(req.session)
+            if not answered:
+                return None, "unavailable"
+        fresh, _, _ = top_category(self.cfg, signals.categories)
+        margin = self.cfg.sessions.margin
+        return sessions.stick(previous, fresh, signals.categories, margin)
 
 
 def _all_text(req: ClassifyRequest) -> list[str]:

@@ -55,6 +55,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.sessions = Counter(
+            "pointsman_classifier_sessions",
+            "Follow-up decisions of auto requests in a session: new, kept, switched, "
+            "unavailable (Redis did not answer).",
+            ["verdict"],
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "pointsman_classifier_queue_depth",
             "Prompts waiting for a batch.",

@@ -27,12 +27,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "pointsman-shim") -> int
 
     try:
         config, nats, tracing_config = load_config(args.config)
-        debug, pools = load_extra(args.config)
+        debug, pools, redis = load_extra(args.config)
     except configfile.ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     tracing.setup(tracing_config, "pointsman-shim")
-    run(lambda stop: serve(config, nats, stop, debug=debug, pools=pools))
+    run(lambda stop: serve(config, nats, stop, debug=debug, pools=pools, redis=redis))
     return 0
 
 

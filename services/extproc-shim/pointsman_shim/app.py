@@ -8,7 +8,7 @@ import contextlib
 import logging
 from typing import Any
 
-from pointsman import bus, configfile
+from pointsman import bus, configfile, redisconf
 from pointsman.bus import NatsConfig
 from pointsman.debug import DebugConfig
 from pointsman.runtime import OpsServer
@@ -18,6 +18,7 @@ from pointsman_shim.config import ShimConfig
 from pointsman_shim.handlers import Processor
 from pointsman_shim.membership import Membership, static_pools
 from pointsman_shim.server import Health, start_ext_proc
+from pointsman_shim.state import ResponsesState
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,16 @@ def load_config(path: str | None) -> tuple[ShimConfig, NatsConfig, TracingConfig
     )
 
 
-def load_extra(path: str | None) -> tuple[DebugConfig, dict[str, frozenset[str]]]:
-    """The shared sections the shim also reads: ``debug`` and the static ``pools``."""
+def load_extra(
+    path: str | None,
+) -> tuple[DebugConfig, dict[str, frozenset[str]], redisconf.RedisSecurity]:
+    """The shared sections the shim also reads: ``debug``, the static ``pools``, ``redis``."""
     data: dict[str, Any] = configfile.read(path)
-    return configfile.section(data, "debug", DebugConfig), static_pools(data)
+    return (
+        configfile.section(data, "debug", DebugConfig),
+        static_pools(data),
+        redisconf.security(data),
+    )
 
 
 async def serve(
@@ -44,11 +51,18 @@ async def serve(
     *,
     debug: DebugConfig | None = None,
     pools: dict[str, frozenset[str]] | None = None,
+    redis: redisconf.RedisSecurity | None = None,
 ) -> None:
     shim_bus = Bus(nats)
     membership = Membership(pools or {}, config.forget_after_s)
     membership.subscribe(shim_bus.service)
-    processor = Processor(config, shim_bus, known=membership.pools, debug_config=debug)
+    processor = Processor(
+        config,
+        shim_bus,
+        known=membership.pools,
+        debug_config=debug,
+        state=ResponsesState(config.responses, redis),
+    )
     health = Health()
     health_port = await health.start(config.health_listen)
     server, port = await start_ext_proc(processor, config.listen, config.tls)
@@ -93,6 +107,7 @@ async def serve(
     connector.cancel()
     tracker.cancel()
     await shim_bus.close()
+    await processor.state.close()
     await health.stop()
     await ops.stop()
     if connector.done() and not connector.cancelled() and connector.exception() is not None:

@@ -7,6 +7,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 FailureMode = Literal["fail-open", "fail-closed"]
+#: How a pool serves an API: ``native`` (its engine speaks it; the request passes through, made
+#: stateless) or ``chat`` (the shim translates it to chat completions and the answer back).
+ApiMode = Literal["native", "chat"]
 
 
 class ClassifierCall(BaseModel):
@@ -33,6 +36,60 @@ class ExtProcTls(BaseModel):
     #: CA bundle of the client certificates to require (mutual TLS: only a gateway holding a
     #: certificate from this CA may connect).
     client_ca_file: str | None = None
+
+
+class PoolApis(BaseModel):
+    """Which APIs one pool's engine serves itself; ``None``: the section's default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    responses: ApiMode | None = None
+    messages: ApiMode | None = None
+
+
+class Apis(BaseModel):
+    """How pools serve the OpenAI Responses API and the Anthropic Messages API.
+
+    vLLM serves ``/v1/responses`` itself, so Responses default to ``native``; not every engine
+    serves ``/v1/messages``, so Messages default to ``chat`` (translated). ``pools`` overrides
+    either per pool (served model name).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    responses: ApiMode = "native"
+    messages: ApiMode = "chat"
+    pools: dict[str, PoolApis] = Field(default_factory=dict)
+
+    def mode(self, api: str, pool: str) -> ApiMode:
+        """How ``pool`` serves ``api`` (``responses`` or ``messages``)."""
+        own = self.pools.get(pool)
+        value: ApiMode | None = getattr(own, api) if own is not None else None
+        return value if value is not None else getattr(self, api)
+
+    def translates(self, api: str) -> bool:
+        """Whether any pool gets ``api`` translated (then its responses must be seen)."""
+        return getattr(self, api) == "chat" or any(
+            getattr(p, api) == "chat" for p in self.pools.values()
+        )
+
+
+class ResponsesStore(BaseModel):
+    """Where the Responses API's state lives: stored responses and their conversations."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Redis holding the state; ``""``: no store (stateful calls answer 503, ``store`` is ignored).
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Prefix of every key (several deployments may share one Redis).
+    key_prefix: str = "pointsman:responses"
+    #: Seconds a stored response (and the conversation it continues) lives.
+    ttl_s: float = Field(default=86400.0, gt=0)
+    #: Deadline of one Redis call; slower counts as Redis down.
+    redis_timeout_ms: float = Field(default=100.0, gt=0)
+    #: After a Redis failure, stateful calls answer 503 at once for this long before Redis is
+    #: tried again, so that requests do not each wait for the deadline.
+    redis_retry_s: float = Field(default=1.0, ge=0)
 
 
 class ShimConfig(BaseModel):
@@ -76,3 +133,7 @@ class ShimConfig(BaseModel):
     #: config's static ``pools`` always are).
     forget_after_s: float = Field(default=300.0, gt=0)
     tls: ExtProcTls = Field(default_factory=ExtProcTls)
+    #: Which pools serve the Responses and Messages APIs natively, which get them translated.
+    apis: Apis = Field(default_factory=Apis)
+    #: The Responses API's stored responses (``GET``/``DELETE``, ``previous_response_id``).
+    responses: ResponsesStore = Field(default_factory=ResponsesStore)

@@ -55,6 +55,8 @@ def common(
     streamed_body: bytes | None = None,
     clear_route_cache: bool = False,
 ) -> pb.CommonResponse:
+    """``body`` replaces the body (or, in a streamed mode, this chunk of it); an empty ``body``
+    clears it."""
     response = pb.CommonResponse(clear_route_cache=clear_route_cache)
     remove = list(remove)
     if set_headers or remove:
@@ -62,6 +64,8 @@ def common(
     if streamed_body is not None:
         response.body_mutation.streamed_response.body = streamed_body
         response.body_mutation.streamed_response.end_of_stream = True
+    elif body == b"":
+        response.body_mutation.clear_body = True
     elif body is not None:
         response.body_mutation.body = body
     return response
@@ -92,8 +96,34 @@ def request_body(
     return out
 
 
-def response_headers(response: pb.CommonResponse | None = None) -> pb.ProcessingResponse:
-    return pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=response))
+def response_headers(
+    response: pb.CommonResponse | None = None,
+    *,
+    mode: processing_mode_pb2.ProcessingMode | None = None,
+) -> pb.ProcessingResponse:
+    out = pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=response))
+    if mode is not None:
+        out.mode_override.CopyFrom(mode)
+    return out
+
+
+def response_body(response: pb.CommonResponse) -> pb.ProcessingResponse:
+    return pb.ProcessingResponse(response_body=pb.BodyResponse(response=response))
+
+
+def watch_response(
+    request_body_mode: int, response_body_mode: int
+) -> processing_mode_pb2.ProcessingMode:
+    """A ``mode_override`` that sends the response headers (and the response body in
+    ``response_body_mode``) to a decision filter configured not to. Envoy reads the header modes
+    of an override as "unchanged" when left DEFAULT, but always takes its body modes, so the
+    stream's own request body mode is repeated."""
+    mode: processing_mode_pb2.ProcessingMode = ProcessingMode(
+        request_body_mode=request_body_mode,
+        response_header_mode=ProcessingMode.SEND,
+        response_body_mode=response_body_mode,
+    )
+    return mode
 
 
 RESPONSE_BODY_CONTINUE = pb.ProcessingResponse(response_body=pb.BodyResponse())

@@ -23,17 +23,29 @@ semantic cache fill) runs in one of two places:
   headers on it.
 
 A decision stream is inline unless Envoy says (``protocol_config``) that it sends no response body.
+
+Two more steps serve the APIs that keep state or get translated (see docs/apis.md):
+
+* **translation back**: the answer of a request translated to chat completions (and an error of
+  the Messages API from any pool) goes through the decision stream, which asks for it with a
+  ``mode_override`` when the observer layout would not send it, and answers each body chunk with
+  the translated bytes;
+* **the Responses API's state** (:mod:`.state`): a ``previous_response_id`` is resolved before the
+  classifier is asked; the turn's input is kept by the decision, its response by whichever stream
+  reads the answer; ``GET`` and ``DELETE /v1/responses/{id}`` are answered from the store.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+import msgspec
 from opentelemetry.trace import SpanKind
 
 from pointsman import debug, tracing
@@ -44,20 +56,32 @@ from pointsman_shim import envoy, metrics
 from pointsman_shim.bus import Bus, BusUnavailable
 from pointsman_shim.config import ShimConfig
 from pointsman_shim.core import headers as h
-from pointsman_shim.core import policy
-from pointsman_shim.core.dialects import openai_chat
-from pointsman_shim.core.dialects.base import AnswerReading, Dialect, LLMRequest, UsageReading
+from pointsman_shim.core import policy, sessions
+from pointsman_shim.core.dialects import openai_chat, openai_responses
+from pointsman_shim.core.dialects.base import (
+    AnswerReading,
+    Dialect,
+    LLMRequest,
+    Translating,
+    TranslatingDialect,
+    UsageReading,
+)
 from pointsman_shim.core.dialects.registry import DIALECTS, Registry
+from pointsman_shim.core.dialects.responses_answer import ResponseReader
 from pointsman_shim.core.errors import RequestError
 from pointsman_shim.core.policy import Answer, Passthrough, Refused, Route, Unavailable
+from pointsman_shim.state import ResponsesState, StateUnavailable
 
 log = logging.getLogger(__name__)
 
 _PM = envoy.ProcessingMode
 _ATTR_NS = "envoy.filters.http.ext_proc"
+#: ``GET`` / ``DELETE`` of a stored response (not ``/cancel``, not ``/render``: passed on).
+_STORED = re.compile(r"^/v1/responses/(resp_[A-Za-z0-9_-]{1,200})$")
 #: Dynamic metadata namespace of the decision, read back by the observer stream.
 CONTEXT_NAMESPACE = "pointsman"
 _tracer = tracing.tracer("pointsman_shim")
+_json = msgspec.json.Encoder().encode
 
 
 @dataclass(slots=True)
@@ -96,6 +120,20 @@ class Stream:
     cache_fill: AnswerReading | None = None
     #: The request may have debug output (``debug`` config, tenant allowed, header sent).
     debug: bool = False
+    #: Envoy's request body mode of this stream (repeated in a ``mode_override``).
+    body_mode: int = _PM.BUFFERED
+    #: The dialect whose readers read the upstream's answer (``None``: :attr:`dialect`).
+    speaks: Dialect | None = None
+    #: The request went upstream translated; the decision stream translates its answer back.
+    translated: bool = False
+    llm: LLMRequest | None = None
+    translator: Translating | None = None
+    #: SHA-256 of the request's credentials (see ``policy.tenant``).
+    tenant: str = ""
+    #: Responses API: keep the answer, continuing the conversation kept under this turn key.
+    turn: str | None = None
+    previous_response_id: str | None = None
+    capture: ResponseReader | None = None
 
 
 class Processor:
@@ -111,6 +149,7 @@ class Processor:
         dialects: Registry = DIALECTS,
         known: Callable[[], Mapping[str, frozenset[str]]] | None = None,
         debug_config: debug.DebugConfig | None = None,
+        state: ResponsesState | None = None,
     ) -> None:
         """``known`` gives the pools' members (:class:`pointsman_shim.membership.Membership`):
         the app always passes it; without it (protocol tests) picks are not vetted."""
@@ -123,6 +162,7 @@ class Processor:
         self.clock = clock
         self.new_id = new_id
         self.dialects = dialects
+        self.state = state if state is not None else ResponsesState(config.responses)
         self.full_duplex_default = config.body_mode == "FULL_DUPLEX_STREAMED"
 
     async def process(
@@ -172,12 +212,12 @@ class Processor:
         stream.strip = h.to_strip(list(stream.headers))
         stream.debug = debug.allowed(self.debug, stream.headers)
         if request.HasField("protocol_config"):
-            stream.full_duplex = (
-                request.protocol_config.request_body_mode == _PM.FULL_DUPLEX_STREAMED
-            )
+            stream.body_mode = request.protocol_config.request_body_mode
+            stream.full_duplex = stream.body_mode == _PM.FULL_DUPLEX_STREAMED
             stream.inline = request.protocol_config.response_body_mode != _PM.NONE
         else:
             stream.full_duplex = self.full_duplex_default
+            stream.body_mode = _PM.FULL_DUPLEX_STREAMED if stream.full_duplex else _PM.BUFFERED
         subset = envoy.metadata_value(request, h.SUBSET_NAMESPACE, h.SUBSET)
         if isinstance(subset, str):
             subset = [s.strip() for s in subset.split(",") if s.strip()]
@@ -186,8 +226,12 @@ class Processor:
         path = stream.headers.get(":path", "")
         method = stream.headers.get(":method", "")
         stream.dialect = self.dialects.for_path(path)
-        if method == "GET" and path.split("?", 1)[0].rstrip("/") == policy.MODELS_PATH:
+        bare = path.split("?", 1)[0].rstrip("/")
+        if method == "GET" and bare == policy.MODELS_PATH:
             return [await self._models(stream)]
+        stored = _STORED.match(bare) if method in ("GET", "DELETE") else None
+        if stored is not None:
+            return [await self._stored(stream, method, stored.group(1))]
         if stream.dialect is None or method != "POST":
             return [self._decided(stream, Passthrough())]
         if request.request_headers.end_of_stream:
@@ -197,7 +241,19 @@ class Processor:
             return [self._reject(stream, error)]
         if stream.full_duplex:
             return []  # the headers response waits for the end of the body (see _route)
-        return [envoy.request_headers(envoy.common(remove=stream.strip))]
+        return [envoy.request_headers(envoy.common(remove=stream.strip), mode=self._watch(stream))]
+
+    def _watch(self, stream: Stream) -> envoy.ProcessingMode | None:
+        """Ask for the response headers of a request whose answer may need translating, when
+        this decision stream would not see them (the observer layout): only such requests pay
+        for the round trip. Envoy ignores mode overrides when the filter's body mode is
+        ``FULL_DUPLEX_STREAMED``, so that layout cannot translate (see :meth:`_decide`)."""
+        dialect = _translating(stream.dialect)
+        if dialect is None or stream.inline or stream.full_duplex:
+            return None
+        if not (dialect.reformats_errors or self.config.apis.translates(dialect.api)):
+            return None
+        return envoy.watch_response(stream.body_mode, _PM.NONE)
 
     async def _request_body(
         self, stream: Stream, request: envoy.ProcessingRequest
@@ -243,20 +299,41 @@ class Processor:
         assert dialect is not None
         started = time.perf_counter()
         raw = bytes(stream.body)
+        stream.tenant = policy.tenant(stream.headers)
+        session: sessions.Session | None = None
         try:
             llm = dialect.parse(raw, max_bytes=self.config.max_body_bytes)
-            decision = await self._decide(stream, dialect, llm)
+            inherited: str | None = None
+            if llm.previous_response_id is not None:
+                llm, inherited = await self._resume(stream, llm)
+            session = sessions.identify(llm, stream.headers, stream.tenant, inherited)
+            decision = await self._decide(stream, dialect, llm, session)
         except RequestError as exc:
             return [self._reject(stream, exc)]
         finally:
             metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
+        keep = llm.store and self.state.enabled and dialect is openai_responses.DIALECT
         if isinstance(decision, Answer):
+            if keep and decision.state is not None:  # a cache hit answers and is kept too
+                turn = self.new_id()
+                self._keep_turn(turn, llm, session, stream.tenant)
+                self.state.keep_response(decision.state, turn, stream.tenant)
             return [self._decided(stream, decision)]
+        metrics.SESSIONS.labels(session.source if session else "none").inc()
+        if session is not None:
+            decision.headers[h.SESSION] = session.source
         self._count(decision)
         routed = Routed(decision.model, decision.route, decision.endpoints, decision.headers)
         stream.routed = routed
         stream.stream_flag = llm.stream
         stream.cache_token = decision.cache_token
+        stream.translated = decision.translated
+        stream.speaks = self.dialects.named(decision.speaks) if decision.speaks else None
+        stream.llm = llm
+        stream.previous_response_id = llm.previous_response_id
+        if keep:
+            stream.turn = self.new_id()
+            self._keep_turn(stream.turn, llm, session, stream.tenant)
 
         set_headers = decision.request_headers()
         metadata: dict[str, dict[str, Any]] = {CONTEXT_NAMESPACE: _context(stream, routed)}
@@ -283,22 +360,92 @@ class Processor:
             )
         ]
 
-    async def _decide(self, stream: Stream, dialect: Dialect, llm: LLMRequest) -> Route | Answer:
-        """Classifier (when configured), then picker; the policy decides at each step."""
+    async def _decide(
+        self,
+        stream: Stream,
+        dialect: Dialect,
+        llm: LLMRequest,
+        session: sessions.Session | None,
+    ) -> Route | Answer:
+        """Classifier (when configured and the request generates), then picker; the policy
+        decides at each step. Raises :class:`RequestError` for a request the chosen pool cannot
+        take, before the picker reserves an endpoint for it."""
         classified: ClassifyReply | Unavailable | None = None
-        if self.config.classifier.enabled:
-            classified = await self._classify(stream, llm)
+        translating = _translating(dialect)
+        if self.config.classifier.enabled and (translating is None or translating.generates):
+            classified = await self._classify(stream, llm, session)
         choice = policy.choose(
             llm, dialect, classified, self.config, now=self.clock(), nonce=self._nonce
         )
         if isinstance(choice, Answer):
             return choice
-        picked = await self._pick(stream, llm, choice.model)
+        upstream = policy.prepare(llm, dialect, choice, self.config)
+        if choice.changes.upstream == "chat" and stream.full_duplex and not stream.inline:
+            raise RequestError(
+                501,
+                f"model '{choice.model}' gets this API translated to chat completions, which "
+                "needs the response: Envoy's FULL_DUPLEX_STREAMED body mode with the observer "
+                "layout cannot give it to the shim (use BUFFERED, the inline response path, or "
+                "a pool that serves the API natively: shim.apis)",
+                reason="translation_unavailable",
+                type="server_error",
+            )
+        picked = await self._pick(stream, llm, choice.model, session)
         if self.known is not None and isinstance(picked, PickReply):
             picked = policy.vet_pick(picked, choice.model, self.known())
             if isinstance(picked, Refused):
                 self._refused(stream, choice.model, picked)
-        return policy.route(llm, dialect, choice, picked, self.config, debug=stream.debug)
+        return policy.route(
+            llm, dialect, choice, picked, self.config, debug=stream.debug, upstream=upstream
+        )
+
+    async def _resume(self, stream: Stream, llm: LLMRequest) -> tuple[LLMRequest, str | None]:
+        """The request with the conversation of the response it continues before its input,
+        and that conversation's session; 404 (unknown, expired, another tenant's), 503 (store
+        down) or 413 (the whole conversation is larger than a body may be) otherwise."""
+        rid = llm.previous_response_id
+        assert rid is not None
+        try:
+            kept = await self.state.conversation(rid, stream.tenant)
+        except StateUnavailable as exc:
+            raise _store_down(exc) from None
+        if kept is None:
+            raise _not_found(rid, "previous_response_id")
+        resumed = openai_responses.resume(llm, kept.items)
+        size = sum(len(t.content) for t in resumed.turns)
+        if size > self.config.max_body_bytes:
+            raise RequestError(
+                413,
+                f"the conversation continued from '{rid}' is larger than the limit of "
+                f"{self.config.max_body_bytes} bytes",
+                reason="conversation_too_large",
+                param="previous_response_id",
+            )
+        return resumed, kept.session
+
+    def _keep_turn(
+        self, turn: str, llm: LLMRequest, session: sessions.Session | None, tenant: str
+    ) -> None:
+        items = openai_responses.conversation(llm)
+        self.state.keep_turn(turn, items, session.id if session else None, tenant)
+
+    async def _stored(self, stream: Stream, method: str, rid: str) -> envoy.ProcessingResponse:
+        """``GET`` or ``DELETE /v1/responses/{id}``, answered from the store by the shim."""
+        stream.dialect = openai_responses.DIALECT
+        tenant = policy.tenant(stream.headers)
+        try:
+            if method == "GET":
+                found = await self.state.response(rid, tenant)
+                body = _json(found) if found is not None else None
+            else:
+                deleted = await self.state.delete(rid, tenant)
+                gone = {"id": rid, "object": "response", "deleted": True}
+                body = _json(gone) if deleted else None
+        except StateUnavailable as exc:
+            return self._reject(stream, _store_down(exc))
+        if body is None:
+            return self._reject(stream, _not_found(rid, "response_id"))
+        return self._decided(stream, Answer(200, body, {}, outcome="answered"))
 
     def _refused(self, stream: Stream, model: str, refused: Refused) -> None:
         """Count and log a pick naming endpoints outside the model's pool (once per address
@@ -317,9 +464,11 @@ class Processor:
     def _nonce(self) -> str:
         return self.new_id()[:24]
 
-    async def _pick(self, stream: Stream, llm: LLMRequest, model: str) -> PickReply | Unavailable:
+    async def _pick(
+        self, stream: Stream, llm: LLMRequest, model: str, session: sessions.Session | None
+    ) -> PickReply | Unavailable:
         request = policy.pick_request(
-            llm, model, stream.headers, stream.request_id, stream.subset, self.config,
+            llm, model, stream.headers, stream.request_id, stream.subset, self.config, session,
             debug=stream.debug,
         )  # fmt: skip
         started = time.perf_counter()
@@ -335,9 +484,11 @@ class Processor:
             span.set_attribute("pointsman.endpoints", reply.endpoints)
             return reply
 
-    async def _classify(self, stream: Stream, llm: LLMRequest) -> ClassifyReply | Unavailable:
+    async def _classify(
+        self, stream: Stream, llm: LLMRequest, session: sessions.Session | None
+    ) -> ClassifyReply | Unavailable:
         request = policy.classify_request(
-            llm, stream.headers, stream.request_id, debug=stream.debug
+            llm, stream.headers, stream.request_id, session, debug=stream.debug
         )
         started = time.perf_counter()
         with _tracer.start_as_current_span("pointsman.classify", kind=SpanKind.CLIENT) as span:
@@ -401,34 +552,66 @@ class Processor:
     async def _response_headers(
         self, stream: Stream, request: envoy.ProcessingRequest
     ) -> envoy.ProcessingResponse:
-        """Inline: read the response headers and report the decision on them."""
-        served = await self._read_response_headers(stream, request)
+        """Inline: read the response headers and report the decision on them. Inline or
+        watching: start translating the answer back when it needs it."""
+        if stream.inline:
+            served = await self._read_response_headers(stream, request)
+        else:  # watching: the observer reads the response; only the translation is ours
+            served = None
+            stream.status = _status_of(envoy.header_map(request.response_headers))
         routed = stream.routed
         if routed is None:
             return envoy.response_headers()
-        out = {h.SELECTED_MODEL: routed.model, **routed.response_headers}
-        if served and self.debug.report_endpoint:
-            out[h.ENDPOINT] = served
-        return envoy.response_headers(envoy.common(set_headers=out))
+        out: dict[str, str] = {}
+        if stream.inline:
+            out = {h.SELECTED_MODEL: routed.model, **routed.response_headers}
+            if served and self.debug.report_endpoint:
+                out[h.ENDPOINT] = served
+        remove: list[str] = []
+        mode = None
+        translator = self._translator(stream, request)
+        if translator is not None:
+            stream.translator = translator
+            sse = _is_sse(request)
+            remove.append("content-length")
+            out["content-type"] = "text/event-stream" if sse else "application/json"
+            # A whole JSON answer is buffered, so that a failed translation can still change
+            # the status; an event stream is translated as it streams.
+            mode = envoy.watch_response(stream.body_mode, _PM.STREAMED if sse else _PM.BUFFERED)
+        return envoy.response_headers(envoy.common(set_headers=out, remove=remove), mode=mode)
+
+    def _translator(self, stream: Stream, request: envoy.ProcessingRequest) -> Translating | None:
+        dialect = _translating(stream.dialect)
+        if dialect is None or stream.llm is None or request.response_headers.end_of_stream:
+            return None
+        return dialect.response_translator(
+            stream.llm,
+            status=stream.status,
+            sse=_is_sse(request),
+            translated=stream.translated,
+            nonce=self._nonce(),
+            created=int(stream.started),
+        )
 
     async def _read_response_headers(
         self, stream: Stream, request: envoy.ProcessingRequest
     ) -> str | None:
         """Status, usage reader, cache fill and the served endpoint (first in ``endpoints``)."""
         headers = envoy.header_map(request.response_headers)
-        try:
-            stream.status = int(headers.get(":status", "0"))
-        except ValueError:
-            stream.status = 0
+        stream.status = _status_of(headers)
         routed = stream.routed
         if routed is None:
             return None
-        dialect = stream.dialect
-        assert dialect is not None  # set with ``routed``, by the decision or from its metadata
+        # The engine's answer is read with the readers of the API it speaks (set with
+        # ``routed``, by the decision or from its metadata).
+        dialect = stream.speaks or stream.dialect
+        assert dialect is not None
         sse = headers.get("content-type", "").startswith("text/event-stream")
         stream.reader = dialect.usage_reader(sse=sse)
         if stream.cache_token is not None and 200 <= stream.status < 300:
             stream.cache_fill = dialect.answer_reader(sse=sse)
+        if stream.turn is not None and not stream.translated and 200 <= stream.status < 300:
+            stream.capture = ResponseReader(sse=sse)
         served = _served_endpoint(request) or (routed.endpoints[0] if routed.endpoints else "")
         routed.endpoints = [served, *[e for e in routed.endpoints if e != served]] if served else []
         if request.response_headers.end_of_stream:
@@ -443,9 +626,34 @@ class Processor:
             stream.reader.feed(body.body)
         if stream.cache_fill is not None:
             stream.cache_fill.feed(body.body)
-        if body.end_of_stream and stream.routed is not None and not stream.done:
+        if stream.capture is not None:
+            stream.capture.feed(body.body)
+        response = envoy.RESPONSE_BODY_CONTINUE
+        translator = stream.translator
+        if translator is not None and not stream.observer:
+            out = translator.feed(body.body)
+            headers: dict[str, str] = {}
+            if body.end_of_stream:
+                out += translator.finish()
+                stream.translator = None
+                self._translated(stream, translator)
+                if translator.status is not None:  # still possible: the JSON was buffered
+                    headers = {":status": str(translator.status), h.ERROR: "translation_failed"}
+            response = envoy.response_body(envoy.common(set_headers=headers, body=out))
+        ends = body.end_of_stream and stream.routed is not None and not stream.done
+        if ends and (stream.inline or stream.observer):
             await self._complete(stream)
-        return envoy.RESPONSE_BODY_CONTINUE
+        return response
+
+    def _translated(self, stream: Stream, translator: Translating) -> None:
+        """A translation ended: count it; keep a translated Responses answer."""
+        dialect = _translating(stream.dialect)
+        if dialect is None:
+            return
+        metrics.TRANSLATIONS.labels(dialect.api, "failed" if translator.failed else "ok").inc()
+        result = translator.result
+        if stream.turn is not None and stream.translated and result is not None:
+            self.state.keep_response(result, stream.turn, stream.tenant)
 
     async def _observe(
         self, stream: Stream, request: envoy.ProcessingRequest, which: str | None
@@ -481,6 +689,13 @@ class Processor:
         )
         # A decision of a shim from before dialects had names was an OpenAI one.
         stream.dialect = self.dialects.named(str(ctx.get("dialect", ""))) or openai_chat.DIALECT
+        speaks = ctx.get("speaks")
+        stream.speaks = self.dialects.named(speaks) if isinstance(speaks, str) else None
+        turn = ctx.get("turn")
+        stream.turn = turn if isinstance(turn, str) and turn else None
+        stream.tenant = str(ctx.get("tenant", ""))
+        previous = ctx.get("previous_response_id")
+        stream.previous_response_id = previous if isinstance(previous, str) else None
         stream.request_id = str(ctx.get("request_id") or stream.request_id or self.new_id())
         stream.stream_flag = bool(ctx.get("stream", False))
         started = ctx.get("started")
@@ -521,6 +736,14 @@ class Processor:
                         completion_tokens=filled.completion_tokens,
                     )
                 )
+        if stream.capture is not None and stream.turn is not None:
+            response = stream.capture.response()
+            stream.capture = None
+            if response is not None:
+                # The engine answered a stateless request: say what the client asked.
+                response["previous_response_id"] = stream.previous_response_id
+                response["store"] = True
+                self.state.keep_response(response, stream.turn, stream.tenant)
         if not self.config.publish_completions:
             return
         await self.bus.publish_completion(
@@ -552,7 +775,50 @@ def _context(stream: Stream, routed: Routed) -> dict[str, Any]:
     }
     if stream.cache_token is not None:
         context["cache_token"] = stream.cache_token
+    if stream.speaks is not None:
+        context["speaks"] = stream.speaks.name
+    if stream.turn is not None and not stream.translated:  # the observer keeps the answer
+        context["turn"] = stream.turn
+        context["tenant"] = stream.tenant
+        if stream.previous_response_id is not None:
+            context["previous_response_id"] = stream.previous_response_id
     return context
+
+
+def _translating(dialect: Dialect | None) -> TranslatingDialect | None:
+    """The dialect as a :class:`TranslatingDialect`, when it is one."""
+    if dialect is None or not hasattr(dialect, "response_translator"):
+        return None
+    return cast(TranslatingDialect, dialect)
+
+
+def _status_of(headers: dict[str, str]) -> int:
+    try:
+        return int(headers.get(":status", "0"))
+    except ValueError:
+        return 0
+
+
+def _is_sse(request: envoy.ProcessingRequest) -> bool:
+    headers = envoy.header_map(request.response_headers)
+    return headers.get("content-type", "").startswith("text/event-stream")
+
+
+def _not_found(rid: str, param: str) -> RequestError:
+    return RequestError(
+        404, f"Response with id '{rid}' not found.", reason="response_not_found", param=param
+    )
+
+
+def _store_down(exc: StateUnavailable) -> RequestError:
+    return RequestError(
+        503,
+        f"{exc}; stateful Responses calls (GET, DELETE, previous_response_id) cannot be "
+        "answered now, stateless ones still can",
+        reason="store_unavailable",
+        type="service_unavailable",
+        code="service_unavailable",
+    )
 
 
 def _served_endpoint(request: envoy.ProcessingRequest) -> str | None:

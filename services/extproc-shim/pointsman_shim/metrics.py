@@ -67,3 +67,19 @@ REFUSED_PICKS = Counter(
     "the failure mode), by reason.",
     ["reason"],  # not_in_pool, unknown_pool
 )
+TRANSLATIONS = Counter(
+    "pointsman_shim_translations",
+    "Answers translated from chat completions into the client's API, by API and outcome.",
+    ["api", "outcome"],  # api: responses, messages; outcome: ok, failed (ended with an error)
+)
+STORE = Counter(
+    "pointsman_shim_responses_store",
+    "Calls to the Responses API's store (Redis), by operation and outcome.",
+    # op: get, delete, previous, turn, response; outcome: ok, not_found, unavailable
+    ["op", "outcome"],
+)
+SESSIONS = Counter(
+    "pointsman_shim_sessions",
+    "Routed requests by where their session identity came from.",
+    ["source"],  # header, previous_response, conversation, none
+)

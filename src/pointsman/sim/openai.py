@@ -157,6 +157,65 @@ class Parsed:
     include_usage: bool
     #: the prompt as token ids, when a completions request sent ids
     ids: list[int] | None = None
+    #: the tool the answer calls (chat with ``tool_choice`` ``required`` or a named function)
+    tool: ForcedTool | None = None
+
+
+@dataclass
+class ForcedTool:
+    """A tool call vLLM makes without a tool parser: ``tool_choice`` ``required`` (the first
+    tool; finish reason ``tool_calls``) or a named function (finish reason ``stop``), its
+    arguments constrained to the tool's parameter schema by guided decoding. The simulator
+    fills each required parameter with a fixed value of its type."""
+
+    name: str
+    arguments: str
+    finish_reason: str
+
+
+_PLACEHOLDERS: dict[str, Any] = {
+    "string": "sim",
+    "number": 1.0,
+    "integer": 1,
+    "boolean": True,
+    "array": [],
+    "object": {},
+}
+
+
+def forced_tool(data: dict[str, Any]) -> ForcedTool | None:
+    """The tool a chat request forces the answer to call, if any."""
+    tools = data.get("tools")
+    choice = data.get("tool_choice")
+    if not isinstance(tools, list) or not tools:
+        return None
+    functions = [
+        t["function"]
+        for t in tools
+        if isinstance(t, dict)
+        and isinstance(t.get("function"), dict)
+        and isinstance(t["function"].get("name"), str)
+    ]
+    if not functions:
+        return None
+    if choice == "required":
+        function, finish = functions[0], "tool_calls"
+    elif isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        name = choice["function"].get("name")
+        function = next((f for f in functions if f["name"] == name), None)
+        if function is None:
+            raise ApiError(400, f"tool_choice names a tool that is not in tools: {name}")
+        finish = "stop"
+    else:
+        return None
+    schema: dict[str, Any] = function.get("parameters") or {}
+    properties: dict[str, Any] = schema.get("properties") or {}
+    args = {
+        key: _PLACEHOLDERS.get(str((properties.get(key) or {}).get("type")), "sim")
+        for key in schema.get("required") or []
+        if isinstance(key, str)
+    }
+    return ForcedTool(function["name"], _encode(args).decode(), finish)
 
 
 def parse(body: bytes, chat: bool, cfg: SimConfig) -> Parsed:
@@ -191,7 +250,8 @@ def parse(body: bytes, chat: bool, cfg: SimConfig) -> Parsed:
     stream = data.get("stream") is True
     opts = data.get("stream_options")
     include_usage = stream and isinstance(opts, dict) and opts.get("include_usage") is True
-    return Parsed(chat, model, text, prompt_len, max_out, reason, stream, include_usage, ids)
+    tool = forced_tool(data) if chat else None
+    return Parsed(chat, model, text, prompt_len, max_out, reason, stream, include_usage, ids, tool)
 
 
 def output_budget(prompt_len: int, requested: Any, param: str, cfg: SimConfig) -> tuple[int, str]:
@@ -229,9 +289,13 @@ def full_response(
     p: Parsed, rid: str, created: int, text: str, completion: int, cached: int, finish_reason: str
 ) -> bytes:
     if p.chat:
+        message: dict[str, Any] = {"role": "assistant", "content": text, "tool_calls": []}
+        if p.tool is not None:
+            message = {"role": "assistant", "content": None, "tool_calls": [_call(p, rid)]}
+            finish_reason = p.tool.finish_reason
         choice: dict[str, Any] = {
             "index": 0,
-            "message": {"role": "assistant", "content": text, "tool_calls": []},
+            "message": message,
             "logprobs": None,
             "finish_reason": finish_reason,
             "stop_reason": None,
@@ -256,6 +320,18 @@ def full_response(
             "usage": usage(p.prompt_len, completion, cached),
         }
     )
+
+
+def _call(p: Parsed, rid: str, arguments: str | None = None) -> dict[str, Any]:
+    assert p.tool is not None
+    return {
+        "id": "chatcmpl-tool-" + rid.rsplit("-", 1)[-1],
+        "type": "function",
+        "function": {
+            "name": p.tool.name,
+            "arguments": p.tool.arguments if arguments is None else arguments,
+        },
+    }
 
 
 class ChunkWriter:
@@ -309,10 +385,23 @@ class ChunkWriter:
         return b""
 
     def first(self) -> bytes:
+        if self.p.tool is not None:  # the call's id and name come first, then its arguments
+            call = {"index": 0, **_call(self.p, self.rid, "")}
+            chunk = _encode(
+                [
+                    {
+                        "index": 0,
+                        "delta": {"tool_calls": [call]},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                ]
+            )
+            return self.role() + self._event(chunk)
         return self.role() if self.chat else b""
 
     def delta(self, text: str) -> bytes:
-        return self.content(text)
+        return b"" if self.p.tool is not None else self.content(text)
 
     def full(self, text: str, completion: int, cached: int, finish_reason: str) -> bytes:
         return full_response(
@@ -320,7 +409,15 @@ class ChunkWriter:
         )
 
     def closing(self, tail: str, completion: int, cached: int, finish_reason: str) -> bytes:
-        last = self.content(tail, finish_reason)
+        if self.p.tool is not None:
+            args = {"index": 0, "function": {"arguments": self.p.tool.arguments}}
+            end = _encode(self.p.tool.finish_reason)
+            last = self._event(
+                b'[{"index":0,"delta":{"tool_calls":[' + _encode(args) + b']},"logprobs":null,'
+                b'"finish_reason":' + end + b',"stop_reason":null}]'
+            )
+        else:
+            last = self.content(tail, finish_reason)
         if self.p.include_usage:
             last += self.usage(completion, cached)
         return last + DONE

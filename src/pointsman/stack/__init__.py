@@ -1,8 +1,9 @@
 """``pointsman up``: the whole stack on one machine, for trying Pointsman and for tests.
 
-It starts, in order: nats-server (unless ``NATS_URL`` names one), simulated vLLM replicas, the
-metrics-collector, the picker, the classifier (when enabled), the extproc-shim, and Envoy wired to
-the shim. Every part is a real process on loopback; :class:`Stack` is the same thing as a Python
+It starts, in order: nats-server (unless ``NATS_URL`` names one), redis-server (when one is
+installed: the Responses API's state and the classifier's sessions live there), simulated vLLM
+replicas, the metrics-collector, the picker, the classifier (when enabled), the extproc-shim, and
+Envoy wired to the shim. Every part is a real process on loopback; :class:`Stack` is the same thing as a Python
 API for tests and benchmarks.
 
 Secure by default: the nats-server it starts requires each service's own NKey, with the subject
@@ -44,6 +45,7 @@ from pointsman.stack.procs import (
     free_port_block,
     http_status,
     port_free,
+    redis_argv,
     spawn,
     wait_ready,
 )
@@ -96,6 +98,9 @@ class StackOptions:
     nats_tls: bool = False
     #: ext_proc over mutual TLS between Envoy and the shim, with a throwaway CA.
     extproc_tls: bool = False
+    #: Start redis-server for the Responses API's store and the classifier's sessions (None:
+    #: when a redis-server binary is found; without Redis, stateful Responses calls answer 503).
+    redis: bool | None = None
     workdir: Path | None = None
     #: Sections merged over everything else (tests use it to tune deadlines).
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -122,6 +127,9 @@ class Stack:
         self.pools: dict[str, list[str]] = {}
         self.gateway_url = ""
         self.nats_url = ""
+        self.redis_url = ""
+        #: The started redis-server's password (``redis.password_file`` of every service).
+        self.redis_password_file: Path | None = None
         self.config_path: Path | None = None
         self.workdir = Path(self.options.workdir or tempfile.mkdtemp(prefix="pointsman-stack-"))
         self.log_dir = self.workdir / "logs"
@@ -171,6 +179,7 @@ class Stack:
             self.gateway_port = free_port(o.host)
 
         self.nats_url = o.nats_url or os.environ.get("NATS_URL") or self._start_nats()
+        self.redis_url = self._start_redis()
         if o.simulate:
             self.pools = self._start_simulators()
         else:
@@ -196,6 +205,11 @@ class Stack:
         }
         generated: dict[str, Any] = {
             "nats": {"url": self.nats_url, **nats_section},
+            **(
+                {"redis": {"password_file": str(self.redis_password_file)}}
+                if self.redis_password_file is not None
+                else {}
+            ),
             # the user's entries as written (labels, engines); simulators: plain addresses
             "pools": self.pools if o.simulate else user["pools"],
             "shim": {
@@ -207,6 +221,7 @@ class Stack:
                 "failure_mode": o.failure_mode,
                 "body_mode": o.body_mode,
                 "classifier": {"enabled": bool(with_classifier)},
+                "responses": {"redis_url": self.redis_url},
             },
             "picker": {"http_host": "127.0.0.1"},
             "collector": {"http_host": "127.0.0.1", "http_port": self.ports["collector_http"]},
@@ -216,6 +231,11 @@ class Stack:
                 "http_host": "127.0.0.1",
                 "http_port": self.ports["classifier_http"],
             }
+            if self.redis_url:
+                generated["classifier"]["sessions"] = {
+                    "enabled": True,
+                    "redis_url": self.redis_url,
+                }
             if o.simulate and o.models == DEFAULT_MODELS:
                 generated["classifier"].update(DEMO_ROUTING)
         if o.extproc_tls:
@@ -286,6 +306,37 @@ class Stack:
         if identity is not None and identity in self.identities:
             section["nkey_seed_file"] = str(self.identities[identity].seed_file)
         return NatsConfig.model_validate(section)
+
+    def _start_redis(self) -> str:
+        """redis-server on a free port, without persistence; ``""`` when not wanted or none is
+        installed (then only ``redis=True`` is an error)."""
+        want = self.options.redis
+        if want is False:
+            return ""
+        try:
+            path = binary("redis-server")
+        except StackError:
+            if want:
+                raise
+            return ""
+        port = free_port()
+        store = self.workdir / "redis"
+        store.mkdir(parents=True, exist_ok=True)
+        argv = redis_argv(path, port, str(store))
+        if self.options.nats_auth:  # secure by default: a generated password (hash on disk)
+            secret = credentials.password()
+            self.redis_password_file = credentials.write_secret(
+                self.workdir / "credentials" / "redis.password", secret + "\n"
+            )
+            acl = credentials.write_secret(
+                self.workdir / "credentials" / "redis.acl",
+                credentials.redis_default_acl(secret),
+            )
+            argv += ["--aclfile", str(acl)]
+        child = spawn("redis-server", argv, self.log_dir)
+        self.children["redis-server"] = child
+        wait_ready(child, lambda: not port_free(port), 15, "redis-server")
+        return f"redis://127.0.0.1:{port}/0"
 
     def _start_simulators(self) -> dict[str, list[str]]:
         o = self.options
@@ -517,6 +568,20 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         action="store_false",
         help="do not start the classifier: 'auto' goes to the first model",
     )
+    redis = p.add_mutually_exclusive_group()
+    redis.add_argument(
+        "--redis",
+        dest="redis",
+        action="store_true",
+        default=None,
+        help="start redis-server (the Responses API's state, sessions); default: when installed",
+    )
+    redis.add_argument(
+        "--no-redis",
+        dest="redis",
+        action="store_false",
+        help="do not start redis-server: stateful Responses calls answer 503",
+    )
     p.add_argument(
         "--nats-tls",
         action="store_true",
@@ -556,6 +621,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "pointsman up") -> int:
         response_path=args.response_path,
         failure_mode=args.failure_mode,
         classifier=args.classifier,
+        redis=args.redis,
         workdir=args.workdir,
         nats_tls=args.nats_tls,
         extproc_tls=args.extproc_tls,

@@ -108,6 +108,13 @@ def redis_acl(passwords: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def redis_default_acl(secret: str) -> str:
+    """A Redis ACL file for one local stack: the default user needs ``secret`` (stored as its
+    SHA-256 only), with every command but the dangerous ones."""
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    return f"user default on #{digest} ~* &* +@all -@dangerous +info\n"
+
+
 def throwaway_ca(directory: Path, hosts: Sequence[str], days: int = 30) -> TlsFiles:
     """A new CA and a server certificate for ``hosts`` (names or IPs) signed by it, written to
     ``ca.crt``, ``tls.crt`` and ``tls.key`` (0600). The CA's key is never written."""

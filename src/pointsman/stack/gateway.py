@@ -64,13 +64,17 @@ class ApiRoute:
         return "/" + "/".join(parts)
 
 
-#: The LLM API the gateway exposes. Issue 14's dialects add theirs here, e.g.
-#: ``ApiRoute("/v1/responses")``, ``ApiRoute("/v1/responses/{id}", ("GET", "DELETE"))``,
-#: ``ApiRoute("/v1/messages")``, ``ApiRoute("/v1/messages/count_tokens")``.
+#: The LLM API the gateway exposes: one entry per path of the shim's dialects (docs/apis.md).
 API_ROUTES: tuple[ApiRoute, ...] = (
     ApiRoute("/v1/chat/completions"),
     ApiRoute("/v1/completions"),
     ApiRoute("/v1/models", ("GET",)),
+    # OpenAI Responses: GET and DELETE of a kept response are answered by the shim itself
+    ApiRoute("/v1/responses"),
+    ApiRoute("/v1/responses/{id}", ("GET", "DELETE")),
+    # Anthropic Messages
+    ApiRoute("/v1/messages"),
+    ApiRoute("/v1/messages/count_tokens"),
 )
 
 

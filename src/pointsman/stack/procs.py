@@ -66,6 +66,23 @@ def binary(name: str) -> str:
     return found
 
 
+def redis_argv(path: str, port: int, workdir: str) -> list[str]:
+    """redis-server on loopback without persistence: state that a restart may lose."""
+    return [
+        path,
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        workdir,
+    ]
+
+
 def http_status(url: str, timeout: float = 0.5) -> int:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:

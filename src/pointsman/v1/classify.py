@@ -40,6 +40,11 @@ class ClassifyRequest(msgspec.Struct, kw_only=True):
     prompt: str | None = None
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     params: dict[str, Any] = msgspec.field(default_factory=dict)
+    #: The conversation this request belongs to (``x-session-id``, the session of the response
+    #: it continues, or a hash of the conversation's opening turns), when the shim knows one.
+    session: str | None = None
+    #: The request continues the session (an earlier turn may have chosen its model).
+    follow_up: bool = False
 
 
 class Block(msgspec.Struct, kw_only=True):

@@ -20,6 +20,10 @@ PREFILLER = "x-prefiller-host-port"
 SCORES = "x-pointsman-scores"
 #: The endpoint that served the response: Envoy's upstream address, not a request header.
 ENDPOINT = "x-pointsman-endpoint"
+#: Where the request's session identity came from: ``header`` (``x-session-id``),
+#: ``previous_response`` (the session of the response it continues) or ``conversation`` (a hash
+#: of the conversation's opening turns).
+SESSION = "x-pointsman-session"
 
 #: Set by the classifier (see services/classifier/README.md, "Headers").
 CLASSIFIER = (
@@ -32,6 +36,7 @@ CLASSIFIER = (
     "x-pointsman-jailbreak",
     "x-pointsman-pii",
     "x-pointsman-fallback",
+    "x-pointsman-session-model",
     "x-pointsman-cache",
     "x-pointsman-cache-similarity",
     "x-pointsman-debug-categories",
@@ -40,4 +45,4 @@ CLASSIFIER = (
 )
 
 #: Request headers the gateway copies onto the response, in this order.
-REPORTED = (SELECTED_MODEL, ROUTE, ROUTE_CLASSIFIER, PREFILLER, SCORES, *CLASSIFIER)
+REPORTED = (SELECTED_MODEL, ROUTE, ROUTE_CLASSIFIER, PREFILLER, SCORES, SESSION, *CLASSIFIER)

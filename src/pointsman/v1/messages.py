@@ -98,6 +98,9 @@ class PickRequest(msgspec.Struct, kw_only=True):
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     prompt: str | None = None
     max_endpoints: int = 3
+    #: The conversation the request belongs to, for session affinity (added after v1: a picker
+    #: from before reads only the ``x-session-id`` header).
+    session: str | None = None
 
 
 class PickReply(msgspec.Struct, kw_only=True):

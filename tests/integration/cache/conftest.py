@@ -60,7 +60,14 @@ def cache_stack() -> Iterator[CacheStack]:
                 "classifier": {
                     "default_model": "alpha",
                     "device": "cpu",
-                    "cache": {"enabled": True, "redis_url": url, "ttl_s": TTL_S},
+                    # The simulator ends every answer with an explicit limit as "length", and a
+                    # Messages request always has one (max_tokens): store those answers too.
+                    "cache": {
+                        "enabled": True,
+                        "redis_url": url,
+                        "ttl_s": TTL_S,
+                        "store_truncated": True,
+                    },
                 },
             },
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -110,6 +111,52 @@ def test_streaming_answer_is_stored_and_a_hit_streams_to_the_openai_client(
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
     assert finishes[-1] == "stop"
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
+
+
+def test_the_responses_and_messages_apis_fill_and_hit_in_their_formats(
+    cache_stack: CacheStack,
+) -> None:
+    """A translated Messages answer fills the cache (read off the engine's chat bytes); the same
+    question by the Responses API (a native pool here) is answered from it as a response object,
+    which is kept for GET and later turns; a streamed Messages hit reaches the anthropic client."""
+    cs = cache_stack
+    tenant = {"x-tenant-id": "t-apis"}
+    question = "What is the tallest mountain on Earth?"
+    before = stores(cs)
+    claude = anthropic.Anthropic(
+        base_url=cs.stack.gateway_url, api_key="k", max_retries=0, default_headers=tenant
+    )
+    greedy: Any = {"temperature": 0}  # (this client release has no temperature argument)
+    miss = claude.messages.with_raw_response.create(
+        model="alpha",
+        max_tokens=16,
+        messages=[{"role": "user", "content": question}],
+        extra_body=greedy,
+    )
+    assert miss.headers[HIT] == "miss"
+    answer = miss.parse().content[0].text  # type: ignore[union-attr]
+    stored_after(cs, before)
+
+    client = openai.OpenAI(
+        base_url=f"{cs.stack.gateway_url}/v1", api_key="k", max_retries=0, default_headers=tenant
+    )
+    hit = client.responses.with_raw_response.create(
+        model="alpha", input="Which mountain on Earth is the tallest?", max_output_tokens=16,
+        temperature=0,
+    )  # fmt: skip
+    assert hit.headers[HIT] == "hit"
+    response = hit.parse()
+    assert response.output_text == answer
+    assert client.responses.retrieve(response.id).output_text == answer
+
+    with claude.messages.stream(
+        model="alpha",
+        max_tokens=16,
+        messages=[{"role": "user", "content": question}],
+        extra_body=greedy,
+    ) as streamed:
+        assert streamed.response.headers[HIT] == "hit"
+        assert "".join(streamed.text_stream) == answer
 
 
 def test_tenants_are_isolated(cache_stack: CacheStack) -> None:

@@ -132,3 +132,44 @@ def test_debug_header_shows_the_scores(classified: Stack) -> None:
     r = ask(classified, "What is 17 times 23?", **{"x-pointsman-debug": "1"})
     assert r.status_code == 200, r.text
     assert "x-pointsman-debug-categories" in r.headers
+
+
+def converse(stack: Stack, turns: list[str], **headers: str) -> httpx.Response:
+    """A chat conversation: each earlier user turn answered by a fixed assistant turn."""
+    messages: list[dict[str, str]] = []
+    for turn in turns[:-1]:
+        messages += [{"role": "user", "content": turn}, {"role": "assistant", "content": "Done."}]
+    messages.append({"role": "user", "content": turns[-1]})
+    return httpx.post(
+        f"{stack.gateway_url}{CHAT}",
+        json={"model": "auto", "messages": messages, "max_tokens": 4},
+        headers={"x-pointsman-debug": "1", **headers},
+        timeout=30,
+    )
+
+
+MATH_OPENER = "Solve for x: 3x^2 - 12x + 9 = 0. Then compute the derivative of x^3 + 2x at x = 2."
+#: The shipped heads score it philosophy 0.27, math 0.19: alone it goes to the default model.
+VAGUE = "Great, now commit it."
+ELSEWHERE = "Please charge my card 4111 1111 1111 1111 (expires 12/29) for the quarterly invoice."
+
+
+@pytest.mark.parametrize("by_header", [True, False])
+def test_a_follow_up_stays_on_the_sessions_model(classified: Stack, by_header: bool) -> None:
+    """The vague follow-up alone would not go to the math model; in the session it stays there,
+    until a turn is clearly about something else."""
+    session = {"x-session-id": f"sess-{by_header}"} if by_header else {}
+    alone = ask(classified, VAGUE)
+    assert alone.headers["x-selected-model"] != "qwen3-math", alone.headers
+    first = converse(classified, [MATH_OPENER], **session)
+    assert first.headers["x-selected-model"] == "qwen3-math"
+    assert first.headers["x-pointsman-session-model"] == "new"
+    assert first.headers["x-pointsman-session"] == ("header" if by_header else "conversation")
+    second = converse(classified, [MATH_OPENER, VAGUE], **session)
+    assert second.status_code == 200, second.text
+    assert second.headers["x-pointsman-session-model"] == "kept", second.headers
+    assert second.headers["x-selected-model"] == "qwen3-math"
+    assert second.headers["x-pointsman-reasoning"] == "on"
+    third = converse(classified, [MATH_OPENER, VAGUE, ELSEWHERE], **session)
+    assert third.headers["x-pointsman-session-model"] == "switched", third.headers
+    assert third.headers["x-selected-model"] == "pii-safe"

@@ -4,7 +4,10 @@ Inference Extension gateway or the Istio overlay configure it), through a real E
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
+import anthropic
+import openai
 import pytest
 
 from pointsman.stack import Stack
@@ -47,3 +50,35 @@ def test_inline_stream_reports_headers_and_one_completion(inline_stack: Stack) -
         assert e.endpoint == r.headers["x-sim-endpoint"]
         assert e.completion_tokens == 4
     assert by_id["inline-1"].stream and not by_id["inline-0"].stream
+
+
+# -- translation and state on the inline path: the decision stream sees the response anyway ----
+
+
+@pytest.fixture(scope="module")
+def full_duplex_inline() -> Iterator[Stack]:
+    with make_stack(
+        models=["beta"], replicas=1, response_path="inline", body_mode="FULL_DUPLEX_STREAMED"
+    ) as s:
+        yield s
+
+
+@pytest.mark.parametrize("which", ["inline_stack", "full_duplex_inline"])
+def test_translation_and_state_inline(which: str, request: pytest.FixtureRequest) -> None:
+    stack: Stack = request.getfixturevalue(which)
+    client = anthropic.Anthropic(base_url=stack.gateway_url, api_key="k", max_retries=0)
+    messages: Any = [{"role": "user", "content": "Hello"}]
+    message = client.messages.create(model="beta", max_tokens=5, messages=messages)
+    assert message.content[0].text and message.usage.output_tokens == 5  # type: ignore[union-attr]
+    with client.messages.stream(model="beta", max_tokens=5, messages=messages) as s:
+        assert "".join(s.text_stream) and s.get_final_message().stop_reason == "max_tokens"
+    responses = openai.OpenAI(
+        base_url=f"{stack.gateway_url}/v1", api_key="k", max_retries=0
+    ).responses
+    first = responses.create(model="beta", input="Hello", max_output_tokens=3)
+    second = responses.create(
+        model="beta", input="More", previous_response_id=first.id, max_output_tokens=3
+    )
+    assert first.usage is not None and second.usage is not None
+    assert second.usage.input_tokens > first.usage.input_tokens
+    assert responses.retrieve(second.id).output_text == second.output_text

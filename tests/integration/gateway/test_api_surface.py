@@ -7,6 +7,7 @@ clients away from them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -271,3 +272,20 @@ def test_ext_proc_failures_are_json(fleet: Fleet) -> None:
         assert (error["code"], error["type"]) == ("gateway_processing_failed", "server_error")
         # Still: unknown paths never needed the shim.
         assert send(gw.url, "GET", "/metrics").status == 404
+
+
+@pytest.mark.parametrize("pool", ["dead", "flaky"])
+def test_envoys_own_errors_on_the_messages_path_speak_anthropic(fleet: Fleet, pool: str) -> None:
+    """The shim watches the Messages API's responses (docs/apis.md): Envoy's own answer, an
+    OpenAI-style local reply, reaches an Anthropic client in Anthropic's format. (After the
+    tests that count the flaky listener's requests.)"""
+    gw = fleet.gateway
+    endpoint = fleet.dead if pool == "dead" else fleet.flaky.endpoint
+    wait_health(gw, pool, endpoint, healthy=pool != "dead")
+    body = {"model": pool, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}
+    r = send(gw.url, "POST", "/v1/messages", body=body)
+    assert r.status == 503
+    assert r.headers["x-pointsman-error"] in ("no_healthy_upstream", "upstream_unavailable")
+    error = json.loads(r.body)
+    assert error["type"] == "error" and error["error"]["type"] == "overloaded_error"
+    assert error["error"]["message"]

@@ -198,7 +198,9 @@ class Toy:
             "application/json",
         )
 
-    def error_body(self, message: str, *, type: str, code: str, param: str | None = None) -> bytes:
+    def error_body(
+        self, message: str, *, type: str, code: str, param: str | None = None, status: int = 400
+    ) -> bytes:
         return json.dumps({"type": "error", "error": {"type": type, "message": message}}).encode()
 
 

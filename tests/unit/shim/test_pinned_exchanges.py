@@ -477,6 +477,115 @@ CASES = [
 ]
 
 
+# -- the Responses and Messages APIs ----------------------------------------------------------
+
+NO_STORE = {"responses": {"redis_url": ""}}
+TRANSLATE = {"apis": {"responses": "chat", "messages": "chat"}, **NO_STORE}
+
+
+def messages(model: str = "m1", **fields: Any) -> bytes:
+    body = {
+        "model": model,
+        "max_tokens": 16,
+        "system": "Be brief.",
+        "messages": [{"role": "user", "content": "What is 2+2?"}],
+        **fields,
+    }
+    return json.dumps({k: v for k, v in body.items() if v is not None}).encode()
+
+
+def responses(model: str = "m1", **fields: Any) -> bytes:
+    return json.dumps({"model": model, "input": "What is 2+2?", **fields}).encode()
+
+
+def observer_layout(request: pb.ProcessingRequest) -> pb.ProcessingRequest:
+    """Pointsman's own Envoy layout: the decision filter is sent no response (body mode NONE)."""
+    return modes(request, ProcessingMode.BUFFERED, ProcessingMode.NONE)
+
+
+API_CASES = [
+    Case(
+        "messages_translated_sse_observer",
+        lambda: [
+            observer_layout(rid("/v1/messages", {"authorization": "Bearer sk-1"})),
+            body_msg(messages(stream=True)),
+            response_headers_msg(200, served="10.0.0.1:8000", content_type="text/event-stream"),
+            response_body_msg(CHAT_SSE[:90], eos=False),
+            response_body_msg(CHAT_SSE[90:]),
+        ],
+        config=NO_STORE,
+        pick=OK,
+    ),
+    Case(
+        "messages_native_error_observer",
+        lambda: [
+            observer_layout(rid("/v1/messages")),
+            body_msg(messages()),
+            response_headers_msg(404),
+            response_body_msg(b'{"error": {"message": "no such model", "type": "NotFoundError"}}'),
+        ],
+        config={"apis": {"pools": {"m1": {"messages": "native"}}}},
+        pick=OK,
+    ),
+    Case(
+        "messages_full_duplex_observer_translation_unavailable",
+        lambda: [
+            modes(rid("/v1/messages"), ProcessingMode.FULL_DUPLEX_STREAMED, ProcessingMode.NONE),
+            body_msg(messages()),
+        ],
+    ),
+    Case(
+        "messages_bad_block",
+        lambda: [
+            rid("/v1/messages"),
+            body_msg(messages(messages=[{"role": "user", "content": [{"type": "video"}]}])),
+        ],
+    ),
+    Case(
+        "messages_count_tokens_auto_without_classifier_call",
+        lambda: [
+            rid("/v1/messages/count_tokens"),
+            body_msg(messages("auto", max_tokens=None)),
+            response_headers_msg(200),
+            response_body_msg(JSON_ANSWER),
+        ],
+        config={**CLASSIFIER_ON, "default_model": "m1"},
+        pick=OK,
+    ),
+    Case(
+        "responses_translated_json_inline",
+        lambda: [
+            rid("/v1/responses"),
+            body_msg(responses(instructions="Be brief.", max_output_tokens=9)),
+            response_headers_msg(200, served="10.0.0.1:8000"),
+            response_body_msg(JSON_ANSWER),
+        ],
+        config=TRANSLATE,
+        pick=OK,
+    ),
+    Case(
+        "responses_native_stateless_observer",
+        lambda: [
+            observer_layout(rid("/v1/responses", {"x-session-id": "s-9"})),
+            body_msg(responses(store=True)),
+        ],
+        config=NO_STORE,
+        pick=OK,
+    ),
+    Case(
+        "responses_get_without_store",
+        lambda: [rid("/v1/responses/resp_abc", method="GET", eos=True)],
+        config=NO_STORE,
+    ),
+    Case(
+        "responses_previous_without_store",
+        lambda: [rid("/v1/responses"), body_msg(responses(previous_response_id="resp_abc"))],
+        config=NO_STORE,
+    ),
+]
+CASES += API_CASES
+
+
 async def exchange(case: Case) -> str:
     """The whole exchange of one case, as the text its pinned file holds."""
     log: list[str] = [f"# pinned ext_proc exchange '{case.name}' (see {Path(__file__).name})"]

@@ -32,3 +32,8 @@ class RequestError(Exception):
         self.code = code or reason
         self.param = param
         self.headers = headers or {}
+
+
+def invalid(message: str, param: str, reason: str | None = None) -> RequestError:
+    """A 400 for a bad field: ``reason`` defaults to ``invalid_<param>``."""
+    return RequestError(400, message, reason=reason or f"invalid_{param}", param=param)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 
@@ -28,8 +29,15 @@ from pointsman.v1.classify import ClassifyReply, ClassifyRequest, Message
 from pointsman_shim.config import ShimConfig
 from pointsman_shim.core import headers as h
 from pointsman_shim.core.dialects import openai_chat
-from pointsman_shim.core.dialects.base import BodyChanges, Dialect, ErrorFormat, LLMRequest
+from pointsman_shim.core.dialects.base import (
+    BodyChanges,
+    Dialect,
+    ErrorFormat,
+    LLMRequest,
+    Upstream,
+)
 from pointsman_shim.core.errors import RequestError
+from pointsman_shim.core.sessions import Session
 
 MODELS_PATH = "/v1/models"
 _encoder = msgspec.json.Encoder()
@@ -61,6 +69,8 @@ class Answer:
     content_type: str = "application/json"
     reason: str = ""
     fail_open: tuple[str, ...] = ()
+    #: What the API keeps of the answer (a cache hit's Responses object), when it keeps any.
+    state: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -113,6 +123,11 @@ class Route:
     path: str | None = None
     cache_token: str | None = None
     fail_open: tuple[str, ...] = ()
+    #: The request goes upstream in chat completions, not the client's API (a translating
+    #: dialect and a ``chat`` pool): its answer must be translated back.
+    translated: bool = False
+    #: The dialect whose readers read the upstream's answer (``None``: the request's own).
+    speaks: str | None = None
 
     @property
     def outcome(self) -> str:
@@ -131,8 +146,21 @@ class Route:
 # -- what the services are told ----------------------------------------------------------------
 
 
+def tenant(headers: Mapping[str, str]) -> str:
+    """SHA-256 of the request's ``authorization`` (``""`` without one): who a request is for,
+    without the credential itself. The semantic cache, sessions and the Responses store keep
+    each tenant's entries apart by it."""
+    auth = headers.get("authorization")
+    return hashlib.sha256(auth.encode()).hexdigest() if auth else ""
+
+
 def classify_request(
-    request: LLMRequest, headers: Mapping[str, str], request_id: str, *, debug: bool = False
+    request: LLMRequest,
+    headers: Mapping[str, str],
+    request_id: str,
+    session: Session | None = None,
+    *,
+    debug: bool = False,
 ) -> ClassifyRequest:
     """The normalised request and the headers the classifier's policies read.
 
@@ -140,9 +168,9 @@ def classify_request(
     that never carries the credential itself. ``x-pointsman-debug`` travels only with ``debug``.
     """
     forwarded = h.forwarded(headers, debug=debug)
-    auth = headers.get("authorization")
-    if auth:
-        forwarded[h.TENANT] = hashlib.sha256(auth.encode()).hexdigest()
+    who = tenant(headers)
+    if who:
+        forwarded[h.TENANT] = who
     return ClassifyRequest(
         request_id=request_id,
         model=request.model,
@@ -150,6 +178,8 @@ def classify_request(
         prompt=request.prompt,
         headers=forwarded,
         params=request.params,
+        session=session.id if session is not None else None,
+        follow_up=session.follow_up if session is not None else False,
     )
 
 
@@ -160,6 +190,7 @@ def pick_request(
     request_id: str,
     subset: list[str] | None,
     config: ShimConfig,
+    session: Session | None = None,
     *,
     debug: bool = False,
 ) -> PickRequest:
@@ -170,6 +201,7 @@ def pick_request(
         headers=h.forwarded(headers, debug=debug),
         prompt=request.prompt_text() if config.send_prompt else None,
         max_endpoints=config.max_endpoints,
+        session=session.id if session is not None else None,
     )
 
 
@@ -209,7 +241,7 @@ def choose(
         b = reply.block
         return Answer(
             b.status,
-            dialect.error_body(b.message, type=b.type, code=b.code),
+            dialect.error_body(b.message, type=b.type, code=b.code, status=b.status),
             {h.BLOCK_REASON: b.reason, **reply.headers},
             outcome="blocked",
         )
@@ -227,6 +259,7 @@ def choose(
             dict(reply.headers),
             outcome="answered",
             content_type=rendered.content_type,
+            state=rendered.state,
         )
     if reply.answer is not None:  # a classifier from before ``cached``: already rendered
         a = reply.answer
@@ -234,7 +267,13 @@ def choose(
             a.status, a.body, dict(reply.headers), outcome="answered", content_type=a.content_type
         )
     return Choice(
-        BodyChanges(reply.model, reply.body_set, reply.system_prompt, reply.system_prompt_mode),
+        BodyChanges(
+            reply.model,
+            reply.body_set,
+            reply.system_prompt,
+            reply.system_prompt_mode,
+            reasoning=reply.reasoning,
+        ),
         headers=dict(reply.headers),
         cache_token=reply.cache_store,
     )
@@ -276,6 +315,17 @@ def vet_pick(
     return Refused("picker", "unknown_endpoint", "unknown_pool", tuple(named))
 
 
+def prepare(request: LLMRequest, dialect: Dialect, choice: Choice, config: ShimConfig) -> Upstream:
+    """What goes upstream for the chosen model: the dialect's rewrite, told how the model's pool
+    serves the API (``shim.apis``). Asked before the picker, so that a request the pool cannot
+    take (a built-in tool a translation has no equivalent for) is refused before an endpoint is
+    reserved for it; raises :class:`RequestError`."""
+    api = getattr(dialect, "api", None)
+    if isinstance(api, str):
+        choice.changes.upstream = config.apis.mode(api, choice.model)
+    return dialect.rewrite(request, choice.changes)
+
+
 def route(
     request: LLMRequest,
     dialect: Dialect,
@@ -284,8 +334,10 @@ def route(
     config: ShimConfig,
     *,
     debug: bool = False,
+    upstream: Upstream | None = None,
 ) -> Route | Answer:
-    """Step 2: the endpoints, from the picker's reply; ``debug`` reports the picker's scores."""
+    """Step 2: the endpoints, from the picker's reply; ``debug`` reports the picker's scores.
+    ``upstream`` is :func:`prepare`'s answer when the caller asked it before the picker."""
     model = choice.model
     headers = dict(choice.headers)
     endpoints: list[str] = []
@@ -323,7 +375,8 @@ def route(
         if picked.scores and debug:
             headers[h.SCORES] = _encoder.encode(picked.scores).decode()
     headers[h.ROUTE] = label
-    upstream = dialect.rewrite(request, choice.changes)
+    if upstream is None:
+        upstream = prepare(request, dialect, choice, config)
     return Route(
         model,
         label,
@@ -333,6 +386,8 @@ def route(
         path=upstream.path,
         cache_token=choice.cache_token,
         fail_open=fail_open,
+        translated=choice.changes.upstream == "chat",
+        speaks=upstream.speaks,
     )
 
 
@@ -368,7 +423,9 @@ def reject(error: RequestError, errors: ErrorFormat, fail_open: tuple[str, ...] 
         outcome = "rejected"
     return Answer(
         error.status,
-        errors.error_body(error.message, type=error.type, code=error.code, param=error.param),
+        errors.error_body(
+            error.message, type=error.type, code=error.code, param=error.param, status=error.status
+        ),
         {h.ERROR: error.reason, **error.headers},
         outcome=outcome,
         reason=error.reason,

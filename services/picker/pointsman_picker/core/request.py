@@ -48,7 +48,7 @@ def to_request(
         pool=pool,
         adapter=pick.model if pool != pick.model else None,
         prompt=pick.prompt,
-        session=pick.headers.get(SESSION_HEADER) or None,
+        session=pick.session or pick.headers.get(SESSION_HEADER) or None,
         priority=priority,
         objective=objective,
         subset=None if pick.subset is None else frozenset(pick.subset),

@@ -47,6 +47,11 @@ class LLMRequest:
     turns: list[ChatTurn] = field(default_factory=list)
     prompt: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    #: State the request continues (the Responses API's ``previous_response_id``), for the
+    #: handler's state adapter to resolve; ``None``: a stateless request.
+    previous_response_id: str | None = None
+    #: The API keeps this request's answer (the Responses API's ``store``, default true).
+    store: bool = False
 
     def prompt_text(self) -> str:
         """The prompt as one string, in order: what prefix-cache affinity hashes."""
@@ -68,6 +73,12 @@ class BodyChanges:
     body_set: dict[str, Any] = field(default_factory=dict)
     system_prompt: str | None = None
     system_prompt_mode: Literal["insert", "replace"] = "insert"
+    #: The classifier's reasoning switch, for an API with a field of its own (Anthropic's
+    #: ``thinking``); ``body_set`` already holds it in the model family's form.
+    reasoning: bool | None = None
+    #: How the chosen pool serves the client's API: ``native``, or ``chat`` (translate to chat
+    #: completions). Only a :class:`TranslatingDialect` reads it.
+    upstream: Literal["native", "chat"] = "native"
 
 
 @dataclass(slots=True)
@@ -76,11 +87,14 @@ class Upstream:
 
     ``body`` is the new body (``None``: nothing changed, the client's bytes pass untouched);
     ``path`` is set only by a dialect that sends the request to another API than the client's
-    (see :class:`Dialect`), and becomes the routed request's ``:path``.
+    (see :class:`Dialect`), and becomes the routed request's ``:path``. ``speaks`` names the
+    dialect whose readers read the upstream's answer (``None``: this one), so the response path
+    reads usage and cache fills from the bytes the engine sent, whoever sees them.
     """
 
     body: bytes | None
     path: str | None = None
+    speaks: str | None = None
 
 
 @dataclass(slots=True)
@@ -89,6 +103,8 @@ class Rendered:
 
     body: bytes
     content_type: str
+    #: What the API keeps of this answer (the Responses API's response object), when it keeps any.
+    state: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -132,12 +148,14 @@ class AnswerReading(Protocol):
 
 
 class ErrorFormat(Protocol):
-    def error_body(self, message: str, *, type: str, code: str, param: str | None = None) -> bytes:
+    def error_body(
+        self, message: str, *, type: str, code: str, param: str | None = None, status: int = 400
+    ) -> bytes:
         """An error response body in the API's own format (content type ``application/json``).
 
         ``type`` and ``code`` use OpenAI's vocabulary (``invalid_request_error``,
-        ``rate_limit_exceeded``, ``service_unavailable``, a rejection's reason as ``code``); a
-        dialect maps them to its own.
+        ``rate_limit_exceeded``, ``service_unavailable``, a rejection's reason as ``code``);
+        ``status`` is the HTTP status it goes with. A dialect maps them to its own.
         """
         ...
 
@@ -150,24 +168,24 @@ class Dialect(ErrorFormat, Protocol):
     released. ``paths`` are the request paths it owns, without query string or trailing slash.
 
     **Translating dialects.** An API whose pools may only speak another one (the Anthropic
-    Messages API in front of vLLM pools that speak chat completions, the Responses API) plugs in
-    without a change to the policy:
+    Messages API in front of vLLM pools that speak chat completions, the Responses API in front
+    of an engine without it) implements :class:`TranslatingDialect`; the policy does not change:
 
-    * :meth:`rewrite` always returns a body in the upstream's format and sets
-      :attr:`Upstream.path` to the upstream's path (``/v1/chat/completions``); the handler sets
-      ``:path`` on the routed request.
-    * :meth:`usage_reader` and :meth:`answer_reader` read what the upstream sends (the chat
-      dialect's readers serve, or wrap them), since both run on the untranslated response.
-    * Translating the answer back is one more method, ``response_translator(request, sse=...)``
-      returning an object with ``feed(chunk) -> bytes`` and ``finish() -> bytes``. The decision
-      stream then asks Envoy for the response body (``mode_override`` with a streamed response
-      body mode) and answers every chunk with a body mutation carrying the translated bytes (the
-      observer layout keeps reading the upstream's bytes for usage and the cache). Nothing
-      in the policy changes; the handler gains that response step.
+    * the policy says in :attr:`BodyChanges.upstream` how the chosen pool serves the API
+      (``shim.apis``); for ``chat``, :meth:`rewrite` returns a chat completions body and sets
+      :attr:`Upstream.path` (the handler sets ``:path``) and :attr:`Upstream.speaks`.
+    * :meth:`usage_reader` and :meth:`answer_reader` read the API's own answers (a native
+      pool); the answers of a translated request are read by the readers of the dialect named
+      in ``speaks``, on the untranslated bytes, whichever stream sees them.
+    * ``response_translator`` translates the answer back. The decision stream asks Envoy for the
+      response (a ``mode_override`` in the request headers response asks for the response
+      headers, one in the response headers response for a streamed response body, so only
+      requests that need it pay) and answers every chunk with a body mutation carrying the
+      translated bytes; the observer layout keeps reading the upstream's bytes.
     * State the API keeps between requests (the Responses API's ``previous_response_id``) is read
-      and written by an adapter of the handler around :meth:`parse` and the cache fill, never by
-      the dialect, which stays pure: :meth:`parse` leaves the reference in
-      :attr:`LLMRequest.body` for that adapter to resolve into ``turns``.
+      and written by an adapter of the handler around :meth:`parse` and the response path, never
+      by the dialect, which stays pure: :meth:`parse` leaves the reference in
+      :attr:`LLMRequest.previous_response_id` for that adapter to resolve.
     * :meth:`render_cached` and :meth:`error_body` always speak the client's API.
     """
 
@@ -199,4 +217,58 @@ class Dialect(ErrorFormat, Protocol):
         """A semantic-cache hit as the API would have answered ``request``: JSON, or an event
         stream when the request asked to stream. ``nonce`` makes the response id unique,
         ``created`` is Unix time."""
+        ...
+
+
+class Translating(Protocol):
+    """Turns an upstream answer into the client's API as it streams past: :meth:`feed` each
+    body chunk, :meth:`finish` at the end of the body; each returns the bytes to send the client
+    instead (possibly none yet). Pure, and never raises on bad input: a malformed or cut upstream
+    answer ends the translated one with the API's own error (an error event in a stream), after
+    which :attr:`failed` is true and the rest of the upstream body is dropped. :attr:`result` is
+    the complete answer in the client's format, once finished, when the API keeps state of it
+    (the Responses API's response object). :attr:`status` replaces the upstream's HTTP status
+    when the translation of a whole (JSON) answer failed and the status can still change."""
+
+    failed: bool
+    status: int | None
+
+    def feed(self, data: bytes) -> bytes: ...
+
+    def finish(self) -> bytes: ...
+
+    @property
+    def result(self) -> dict[str, Any] | None: ...
+
+
+class TranslatingDialect(Dialect, Protocol):
+    """A dialect whose pools may not speak its API: the Responses and Messages APIs.
+
+    ``api`` is its key in ``shim.apis`` (``responses``, ``messages``), which says per pool
+    whether the engine speaks it (``native``) or gets chat completions (``chat``); the policy
+    puts the answer in :attr:`BodyChanges.upstream`. :meth:`rewrite` then returns a chat body
+    with :attr:`Upstream.path` and :attr:`Upstream.speaks` set, and the handler asks Envoy for the
+    response to run it through :meth:`response_translator`. ``reformats_errors``: the engine's
+    error answers need rewriting into the API's error format even from a native pool (the
+    handler then watches every response of the API). ``generates``: the request produces an
+    answer (false for a token count: no classifier, no cache).
+    """
+
+    api: str
+    reformats_errors: bool
+    generates: bool
+
+    def response_translator(
+        self,
+        request: LLMRequest,
+        *,
+        status: int,
+        sse: bool,
+        translated: bool,
+        nonce: str,
+        created: int,
+    ) -> Translating | None:
+        """The translator of one upstream answer (``status``, event stream or not, and whether
+        the request went upstream translated), or ``None`` when it passes untouched. ``nonce``
+        makes ids unique, ``created`` is Unix time."""
         ...

@@ -50,7 +50,9 @@ class OpenAIDialect:
     def answer_reader(self, *, sse: bool) -> Reassembler:
         return Reassembler(sse=sse)
 
-    def error_body(self, message: str, *, type: str, code: str, param: str | None = None) -> bytes:
+    def error_body(
+        self, message: str, *, type: str, code: str, param: str | None = None, status: int = 400
+    ) -> bytes:
         return error_body(message, type=type, code=code, param=param)
 
 

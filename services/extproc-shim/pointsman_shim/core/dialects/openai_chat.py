@@ -25,17 +25,9 @@ class OpenAIChat(openai.OpenAIDialect):
         ``replace`` drops the client's system messages for ours."""
         body = openai.changed_body(request, changes)
         if changes.system_prompt is not None:
-            messages = list(body.get("messages") or [])
-            system = {"role": "system", "content": changes.system_prompt}
-            if changes.system_prompt_mode == "replace":
-                messages = [system, *(m for m in messages if m.get("role") != "system")]
-            else:
-                first_other = next(
-                    (i for i, m in enumerate(messages) if m.get("role") != "system"),
-                    len(messages),
-                )
-                messages.insert(first_other, system)
-            body["messages"] = messages
+            body["messages"] = with_system_prompt(
+                list(body.get("messages") or []), changes.system_prompt, changes.system_prompt_mode
+            )
         return openai.upstream(request, body)
 
     def render_cached(
@@ -46,6 +38,20 @@ class OpenAIChat(openai.OpenAIDialect):
 
 
 DIALECT = OpenAIChat()
+
+
+def with_system_prompt(
+    messages: list[dict[str, Any]], prompt: str, mode: str
+) -> list[dict[str, Any]]:
+    """Chat messages with a system prompt inserted after the client's system messages
+    (``insert``) or in place of them (``replace``); the list given is not changed."""
+    system = {"role": "system", "content": prompt}
+    if mode == "replace":
+        return [system, *(m for m in messages if m.get("role") != "system")]
+    first_other = next(
+        (i for i, m in enumerate(messages) if m.get("role") != "system"), len(messages)
+    )
+    return [*messages[:first_other], system, *messages[first_other:]]
 
 
 def _turns(messages: Any) -> list[ChatTurn]:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from pointsman_shim.core.dialects import openai_chat, openai_completions
+from pointsman_shim.core.dialects import (
+    anthropic,
+    openai_chat,
+    openai_completions,
+    openai_responses,
+)
 from pointsman_shim.core.dialects.base import Dialect
 
 
@@ -35,4 +40,7 @@ class Registry:
 DIALECTS = Registry(
     openai_chat.DIALECT,
     openai_completions.DIALECT,
+    openai_responses.DIALECT,
+    anthropic.MESSAGES,
+    anthropic.COUNT_TOKENS,
 )

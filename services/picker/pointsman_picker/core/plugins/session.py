@@ -1,4 +1,5 @@
-"""``session-affinity-scorer``: keep a session (``x-session-id``) on the endpoint it started on."""
+"""``session-affinity-scorer``: keep a session (the shim's identity, else ``x-session-id``) on the
+endpoint it started on."""
 
 from __future__ import annotations
 
