@@ -181,6 +181,19 @@ def bench_stack(args: argparse.Namespace, **flags: bool) -> Stack:
     )
 
 
+def run_params(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    """What a results file records of its run: the load, the layout, the machine, the time."""
+    return {
+        **extra,
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "body_mode": args.body_mode,
+        "response_path": args.response_path,
+        "cpus": os.cpu_count(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
 def ready_check(url: str) -> Callable[[], bool]:
     return lambda: http_status(url) == 200
 
@@ -374,15 +387,7 @@ def report_apis(results: dict[str, Any], args: argparse.Namespace, *, write: boo
     )
     results["apis_added_ms"] = added
     if write:
-        results["params"] = {
-            "api_rate": args.api_rate,
-            "seconds": args.seconds,
-            "rounds": args.rounds,
-            "body_mode": args.body_mode,
-            "response_path": args.response_path,
-            "cpus": os.cpu_count(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+        results["params"] = run_params(args, api_rate=args.api_rate)
         out = args.out.with_name(args.out.stem + "-apis.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2))

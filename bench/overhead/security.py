@@ -16,13 +16,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import time
 from pathlib import Path
 from typing import Any
 
 from bench.common.load import Result, open_loop, warm
-from bench.overhead.__main__ import PAYLOAD, bench_stack
+from bench.overhead.__main__ import PAYLOAD, bench_stack, run_params
 
 MODES: dict[str, tuple[dict[str, bool], dict[str, bool]]] = {
     "auth": ({"nats_auth": False}, {"nats_auth": True}),
@@ -55,15 +53,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "mode": args.security,
         "open_loop": results,
-        "params": {
-            "rates": args.rate_list,
-            "seconds": args.seconds,
-            "rounds": args.rounds,
-            "body_mode": args.body_mode,
-            "response_path": args.response_path,
-            "cpus": os.cpu_count(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        },
+        "params": run_params(args, rates=args.rate_list),
     }
 
 
