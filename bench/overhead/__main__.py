@@ -21,7 +21,8 @@ state), as JSON and as an event stream.
     python -m bench.overhead [--rates 50,100,200] [--seconds 10] [--rounds 2] [--apis-only]
 
 ``--request-side`` measures only the shim's bus call instead, FastStream's request API against
-raw nats-py in one run (``bench/overhead/request_side.py``).
+raw nats-py in one run (``bench/overhead/request_side.py``). ``--security auth|nats-tls|extproc-tls``
+compares two whole stacks that differ only in that layer, alternating (``bench/overhead/security.py``).
 """
 
 from __future__ import annotations
@@ -153,6 +154,46 @@ def baseline_envoy_config(listen: int, admin: int, upstream: str) -> dict[str, A
     }
 
 
+def bench_stack(args: argparse.Namespace, **flags: bool) -> Stack:
+    """The measured stack: two models (one gets the Responses and Messages APIs translated, one
+    serves them natively), one simulated replica each that answers at once; ``flags`` are
+    :class:`StackOptions` switches (``nats_auth``, ``nats_tls``, ``extproc_tls``)."""
+    return Stack(
+        StackOptions(
+            models=[TRANSLATED, NATIVE],
+            replicas=1,
+            gateway_port=0,
+            sim_args=["--time-scale", "0.0001", "--anthropic"],
+            body_mode=args.body_mode,
+            response_path=args.response_path,
+            overrides={
+                "shim": {
+                    "apis": {
+                        "pools": {
+                            TRANSLATED: {"responses": "chat", "messages": "chat"},
+                            NATIVE: {"responses": "native", "messages": "native"},
+                        }
+                    }
+                }
+            },
+            **flags,  # type: ignore[arg-type]
+        )
+    )
+
+
+def run_params(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    """What a results file records of its run: the load, the layout, the machine, the time."""
+    return {
+        **extra,
+        "seconds": args.seconds,
+        "rounds": args.rounds,
+        "body_mode": args.body_mode,
+        "response_path": args.response_path,
+        "cpus": os.cpu_count(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
 def ready_check(url: str) -> Callable[[], bool]:
     return lambda: http_status(url) == 200
 
@@ -211,7 +252,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--rate", type=float, default=500.0, help="requests/s of --request-side (default 500)"
     )
+    p.add_argument(
+        "--security",
+        choices=["auth", "nats-tls", "extproc-tls"],
+        default=None,
+        help="compare two stacks that differ only in NATS authentication, NATS TLS or ext_proc "
+        "TLS, alternating in one run (uses --rates, --seconds, --rounds)",
+    )
     args = p.parse_args(argv)
+    if args.security:
+        from bench.overhead import security
+
+        args.rate_list = [float(r) for r in args.rates.split(",") if r.strip()]
+        result = security.run(args)
+        name = f"overhead_security_{args.security.replace('-', '_')}.json"
+        security.report(result, args.out or Path("bench/results") / name)
+        return 0
     if args.request_side:
         from bench.overhead import request_side
 
@@ -221,25 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out or Path("bench/results/overhead.json")
     args.rate_list = [float(r) for r in args.rates.split(",") if r.strip()]
 
-    options = StackOptions(
-        models=[TRANSLATED, NATIVE],
-        replicas=1,
-        gateway_port=0,
-        sim_args=["--time-scale", "0.0001", "--anthropic"],
-        body_mode=args.body_mode,
-        response_path=args.response_path,
-        overrides={
-            "shim": {
-                "apis": {
-                    "pools": {
-                        TRANSLATED: {"responses": "chat", "messages": "chat"},
-                        NATIVE: {"responses": "native", "messages": "native"},
-                    }
-                }
-            }
-        },
-    )
-    with Stack(options) as stack:
+    with bench_stack(args) as stack:
         if args.apis_only:
             apis = asyncio.run(run_api_phases(api_rows(stack.gateway_url), args))
             report_apis({"apis": apis}, args, write=True)
@@ -349,15 +387,7 @@ def report_apis(results: dict[str, Any], args: argparse.Namespace, *, write: boo
     )
     results["apis_added_ms"] = added
     if write:
-        results["params"] = {
-            "api_rate": args.api_rate,
-            "seconds": args.seconds,
-            "rounds": args.rounds,
-            "body_mode": args.body_mode,
-            "response_path": args.response_path,
-            "cpus": os.cpu_count(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+        results["params"] = run_params(args, api_rate=args.api_rate)
         out = args.out.with_name(args.out.stem + "-apis.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2))

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from pointsman import configfile
+from pointsman.debug import DebugConfig
 from pointsman.stack.committed import write_or_check
 from pointsman.stack.envoy import EnvoyOptions, render_yaml
 from pointsman.stack.gateway import GatewayConfig
@@ -55,6 +56,7 @@ def render() -> str:
         body_mode=shim.get("body_mode", "BUFFERED"),
         failure_mode_allow=shim.get("failure_mode", "fail-open") == "fail-open",
         gateway=configfile.section(data, "gateway", GatewayConfig),
+        report_endpoint=configfile.section(data, "debug", DebugConfig).report_endpoint,
     )
     return HEADER + render_yaml(options)
 

@@ -22,10 +22,15 @@ metric names (``faststream_received_messages_total``, ...) and messaging spans p
 not the decision metrics (``docs/metrics.md``) and decision spans the services record
 themselves, and each would add work to every pick.
 
-**Security seam (issue 11).** Credentials (NKey seed or creds file) and TLS belong in
-:class:`NatsConfig` and become connection options in :meth:`NatsConfig.security` only: the
-broker takes them as FastStream's ``security=``, a raw nats-py client as
-``faststream.nats.security.parse_security(...)``. Nothing else in the code base connects to NATS.
+**Security.** Each service connects as its own identity (an NKey seed, or a NATS ``.creds``
+file) over TLS where configured; both are read and checked in :func:`nats_config` at start-up
+(a missing or malformed credential ends the process with a message naming the key and where it
+was read from) and become connection options in :meth:`NatsConfig.security` only: the broker
+takes them as FastStream's ``security=``, a raw nats-py client as :meth:`NatsConfig.connect_options`.
+A server that refuses the credential ends :meth:`ServiceBus.start` with :class:`CredentialError`
+instead of retrying it forever. Each identity's replies come to its own inbox prefix
+(``_INBOX.<identity>``, :mod:`pointsman.natsauth`), which no other identity may read or write.
+Nothing else in the code base connects to NATS.
 """
 
 from __future__ import annotations
@@ -35,9 +40,11 @@ import contextlib
 import functools
 import logging
 import os
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
@@ -45,9 +52,11 @@ from faststream import BaseMiddleware
 from faststream.exceptions import IncorrectState
 from faststream.middlewares import AckPolicy
 from faststream.nats import NatsBroker
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from pointsman.v1.routes import Route
+from pointsman import natsauth
+from pointsman.runtime import Fatal
+from pointsman.v1.routes import IDENTITIES, Route
 
 if TYPE_CHECKING:
     from faststream.message import StreamMessage
@@ -68,35 +77,139 @@ STOP_TIMEOUT_S = 2.0
 _ENCODER = msgspec.json.Encoder()
 
 
-class NatsConfig(BaseModel):
-    """The top-level ``nats:`` section of the config file; ``$NATS_URL`` wins over ``url``.
+#: Environment variables that win over the ``nats:`` keys (each container sets its own).
+ENV = {"url": "NATS_URL", "nkey_seed_file": "NATS_NKEY_SEED_FILE"}
 
-    Issue 11 adds the per-service identity (NKey seed or credentials file) and TLS here, turned
-    into connection options by :meth:`security` alone.
-    """
+
+class CredentialError(Fatal):
+    """The NATS server refused this process's credential: retrying cannot fix it."""
+
+
+class NatsTls(BaseModel):
+    """``nats.tls``: verify the server's certificate (and present a client one for mutual TLS)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    #: Server URL (a comma-separated list for a cluster).
+    #: CA bundle that signed the server's certificate; set = TLS on (also for ``nats://`` URLs).
+    ca_file: str | None = None
+    #: Client certificate and key, for a server that verifies clients (``verify: true``).
+    cert_file: str | None = None
+    key_file: str | None = None
+    #: Name to verify the server's certificate against (default: the URL's host).
+    server_name: str | None = None
+
+
+class NatsConfig(BaseModel):
+    """The top-level ``nats:`` section of the config file; ``$NATS_URL`` wins over ``url`` and
+    ``$NATS_NKEY_SEED_FILE`` over ``nkey_seed_file`` (each service's container sets its own)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Server URL (a comma-separated list for a cluster); ``tls://`` turns TLS on.
     url: str = "nats://127.0.0.1:4222"
     #: Prefix of the connection names the server shows (``connz``): ``<name>-<service>``.
     name: str = "pointsman"
+    #: File holding this service's NKey seed (``SU...``); the server knows only its public key.
+    nkey_seed_file: str | None = None
+    #: A NATS ``.creds`` file (user JWT and seed), for servers in operator/JWT mode, instead.
+    credentials_file: str | None = None
+    tls: NatsTls = Field(default_factory=NatsTls)
 
     def servers(self) -> list[str]:
         return [u.strip() for u in self.url.split(",") if u.strip()]
 
+    @property
+    def tls_on(self) -> bool:
+        return self.tls.ca_file is not None or any(u.startswith("tls://") for u in self.servers())
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.tls_on:
+            return None
+        context = ssl.create_default_context(cafile=self.tls.ca_file)
+        if self.tls.cert_file:
+            context.load_cert_chain(self.tls.cert_file, self.tls.key_file)
+        return context
+
     def security(self) -> BaseSecurity | None:
-        """FastStream security options of the connection (none yet: plain TCP, no auth)."""
+        """FastStream security options: the identity (NKey or creds) and TLS."""
+        from faststream.nats.security import NatsCredentials, NatsNKey, NatsSecurity
+
+        context = self.ssl_context()
+        tls: dict[str, Any] = {"ssl_context": context, "tls_hostname": self.tls.server_name}
+        if context is not None:
+            tls["use_ssl"] = True
+        if self.nkey_seed_file:
+            return NatsNKey.from_file(self.nkey_seed_file, **tls)
+        if self.credentials_file:
+            return NatsCredentials.from_file(self.credentials_file, **tls)
+        if context is not None:
+            return NatsSecurity(**tls)
         return None
+
+    def connect_options(self, identity: str | None = None) -> dict[str, Any]:
+        """Keyword arguments of ``nats.connect`` for a raw nats-py client of ``identity``
+        (benchmarks, tests): the same credential, TLS and reply inbox as a service's."""
+        from faststream.nats.security import parse_security
+
+        options = {k: v for k, v in parse_security(self.security()).items() if v is not None}
+        if identity is not None:
+            options["inbox_prefix"] = natsauth.inbox_prefix(identity)
+        return {"servers": self.servers(), **options}
+
+    def credential(self) -> str:
+        """Which credential this process presents, and where it was read from (for errors)."""
+        if self.nkey_seed_file:
+            return f"the NKey seed {self.nkey_seed_file} (nats.nkey_seed_file or ${ENV['nkey_seed_file']})"
+        if self.credentials_file:
+            return f"the credentials file {self.credentials_file} (nats.credentials_file)"
+        return f"no credential (set nats.nkey_seed_file or ${ENV['nkey_seed_file']})"
+
+
+def _check(cfg: NatsConfig) -> None:
+    """Fail at start-up, naming the key, on a credential or TLS file that cannot work."""
+    from pointsman.configfile import ConfigError
+
+    if cfg.nkey_seed_file and cfg.credentials_file:
+        raise ConfigError("nats: set one of nkey_seed_file and credentials_file, not both")
+    files = {
+        f"nats.nkey_seed_file (or ${ENV['nkey_seed_file']})": cfg.nkey_seed_file,
+        "nats.credentials_file": cfg.credentials_file,
+        "nats.tls.ca_file": cfg.tls.ca_file,
+        "nats.tls.cert_file": cfg.tls.cert_file,
+        "nats.tls.key_file": cfg.tls.key_file,
+    }
+    for key, path in files.items():
+        if path is None:
+            continue
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
+        if key.startswith("nats.nkey_seed_file"):
+            seed = text.strip()
+            try:
+                import nkeys
+
+                nkeys.from_seed(seed.encode()).public_key  # noqa: B018
+            except Exception:
+                raise ConfigError(f"{key}: {path} does not hold an NKey seed (SU...)") from None
+            if not seed.startswith("SU"):
+                raise ConfigError(f"{key}: {path} holds a seed, but not a user's (SU...)")
+    if bool(cfg.tls.cert_file) != bool(cfg.tls.key_file):
+        raise ConfigError("nats.tls: cert_file and key_file go together")
 
 
 def nats_config(data: Mapping[str, Any]) -> NatsConfig:
-    """The ``nats:`` section of a whole config file, with ``$NATS_URL`` applied."""
+    """The ``nats:`` section of a whole config file, with ``$NATS_URL`` and
+    ``$NATS_NKEY_SEED_FILE`` applied; raises ``ConfigError`` on a credential that cannot work."""
     from pointsman import configfile
 
     cfg = configfile.section(dict(data), "nats", NatsConfig)
-    env = os.environ.get("NATS_URL")
-    return cfg.model_copy(update={"url": env}) if env else cfg
+    update = {key: os.environ[env] for key, env in ENV.items() if os.environ.get(env)}
+    if update:
+        cfg = cfg.model_copy(update=update)
+    _check(cfg)
+    return cfg
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,11 +301,16 @@ class ServiceBus:
         *,
         timers: Mapping[str, Callable[[float], None]] | None = None,
     ) -> None:
-        """``timers`` maps a subject to the histogram observer of its handling time."""
+        """``service`` is ``<identity>`` or ``<identity>-<replica>``; an identity of
+        :data:`pointsman.v1.routes.IDENTITIES` gets its own reply inbox prefix.
+        ``timers`` maps a subject to the histogram observer of its handling time."""
         self.config = config
         self.name = f"{config.name}-{service}"
         self._last_error = ""
         self._stopping = False
+        self._refused: str | None = None
+        self._start_task: asyncio.Future[Any] | None = None
+        identity = service.partition("-")[0]
         options: dict[str, Any] = {
             "name": self.name,
             "allow_reconnect": True,
@@ -205,6 +323,8 @@ class ServiceBus:
             "security": config.security(),
             "graceful_timeout": STOP_TIMEOUT_S,
         }
+        if identity in IDENTITIES:
+            options["inbox_prefix"] = natsauth.inbox_prefix(identity)
         if timers:
             options["middlewares"] = (functools.partial(_HandlerTimer, observe=dict(timers)),)
         self.broker = NatsBroker(
@@ -276,22 +396,28 @@ class ServiceBus:
 
     async def start(self, stop: asyncio.Event | None = None) -> bool:
         """Connect (waiting for NATS) and start the subscribers declared so far. ``False`` when
-        ``stop`` was set first; raises only on an error retrying cannot fix (a refused login)."""
+        ``stop`` was set first; raises :class:`CredentialError` when the server refuses this
+        process's credential (retrying cannot fix that)."""
         starting = asyncio.ensure_future(self.broker.start())
-        if stop is None:
-            await starting
-        else:
-            stopping = asyncio.ensure_future(stop.wait())
-            try:
-                await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stopping.cancel()
-            if not starting.done():
-                starting.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await starting
-                return False
-            starting.result()
+        self._start_task = starting
+        stopping = asyncio.ensure_future(
+            stop.wait() if stop is not None else asyncio.Event().wait()
+        )
+        try:
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            self._start_task = None
+        if not starting.done():
+            starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await starting  # its error (if any) is retrieved here, never left unread
+        if self._refused is not None:
+            await self.stop()
+            raise CredentialError(self._refused)
+        if starting.cancelled():
+            return False
+        starting.result()
         self._last_error = ""
         log.info("connected to NATS at %s as %s", self.config.url, self.name)
         return True
@@ -324,6 +450,18 @@ class ServiceBus:
 
     async def _on_error(self, exc: Exception) -> None:
         text = f"{type(exc).__name__}: {exc}"
+        if _refused(exc):
+            self._refused = (
+                f"NATS at {self.config.url} refused {self.config.credential()}: {text}; "
+                "check that this service's credential is the one the server's "
+                "authorization lists"
+            )
+            if self._start_task is not None and not self._start_task.done():
+                self._start_task.cancel()
+            elif text != self._last_error:
+                self._last_error = text
+                log.error("%s (retrying every %.1f s)", self._refused, RECONNECT_WAIT_S)
+            return
         if text != self._last_error:
             self._last_error = text
             log.warning(
@@ -337,3 +475,11 @@ class ServiceBus:
     async def _on_reconnected(self) -> None:
         self._last_error = ""
         log.info("NATS reconnected to %s", self.config.url)
+
+
+def _refused(exc: BaseException) -> bool:
+    """An error the server sends for a credential it does not accept."""
+    import nats.errors
+
+    text = str(exc).lower()
+    return isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in text

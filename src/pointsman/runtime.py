@@ -53,6 +53,11 @@ def setup_logging(level: str = "INFO", *, json_logs: bool = False) -> None:
     root.setLevel(level.upper())
 
 
+class Fatal(Exception):
+    """An error that retrying cannot fix (a credential the server refuses): :func:`run` ends
+    the process with the message, exit code 2, and no traceback."""
+
+
 #: A readiness check: ready or not, optionally with the reason shown on ``/readyz``.
 Readiness = Callable[[], bool | tuple[bool, str]]
 
@@ -127,15 +132,19 @@ def run(
                 loop.add_signal_handler(sig, stop.set)
         await main(stop)
 
-    if use_uvloop and os.environ.get("POINTSMAN_UVLOOP", "1") != "0":
-        try:
-            import uvloop
-
-            uvloop.run(runner())
-            return
-        except ImportError:
-            pass
-    asyncio.run(runner())
+    try:
+        if use_uvloop and os.environ.get("POINTSMAN_UVLOOP", "1") != "0":
+            try:
+                import uvloop
+            except ImportError:
+                pass
+            else:
+                uvloop.run(runner())
+                return
+        asyncio.run(runner())
+    except Fatal as exc:
+        log.error("%s", exc)
+        raise SystemExit(2) from None
 
 
 async def retry(

@@ -84,7 +84,9 @@ def sim() -> Iterator[str]:
 def stack(vllm: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("stack")
     config = work / "pointsman.yaml"
-    config.write_text(yaml.safe_dump({"pools": {MODEL: [vllm]}}))
+    config.write_text(
+        yaml.safe_dump({"pools": {MODEL: [vllm]}, "debug": {"report_endpoint": True}})
+    )
     options = StackOptions(
         simulate=False, config=config, gateway_port=0, workdir=work, ready_timeout=120
     )

@@ -27,6 +27,10 @@ SECTIONS = {
     "picker": ("pointsman_picker.config", "PickerConfig"),
     "collector": ("pointsman_collector.config", "CollectorConfig"),
     "classifier": ("pointsman_classifier.config", "ClassifierConfig"),
+    # the shared sections every service reads
+    "nats": ("pointsman.bus", "NatsConfig"),
+    "redis": ("pointsman.redisconf", "RedisSecurity"),
+    "debug": ("pointsman.debug", "DebugConfig"),
 }
 
 
@@ -111,7 +115,7 @@ def config_errors(data: dict[str, Any]) -> list[str]:
     A service whose package is not importable yet is skipped, not failed.
     """
     errors = []
-    known = {"nats", "pools", *SECTIONS}
+    known = {"pools", "tracing", "gateway", *SECTIONS}
     unknown = set(data) - known
     if unknown:
         errors.append(f"unknown top-level keys {sorted(unknown)}")

@@ -13,6 +13,7 @@ import importlib.util
 import ipaddress
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -233,3 +234,58 @@ def test_grafana_is_provisioned_with_the_dashboard(services: dict[str, dict[str,
     dashboards_path = provider["providers"][0]["options"]["path"]
     assert dashboards_path in by_target, "the provider's path is a mounted folder"
     assert (by_target[dashboards_path] / "pointsman.json").is_file()
+
+
+# -- secure by default (issue 11) -----------------------------------------------------------------
+
+
+def test_nats_conf_is_rendered_from_the_routes() -> None:
+    script = ROOT / "deploy" / "compose" / "render_nats.py"
+    assert subprocess.run([sys.executable, str(script), "--check"], check=False).returncode == 0
+
+
+def test_every_service_has_its_own_credentials(services: dict[str, dict[str, Any]]) -> None:
+    data = load_config(CONFIG)
+    seed_dir = str(Path(data["nats"]["nkey_seed_file"]).parent)
+    assert str(Path(data["redis"]["password_file"]).parent) == seed_dir
+    written = {v.split(":")[1]: v.split(":")[0] for v in services["credentials"]["volumes"]}
+    for name in ("shim", "picker", "collector", "classifier"):
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in services[name]["volumes"]}
+        assert mounts[seed_dir] == written[f"/credentials/{name}"] == f"{name}-credentials"
+    for name in ("picker", "classifier"):
+        assert services[name]["environment"]["POINTSMAN_REDIS_USERNAME"] == name
+    nats = services["nats"]
+    assert nats["command"] == ["-c", "/etc/nats/nats.conf"]
+    assert f"{written['/credentials/nats']}:/etc/nats/users:ro" in nats["volumes"]
+    redis = services["redis"]
+    assert "--aclfile" in redis["command"]
+    assert f"{written['/credentials/redis']}:/etc/redis:ro" in redis["volumes"]
+    for name in ("nats", "redis"):
+        assert _depends(services[name])["credentials"]["condition"] == (
+            "service_completed_successfully"
+        )
+
+
+def test_the_generated_credentials_fit_the_nats_conf(tmp_path: Path) -> None:
+    """What the credentials service writes, with the committed nats.conf, passes
+    ``nats-server -t``; a second run keeps the first run's keys."""
+    from pointsman.stack import credentials
+    from tests.helpers import procs
+
+    out = tmp_path / "credentials"
+    credentials.compose_credentials(out)
+    users = (out / "nats" / "users.conf").read_text()
+    credentials.compose_credentials(out)
+    assert (out / "nats" / "users.conf").read_text() == users
+    for name in ("shim", "picker", "collector", "classifier"):
+        assert (out / name / "nkey.seed").stat().st_mode & 0o777 == 0o600
+    etc = tmp_path / "etc"
+    (etc / "users").mkdir(parents=True)
+    (etc / "users" / "users.conf").write_text(users)
+    conf = (ROOT / "deploy" / "compose" / "nats.conf").read_text()
+    (etc / "nats.conf").write_text(conf.replace("/data", str(tmp_path / "js")))
+    result = subprocess.run(
+        [procs.binary("nats-server"), "-c", str(etc / "nats.conf"), "-t"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr

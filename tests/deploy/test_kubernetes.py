@@ -190,7 +190,7 @@ def test_crd_files_are_valid_crds() -> None:
 def test_config_map_holds_the_cli_config_format(docs: list[dict[str, Any]]) -> None:
     data = _config(docs)
     assert not config_errors(data), config_errors(data)
-    assert data["nats"]["url"] == "nats://pointsman-nats:4222"
+    assert data["nats"]["url"] == "tls://pointsman-nats:4222"
     redis = _one(docs, "Service", "pointsman-redis")
     assert data["picker"]["shared_state"]["redis_url"] == (
         f"redis://{redis['metadata']['name']}:{redis['spec']['ports'][0]['port']}/0"

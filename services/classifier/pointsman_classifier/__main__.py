@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from pointsman import bus, configfile, tracing
+from pointsman import bus, configfile, redisconf, tracing
 from pointsman.runtime import run, setup_logging
 from pointsman_classifier.config import ClassifierConfig
 
@@ -28,6 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = configfile.read(args.config)
         cfg = configfile.section(data, "classifier", ClassifierConfig)
         bus.nats_config(data)  # fail at start-up on a bad nats section, not after loading models
+        redisconf.security(data)
         tracing_cfg = configfile.section(data, "tracing", tracing.TracingConfig)
     except configfile.ConfigError as exc:
         print(f"pointsman-classifier: {exc}", file=sys.stderr)

@@ -12,7 +12,8 @@ import os
 import socket
 from typing import Any
 
-from pointsman import bus
+from pointsman import bus, configfile, redisconf
+from pointsman.debug import DebugConfig
 from pointsman.runtime import OpsServer
 from pointsman.v1 import routes
 from pointsman_classifier.batcher import Batcher
@@ -42,7 +43,9 @@ class ClassifierApp:
         self.data = data
         self.cfg = cfg
         self.metrics = Metrics()
-        self.http = OpsServer(cfg.http_port, self.ready, registry=self.metrics.registry)
+        self.http = OpsServer(
+            cfg.http_port, self.ready, host=cfg.http_host, registry=self.metrics.registry
+        )
         self.bus: bus.ServiceBus | None = None
         self.batcher: Batcher[str, Outputs] | None = None
         self.name = f"{socket.gethostname()}:{os.getpid()}"
@@ -79,9 +82,12 @@ class ClassifierApp:
         self.name = f"{self.name}/{engine.name}"
         served = served_models(self.data, self.cfg)
         if self.cfg.cache.enabled:
-            self.cache = SemanticCache(self.cfg.cache, self.metrics.registry, self.name)
+            self.cache = SemanticCache(
+                self.cfg.cache, self.metrics.registry, self.name, redisconf.security(self.data)
+            )
         if self.cfg.sessions.enabled:
-            self.sessions = SessionStore(self.cfg.sessions)
+            self.sessions = SessionStore(self.cfg.sessions, redisconf.security(self.data))
+        debug = configfile.section(self.data, "debug", DebugConfig).enabled
         handler = ClassifyHandler(
             self.cfg,
             self.batcher.submit,
@@ -90,6 +96,7 @@ class ClassifierApp:
             self.name,
             self.cache,
             self.sessions,
+            debug=debug,
         )
         self._models_ready = True
 

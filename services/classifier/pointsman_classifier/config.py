@@ -159,6 +159,8 @@ class ModelPolicy(_Strict):
 
 
 class ClassifierConfig(_Strict):
+    #: Address of the HTTP port (/metrics, /healthz, /readyz); ``pointsman up``: 127.0.0.1.
+    http_host: str = "0.0.0.0"
     http_port: int = Field(default=9105, ge=0, le=65535)
     #: Request ``model`` values that ask the classifier to choose.
     auto_models: list[str] = Field(default_factory=lambda: ["auto", "MoM"])

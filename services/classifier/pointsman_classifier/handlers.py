@@ -44,8 +44,12 @@ class ClassifyHandler:
         name: str = "",
         cache: SemanticCache | None = None,
         sessions: sessions.SessionStore | None = None,
+        *,
+        debug: bool = False,
     ) -> None:
+        """``debug``: the ``debug.enabled`` config; without it the debug header is ignored."""
         self.cfg = cfg
+        self.debug = debug
         self.cache = cache
         self.sessions = sessions
         self.infer = infer
@@ -71,6 +75,8 @@ class ClassifyHandler:
             self.metrics.errors.labels("bad_request").inc()
             log.warning("bad classify request: %s", msg.error)
             return ClassifyReply(model="", error="bad_request", classifier=self.name)
+        if not self.debug:
+            req.headers.pop(self.cfg.debug_header, None)
         try:
             reply = await self.classify(req)
         except Overloaded:

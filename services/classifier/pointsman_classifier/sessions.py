@@ -33,6 +33,8 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 
+from pointsman.redisconf import RedisSecurity
+
 log = logging.getLogger(__name__)
 
 H_SESSION_MODEL = "x-pointsman-session-model"
@@ -83,10 +85,10 @@ def stick(
 class SessionStore:
     """The sessions' choices in Redis; reads answer ``None`` when Redis does not."""
 
-    def __init__(self, cfg: SessionsConfig) -> None:
+    def __init__(self, cfg: SessionsConfig, security: RedisSecurity | None = None) -> None:
         self.cfg = cfg
         self.timeout = cfg.redis_timeout_ms / 1000
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+        self.redis: aioredis.Redis = (security or RedisSecurity()).client(
             cfg.redis_url,
             socket_timeout=self.timeout,
             socket_connect_timeout=max(self.timeout, 0.2),

@@ -23,15 +23,16 @@ def main(argv: Sequence[str] | None = None, prog: str = "pointsman-shim") -> int
     args = parser.parse_args(argv)
     setup_logging(args.log_level, json_logs=args.json_logs)
 
-    from pointsman_shim.app import load_config, serve
+    from pointsman_shim.app import load_config, load_extra, serve
 
     try:
         config, nats, tracing_config = load_config(args.config)
+        debug, pools, redis = load_extra(args.config)
     except configfile.ConfigError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     tracing.setup(tracing_config, "pointsman-shim")
-    run(lambda stop: serve(config, nats, stop))
+    run(lambda stop: serve(config, nats, stop, debug=debug, pools=pools, redis=redis))
     return 0
 
 

@@ -32,6 +32,19 @@ class ClassifierCall(BaseModel):
     failure_mode: FailureMode = "fail-open"
 
 
+class ExtProcTls(BaseModel):
+    """TLS of the ext_proc port (and the gRPC health port); off unless a certificate is set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Server certificate chain and key (PEM). Set = the ext_proc port speaks TLS.
+    cert_file: str | None = None
+    key_file: str | None = None
+    #: CA bundle of the client certificates to require (mutual TLS: only a gateway holding a
+    #: certificate from this CA may connect).
+    client_ca_file: str | None = None
+
+
 class PoolApis(BaseModel):
     """Which APIs one pool's engine serves itself; ``None``: the section's default."""
 
@@ -140,6 +153,8 @@ class ShimConfig(BaseModel):
     #: gRPC health service (grpc.health.v1) listen address, separate so probes never queue
     #: behind ext_proc streams.
     health_listen: str = "0.0.0.0:9003"
+    #: Address of the HTTP port (``pointsman up``: 127.0.0.1).
+    http_host: str = "0.0.0.0"
     #: HTTP port for /metrics, /healthz and /readyz.
     http_port: int = Field(default=9102, ge=0, le=65535)
     #: Model names that ask Pointsman to choose the model.
@@ -165,6 +180,10 @@ class ShimConfig(BaseModel):
     classifier: ClassifierCall = Field(default_factory=ClassifierCall)
     #: Publish a completion event (usage, endpoint, status) for every routed response.
     publish_completions: bool = True
+    #: An endpoint no collector snapshot has named for this long is no longer routed to (the
+    #: config's static ``pools`` always are).
+    forget_after_s: float = Field(default=300.0, gt=0)
+    tls: ExtProcTls = Field(default_factory=ExtProcTls)
     #: Which pools serve the Responses and Messages APIs natively, which get them translated.
     apis: Apis = Field(default_factory=Apis)
     #: The Responses API's stored responses (``GET``/``DELETE``, ``previous_response_id``).

@@ -41,14 +41,14 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 import msgspec
 from opentelemetry.trace import SpanKind
 
-from pointsman import tracing
+from pointsman import debug, tracing
 from pointsman.v1 import CompletionEvent, ModelsReply, PickReply
 from pointsman.v1.cache import CacheStore
 from pointsman.v1.classify import ClassifyReply
@@ -70,7 +70,7 @@ from pointsman_shim.core.dialects.base import (
 from pointsman_shim.core.dialects.registry import DIALECTS, Registry
 from pointsman_shim.core.dialects.responses_answer import ResponseReader
 from pointsman_shim.core.errors import RequestError
-from pointsman_shim.core.policy import Answer, Passthrough, Route, Unavailable
+from pointsman_shim.core.policy import Answer, Passthrough, Refused, Route, Unavailable
 from pointsman_shim.state import ResponsesState, StateUnavailable
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,8 @@ class Stream:
     done: bool = False
     cache_token: str | None = None  # semantic cache: store the answer under this token
     cache_fill: AnswerReading | None = None
+    #: The request may have debug output (``debug`` config, tenant allowed, header sent).
+    debug: bool = False
     #: Envoy's request body mode of this stream (repeated in a ``mode_override``).
     body_mode: int = _PM.BUFFERED
     #: The dialect whose readers read the upstream's answer (``None``: :attr:`dialect`).
@@ -146,10 +148,17 @@ class Processor:
         clock: Callable[[], float] = time.time,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
         dialects: Registry = DIALECTS,
+        known: Callable[[], Mapping[str, frozenset[str]]] | None = None,
+        debug_config: debug.DebugConfig | None = None,
         state: ResponsesState | None = None,
     ) -> None:
+        """``known`` gives the pools' members (:class:`pointsman_shim.membership.Membership`):
+        the app always passes it; without it (protocol tests) picks are not vetted."""
         self.config = config
         self.bus = bus
+        self.known = known
+        self.debug = debug_config or debug.DebugConfig()
+        self._refusals_logged: set[tuple[str, str]] = set()
         #: Wall clock and fresh ids, injectable so pinned tests get exact, repeatable answers.
         self.clock = clock
         self.new_id = new_id
@@ -208,6 +217,7 @@ class Processor:
         stream.headers = envoy.header_map(request.request_headers)
         stream.request_id = stream.headers.get("x-request-id") or self.new_id()
         stream.strip = h.to_strip(list(stream.headers), keep_reports=self.config.mode == "picker")
+        stream.debug = debug.allowed(self.debug, stream.headers)
         if request.HasField("protocol_config"):
             stream.body_mode = request.protocol_config.request_body_mode
             stream.full_duplex = stream.body_mode == _PM.FULL_DUPLEX_STREAMED
@@ -403,9 +413,12 @@ class Processor:
         picked = (
             None if mode == "selector" else await self._pick(stream, llm, choice.model, session)
         )
-        debug = "x-pointsman-debug" in stream.headers
+        if self.known is not None and isinstance(picked, PickReply):
+            picked = policy.vet_pick(picked, choice.model, self.known())
+            if isinstance(picked, Refused):
+                self._refused(stream, choice.model, picked)
         return policy.route(
-            llm, dialect, choice, picked, self.config, debug=debug, upstream=upstream
+            llm, dialect, choice, picked, self.config, debug=stream.debug, upstream=upstream
         )
 
     async def _resume(self, stream: Stream, llm: LLMRequest) -> tuple[LLMRequest, str | None]:
@@ -456,6 +469,20 @@ class Processor:
             return self._reject(stream, _not_found(rid, "response_id"))
         return self._decided(stream, Answer(200, body, {}, outcome="answered"))
 
+    def _refused(self, stream: Stream, model: str, refused: Refused) -> None:
+        """Count and log a pick naming endpoints outside the model's pool (once per address
+        and reason, so a flood of forged replies cannot flood the log)."""
+        metrics.REFUSED_PICKS.labels(refused.reason).inc()
+        key = (refused.reason, ",".join(refused.endpoints))
+        if key not in self._refusals_logged and len(self._refusals_logged) < 1024:
+            self._refusals_logged.add(key)
+            log.warning(
+                "refused a pick for model %r naming %s (%s): not an endpoint discovery knows; "
+                "request %s takes the %s path",
+                model, ", ".join(refused.endpoints), refused.reason, stream.request_id,
+                self.config.failure_mode,
+            )  # fmt: skip
+
     def _nonce(self) -> str:
         return self.new_id()[:24]
 
@@ -463,8 +490,9 @@ class Processor:
         self, stream: Stream, llm: LLMRequest, model: str, session: sessions.Session | None
     ) -> PickReply | Unavailable:
         request = policy.pick_request(
-            llm, model, stream.headers, stream.request_id, stream.subset, self.config, session
-        )
+            llm, model, stream.headers, stream.request_id, stream.subset, self.config, session,
+            debug=stream.debug,
+        )  # fmt: skip
         started = time.perf_counter()
         with _tracer.start_as_current_span("pointsman.pick", kind=SpanKind.CLIENT) as span:
             try:
@@ -481,7 +509,9 @@ class Processor:
     async def _classify(
         self, stream: Stream, llm: LLMRequest, session: sessions.Session | None
     ) -> ClassifyReply | Unavailable:
-        request = policy.classify_request(llm, stream.headers, stream.request_id, session)
+        request = policy.classify_request(
+            llm, stream.headers, stream.request_id, session, debug=stream.debug
+        )
         started = time.perf_counter()
         with _tracer.start_as_current_span("pointsman.classify", kind=SpanKind.CLIENT) as span:
             try:
@@ -558,7 +588,7 @@ class Processor:
         out: dict[str, str] = {}
         if stream.inline:
             out = {h.SELECTED_MODEL: routed.model, **routed.response_headers}
-            if served:
+            if served and self.debug.report_endpoint:
                 out[h.ENDPOINT] = served
         remove: list[str] = []
         mode = None

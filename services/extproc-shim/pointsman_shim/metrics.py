@@ -61,6 +61,12 @@ OBSERVED = Counter(
     "Observer (observability_mode) streams, by whether they carried a decision of the shim.",
     ["routed"],  # true: a routed request's response path; false: a non-LLM path or an answer
 )
+REFUSED_PICKS = Counter(
+    "pointsman_shim_refused_picks",
+    "Pick replies naming an endpoint outside the model's known pool, refused (then handled by "
+    "the failure mode), by reason.",
+    ["reason"],  # not_in_pool, unknown_pool
+)
 TRANSLATIONS = Counter(
     "pointsman_shim_translations",
     "Answers translated from chat completions into the client's API, by API and outcome.",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
@@ -10,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
 from pointsman_shim import envoy
+from pointsman_shim.config import ExtProcTls
 from pointsman_shim.handlers import Processor
 
 SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
@@ -28,7 +30,22 @@ class ExternalProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
             yield response
 
 
-async def start_ext_proc(processor: Processor, listen: str) -> tuple[grpc.aio.Server, int]:
+def server_credentials(tls: ExtProcTls) -> grpc.ServerCredentials | None:
+    """TLS (``cert_file``/``key_file``), mutual when ``client_ca_file`` names the clients' CA."""
+    if not tls.cert_file:
+        return None
+    if not tls.key_file:
+        raise ValueError("shim.tls: cert_file needs key_file")
+    pair = (Path(tls.key_file).read_bytes(), Path(tls.cert_file).read_bytes())
+    roots = Path(tls.client_ca_file).read_bytes() if tls.client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=roots, require_client_auth=roots is not None
+    )
+
+
+async def start_ext_proc(
+    processor: Processor, listen: str, tls: ExtProcTls | None = None
+) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server(
         options=[
             ("grpc.so_reuseport", 0),
@@ -41,7 +58,11 @@ async def start_ext_proc(processor: Processor, listen: str) -> tuple[grpc.aio.Se
     external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(
         ExternalProcessor(processor), server
     )
-    port = server.add_insecure_port(listen)
+    credentials = server_credentials(tls or ExtProcTls())
+    if credentials is None:
+        port = server.add_insecure_port(listen)
+    else:
+        port = server.add_secure_port(listen, credentials)
     if port == 0:
         raise OSError(f"cannot listen for ext_proc on {listen}")
     await server.start()

@@ -33,6 +33,7 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from pointsman.redisconf import RedisSecurity
 from pointsman_shim import metrics
 from pointsman_shim.config import ResponsesStore
 from pointsman_shim.core.dialects.responses_answer import history_of
@@ -67,11 +68,12 @@ class Conversation(msgspec.Struct, kw_only=True):
 class ResponsesState:
     """The shim's Redis adapter for the Responses API; one per shim process."""
 
-    def __init__(self, config: ResponsesStore) -> None:
+    def __init__(self, config: ResponsesStore, security: RedisSecurity | None = None) -> None:
+        """``security``: the ``redis:`` section (ACL user, password file, TLS)."""
         self.config = config
         self.timeout = config.redis_timeout_ms / 1000
         self.redis: aioredis.Redis | None = (
-            aioredis.Redis.from_url(
+            (security or RedisSecurity()).client(
                 config.redis_url,
                 socket_timeout=self.timeout,
                 socket_connect_timeout=max(self.timeout, 0.2),

@@ -117,7 +117,9 @@ class Collector:
                 on_change=self.set_members,
                 owned=lambda: len(self._owned),
             )
-        self._ops = OpsServer(cfg.http_port, self.ready, registry=self.telemetry.registry)
+        self._ops = OpsServer(
+            cfg.http_port, self.ready, host=cfg.http_host, registry=self.telemetry.registry
+        )
         self._raw: RawClient | None = None
         self._tick_no = 0
         self._pending = 0

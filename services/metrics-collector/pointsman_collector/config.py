@@ -106,6 +106,8 @@ class LatestConfig(_Strict):
 
 
 class CollectorConfig(_Strict):
+    #: Address of the HTTP port (/metrics, /healthz, /readyz); ``pointsman up``: 127.0.0.1.
+    http_host: str = "0.0.0.0"
     http_port: int = Field(default=9104, ge=0, lt=65536)
     interval_ms: int = Field(default=50, gt=0)
     timeout_ms: int = Field(default=250, gt=0)

@@ -7,7 +7,8 @@ import gc
 import sys
 from collections.abc import Sequence
 
-from pointsman import bus, configfile, tracing
+from pointsman import bus, configfile, redisconf, tracing
+from pointsman.debug import DebugConfig
 from pointsman.runtime import run, setup_logging
 from pointsman_picker.config import PickerConfig
 
@@ -40,6 +41,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         cfg = configfile.section(data, "picker", PickerConfig)
         build_plans(cfg)  # fail now, at start-up, on a bad plugin, parameter or profile name
         nats = bus.nats_config(data)
+        debug = configfile.section(data, "debug", DebugConfig).enabled
+        redis = redisconf.security(data)
         tracing_cfg = configfile.section(data, "tracing", tracing.TracingConfig)
     except configfile.ConfigError as exc:
         print(f"pointsman-picker: {exc}", file=sys.stderr)
@@ -50,7 +53,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     gc.set_threshold(20_000, 20, 50)
     from pointsman_picker.app import run as serve
 
-    run(lambda stop: serve(cfg, nats, stop))
+    run(lambda stop: serve(cfg, nats, stop, debug=debug, redis=redis))
     return 0
 
 

@@ -16,6 +16,7 @@ import os
 import time
 
 from pointsman.bus import NatsConfig, Received, ServiceBus
+from pointsman.redisconf import RedisSecurity
 from pointsman.runtime import OpsServer
 from pointsman.v1 import PoolSnapshot, routes
 from pointsman_picker.config import PickerConfig
@@ -28,11 +29,18 @@ log = logging.getLogger(__name__)
 
 
 class PickerApp:
-    def __init__(self, config: PickerConfig, nats: NatsConfig) -> None:
+    def __init__(
+        self,
+        config: PickerConfig,
+        nats: NatsConfig,
+        *,
+        debug: bool = False,
+        redis: RedisSecurity | None = None,
+    ) -> None:
         self.config = config
         self.telemetry = Telemetry()
         self.scheduler = Scheduler(config, self.telemetry, clock=time.time)
-        self.handlers = Handlers(self.scheduler)
+        self.handlers = Handlers(self.scheduler, debug=debug)
         self.http = OpsServer(
             config.http_port, self.ready, host=config.http_host, registry=self.telemetry.registry
         )
@@ -56,6 +64,7 @@ class PickerApp:
                 config.replica_id,
                 self.scheduler.on_remote,
                 self.telemetry,
+                redis,
             )
             self.scheduler.sink = self.shared.submit
 
@@ -120,8 +129,15 @@ class PickerApp:
         log.info("picker %s stopped", self.config.replica_id)
 
 
-async def run(config: PickerConfig, nats: NatsConfig, stop: asyncio.Event) -> None:
-    app = PickerApp(config, nats)
+async def run(
+    config: PickerConfig,
+    nats: NatsConfig,
+    stop: asyncio.Event,
+    *,
+    debug: bool = False,
+    redis: RedisSecurity | None = None,
+) -> None:
+    app = PickerApp(config, nats, debug=debug, redis=redis)
     try:
         if await app.start(stop):
             await stop.wait()

@@ -26,6 +26,7 @@ from pointsman.v1 import (
     routes,
 )
 from pointsman.v1.policy import InferencePolicy
+from pointsman_picker.core.request import DEBUG_HEADER
 from pointsman_picker.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -33,13 +34,17 @@ _tracer = tracing.tracer("pointsman_picker")
 
 
 class Handlers:
-    def __init__(self, scheduler: Scheduler) -> None:
+    def __init__(self, scheduler: Scheduler, *, debug: bool = False) -> None:
+        """``debug``: the ``debug.enabled`` config; without it the debug header is ignored."""
         self._s = scheduler
         self._t = scheduler.telemetry
+        self._debug = debug
 
     async def pick(self, msg: Received[PickRequest]) -> PickReply:
         start = time.perf_counter()
         req = msg.body
+        if req is not None and not self._debug:
+            req.headers.pop(DEBUG_HEADER, None)  # no scores unless debug.enabled
         if req is None:
             self._t.bad_messages.labels(routes.PICK.subject).inc()
             log.warning("bad pick request: %s", msg.error)

@@ -25,8 +25,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
-import redis.asyncio as aioredis
 
+from pointsman.redisconf import RedisSecurity
 from pointsman.runtime import retry
 from pointsman_picker.config import SharedStateConfig
 from pointsman_picker.core.framework import PrefixStored, SessionBound, Update
@@ -54,9 +54,10 @@ class RedisSync:
         replica_id: str,
         on_remote: Callable[[Sequence[Update]], None],
         telemetry: Telemetry,
+        security: RedisSecurity | None = None,
     ) -> None:
         timeout = config.timeout_ms / 1000.0
-        self._redis: Any = aioredis.from_url(
+        self._redis: Any = (security or RedisSecurity()).client(
             url, socket_timeout=timeout, socket_connect_timeout=timeout
         )
         self._cfg = config

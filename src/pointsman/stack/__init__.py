@@ -7,6 +7,11 @@ Envoy wired to the shim. ``--mode selector`` runs the model-selector shape inste
 chooses the model only, and a second shim in endpoint-picker mode (``shim.mode: picker``) is
 each pool's own endpoint picker behind it, as llm-d's or the Inference Extension's would be. Every part is a real process on loopback; :class:`Stack` is the same thing as a Python
 API for tests and benchmarks.
+
+Secure by default: the nats-server it starts requires each service's own NKey, with the subject
+permissions of :mod:`pointsman.natsauth` (generated at start in the run directory's
+``credentials/``, :mod:`pointsman.stack.credentials`), optionally over TLS from a throwaway CA
+(``--nats-tls``); every port binds 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from typing import Any, Literal
 import yaml
 
 from pointsman import configfile
-from pointsman.stack.envoy import EnvoyOptions, render_yaml
+from pointsman.debug import DebugConfig
+from pointsman.stack import credentials
+from pointsman.stack.envoy import EnvoyOptions, ShimTls, render_yaml
 from pointsman.stack.gateway import GatewayConfig
 from pointsman.stack.procs import (
     Child,
@@ -89,6 +96,13 @@ class StackOptions:
     #: Start the classifier service (None: when its package and torch are installed).
     classifier: bool | None = False
     nats_url: str | None = None
+    #: Start nats-server with authorization: one generated NKey per service (off: an open bus,
+    #: only for benchmarks that measure what authentication costs).
+    nats_auth: bool = True
+    #: nats-server over TLS, with a throwaway CA generated at start.
+    nats_tls: bool = False
+    #: ext_proc over mutual TLS between Envoy and the shim, with a throwaway CA.
+    extproc_tls: bool = False
     #: Start redis-server for the Responses API's store and the classifier's sessions (None:
     #: when a redis-server binary is found; without Redis, stateful Responses calls answer 503).
     redis: bool | None = None
@@ -119,12 +133,17 @@ class Stack:
         self.gateway_url = ""
         self.nats_url = ""
         self.redis_url = ""
+        #: The started redis-server's password (``redis.password_file`` of every service).
+        self.redis_password_file: Path | None = None
         self.config_path: Path | None = None
         self.workdir = Path(self.options.workdir or tempfile.mkdtemp(prefix="pointsman-stack-"))
         self.log_dir = self.workdir / "logs"
         self._requested_port = self.options.gateway_port
         self.gateway_port = self.options.gateway_port
         self.ports: dict[str, int] = {}
+        #: Each service identity's NATS credential (when this stack started nats-server).
+        self.identities: dict[str, credentials.Identity] = {}
+        self.nats_section: dict[str, Any] = {}
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -189,14 +208,23 @@ class Stack:
             "classifier_http": free_port(),
             "envoy_admin": free_port(),
         }
+        nats_section = dict(self.nats_section) or {
+            k: v for k, v in (user.get("nats") or {}).items() if k != "url"
+        }
         generated: dict[str, Any] = {
-            "nats": {"url": self.nats_url},
+            "nats": {"url": self.nats_url, **nats_section},
+            **(
+                {"redis": {"password_file": str(self.redis_password_file)}}
+                if self.redis_password_file is not None
+                else {}
+            ),
             # the user's entries as written (labels, engines); simulators: plain addresses
             "pools": self.pools if o.simulate else user["pools"],
             "shim": {
                 "mode": o.mode,
                 "listen": f"127.0.0.1:{self.ports['shim_grpc']}",
                 "health_listen": f"127.0.0.1:{self.ports['shim_health']}",
+                "http_host": "127.0.0.1",
                 "http_port": self.ports["shim_http"],
                 "default_model": next(iter(self.pools)),
                 "failure_mode": o.failure_mode,
@@ -204,11 +232,14 @@ class Stack:
                 "classifier": {"enabled": bool(with_classifier)},
                 "responses": {"redis_url": self.redis_url},
             },
-            "picker": {},
-            "collector": {"http_port": self.ports["collector_http"]},
+            "picker": {"http_host": "127.0.0.1"},
+            "collector": {"http_host": "127.0.0.1", "http_port": self.ports["collector_http"]},
         }
         if with_classifier:
-            generated["classifier"] = {"http_port": self.ports["classifier_http"]}
+            generated["classifier"] = {
+                "http_host": "127.0.0.1",
+                "http_port": self.ports["classifier_http"],
+            }
             if self.redis_url:
                 generated["classifier"]["sessions"] = {
                     "enabled": True,
@@ -216,6 +247,13 @@ class Stack:
                 }
             if o.simulate and o.models == DEFAULT_MODELS:
                 generated["classifier"].update(DEMO_ROUTING)
+        if o.extproc_tls:
+            files = credentials.throwaway_ca(self.workdir / "extproc-tls", ["127.0.0.1"])
+            generated["shim"]["tls"] = {
+                "cert_file": str(files.cert_file),
+                "key_file": str(files.key_file),
+                "client_ca_file": str(files.ca_file),
+            }
         user_sections = {k: v for k, v in user.items() if k not in {"nats", "pools"}}
         self.config = _merge(_merge(generated, user_sections), o.overrides)
         self.config_path = self.workdir / "pointsman.yaml"
@@ -240,17 +278,45 @@ class Stack:
     # -- parts ------------------------------------------------------------------------------
 
     def _start_nats(self) -> str:
+        o = self.options
         port = free_port()
         store = self.workdir / "nats"
-        child = spawn(
-            "nats-server",
-            [binary("nats-server"), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
-            self.log_dir,
-        )
+        argv = [binary("nats-server"), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)]
+        tls = None
+        if o.nats_tls:
+            tls = credentials.throwaway_ca(self.workdir / "tls", ["127.0.0.1", "localhost"])
+            self.nats_section["tls"] = {"ca_file": str(tls.ca_file)}
+        if o.nats_auth or tls is not None:
+            keys: dict[str, list[str]] | None = None
+            if o.nats_auth:
+                self.identities = credentials.generate(self.workdir / "credentials")
+                keys = {name: [i.public_key] for name, i in self.identities.items()}
+            conf = self.workdir / "nats-server.conf"
+            # The user's renamed subjects (collector.sharding.subject, latest.bucket) count.
+            user = _merge(configfile.read(o.config) if o.config else {}, o.overrides)
+            conf.write_text(
+                credentials.nats_server_conf(
+                    listen=f"127.0.0.1:{port}", store_dir=store, keys=keys, config=user, tls=tls
+                )
+            )
+            argv = [binary("nats-server"), "-c", str(conf)]
+        child = spawn("nats-server", argv, self.log_dir)
         self.children["nats-server"] = child
-        url = f"nats://127.0.0.1:{port}"
+        scheme = "tls" if tls is not None else "nats"
+        url = f"{scheme}://127.0.0.1:{port}"
         wait_ready(child, lambda: not port_free(port), 15, "nats-server")
         return url
+
+    def nats_config(self, identity: str | None = None) -> Any:
+        """The ``nats:`` config of one identity of this stack (tests and benchmarks connect as a
+        service does: ``nats.connect(**stack.nats_config("picker").connect_options("picker"))``);
+        a :class:`pointsman.bus.NatsConfig`."""
+        from pointsman.bus import NatsConfig
+
+        section = {**self.config.get("nats", {"url": self.nats_url})}
+        if identity is not None and identity in self.identities:
+            section["nkey_seed_file"] = str(self.identities[identity].seed_file)
+        return NatsConfig.model_validate(section)
 
     def _start_redis(self) -> str:
         """redis-server on a free port, without persistence; ``""`` when not wanted or none is
@@ -267,7 +333,18 @@ class Stack:
         port = free_port()
         store = self.workdir / "redis"
         store.mkdir(parents=True, exist_ok=True)
-        child = spawn("redis-server", redis_argv(path, port, str(store)), self.log_dir)
+        argv = redis_argv(path, port, str(store))
+        if self.options.nats_auth:  # secure by default: a generated password (hash on disk)
+            secret = credentials.password()
+            self.redis_password_file = credentials.write_secret(
+                self.workdir / "credentials" / "redis.password", secret + "\n"
+            )
+            acl = credentials.write_secret(
+                self.workdir / "credentials" / "redis.acl",
+                credentials.redis_default_acl(secret),
+            )
+            argv += ["--aclfile", str(acl)]
+        child = spawn("redis-server", argv, self.log_dir)
         self.children["redis-server"] = child
         wait_ready(child, lambda: not port_free(port), 15, "redis-server")
         return f"redis://127.0.0.1:{port}/0"
@@ -315,12 +392,20 @@ class Stack:
         else:
             port = int(self.config[service]["http_port"])
         argv = [sys.executable, "-m", _MODULES[service], "--config", str(config_path)]
-        child = spawn(name, argv, self.log_dir, env={"NATS_URL": self.nats_url})
+        child = spawn(name, argv, self.log_dir, env=self._service_env(service))
         self.children[name] = child
         url = f"http://127.0.0.1:{port}/readyz"
         wait_ready(
             child, lambda: http_status(url) == 200, timeout or self.options.ready_timeout, name
         )
+
+    def _service_env(self, identity: str) -> dict[str, str]:
+        """The bus URL and, with NATS authentication, the NKey of the service's identity (the
+        pool picker of the model-selector shape is a shim: it speaks on the bus as one)."""
+        env = {"NATS_URL": self.nats_url}
+        if identity in self.identities:
+            env["NATS_NKEY_SEED_FILE"] = str(self.identities[identity].seed_file)
+        return env
 
     def _start_pool_picker(self) -> None:
         """The pools' endpoint picker of the model-selector shape: a shim in ``picker`` mode
@@ -336,7 +421,7 @@ class Stack:
         config_path = self.workdir / "pointsman-pool-picker.yaml"
         config_path.write_text(yaml.safe_dump({**self.config, "shim": shim}, sort_keys=False))
         argv = [sys.executable, "-m", _MODULES["shim"], "--config", str(config_path)]
-        child = spawn("pool-picker", argv, self.log_dir, env={"NATS_URL": self.nats_url})
+        child = spawn("pool-picker", argv, self.log_dir, env=self._service_env("shim"))
         self.children["pool-picker"] = child
         url = f"http://127.0.0.1:{self.ports['epp_http']}/readyz"
         wait_ready(
@@ -364,6 +449,8 @@ class Stack:
             else {},
             max_body_bytes=int(shim.get("max_body_bytes", 4 * 1024 * 1024)),
             gateway=configfile.section(self.config, "gateway", GatewayConfig),
+            report_endpoint=configfile.section(self.config, "debug", DebugConfig).report_endpoint,
+            shim_tls=_shim_tls(shim),
         )
         path = self.workdir / "envoy.yaml"
         path.write_text(render_yaml(options))
@@ -412,6 +499,21 @@ class Stack:
         child.stop()
         service, _, index = name.partition("-")
         self._start_service(service, int(index or 0))
+
+
+def _shim_tls(shim: dict[str, Any]) -> ShimTls | None:
+    """Envoy's side of ``shim.tls``: trust the CA that signed the shim's certificate (the
+    throwaway CA of ``--extproc-tls`` signs one certificate for both ends)."""
+    tls = shim.get("tls") or {}
+    if not tls.get("cert_file"):
+        return None
+    ca = tls.get("client_ca_file") or tls["cert_file"]
+    mutual = bool(tls.get("client_ca_file"))
+    return ShimTls(
+        ca_file=ca,
+        cert_file=tls["cert_file"] if mutual else None,
+        key_file=tls["key_file"] if mutual else None,
+    )
 
 
 def _port_race(message: str) -> bool:
@@ -531,6 +633,22 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         help="do not start redis-server: stateful Responses calls answer 503",
     )
     p.add_argument(
+        "--nats-tls",
+        action="store_true",
+        help="NATS over TLS, with a throwaway CA generated at start (authentication is always on)",
+    )
+    p.add_argument(
+        "--extproc-tls",
+        action="store_true",
+        help="ext_proc between Envoy and the shim over mutual TLS, with a throwaway CA",
+    )
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="honour x-pointsman-debug (scores, classifier debug headers) and report the "
+        "serving replica (x-pointsman-endpoint); off by default: both inform an attacker",
+    )
+    p.add_argument(
         "--workdir",
         type=Path,
         help="where config files and logs go (default: a new temporary directory)",
@@ -556,6 +674,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "pointsman up") -> int:
         classifier=args.classifier,
         redis=args.redis,
         workdir=args.workdir,
+        nats_tls=args.nats_tls,
+        extproc_tls=args.extproc_tls,
+        overrides={"debug": {"enabled": True, "report_endpoint": True}} if args.debug else {},
     )
     stack = Stack(options)
     stop = threading.Event()

@@ -49,6 +49,7 @@ _LEAST_REQUEST = (
 _PREVIOUS_HOSTS = (
     "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 )
+_UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 _CEL_FILTER = "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter"
 #: What a retry is for: the endpoint refused the connection or the stream, or dropped it before
 #: the response began (a request it may have started is run again elsewhere; a response already
@@ -59,6 +60,42 @@ RETRY_ON = "connect-failure,refused-stream,reset"
 def template_text() -> str:
     """The template (``envoy.template.yaml``, packaged beside this module: the one copy, no symlink)."""
     return resources.files("pointsman.stack").joinpath(TEMPLATE_NAME).read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class ShimTls:
+    """How Envoy reaches the shim over TLS: the CA that signed the shim's certificate, and
+    Envoy's own certificate for a shim that requires mutual TLS (``shim.tls.client_ca_file``)."""
+
+    ca_file: str
+    cert_file: str | None = None
+    key_file: str | None = None
+    #: Server name sent and verified (the shim's certificate must name it); none: the chain only.
+    sni: str | None = None
+
+
+def shim_transport_socket(tls: ShimTls) -> dict[str, Any]:
+    """The shim cluster's ``transport_socket``: TLS (ALPN h2, gRPC), verified against
+    ``ca_file``, with a client certificate when given."""
+    common: dict[str, Any] = {
+        "alpn_protocols": ["h2"],
+        "validation_context": {"trusted_ca": {"filename": tls.ca_file}},
+    }
+    if tls.sni:
+        common["validation_context"]["match_typed_subject_alt_names"] = [
+            {"san_type": "DNS", "matcher": {"exact": tls.sni}}
+        ]
+    if tls.cert_file:
+        common["tls_certificates"] = [
+            {
+                "certificate_chain": {"filename": tls.cert_file},
+                "private_key": {"filename": tls.key_file},
+            }
+        ]
+    context: dict[str, Any] = {"@type": _UPSTREAM_TLS, "common_tls_context": common}
+    if tls.sni:
+        context["sni"] = tls.sni
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
 
 @dataclass
@@ -94,6 +131,10 @@ class EnvoyOptions:
     #: Model-selector mode: serve a request when its pool's picker is down or slow (Envoy's
     #: own balancing), as an InferencePool's ``failureMode: FailOpen``.
     pool_picker_fail_open: bool = True
+    #: Report the replica that served a response (``x-pointsman-endpoint``; ``debug.report_endpoint``).
+    report_endpoint: bool = False
+    #: ext_proc to the shim over TLS (``shim.tls``); ``None``: plaintext gRPC.
+    shim_tls: ShimTls | None = None
 
 
 def render(options: EnvoyOptions) -> dict[str, Any]:
@@ -123,11 +164,14 @@ def render(options: EnvoyOptions) -> dict[str, Any]:
         hcm["http_filters"].insert(1, pool_picker_filter(options, next(iter(pickers.values()))))
     ext_procs = [f["name"] for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.router"]
     vhost = hcm["route_config"]["virtual_hosts"][0]
-    vhost["response_headers_to_add"] = report_headers()
+    vhost["response_headers_to_add"] = report_headers(endpoint=options.report_endpoint)
     # A client-sent report header would be echoed when the shim is down: drop them all early.
     early = hcm["early_header_mutation_extensions"][0]["typed_config"]["mutations"]
     removed = {m["remove"] for m in early if "remove" in m}
     early += [{"remove": name} for name in reported.REPORTED if name not in removed]
+    if options.shim_tls is not None:
+        shim = next(c for c in resources_["clusters"] if c["name"] == "pointsman_shim")
+        shim["transport_socket"] = shim_transport_socket(options.shim_tls)
 
     gateway = options.gateway
     clusters = {model: f"pool_{i}" for i, model in enumerate(sorted(options.pools))}
@@ -418,11 +462,14 @@ def local_reply_mappers() -> list[dict[str, Any]]:
     return out
 
 
-def report_headers() -> list[dict[str, Any]]:
+def report_headers(*, endpoint: bool = False) -> list[dict[str, Any]]:
     """``response_headers_to_add`` that copy the decision's headers onto the response.
 
     ``%REQ(name)%`` reads the routed request as the shim left it, so reporting needs no ext_proc
     message on the response path; an empty value (no decision, e.g. a non-LLM path) adds nothing.
+    ``endpoint`` adds ``x-pointsman-endpoint`` (the replica's ip:port: off by default, it maps
+    the fleet for an attacker). The request-side names are always stripped from the client's
+    request (``early_header_mutation``), so a client cannot make the gateway echo them.
     """
     out = [
         {
@@ -432,6 +479,8 @@ def report_headers() -> list[dict[str, Any]]:
         }
         for name in reported.REPORTED
     ]
+    if not endpoint:
+        return out
     out.append(
         {
             "header": {"key": reported.ENDPOINT, "value": "%UPSTREAM_REMOTE_ADDRESS%"},

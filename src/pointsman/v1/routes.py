@@ -6,6 +6,11 @@ decodes with it. A route whose ``reply`` is ``None`` is pub/sub (no answer). A r
 ``queue`` is fan-out: every subscriber gets every message (each picker needs every snapshot); a
 named queue group shares the messages between a service's replicas (one picker answers a pick).
 
+Each route also says **who** sends on it and who receives it (``senders``, ``receivers``: the
+service identities of :data:`IDENTITIES`). :mod:`pointsman.natsauth` turns exactly these
+declarations into the nats-server ``authorization`` block, so the subject permissions every
+deployment enforces cannot drift from the routes the services use.
+
 Decoders are built once per route (``msgspec.json.Decoder``): a third faster than
 ``msgspec.json.decode(data, type=...)`` on the picker's hot path, and the same validation.
 """
@@ -31,6 +36,13 @@ from pointsman.v1.messages import (
 )
 from pointsman.v1.policy import InferencePolicy
 
+#: The service identities: each has its own NATS credentials and the permissions its routes give.
+SHIM = "shim"
+PICKER = "picker"
+CLASSIFIER = "classifier"
+COLLECTOR = "collector"
+IDENTITIES: tuple[str, ...] = (SHIM, PICKER, CLASSIFIER, COLLECTOR)
+
 Req = TypeVar("Req", bound=msgspec.Struct)
 Rep = TypeVar("Rep", bound=msgspec.Struct)
 
@@ -40,12 +52,18 @@ _ENCODER = msgspec.json.Encoder()
 @dataclass(frozen=True, slots=True)
 class Route(Generic[Req, Rep]):
     """One bus route. ``subject`` may end in a wildcard (``>``) on the subscribing side; the
-    publisher then names the concrete subject (``subjects.metrics(pool)``)."""
+    publisher then names the concrete subject (``subjects.metrics(pool)``).
+
+    ``senders`` publish requests (or events) on it; ``receivers`` subscribe to it and, for a
+    request-reply route, answer (NATS ``allow_responses``): nobody else may do either.
+    """
 
     subject: str
     request: type[Req]
     reply: type[Rep] | None = None
     queue: str = ""
+    senders: frozenset[str] = frozenset()
+    receivers: frozenset[str] = frozenset()
     _decode_request: msgspec.json.Decoder[Req] = field(init=False, repr=False, compare=False)
     _decode_reply: msgspec.json.Decoder[Rep] | None = field(init=False, repr=False, compare=False)
 
@@ -71,37 +89,93 @@ class Route(Generic[Req, Rep]):
 
     def on(self, subject: str) -> Route[Req, Rep]:
         """The same route on another subject (a configured one, or one pool's subject)."""
-        return Route(subject, self.request, self.reply, self.queue)
+        return Route(subject, self.request, self.reply, self.queue, self.senders, self.receivers)
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """A JetStream key-value bucket: ``writers`` create it and put entries, ``readers`` get and
+    watch them; nobody else may touch it."""
+
+    name: str
+    writers: frozenset[str]
+    readers: frozenset[str] = frozenset()
 
 
 #: Request-reply, shim -> one picker: the endpoints to route one request to.
 PICK: Route[PickRequest, PickReply] = Route(
-    subjects.PICK, PickRequest, PickReply, subjects.PICKER_QUEUE
+    subjects.PICK,
+    PickRequest,
+    PickReply,
+    subjects.PICKER_QUEUE,
+    frozenset({SHIM}),
+    frozenset({PICKER}),
 )
 #: Request-reply, shim -> one picker: the served models, for ``GET /v1/models``.
 MODELS: Route[ModelsRequest, ModelsReply] = Route(
-    subjects.MODELS, ModelsRequest, ModelsReply, subjects.PICKER_QUEUE
+    subjects.MODELS,
+    ModelsRequest,
+    ModelsReply,
+    subjects.PICKER_QUEUE,
+    frozenset({SHIM}),
+    frozenset({PICKER}),
 )
 #: Request-reply, shim -> one classifier: model choice and safety checks.
 CLASSIFY: Route[ClassifyRequest, ClassifyReply] = Route(
-    classify.CLASSIFY, ClassifyRequest, ClassifyReply, classify.CLASSIFIER_QUEUE
+    classify.CLASSIFY,
+    ClassifyRequest,
+    ClassifyReply,
+    classify.CLASSIFIER_QUEUE,
+    frozenset({SHIM}),
+    frozenset({CLASSIFIER}),
 )
 #: Pub/sub, collector -> every picker: one snapshot per pool, on ``subjects.metrics(pool)``.
-SNAPSHOTS: Route[PoolSnapshot, Any] = Route(subjects.METRICS_ALL, PoolSnapshot)
-#: Pub/sub, shim -> every picker (and anyone): one event per finished response.
-COMPLETIONS: Route[CompletionEvent, Any] = Route(subjects.COMPLETIONS, CompletionEvent)
+#: The shim reads them too: the pools' membership, the only endpoints it ever routes to.
+SNAPSHOTS: Route[PoolSnapshot, Any] = Route(
+    subjects.METRICS_ALL,
+    PoolSnapshot,
+    senders=frozenset({COLLECTOR}),
+    receivers=frozenset({PICKER, SHIM}),
+)
+#: Pub/sub, shim -> every picker: one event per finished response.
+COMPLETIONS: Route[CompletionEvent, Any] = Route(
+    subjects.COMPLETIONS,
+    CompletionEvent,
+    senders=frozenset({SHIM}),
+    receivers=frozenset({PICKER}),
+)
 #: Pub/sub into a queue group, shim -> one classifier: store a complete answer in the cache.
 CACHE_STORE: Route[CacheStore, Any] = Route(
-    cache.CACHE_STORE, CacheStore, queue=cache.CACHE_STORE_QUEUE
+    cache.CACHE_STORE,
+    CacheStore,
+    queue=cache.CACHE_STORE_QUEUE,
+    senders=frozenset({SHIM}),
+    receivers=frozenset({CLASSIFIER}),
 )
 #: Pub/sub, classifier -> every classifier: cache entries added or removed.
-CACHE_EVENTS: Route[CacheEvent, Any] = Route(cache.CACHE_EVENTS, CacheEvent)
+CACHE_EVENTS: Route[CacheEvent, Any] = Route(
+    cache.CACHE_EVENTS,
+    CacheEvent,
+    senders=frozenset({CLASSIFIER}),
+    receivers=frozenset({CLASSIFIER}),
+)
 #: Pub/sub among collector replicas: membership heartbeats (``collector.sharding.subject``).
 COLLECTOR_HEARTBEAT: Route[CollectorAnnounce, Any] = Route(
-    subjects.COLLECTOR_HEARTBEAT, CollectorAnnounce
+    subjects.COLLECTOR_HEARTBEAT,
+    CollectorAnnounce,
+    senders=frozenset({COLLECTOR}),
+    receivers=frozenset({COLLECTOR}),
 )
 #: Pub/sub, collector -> every shim and picker: InferenceObjectives and InferenceModelRewrites.
-POLICY: Route[InferencePolicy, Any] = Route(policy.POLICY, InferencePolicy)
+POLICY: Route[InferencePolicy, Any] = Route(
+    policy.POLICY,
+    InferencePolicy,
+    senders=frozenset({COLLECTOR}),
+    receivers=frozenset({PICKER, SHIM}),
+)
+#: JetStream KV, collector -> pickers: each collector replica's latest snapshot of each pool
+#: (``collector.latest.bucket``).
+METRICS_BUCKET = Bucket(subjects.METRICS_BUCKET, frozenset({COLLECTOR}), frozenset({PICKER}))
 
 #: Every route, for documentation and tests.
 ALL: tuple[Route[Any, Any], ...] = (
@@ -115,3 +189,5 @@ ALL: tuple[Route[Any, Any], ...] = (
     COLLECTOR_HEARTBEAT,
     POLICY,
 )
+#: Every JetStream bucket.
+BUCKETS: tuple[Bucket, ...] = (METRICS_BUCKET,)

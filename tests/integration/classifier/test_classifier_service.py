@@ -53,7 +53,7 @@ def classifier(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     """A classifier process; yields its HTTP port once /readyz answers 200."""
     port = free_port()
     section: dict[str, Any] = {**CONFIG["classifier"], "http_port": port}
-    cfg = {**CONFIG, "nats": {"url": nats_url}, "classifier": section}
+    cfg = {**CONFIG, "nats": {"url": nats_url}, "classifier": section, "debug": {"enabled": True}}
     path = Path(tmp_path_factory.mktemp("classifier")) / "pointsman.yaml"
     path.write_text(yaml.safe_dump(cfg))
     proc = procs.spawn(

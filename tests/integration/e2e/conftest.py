@@ -28,6 +28,10 @@ def make_stack(**options: object) -> Stack:
         "overrides": {"shim": {"pick_timeout_ms": 300}},
     }
     defaults.update(options)
+    # These tests read the serving replica from x-pointsman-endpoint (off by default).
+    overrides = dict(defaults["overrides"])  # type: ignore[call-overload]
+    overrides["debug"] = {"report_endpoint": True, **overrides.get("debug", {})}
+    defaults["overrides"] = overrides
     return Stack(StackOptions(**defaults))  # type: ignore[arg-type]
 
 
@@ -82,7 +86,8 @@ def post_and_collect_completions(
     per request, then a second more, so that a duplicate event shows too."""
 
     async def run() -> tuple[list[CompletionEvent], list[httpx.Response]]:
-        nc = await nats.connect(stack.nats_url)
+        # As a picker: the identity that may read completion events (the bus is authenticated).
+        nc = await nats.connect(**stack.nats_config("picker").connect_options("picker"))
         sub = await nc.subscribe(subjects.COMPLETIONS)
         await nc.flush()
         async with httpx.AsyncClient() as client:

@@ -52,6 +52,7 @@ def classified() -> Iterator[Stack]:
         overrides={
             "shim": {"pick_timeout_ms": 500, "classifier": {"timeout_ms": 5000}},
             "classifier": CLASSIFIER,
+            "debug": {"enabled": True},
         },
     ) as s:
         yield s

@@ -31,6 +31,7 @@ def test_up_serves_and_stops_cleanly(tmp_path) -> None:  # type: ignore[no-untyp
             "m-one,m-two",
             "--sim-arg=--time-scale=0.02",
             "--no-classifier",
+            "--debug",
             "--workdir",
             str(tmp_path),
         ],

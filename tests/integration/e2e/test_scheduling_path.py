@@ -96,7 +96,8 @@ def test_prefill_decode_roles(tmp_path: Path) -> None:
                             {"address": prefill, "labels": {"role": "prefill"}},
                             *({"address": d, "labels": {"role": "decode"}} for d in decode),
                         ]
-                    }
+                    },
+                    "debug": {"report_endpoint": True},
                 }
             )
         )

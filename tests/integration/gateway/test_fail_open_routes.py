@@ -44,7 +44,7 @@ def test_fail_open_request_to_a_killed_replica_is_retried(pair: list[Replica], s
     dead, live = pair
     pools = {"delta": [r.endpoint for r in pair]}
     gateway = {"health_check": {"enabled": False}, "eject_after_failures": 0}
-    with envoy(pools, shim.port, gateway=gateway) as gw:
+    with envoy(pools, shim.port, gateway=gateway, report_endpoint=True) as gw:
         retried = f"cluster.{gw.cluster('delta')}.upstream_rq_retry_success"
         dead.kill()
         sent = 0

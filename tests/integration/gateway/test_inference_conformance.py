@@ -125,6 +125,7 @@ def conformance() -> Iterator[Conformance]:
                     response_path="inline",
                     pool_pickers={m: f"127.0.0.1:{epp_port}" for m in picked},
                     adjust=subset_header,
+                    report_endpoint=True,  # the served endpoint is asserted (off by default)
                 ) as gw,
             ):
                 yield Conformance(nats_url, selector_port, epp_port, pools, ports, gw)

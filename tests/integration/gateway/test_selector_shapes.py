@@ -134,6 +134,7 @@ def test_selector_in_front_of_vllm_router(fleet: Fleet) -> None:
             fleet.selector_port,
             default_pool=CHAT_MODEL,
             mode="selector",
+            report_endpoint=True,  # which router served is asserted (off by default)
         ) as gw,
     ):
         for prompt, model, router in (

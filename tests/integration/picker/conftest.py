@@ -22,13 +22,19 @@ def start_picker(nats_url: str, tmp_path: Path) -> Iterator[StartPicker]:
     HTTP port."""
     started: list[procs.Proc] = []
 
-    def start(picker: dict[str, Any] | None = None, replica_id: str | None = None) -> procs.Proc:
+    def start(
+        picker: dict[str, Any] | None = None,
+        replica_id: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> procs.Proc:
         port = procs.free_port()
         section = {"http_host": "127.0.0.1", "http_port": port, "warmup_ms": 0, **(picker or {})}
         if replica_id:
             section["replica_id"] = replica_id
         cfg = tmp_path / f"picker-{port}.yaml"
-        cfg.write_text(yaml.safe_dump({"nats": {"url": nats_url}, "picker": section}))
+        cfg.write_text(
+            yaml.safe_dump({"nats": {"url": nats_url}, "picker": section, **(extra or {})})
+        )
         proc = procs.spawn(
             f"picker-{port}",
             [sys.executable, "-m", "pointsman_picker", "--config", str(cfg)],

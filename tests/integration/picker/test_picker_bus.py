@@ -126,12 +126,14 @@ async def test_in_flight_spreads_between_snapshots(
         await asyncio.sleep(0.1)
         nxt = [(await ask(nc, pool)).endpoints[0] for _ in range(5)]
         assert nxt == ["a:1"] * 5
+        # debug.enabled is off: the debug header gets no scores (no oracle)
+        assert (await ask(nc, pool, headers={"x-pointsman-debug": "1"})).scores == {}
     finally:
         await nc.close()
 
 
 async def test_shedding_and_prefill_over_the_bus(nats_url: str, start_picker: StartPicker) -> None:
-    start_picker({"objectives": {"batch": -1, "chat": 5}})
+    start_picker({"objectives": {"batch": -1, "chat": 5}}, extra={"debug": {"enabled": True}})
     nc = await nats.connect(nats_url)
     try:
         pool = f"m-{uuid.uuid4().hex[:6]}"

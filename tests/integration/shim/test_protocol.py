@@ -21,6 +21,7 @@ from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import Proces
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 from pointsman.bus import NatsConfig
+from pointsman.debug import DebugConfig
 from pointsman.v1 import CompletionEvent, EndpointMetrics, PoolSnapshot, decode, encode, subjects
 from pointsman_shim.bus import Bus
 from pointsman_shim.config import ShimConfig
@@ -81,7 +82,11 @@ async def make_processor(nats_url: str, **config: Any) -> Processor:
     bus = Bus(NatsConfig(url=nats_url))
     await bus.start()
     await publish_snapshot(nats_url)
-    processor = Processor(ShimConfig(pick_timeout_ms=1000, **config), bus)
+    processor = Processor(
+        ShimConfig(pick_timeout_ms=1000, **config),
+        bus,
+        debug_config=DebugConfig(report_endpoint=True),
+    )
     # wait until the picker has the pool
     deadline = time.monotonic() + 10
     while True:

@@ -29,6 +29,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2, text_format
 from prometheus_client import REGISTRY
 
+from pointsman.debug import DebugConfig
 from pointsman.v1 import (
     ModelsReply,
     PickReply,
@@ -600,6 +601,8 @@ async def exchange(case: Case) -> str:
         bus,  # type: ignore[arg-type]
         clock=lambda: NOW,
         new_id=lambda: NEW_ID,
+        # Debug output and the endpoint report allowed (both off by default; test_policy).
+        debug_config=DebugConfig(enabled=True, report_endpoint=True),
     )
 
     async def feed() -> AsyncIterator[pb.ProcessingRequest]:

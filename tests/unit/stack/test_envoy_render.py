@@ -11,7 +11,7 @@ import pydantic
 import pytest
 import yaml
 
-from pointsman.stack.envoy import EnvoyOptions, render, render_yaml
+from pointsman.stack.envoy import EnvoyOptions, ShimTls, render, render_yaml
 from pointsman.stack.gateway import (
     API_ROUTES,
     ENVOY_MADE,
@@ -309,6 +309,12 @@ def test_every_reported_header_is_copied_to_the_response_and_dropped_from_client
     }
     for name in REPORTED:
         assert added[name] == f"%REQ({name})%"
+    assert "x-pointsman-endpoint" not in added  # the replica's address: off by default
+    with_endpoint = hcm(render(options(report_endpoint=True)))["route_config"]
+    added = {
+        a["header"]["key"]: a["header"]["value"]
+        for a in with_endpoint["virtual_hosts"][0]["response_headers_to_add"]
+    }
     assert added["x-pointsman-endpoint"] == "%UPSTREAM_REMOTE_ADDRESS%"
     removed = {
         m["remove"]
@@ -378,3 +384,17 @@ def test_every_gateway_key_is_documented_with_its_default() -> None:
 def test_default_pool_must_be_a_pool() -> None:
     with pytest.raises(ValueError, match="default pool 'c-model'"):
         render(options(default_pool="c-model"))
+
+
+def test_ext_proc_over_mutual_tls_to_the_shim() -> None:
+    plain = render(options())["static_resources"]["clusters"]
+    assert "transport_socket" not in next(c for c in plain if c["name"] == "pointsman_shim")
+    tls = ShimTls("/tls/ca.crt", "/tls/envoy.crt", "/tls/envoy.key", sni="shim.example")
+    clusters = render(options(shim_tls=tls))["static_resources"]["clusters"]
+    socket = next(c for c in clusters if c["name"] == "pointsman_shim")["transport_socket"]
+    context = socket["typed_config"]
+    common = context["common_tls_context"]
+    assert common["alpn_protocols"] == ["h2"]
+    assert common["validation_context"]["trusted_ca"] == {"filename": "/tls/ca.crt"}
+    assert common["tls_certificates"][0]["private_key"] == {"filename": "/tls/envoy.key"}
+    assert context["sni"] == "shim.example"

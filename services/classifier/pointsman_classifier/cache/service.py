@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.exceptions import RedisError
 
 from pointsman.bus import Received, ServiceBus
+from pointsman.redisconf import RedisSecurity
 from pointsman.v1 import routes
 from pointsman.v1.cache import CacheEvent, CacheStore
 from pointsman.v1.classify import CachedAnswer, ClassifyReply, ClassifyRequest
@@ -108,7 +109,11 @@ class CacheMetrics:
 
 class SemanticCache:
     def __init__(
-        self, cfg: CacheConfig, registry: CollectorRegistry | None = None, name: str = ""
+        self,
+        cfg: CacheConfig,
+        registry: CollectorRegistry | None = None,
+        name: str = "",
+        security: RedisSecurity | None = None,
     ) -> None:
         self.cfg = cfg
         self.name = name or uuid.uuid4().hex
@@ -116,7 +121,7 @@ class SemanticCache:
         self.index = VectorIndex(backend=cfg.index, hnsw_from=cfg.hnsw_from, ef=cfg.hnsw_ef)
         self.metrics.entries.set_function(lambda: float(len(self.index)))
         timeout = cfg.redis_timeout_ms / 1000
-        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+        self.redis: aioredis.Redis = (security or RedisSecurity()).client(
             cfg.redis_url,
             socket_timeout=timeout,
             socket_connect_timeout=max(timeout, 0.2),

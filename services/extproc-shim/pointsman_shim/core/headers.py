@@ -31,6 +31,8 @@ TENANT = "x-pointsman-tenant"
 LB_NAMESPACE = "envoy.lb"
 SUBSET_NAMESPACE = "envoy.lb.subset_hint"
 
+DEBUG = "x-pointsman-debug"
+
 #: Set only by the shim: any client-sent value is removed before routing.
 ROUTING_HEADERS = (DESTINATION, DESTINATION_SERVED, SUBSET, PREFILLER, SELECTED_MODEL)
 #: What an endpoint picker behind another model selector (``shim.mode: picker``) removes: the
@@ -69,5 +71,7 @@ def to_strip(names: list[str], *, keep_reports: bool = False) -> list[str]:
     return out
 
 
-def forwarded(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k, v in headers.items() if k in FORWARDED}
+def forwarded(headers: Mapping[str, str], *, debug: bool = False) -> dict[str, str]:
+    """The headers the services read; ``x-pointsman-debug`` only when the request may have
+    debug output (``pointsman.debug.allowed``)."""
+    return {k: v for k, v in headers.items() if k in FORWARDED and (debug or k != DEBUG)}

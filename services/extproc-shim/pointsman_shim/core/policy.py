@@ -163,13 +163,15 @@ def classify_request(
     headers: Mapping[str, str],
     request_id: str,
     session: Session | None = None,
+    *,
+    debug: bool = False,
 ) -> ClassifyRequest:
     """The normalised request and the headers the classifier's policies read.
 
     The request's ``authorization`` travels only as its SHA-256, a tenant for the semantic cache
-    that never carries the credential itself.
+    that never carries the credential itself. ``x-pointsman-debug`` travels only with ``debug``.
     """
-    forwarded = h.forwarded(headers)
+    forwarded = h.forwarded(headers, debug=debug)
     who = tenant(headers)
     if who:
         forwarded[h.TENANT] = who
@@ -193,12 +195,14 @@ def pick_request(
     subset: list[str] | None,
     config: ShimConfig,
     session: Session | None = None,
+    *,
+    debug: bool = False,
 ) -> PickRequest:
     return PickRequest(
         request_id=request_id,
         model=model,
         subset=subset,
-        headers=h.forwarded(headers),
+        headers=h.forwarded(headers, debug=debug),
         prompt=request.prompt_text() if config.send_prompt else None,
         max_endpoints=config.max_endpoints,
         session=session.id if session is not None else None,
@@ -289,6 +293,42 @@ def rewrite(choice: Choice, rewrites: Rewrites, key: str) -> Choice:
     choice.headers[h.REWRITE] = moved.model
     choice.rewrite = moved.rewrite
     return choice
+
+
+@dataclass(slots=True)
+class Refused(Unavailable):
+    """A pick reply that names an endpoint discovery does not know for the model: never routed
+    to, and then handled as a picker that did not answer (the configured failure mode).
+    ``reason``: ``not_in_pool`` (the model's pool is known and lacks it) or ``unknown_pool``
+    (no pool known for the model holds it)."""
+
+    reason: str = ""
+    endpoints: tuple[str, ...] = ()
+
+
+def vet_pick(
+    reply: PickReply, model: str, known: Mapping[str, frozenset[str]]
+) -> PickReply | Refused:
+    """Route only to known endpoints: every endpoint a pick reply names (and its prefill
+    endpoint) must belong to ``model``'s pool as discovery knows it (``known``: pool -> its
+    ``ip:port`` addresses, from the collectors' snapshots and the static ``pools``).
+
+    A model that is not a pool's name (a LoRA adapter the picker maps to its base model) may be
+    served by any one known pool, as long as every endpoint belongs to it. This holds whatever
+    the bus delivers: a forged or compromised reply can only name real model servers.
+    """
+    if reply.status is not PickStatus.OK:
+        return reply
+    named = [*reply.endpoints, *([reply.prefill] if reply.prefill else [])]
+    pool = known.get(model)
+    if pool is not None:
+        outside = tuple(e for e in named if e not in pool)
+        if not outside:
+            return reply
+        return Refused("picker", "unknown_endpoint", "not_in_pool", outside)
+    if any(all(e in members for e in named) for members in known.values()):
+        return reply
+    return Refused("picker", "unknown_endpoint", "unknown_pool", tuple(named))
 
 
 def prepare(request: LLMRequest, dialect: Dialect, choice: Choice, config: ShimConfig) -> Upstream:
