@@ -97,6 +97,10 @@ class ResponsesStore(BaseModel):
     #: After a Redis failure, stateful calls answer 503 at once for this long before Redis is
     #: tried again, so that requests do not each wait for the deadline.
     redis_retry_s: float = Field(default=1.0, ge=0)
+    #: A ``previous_response_id`` or ``GET`` that finds nothing waits this long for a response
+    #: still being kept (its answer reached the client before the record reached Redis) before
+    #: answering 404; 0 = answer at once.
+    pending_wait_ms: float = Field(default=500.0, ge=0, le=10_000)
 
 
 class RewriteTargetConfig(BaseModel):

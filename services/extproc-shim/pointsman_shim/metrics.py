@@ -75,7 +75,8 @@ TRANSLATIONS = Counter(
 STORE = Counter(
     "pointsman_shim_responses_store",
     "Calls to the Responses API's store (Redis), by operation and outcome.",
-    # op: get, delete, previous, turn, response; outcome: ok, not_found, unavailable
+    # op: get, delete, previous, turn, response; outcome: ok, pending (found after waiting for
+    # its write: shim.responses.pending_wait_ms), not_found, unavailable
     ["op", "outcome"],
 )
 SESSIONS = Counter(

@@ -40,6 +40,8 @@ from pointsman_shim.core.dialects.responses_answer import history_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+#: Seconds between two looks for a response that is being kept (see ``_pending``).
+PENDING_POLL_S = 0.02
 
 
 class StateUnavailable(Exception):
@@ -125,6 +127,8 @@ class ResponsesState:
 
     async def _kept(self, rid: str, tenant: str, op: str) -> Kept | None:
         raw = await self._call(op, self._redis().get(self._responses + rid))
+        if raw is None and self.config.pending_wait_ms > 0:
+            raw = await self._pending(rid, op)
         kept = None
         if raw is not None:
             with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
@@ -135,6 +139,25 @@ class ResponsesState:
         if op == "get":
             metrics.STORE.labels(op, "ok").inc()
         return kept
+
+    async def _pending(self, rid: str, op: str) -> bytes | str | None:
+        """A response the client already has may not be kept yet: its record is written when
+        the stream that read the answer ends (the observer's may end after the client's), so a
+        client that continues at once can ask before it lands. Wait for this replica's writes in
+        flight, then look again every :data:`PENDING_POLL_S` for ``pending_wait_ms`` before
+        calling it unknown (an unknown id's 404 takes that long)."""
+        deadline = time.monotonic() + self.config.pending_wait_ms / 1000
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self.config.pending_wait_ms / 1000)
+        while True:
+            raw = await self._call(op, self._redis().get(self._responses + rid))
+            if raw is not None:
+                metrics.STORE.labels(op, "pending").inc()
+                return raw
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            await asyncio.sleep(min(PENDING_POLL_S, left))
 
     # -- writes (off the critical path: failures are counted and dropped) -----------------------
 

@@ -86,3 +86,27 @@ async def test_no_store_configured() -> None:
     with pytest.raises(StateUnavailable, match="no response store"):
         await s.response("resp_x", "")
     await s.close()
+
+
+async def test_a_lookup_waits_for_a_response_still_being_kept(redis_url: str) -> None:
+    """The client can continue before the stream that read the answer has kept it (observer
+    streams end after the client's response; another replica may write it): a lookup that
+    finds nothing waits up to pending_wait_ms for the record instead of answering 404."""
+    reader = state(redis_url, pending_wait_ms=5000)
+    writer = ResponsesState(reader.config)  # another replica: same Redis and prefix
+    writer.keep_turn("t", [{"type": "message", "role": "user", "content": "hi"}], None, "")
+    await writer.drain()
+
+    async def keep_later() -> None:
+        await asyncio.sleep(0.2)
+        writer.keep_response(response("resp_late", "hello"), "t", "")
+        await writer.drain()
+
+    late = asyncio.create_task(keep_later())
+    kept = await reader.conversation("resp_late", "")
+    await late
+    assert kept is not None and [i["role"] for i in kept.items] == ["user", "assistant"]
+    # an id nobody keeps is still unknown, once the wait is over
+    assert await state(redis_url, pending_wait_ms=50).response("resp_never", "") is None
+    await reader.close()
+    await writer.close()
