@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -119,17 +120,42 @@ class OpsServer:
         return web.json_response({"ready": ok, "reason": reason}, status=200 if ok else 503)
 
 
+#: Seconds between the stop signal and a forced exit, when clean-up has not finished.
+EXIT_DEADLINE_S = 8.0
+
+
+def _exit_late() -> None:
+    log.error("clean-up still running %.0f s after the stop signal: exiting", EXIT_DEADLINE_S)
+    logging.shutdown()
+    os._exit(0)
+
+
 def run(
     main: Callable[[asyncio.Event], Coroutine[Any, Any, None]], *, use_uvloop: bool = True
 ) -> None:
-    """Run ``main(stop_event)`` until SIGINT/SIGTERM sets the event; then let it clean up."""
+    """Run ``main(stop_event)`` until SIGINT/SIGTERM sets the event; then let it clean up.
+
+    Clean-up is bounded: :data:`EXIT_DEADLINE_S` after the first signal the process exits
+    whatever it is waiting on (a drain with NATS gone, a KV delete on a loaded server, a
+    handler stuck in a thread), so every service exits within 10 s of SIGTERM. A second
+    signal exits at once."""
 
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            if stop.is_set():
+                log.warning("second signal: exiting now")
+                os._exit(1)
+            stop.set()
+            timer = threading.Timer(EXIT_DEADLINE_S, _exit_late)
+            timer.daemon = True
+            timer.start()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, on_signal)
         await main(stop)
 
     try:

@@ -195,10 +195,17 @@ class Collector:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self._kv is not None:
-            for pool, names in self._published.items():
-                for name in names:
-                    with contextlib.suppress(Exception):
-                        await self._kv.delete(self._kv_key(pool, name))
+            kv = self._kv
+            keys = [
+                self._kv_key(pool, name)
+                for pool, names in self._published.items()
+                for name in names
+            ]
+            # Best effort and bounded: the keys' TTL removes them anyway.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    asyncio.gather(*(kv.delete(k) for k in keys), return_exceptions=True), 2.0
+                )
         await self.bus.stop()
         if self._raw is not None:
             self._raw.close()
