@@ -418,8 +418,9 @@ class Processor:
             if isinstance(picked, Refused):
                 self._refused(stream, choice.model, picked)
         return policy.route(
-            llm, dialect, choice, picked, self.config, debug=stream.debug, upstream=upstream
-        )
+            llm, dialect, choice, picked, self.config, debug=stream.debug, upstream=upstream,
+            hinted=stream.subset is not None,
+        )  # fmt: skip
 
     async def _resume(self, stream: Stream, llm: LLMRequest) -> tuple[LLMRequest, str | None]:
         """The request with the conversation of the response it continues before its input,

@@ -21,7 +21,9 @@ BUS_FAILURES = Counter(
 )
 FAIL_OPEN = Counter(
     "pointsman_shim_fail_open",
-    "Requests served under the fail-open policy because a service did not answer.",
+    "Requests served under the fail-open policy (Envoy's own load balancing or the requested "
+    "model), by cause: the service that did not answer (classifier, picker), or no_endpoints "
+    "(the picker had no endpoint to offer).",
     ["service"],
 )
 DECISION_SECONDS = Histogram(

@@ -369,7 +369,13 @@ CASES = [
     Case(
         "pick_no_endpoints",
         lambda: [rid("/v1/completions"), body_msg(completion())],
+        config={"failure_mode": "fail-closed"},
         pick=PickReply(status=PickStatus.NO_ENDPOINTS, reason="all endpoints stale"),
+    ),
+    Case(
+        "pick_no_endpoints_fail_open",
+        lambda: [rid("/v1/completions"), body_msg(completion())],
+        pick=PickReply(status=PickStatus.NO_ENDPOINTS, reason="all endpoints unhealthy"),
     ),
     Case(
         "pick_shed",

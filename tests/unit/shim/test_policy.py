@@ -206,10 +206,11 @@ def decide_route(
     picked: PickReply | Unavailable,
     choice: Choice | None = None,
     debug: bool = False,
+    hinted: bool = False,
     **cfg: Any,
 ) -> Route | Answer:
     choice = choice or Choice(BodyChanges("m1"))
-    return route(request(), CHAT, choice, picked, config(**cfg), debug=debug)
+    return route(request(), CHAT, choice, picked, config(**cfg), debug=debug, hinted=hinted)
 
 
 @pytest.mark.parametrize(
@@ -261,7 +262,11 @@ def test_route(
     ("picked", "cfg", "expected"),
     [
         (PickReply(status=PickStatus.UNKNOWN_MODEL), {}, (404, "unknown_model", "rejected")),
-        (PickReply(status=PickStatus.NO_ENDPOINTS), {}, (503, "no_endpoints", "rejected")),
+        (
+            PickReply(status=PickStatus.NO_ENDPOINTS),
+            {"failure_mode": "fail-closed"},
+            (503, "no_endpoints", "rejected"),
+        ),
         (PickReply(status=PickStatus.SHED), {}, (429, "shed", "shed")),
         (
             Unavailable("picker", "no_responders"),
@@ -284,9 +289,26 @@ def test_shed_and_no_endpoints_say_why() -> None:
     assert isinstance(shed, Answer) and shed.headers["x-pointsman-shed-reason"] == "saturated"
     shed = decide_route(PickReply(status=PickStatus.SHED, reason="kv"))
     assert isinstance(shed, Answer) and shed.headers["x-pointsman-shed-reason"] == "kv"
-    none = decide_route(PickReply(status=PickStatus.NO_ENDPOINTS, reason="all stale"))
+    none = decide_route(
+        PickReply(status=PickStatus.NO_ENDPOINTS, reason="all stale"), failure_mode="fail-closed"
+    )
     assert isinstance(none, Answer)
     assert json.loads(none.body)["error"]["message"].endswith("(all stale)")
+
+
+def test_no_endpoints_fails_open_unless_closed_or_hinted() -> None:
+    """Issue 12: the picker's no_endpoints falls back to Envoy's load balancing by default."""
+    none = PickReply(status=PickStatus.NO_ENDPOINTS, reason="no healthy, fresh endpoint")
+    opened = decide_route(none)
+    assert isinstance(opened, Route)
+    assert (opened.route, opened.endpoints, opened.outcome) == ("fail-open", [], "fail_open")
+    assert opened.fail_open == ("no_endpoints",)
+    assert opened.headers["x-pointsman-route"] == "fail-open"
+    # a gateway's subset hint cannot be kept by Envoy's own balancing: 503
+    hinted = decide_route(none, hinted=True)
+    assert isinstance(hinted, Answer) and (hinted.status, hinted.reason) == (503, "no_endpoints")
+    closed = decide_route(none, failure_mode="fail-closed")
+    assert isinstance(closed, Answer) and closed.status == 503
 
 
 def test_failures_before_the_answer_are_carried() -> None:

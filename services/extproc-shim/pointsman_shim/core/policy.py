@@ -112,7 +112,8 @@ class Route:
     """Send the request upstream.
 
     ``route`` is ``picked``, ``default-model``, ``selected`` (model-selector mode: the gateway's
-    pool picker chooses) or ``fail-open`` (no endpoints: Envoy's own load balancing);
+    pool picker chooses) or ``fail-open`` (the picker did not answer or had no endpoint: Envoy's
+    own load balancing);
     ``endpoints`` are ordered best first. ``headers`` are the report headers, set on
     the routed request and, when the shim sees the response, on the response. ``body`` is the new
     request body (``None``: the client's bytes), ``path`` a new ``:path`` (a dialect that
@@ -351,10 +352,15 @@ def route(
     *,
     debug: bool = False,
     upstream: Upstream | None = None,
+    hinted: bool = False,
 ) -> Route | Answer:
     """Step 2: the endpoints, from the picker's reply; ``debug`` reports the picker's scores.
     ``upstream`` is :func:`prepare`'s answer when the caller asked it before the picker.
-    ``picked`` is ``None`` in model-selector mode: no endpoints, the gateway's pool picks."""
+    ``picked`` is ``None`` in model-selector mode: no endpoints, the gateway's pool picks.
+
+    ``no_endpoints`` fails open (Envoy's own load balancing, counted as the ``no_endpoints``
+    service in ``fail_open``) under the ``fail-open`` policy, except for a request whose gateway
+    sent a subset hint (``hinted``): Envoy may not route outside the subset, so that is a 503."""
     model = choice.model
     headers = dict(choice.headers)
     endpoints: list[str] = []
@@ -370,6 +376,15 @@ def route(
         label = "fail-open"
     elif picked.status is PickStatus.UNKNOWN_MODEL:
         return reject(_unknown(f"The model '{model}' does not exist."), dialect, fail_open)
+    elif (
+        picked.status is PickStatus.NO_ENDPOINTS
+        and config.failure_mode == "fail-open"
+        and (not hinted)
+    ):
+        # The picker knows no endpoint that can take it: Envoy's own load balancing over the
+        # pool (with its health checks) is the better judge than a 503.
+        fail_open = (*fail_open, "no_endpoints")
+        label = "fail-open"
     elif picked.status is PickStatus.NO_ENDPOINTS:
         detail = f" ({picked.reason})" if picked.reason else ""
         error = RequestError(
