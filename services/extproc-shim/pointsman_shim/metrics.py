@@ -91,3 +91,16 @@ REWRITES = Counter(
     "Requests an InferenceModelRewrite sent to another model, by rewrite, asked and target model.",
     ["rewrite", "model", "target"],
 )
+INTERNAL_ERRORS = Counter(
+    "pointsman_shim_internal_errors",
+    "Unexpected exceptions in the shim, by the ext_proc message being handled (request_headers, "
+    "request_body, response_headers, response_body, ...); each answered with a JSON 500, never "
+    "passed to Envoy (whose failure_mode_allow would forward the request unchecked).",
+    ["phase"],
+)
+BUS_TOO_LARGE = Counter(
+    "pointsman_shim_bus_too_large",
+    "Requests answered 413 because their bus message would exceed the NATS server's max_payload, "
+    "by service.",
+    ["service"],
+)

@@ -61,6 +61,37 @@ def test_dialect_of_path(path: str, kind: str | None) -> None:
         (b'{"model": "m", "messages": "hi"}', 400, "invalid_messages"),
         (b'{"model": "m", "messages": ["hi"]}', 400, "invalid_messages"),
         (b'{"model": "m", "messages": [{"content": "hi"}]}', 400, "invalid_messages"),
+        # issue 12: these got 200 although the README promised 400
+        (b'{"model": "m", "messages": [{"role": "user"}]}', 400, "invalid_messages"),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": null}]}',
+            400,
+            "invalid_messages",
+        ),
+        (b'{"model": "m", "messages": [{"role": "user", "content": 5}]}', 400, "invalid_messages"),
+        (b'{"model": "m", "messages": [{"role": "user", "content": {}}]}', 400, "invalid_messages"),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": [{"type": "text"}]}]}',
+            400,
+            "invalid_messages",
+        ),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": [{"text": "a"}]}]}',
+            400,
+            "invalid_messages",
+        ),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": ["a"]}]}',
+            400,
+            "invalid_messages",
+        ),
+        (
+            b'{"model": "m", "messages": [' * 1 + b"[" * 200 + b"]" * 200 + b"]}",
+            400,
+            "json_too_deep",
+        ),
+        (b"[" * 100_000 + b"]" * 100_000, 400, "json_too_deep"),  # raised RecursionError before
+        (b'{"a":' * 5000 + b"1" + b"}" * 5000, 400, "json_too_deep"),
         (chat(stream="yes"), 400, "invalid_stream"),
     ],
 )
@@ -72,6 +103,23 @@ def test_chat_rejects(raw: bytes, status: int, reason: str) -> None:
     error = json.loads(CHAT.error_body(e.message, type=e.type, code=e.code, param=e.param))["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["message"]
+
+
+def test_messages_that_stay_valid() -> None:
+    """What OpenAI's API accepts still parses: an assistant turn with only tool calls, parts of
+    other types, deep-enough JSON, brackets inside strings."""
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url"}]},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]},
+        {"role": "assistant"},
+        {"role": "tool", "content": "[[[[" * 100, "tool_call_id": "1"},
+    ]
+    request = CHAT.parse(chat(messages=messages, meta=[[[[[[[[1]]]]]]]]), max_bytes=LIMIT)
+    assert [t.role for t in request.turns] == ["user", "assistant", "assistant", "tool"]
+    nested: object = 1
+    for _ in range(120):
+        nested = [nested]
+    CHAT.parse(chat(deep=nested), max_bytes=LIMIT)
 
 
 def test_body_over_limit_is_413() -> None:

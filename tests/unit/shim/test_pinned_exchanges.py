@@ -43,7 +43,7 @@ from pointsman.v1.classify import (
     ClassifyReply,
     ImmediateAnswer,
 )
-from pointsman_shim.bus import BusUnavailable
+from pointsman_shim.bus import BusTooLarge, BusUnavailable
 from pointsman_shim.config import ShimConfig
 from pointsman_shim.handlers import Processor
 from tests.helpers.extproc import (
@@ -376,6 +376,16 @@ CASES = [
         "pick_no_endpoints_fail_open",
         lambda: [rid("/v1/completions"), body_msg(completion())],
         pick=PickReply(status=PickStatus.NO_ENDPOINTS, reason="all endpoints unhealthy"),
+    ),
+    Case(
+        "pick_raises_internal_error",
+        lambda: [rid("/v1/chat/completions"), body_msg(chat())],
+        pick=RuntimeError("a bug in a bus call"),
+    ),
+    Case(
+        "pick_too_large_for_bus",
+        lambda: [rid("/v1/chat/completions"), body_msg(chat())],
+        pick=BusTooLarge("picker", 2_000_000, 1_048_576),
     ),
     Case(
         "pick_shed",
