@@ -552,13 +552,15 @@ class Processor:
     async def _classify(
         self, stream: Stream, llm: LLMRequest, session: sessions.Session | None
     ) -> ClassifyReply | Unavailable:
+        timeout_ms = self.config.classifier.timeout_ms
         request = policy.classify_request(
-            llm, stream.headers, stream.request_id, session, debug=stream.debug
-        )
+            llm, stream.headers, stream.request_id, session, debug=stream.debug,
+            budget_ms=timeout_ms,
+        )  # fmt: skip
         started = time.perf_counter()
         with _tracer.start_as_current_span("pointsman.classify", kind=SpanKind.CLIENT) as span:
             try:
-                reply = await self.bus.classify(request, self.config.classifier.timeout_ms / 1000)
+                reply = await self.bus.classify(request, timeout_ms / 1000)
             except BusTooLarge as exc:
                 raise _too_large_for_bus(exc) from None
             except BusUnavailable as exc:

@@ -195,6 +195,8 @@ class Case:
 
 
 CLASSIFIER_ON = {"classifier": {"enabled": True}}
+#: A classifier that only selects models (it blocks nothing): it may fail open.
+SELECT_ONLY = {"classifier": {"enabled": True, "safety_blocks": False}}
 CLASSIFIER_CLOSED = {"classifier": {"enabled": True, "failure_mode": "fail-closed"}}
 CONTEXT = {
     "request_id": "req-obs",
@@ -341,15 +343,38 @@ CASES = [
     Case(
         "classifier_timeout_fail_open_auto",
         lambda: [rid("/v1/chat/completions"), body_msg(chat("auto"))],
-        config={**CLASSIFIER_ON, "default_model": "m1"},
+        config={**SELECT_ONLY, "default_model": "m1"},
         classify=BusUnavailable("classifier", "timeout"),
         pick=OK,
     ),
     Case(
         "classifier_fail_open_auto_without_default",
         lambda: [rid("/v1/chat/completions"), body_msg(chat("MoM"))],
-        config=CLASSIFIER_ON,
+        config=SELECT_ONLY,
         classify=BusUnavailable("classifier", "no_responders"),
+    ),
+    Case(
+        "classifier_timeout_no_safety_verdict",
+        lambda: [rid("/v1/chat/completions"), body_msg(chat("auto"))],
+        config={**CLASSIFIER_ON, "default_model": "m1"},
+        classify=BusUnavailable("classifier", "timeout"),
+    ),
+    Case(
+        "classifier_overloaded_no_safety_verdict_messages",
+        lambda: [
+            rid("/v1/messages"),
+            body_msg(
+                json.dumps(
+                    {
+                        "model": "m1",
+                        "max_tokens": 9,
+                        "messages": [{"role": "user", "content": "hi"}],
+                    }
+                ).encode()
+            ),
+        ],
+        config=CLASSIFIER_ON,
+        classify=ClassifyReply(model="m1", error="overloaded"),
     ),
     Case(
         "classifier_overloaded_fail_closed",

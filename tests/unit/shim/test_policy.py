@@ -40,6 +40,8 @@ def config(**kw: Any) -> ShimConfig:
 
 
 ON = {"classifier": {"enabled": True}}
+#: A classifier that only selects models (blocks nothing): it may fail open.
+SELECT_ONLY = {"classifier": {"enabled": True, "safety_blocks": False}}
 CLOSED = {"classifier": {"enabled": True, "failure_mode": "fail-closed"}}
 HIT = CachedAnswer(content="4", prompt_tokens=3, completion_tokens=1, model="m1", similarity=0.97)
 
@@ -66,14 +68,20 @@ def fields(decision: Any, names: str) -> tuple[Any, ...]:
         (
             Unavailable("classifier", "timeout"),
             "m1",
-            ON,
+            SELECT_ONLY,
             ("m1", "picked", {"x-pointsman-classifier": "fail-open"}, ("classifier",)),
         ),
         (
             Unavailable("classifier", "overloaded"),
             "auto",
-            {**ON, "default_model": "d"},
+            {**SELECT_ONLY, "default_model": "d"},
             ("d", "picked", {"x-pointsman-classifier": "fail-open"}, ("classifier",)),
+        ),
+        (
+            Unavailable("classifier", "timeout"),
+            "m1",
+            {"classifier": {"enabled": True, "safety_failure_mode": "fail-open"}},
+            ("m1", "picked", {"x-pointsman-classifier": "fail-open"}, ("classifier",)),
         ),
         (
             ClassifyReply(model="math", headers={"x-pointsman-category": "math"}),
@@ -101,8 +109,21 @@ def test_choose_a_model(
         (
             Unavailable("classifier", "no_responders"),
             "auto",
-            ON,
+            SELECT_ONLY,
             (404, "unknown_model", "rejected", ("classifier",)),
+        ),
+        # issue 12: no safety verdict while the classifier blocks (the default): 503, not open
+        (
+            Unavailable("classifier", "timeout"),
+            "m1",
+            ON,
+            (503, "safety_unavailable", "fail_closed", ()),
+        ),
+        (
+            Unavailable("classifier", "overloaded"),
+            "auto",
+            {"classifier": {"enabled": True, "safety_blocks": True}, "default_model": "d"},
+            (503, "safety_unavailable", "fail_closed", ()),
         ),
         (
             Unavailable("classifier", "timeout"),
@@ -396,3 +417,12 @@ def test_reject() -> None:
             "code": "body_too_large",
         }
     }
+
+
+def test_no_safety_verdict_says_when_to_retry() -> None:
+    answer = decide_model(Unavailable("classifier", "overloaded"), "m1", **ON)
+    assert isinstance(answer, Answer)
+    assert answer.headers["retry-after"] == "1"
+    assert answer.headers["x-pointsman-error"] == "safety_unavailable"
+    error = json.loads(answer.body)["error"]
+    assert (error["type"], error["code"]) == ("service_unavailable", "service_unavailable")

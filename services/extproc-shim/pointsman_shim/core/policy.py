@@ -166,8 +166,11 @@ def classify_request(
     session: Session | None = None,
     *,
     debug: bool = False,
+    budget_ms: float | None = None,
 ) -> ClassifyRequest:
-    """The normalised request and the headers the classifier's policies read.
+    """The normalised request and the headers the classifier's policies read; ``budget_ms``:
+    how long the shim waits for the answer (the classifier admits only what it can answer
+    within it).
 
     The request's ``authorization`` travels only as its SHA-256, a tenant for the semantic cache
     that never carries the credential itself. ``x-pointsman-debug`` travels only with ``debug``.
@@ -185,6 +188,7 @@ def classify_request(
         params=request.params,
         session=session.id if session is not None else None,
         follow_up=session.follow_up if session is not None else False,
+        budget_ms=budget_ms,
     )
 
 
@@ -233,8 +237,13 @@ def choose(
             return _default_model(request, dialect, config, route="default-model")
         return Choice(BodyChanges(request.model))
     if isinstance(classified, Unavailable):
-        if config.classifier.failure_mode == "fail-closed":
+        call = config.classifier
+        if call.failure_mode == "fail-closed":
             return reject(unavailable(classified), dialect)
+        # No safety verdict: a classifier that blocks must not be skipped (``None``: not known,
+        # so assume it does, as the classifier's defaults do).
+        if call.safety_failure_mode == "fail-closed" and call.safety_blocks is not False:
+            return reject(no_verdict(classified), dialect)
         headers = {h.ROUTE_CLASSIFIER: "fail-open"}
         if auto:
             return _default_model(
@@ -455,7 +464,7 @@ def reject(error: RequestError, errors: ErrorFormat, fail_open: tuple[str, ...] 
     """The error answer to ``error``, its body in the format of the request's API."""
     if error.reason == "shed":
         outcome = "shed"
-    elif error.reason.startswith("bus_"):
+    elif error.reason.startswith("bus_") or error.reason == "safety_unavailable":
         outcome = "fail_closed"
     else:
         outcome = "rejected"
@@ -468,6 +477,24 @@ def reject(error: RequestError, errors: ErrorFormat, fail_open: tuple[str, ...] 
         outcome=outcome,
         reason=error.reason,
         fail_open=fail_open,
+    )
+
+
+#: Seconds a client is told to wait (``Retry-After``) when no safety verdict could be had.
+SAFETY_RETRY_AFTER_S = 1
+
+
+def no_verdict(failure: Unavailable) -> RequestError:
+    """The 503 of ``classifier.safety_failure_mode: fail-closed``: the safety checks could not
+    run, so the request is not routed without them."""
+    return RequestError(
+        503,
+        f"the safety checks could not run (the classifier is {failure.kind.replace('_', ' ')}); "
+        "try again later",
+        reason="safety_unavailable",
+        type="service_unavailable",
+        code="service_unavailable",
+        headers={"retry-after": str(SAFETY_RETRY_AFTER_S)},
     )
 
 
