@@ -92,6 +92,16 @@ def test_dialect_of_path(path: str, kind: str | None) -> None:
         ),
         (b"[" * 100_000 + b"]" * 100_000, 400, "json_too_deep"),  # raised RecursionError before
         (b'{"a":' * 5000 + b"1" + b"}" * 5000, 400, "json_too_deep"),
+        (
+            b'{"model": "a\\u0000b", "messages": [{"role": "user", "content": "x"}]}',
+            400,
+            "invalid_model",
+        ),
+        (
+            b'{"model": "a\\nb", "messages": [{"role": "user", "content": "x"}]}',
+            400,
+            "invalid_model",
+        ),
         (chat(stream="yes"), 400, "invalid_stream"),
     ],
 )

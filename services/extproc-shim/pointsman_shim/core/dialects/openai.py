@@ -43,6 +43,7 @@ _encoder = msgspec.json.Encoder()
 MAX_JSON_DEPTH = 128
 #: A JSON string, escapes included (the unrolled form: no backtracking).
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
@@ -137,6 +138,15 @@ def decode(dialect: str, raw: bytes, *, max_bytes: int) -> LLMRequest:
         )
     if not model.strip():
         raise RequestError(400, "'model' must not be empty", reason="invalid_model", param="model")
+    if _CONTROL.search(model):
+        # It travels in headers (x-selected-model): Envoy refuses such a header mutation with
+        # a 500 (found by the fuzz test).
+        raise RequestError(
+            400,
+            "'model' must not contain control characters",
+            reason="invalid_model",
+            param="model",
+        )
 
     stream = body.get("stream", False)
     if stream is None:
