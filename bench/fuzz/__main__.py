@@ -68,7 +68,7 @@ def main(argv: list[str]) -> int:
     print(f"\n{report.sent} requests through Envoy + shim ({MODEL}, max_body {max_body} bytes)\n")
     print(report.table())
     print(f"\nshim internal errors: {crashes:g}")
-    for case, answer, found in report.problems:
+    for case, _answer, found in report.problems:
         print(f"PROBLEM {case.family}/{case.name}: {'; '.join(found)}")
     for case, answer, _ in report.notable():
         print(f"note: {case.family}/{case.name}: {answer.status} {answer.body[:160]!r}")
