@@ -408,6 +408,22 @@ CASES = [
         pick=RuntimeError("a bug in a bus call"),
     ),
     Case(
+        "messages_pick_raises_internal_error",
+        lambda: [
+            rid("/v1/messages"),
+            body_msg(
+                json.dumps(
+                    {
+                        "model": "m1",
+                        "max_tokens": 9,
+                        "messages": [{"role": "user", "content": "hi"}],
+                    }
+                ).encode()
+            ),
+        ],
+        pick=RuntimeError("a bug in a bus call"),
+    ),
+    Case(
         "pick_too_large_for_bus",
         lambda: [rid("/v1/chat/completions"), body_msg(chat())],
         pick=BusTooLarge("picker", 2_000_000, 1_048_576),
