@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pointsman_shim.core.dialects import openai_chat, openai_completions
+from pointsman_shim.core.dialects.openai import too_deep
 from pointsman_shim.core.dialects.registry import DIALECTS
 from pointsman_shim.core.errors import RequestError
 
@@ -201,3 +202,28 @@ def test_any_json_parses_or_fails_cleanly(value: object) -> None:
         CHAT.parse(raw, max_bytes=LIMIT)
     except RequestError as exc:
         assert exc.status == 400
+
+
+def _depth(value: object) -> int:
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    return 0
+
+
+@given(
+    st.recursive(
+        st.none() | st.integers() | st.text(alphabet='[]{}"\\:,ab \n\u00e9'),
+        lambda c: (
+            st.lists(c, max_size=3) | st.dictionaries(st.text(alphabet='[]{}"\\a'), c, max_size=3)
+        ),
+        max_leaves=30,
+    ),
+    st.integers(min_value=0, max_value=6),
+    st.booleans(),
+)
+def test_depth_scan_matches_the_parsed_depth(value: object, limit: int, ascii_only: bool) -> None:
+    """The byte scan (brackets outside strings, escapes included) agrees with the real depth."""
+    raw = json.dumps(value, ensure_ascii=ascii_only).encode()
+    assert too_deep(raw, limit) is (_depth(value) > limit)
