@@ -480,6 +480,16 @@ def reject(error: RequestError, errors: ErrorFormat, fail_open: tuple[str, ...] 
     )
 
 
+#: How a classifier failure reads in a client's error message.
+_WHY = {
+    "timeout": "did not answer in time",
+    "overloaded": "is overloaded",
+    "no_responders": "is not running",
+    "disconnected": "is unreachable",
+    "bad_reply": "gave an unreadable answer",
+    "bad_request": "could not read the request",
+    "internal": "failed",
+}
 #: Seconds a client is told to wait (``Retry-After``) when no safety verdict could be had.
 SAFETY_RETRY_AFTER_S = 1
 
@@ -487,10 +497,10 @@ SAFETY_RETRY_AFTER_S = 1
 def no_verdict(failure: Unavailable) -> RequestError:
     """The 503 of ``classifier.safety_failure_mode: fail-closed``: the safety checks could not
     run, so the request is not routed without them."""
+    why = _WHY.get(failure.kind, failure.kind.replace("_", " "))
     return RequestError(
         503,
-        f"the safety checks could not run (the classifier is {failure.kind.replace('_', ' ')}); "
-        "try again later",
+        f"the safety checks could not run (the classifier {why}); try again later",
         reason="safety_unavailable",
         type="service_unavailable",
         code="service_unavailable",
