@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from pointsman.v1 import (
     CompletionEvent,
@@ -40,6 +41,16 @@ Sink = Callable[[Sequence[Update]], None]
 
 def _no_sink(_updates: Sequence[Update]) -> None:
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """A decision not yet remembered, with what it was made from."""
+
+    decision: Decision
+    cycle: Cycle
+    views: list[Endpoint]
+    saturated: bool = False
 
 
 class Scheduler:
@@ -135,8 +146,7 @@ class Scheduler:
                 req.pool,
                 Decision(PickStatus.UNKNOWN_MODEL, reason=f"no pool serves '{req.model}'"),
             )
-        decision, cycle, _sat = outcome
-        return self._reply(req.pool, self._commit(req, decision, cycle))
+        return self._reply(req.pool, self._commit(req, outcome))
 
     def _request(self, pick: PickRequest) -> Request:
         cfg = self.config
@@ -148,9 +158,7 @@ class Scheduler:
             slos=self._slos,
         )
 
-    def _schedule(
-        self, req: Request, now: float, *, weigh: bool = False
-    ) -> tuple[Decision, Cycle, bool] | None:
+    def _schedule(self, req: Request, now: float, *, weigh: bool = False) -> _Outcome | None:
         """The decision in ``req``'s pool, nothing remembered yet; ``None``: no such pool.
         The flag says whether the pool is saturated (worked out only when ``weigh``: a joint decision)."""
         metrics = self.store.metrics(req.pool)
@@ -171,13 +179,13 @@ class Scheduler:
         )
         plan = self.plans.for_pool(pool)
         decision = schedule(plan, cycle, views)
-        full = weigh and saturated(views, now, plan)
-        return decision, cycle, full
+        return _Outcome(decision, cycle, views, weigh and saturated(views, now, plan))
 
-    def _commit(self, req: Request, decision: Decision, cycle: Cycle) -> Decision:
+    def _commit(self, req: Request, outcome: _Outcome) -> Decision:
         """Remember the decision (local state, the shared-state sink, the predictor's features)
         and count it."""
         pool = req.pool
+        decision = outcome.decision
         if decision.updates:
             for u in decision.updates:
                 apply_update(u, self.in_flight, self.affinity)
@@ -185,17 +193,18 @@ class Scheduler:
         if decision.status is PickStatus.OK:
             self.telemetry.picks.labels(pool, decision.endpoints[0]).inc()
             if self.latency is not None:
-                self._track(req, decision.endpoints[0], cycle)
+                self._track(req, decision.endpoints[0], outcome)
         elif decision.status is PickStatus.SHED:
             self.telemetry.shed.labels(pool, decision.reason or "", req.objective or "").inc()
         return decision
 
-    def _track(self, req: Request, address: str, cycle: Cycle) -> None:
-        metrics = self.store.metrics(req.pool) or []
-        for m in metrics:
-            if m.address == address:
-                view = endpoint_view(m, self.in_flight.pending(req.pool, address, m.scraped_at))
-                self._tracked[req.request_id] = (req.pool, address, feature_vector(cycle, view))
+    def _track(self, req: Request, address: str, outcome: _Outcome) -> None:
+        """Keep the features the primary endpoint was chosen with, to learn from its
+        completion (the state as the decision saw it, before this request's own assignment)."""
+        for view in outcome.views:
+            if view.address == address:
+                x = feature_vector(outcome.cycle, view)
+                self._tracked[req.request_id] = (req.pool, address, x)
                 if len(self._tracked) > self.config.latency.max_tracked:
                     self._tracked.popitem(last=False)
                 return
@@ -205,7 +214,7 @@ class Scheduler:
         quality against predicted latency (``core/joint.py``)."""
         assert pick.candidates is not None
         options: list[joint.Option] = []
-        outcomes: list[tuple[Request, Decision, Cycle] | None] = []
+        outcomes: list[tuple[Request, _Outcome] | None] = []
         for cand in pick.candidates:
             req = first if cand.model == first.model else self._request(
                 PickRequest(
@@ -219,17 +228,18 @@ class Scheduler:
                 outcomes.append(None)
                 options.append(joint.Option(cand.model, cand.score, ok=False))
                 continue
-            decision, cycle, full = outcome
+            decision = outcome.decision
             ok = decision.status is PickStatus.OK
             ttft = None
             fits = True
             if ok and self.latency is not None:
-                e = next(v for v in _views(self, req.pool) if v.address == decision.endpoints[0])
-                pred = self.latency.predict(req.pool, e.address, feature_vector(cycle, e))
+                e = next(v for v in outcome.views if v.address == decision.endpoints[0])
+                x = feature_vector(outcome.cycle, e)
+                pred = self.latency.predict(req.pool, e.address, x)
                 ttft = pred.ttft_ms
                 fits = meets(pred, req.slo_ttft_ms, req.slo_tpot_ms, 0.0)
-            outcomes.append((req, decision, cycle))
-            options.append(joint.Option(cand.model, cand.score, ok, full, ttft, fits))
+            outcomes.append((req, outcome))
+            options.append(joint.Option(cand.model, cand.score, ok, outcome.saturated, ttft, fits))
         chosen = joint.choose(options, self._penalties)
         if chosen is None:
             # No candidate's pool can serve: answer as the first candidate would.
@@ -240,12 +250,12 @@ class Scheduler:
                     Decision(PickStatus.UNKNOWN_MODEL, reason=f"no pool serves '{first.model}'"),
                 )
             self.telemetry.model_choice.labels("none", "unavailable").inc()
-            return self._reply(first.pool, first_outcome[1])
+            return self._reply(first.pool, first_outcome[1].decision)
         index, reason = chosen
         found = outcomes[index]
         assert found is not None
-        req, decision, cycle = found
-        self._commit(req, decision, cycle)
+        req, chosen_outcome = found
+        decision = self._commit(req, chosen_outcome)
         self.telemetry.model_choice.labels(_rank_label(index), reason).inc()
         reply = self._reply(req.pool, decision)
         if decision.status is PickStatus.OK:
@@ -283,13 +293,6 @@ class Scheduler:
                     created=base.created,
                 )  # fmt: skip
         return ModelsReply(pools=[infos[k] for k in sorted(infos)])
-
-
-def _views(s: Scheduler, pool: str) -> list[Endpoint]:
-    return [
-        endpoint_view(m, s.in_flight.pending(pool, m.address, m.scraped_at))
-        for m in s.store.metrics(pool) or []
-    ]
 
 
 def _rank_label(index: int) -> str:

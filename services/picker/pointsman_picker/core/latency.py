@@ -28,6 +28,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import mul
 
 import msgspec
 
@@ -87,30 +88,26 @@ class RLS:
         self.n = 0
 
     def predict(self, x: Sequence[float]) -> float:
-        return sum(wi * xi for wi, xi in zip(self.w, x, strict=True))
+        return float(sum(map(mul, self.w, x)))
 
     def update(self, x: Sequence[float], y: float) -> None:
         p = self.p
-        k = len(x)
-        px = [sum(p[i][j] * x[j] for j in range(k)) for i in range(k)]
-        denom = self.lam + sum(x[i] * px[i] for i in range(k))
+        px = [sum(map(mul, row, x)) for row in p]
+        denom = self.lam + sum(map(mul, x, px))
         if denom <= 1e-12 or not math.isfinite(denom):
             return
+        err = y - sum(map(mul, self.w, x))
         gain = [v / denom for v in px]
-        err = y - self.predict(x)
-        self.w = [self.w[i] + gain[i] * err for i in range(k)]
+        self.w = [wi + gi * err for wi, gi in zip(self.w, gain, strict=True)]
         inv = 1.0 / self.lam
-        for i in range(k):
-            row = p[i]
-            gi = gain[i]
-            for j in range(k):
-                row[j] = (row[j] - gi * px[j]) * inv
-        worst = max(p[i][i] for i in range(k))
+        worst = 0.0
+        for i, gi in enumerate(gain):
+            row = [(r - gi * pj) * inv for r, pj in zip(p[i], px, strict=True)]
+            p[i] = row
+            worst = max(worst, row[i])
         if worst > self.cap:
             scale = self.cap / worst
-            for row in p:
-                for j in range(k):
-                    row[j] *= scale
+            self.p = [[v * scale for v in row] for row in p]
         self.n += 1
 
 

@@ -78,12 +78,11 @@ def feature_vector(cycle: Cycle, endpoint: Endpoint) -> tuple[float, ...]:
         cycle.memo[key] = (tokens, hashes)
     matched = 0
     if hashes:
-        mkey = ("latency-match",)
+        mkey = ("prefix-match", BLOCK_SIZE, MAX_BLOCKS)  # shared with the prefix-cache scorer
         m = cycle.memo.get(mkey)
-        if not isinstance(m, dict):
-            m = dict(cycle.prefix.match(hashes))
-            cycle.memo[mkey] = m
-        matched = int(m.get(endpoint.address, 0))
+        if m is None:
+            m = cycle.memo[mkey] = cycle.prefix.match(hashes)
+        matched = int(m.get(endpoint.address, 0))  # type: ignore[attr-defined]
     cached = matched * BLOCK_SIZE / 4.0
     return features(
         prompt_tokens=tokens,
