@@ -81,6 +81,15 @@ def histogram(url: str, name: str) -> dict[float, float]:
     return out
 
 
+def counter(url: str, name: str) -> float:
+    """One unlabelled counter's value from a /metrics page (0 when absent)."""
+    with urllib.request.urlopen(url, timeout=2) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def hist_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
     """Prometheus-style histogram_quantile over the increase between two scrapes."""
     bounds = sorted(after)
@@ -246,6 +255,7 @@ def run(
         except ImportError:
             load = asyncio.run(_load(nats_url, rate, seconds, profile == "slo"))
         after = {n: merged(metrics_urls, n) for n in names}
+        learnt = sum(counter(u, "pointsman_picker_latency_samples_total") for u in metrics_urls)
         dec, cpu = names
         return {
             "profile": profile,
@@ -256,6 +266,7 @@ def run(
             "sent": load["sent"],
             "offered_rps": load["sent"] / load["elapsed_s"],
             "statuses": load["statuses"],
+            "latency_samples_learnt": learnt,
             "decision_p50_ms": hist_quantile(before[dec], after[dec], 0.5) * 1000,
             "decision_p99_ms": hist_quantile(before[dec], after[dec], 0.99) * 1000,
             "pick_cpu_p50_ms": hist_quantile(before[cpu], after[cpu], 0.5) * 1000,
@@ -288,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{'profile':>8} {'pickers':>7} {'redis':>5} {'rate':>6} {'offered':>8} "
         f"{'decision p50/p99 ms':>20} {'pick CPU p50/p99 ms':>20} {'nats rtt p50/p99 ms':>20}"
-        "  statuses"
+        f" {'learnt':>7}  statuses"
     )
     for r in rows:
         print(
@@ -296,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['offered_rps']:>8.1f} "
             f"{r['decision_p50_ms']:>9.3f} / {r['decision_p99_ms']:<8.3f} "
             f"{r['pick_cpu_p50_ms']:>9.3f} / {r['pick_cpu_p99_ms']:<8.3f} "
-            f"{r['nats_rtt_p50_ms']:>9.3f} / {r['nats_rtt_p99_ms']:<8.3f}  {r['statuses']}"
+            f"{r['nats_rtt_p50_ms']:>9.3f} / {r['nats_rtt_p99_ms']:<8.3f} "
+            f"{r['latency_samples_learnt']:>7.0f}  {r['statuses']}"
         )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
