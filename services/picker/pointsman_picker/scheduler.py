@@ -29,6 +29,7 @@ from pointsman_picker.core.framework import Cycle, Update
 from pointsman_picker.core.latency import LatencyModel, LatencySample
 from pointsman_picker.core.objectives import Objectives
 from pointsman_picker.core.pipeline import Decision, saturated, schedule
+from pointsman_picker.core.plugins.latency import SLO_UNATTAINABLE
 from pointsman_picker.core.request import to_request
 from pointsman_picker.core.slo import feature_vector, meets
 from pointsman_picker.core.types import Endpoint, Request
@@ -231,7 +232,7 @@ class Scheduler:
             decision = outcome.decision
             ok = decision.status is PickStatus.OK
             ttft = None
-            fits = True
+            fits = decision.reason != SLO_UNATTAINABLE
             if ok and self.latency is not None:
                 e = next(v for v in outcome.views if v.address == decision.endpoints[0])
                 x = feature_vector(outcome.cycle, e)

@@ -302,3 +302,27 @@ def test_slo_profile_is_built_in_and_config_can_replace_it() -> None:
     assert len(slo.admitters) == 1 and len(slo.filters) == 1
     own = build_plans(PickerConfig.model_validate({"profiles": {"slo": ["queue-scorer"]}}))
     assert own.profiles["slo"].admitters == ()
+
+
+def test_joint_choice_names_an_slo_refusal_and_a_shed_saturated_pool() -> None:
+    p = joint.Penalties()
+    second = joint.Option("small", 0.7, ok=True, ttft_ms=50)
+    refused = joint.Option("big", 0.9, ok=False, meets_slo=False)
+    assert joint.choose([refused, second], p) == (1, "slo")
+    shed = joint.Option("big", 0.9, ok=False, saturated=True)
+    assert joint.choose([shed, second], p) == (1, "saturated")
+
+
+def test_scheduler_moves_auto_off_a_model_whose_slo_admission_refuses() -> None:
+    s, _ = _scheduler(profile="slo")
+    s.on_snapshot(_snap("big", 1000.0, **{"a-1": 0}))
+    s.on_snapshot(_snap("small", 1000.0, **{"b-1": 0}))
+    assert s.latency is not None
+    x = features(prompt_tokens=1, cached_tokens=0, queue=0, running=0, kv_usage=0.0)
+    for _ in range(10):
+        s.latency.learn(LatencySample("big", "a:1", x, 900.0, 30.0))
+        s.latency.learn(LatencySample("small", "b:1", x, 40.0, 5.0))
+    cands = [ModelCandidate(model="big", score=0.9), ModelCandidate(model="small", score=0.7)]
+    tight = {"x-pointsman-slo-ttft-ms": "200"}
+    reply = s.pick(PickRequest(request_id="r1", model="big", candidates=cands, headers=tight))
+    assert (reply.status, reply.model, reply.model_reason) == (PickStatus.OK, "small", "slo")

@@ -12,7 +12,9 @@ each outcome:
 A candidate whose pool cannot take the request (no endpoint, shed, unknown) is out, as is one
 whose quality is more than ``max_quality_drop`` below the first candidate's. The highest utility
 wins; ties go to the better-ranked model. The reason names what moved the request off the first
-candidate: ``best`` (it did not move), ``unavailable``, ``saturated``, ``slo`` or ``latency``.
+candidate: ``best`` (it did not move), ``saturated`` (its pool is), ``slo`` (predicted to miss
+the SLO, or refused by ``slo-admission``), ``unavailable`` (its pool cannot take the request
+for another reason) or ``latency``.
 """
 
 from __future__ import annotations
@@ -70,10 +72,10 @@ def choose(options: Sequence[Option], p: Penalties) -> tuple[int, str] | None:
     if index == 0:
         return 0, "best"
     first = options[0]
-    if not first.ok:
-        return index, "unavailable"
     if first.saturated:
         return index, "saturated"
     if not first.meets_slo:
         return index, "slo"
+    if not first.ok:
+        return index, "unavailable"
     return index, "latency"
