@@ -132,35 +132,35 @@ def test_slo_from_headers_llmd_names_and_objective() -> None:
 
 
 def _taught(ttft_by_endpoint: dict[str, float]) -> LatencyModel:
-    """A model where each endpoint's TTFT grows with its queue, from a different base."""
+    """A model where each endpoint's TTFT is ``factor * (50 + 30 * queue)`` ms."""
     m = LatencyModel(forgetting=0.999, min_samples=4)
     rng = random.Random(1)
-    for address, base in ttft_by_endpoint.items():
-        for _ in range(60):
+    for _ in range(60):
+        for address, factor in ttft_by_endpoint.items():
             q = rng.randint(0, 10)
             x = features(prompt_tokens=0.5, cached_tokens=0, queue=q, running=0, kv_usage=0.0)
-            m.learn(LatencySample("m", address, x, base + 30 * q, 10.0))
+            m.learn(LatencySample("m", address, x, factor * (50 + 30 * q), factor * 10.0))
     return m
 
 
 def test_scorer_filter_and_admission_use_predictions() -> None:
-    model = _taught({"a:1": 50.0, "b:1": 400.0})
+    model = _taught({"a:1": 1.0, "b:1": 4.0})  # b is 4x slower: 200 ms with an empty queue
     eps = [ep("a:1", waiting=0), ep("b:1", waiting=0)]
-    c = cycle("hi", slo_ttft_ms=200.0)
+    c = cycle("hi", slo_ttft_ms=150.0)
     c.latency = model
     assert [e.address for e in SloHeadroomFilter().filter(c, eps)] == ["a:1"]
     s = LatencyScorer().score(c, eps)
     assert s[0] > 0.6 and s[1] == 0.0
     assert SloAdmission().admit(c, eps) is None
 
-    # With a queue of 10 on a, neither meets 200 ms: refused, and the filter keeps all.
+    # With a queue of 10 on a (350 ms), neither meets 150 ms: refused, the filter keeps all.
     busy = [ep("a:1", waiting=10), ep("b:1", waiting=0)]
-    c2 = cycle("hi", slo_ttft_ms=200.0)
+    c2 = cycle("hi", slo_ttft_ms=150.0)
     c2.latency = model
     assert SloAdmission().admit(c2, busy) == SLO_UNATTAINABLE
     assert len(SloHeadroomFilter().filter(c2, busy)) == 2
     # ... unless the request's priority is exempt.
-    c3 = cycle("hi", slo_ttft_ms=200.0, priority=1)
+    c3 = cycle("hi", slo_ttft_ms=150.0, priority=1)
     c3.latency = model
     assert SloAdmission(exempt_priority=1).admit(c3, busy) is None
 
@@ -171,10 +171,11 @@ def test_plugins_stay_neutral_without_slo_or_predictions() -> None:
     assert SloAdmission().admit(c, eps) is None
     assert LatencyScorer().score(c, eps) == [1.0, 1.0]
     c2 = cycle("hi")  # a predictor, but no SLO: never refused; scored by predicted cost
-    c2.latency = _taught({"a:1": 50.0, "b:1": 400.0})
+    c2.latency = _taught({"a:1": 1.0, "b:1": 4.0})
     assert SloAdmission().admit(c2, eps) is None
     assert SloHeadroomFilter().filter(c2, eps) == eps
-    assert LatencyScorer().score(c2, eps) == [1.0, 0.0]
+    fast, slow = LatencyScorer().score(c2, eps)
+    assert fast == 1.0 and slow == pytest.approx(0.25, abs=0.05)  # 4x the predicted cost
 
 
 # --- the joint decision (pure) ----------------------------------------------------------------

@@ -1,19 +1,18 @@
 """The latency predictor: per endpoint, online, the TTFT and the time per output token.
 
-Each endpoint has two recursive-least-squares regressions (RLS, with a forgetting factor so the
+Per pool and target, a recursive-least-squares regression (RLS, with a forgetting factor so the
 model follows a fleet whose behaviour drifts) over a handful of features seen *when the request
 was picked*:
 
 * the prompt's tokens not expected in the prefix cache, and those expected in it (thousands);
 * the endpoint's queue (waiting plus pending assignments) and running requests;
 * its KV-cache use (0..1);
-* a constant.
+* a constant;
 
-One update costs about 100 float operations per target, one prediction 6: pure Python, no
-numpy, cheap enough for the pick path (a pick predicts for every candidate). A pool-wide model
-learns from every sample of the pool and answers for an endpoint with fewer than
-``min_samples`` samples of its own, so a new replica is not blind; with no sample at all there
-is no prediction (``None``), and the plugins then neither filter nor refuse.
+times, per endpoint, a running factor of how much slower or faster than the pool it is (see :class:`LatencyModel`). One
+update costs about 100 float operations per target, one prediction 6: pure Python, no numpy,
+cheap enough for the pick path (a pick predicts for every candidate). With no sample of the
+pool at all there is no prediction (``None``), and the plugins then neither filter nor refuse.
 
 Learning: the replica that picked a request remembers the features it saw; when the shim's
 completion event for it arrives (every replica receives every completion), that replica turns
@@ -125,19 +124,56 @@ class _Pair:
         self.tpot = RLS(lam=lam)
 
 
+class _Scale:
+    """An endpoint's running means, per target, of what it took and what the pool's model
+    predicted for it: their ratio is how much slower (or faster) than the pool it is."""
+
+    __slots__ = ("n", "tpot_pred", "tpot_seen", "ttft_pred", "ttft_seen")
+
+    def __init__(self) -> None:
+        self.ttft_seen = self.ttft_pred = 0.0
+        self.tpot_seen = self.tpot_pred = 0.0
+        self.n = 0
+
+    def factor(self, target: str, trust: float) -> float:
+        seen: float = getattr(self, f"{target}_seen")
+        pred: float = getattr(self, f"{target}_pred")
+        if pred <= 1e-9 or seen <= 0:
+            return 1.0
+        return 1.0 + trust * (min(max(seen / pred, 0.1), 10.0) - 1.0)
+
+
 class LatencyModel:
-    """Per-endpoint and per-pool regressions of TTFT and TPOT (milliseconds).
+    """TTFT and TPOT (milliseconds) per endpoint: the pool's regression plus the endpoint's own
+    offset.
+
+    The slopes (what a queued request, a thousand prompt tokens, KV pressure cost) are learnt
+    per pool, from every sample of every endpoint of the pool: the replicas of a pool run the
+    same model server, and the pool's samples vary far more than one endpoint's do (a
+    per-endpoint regression that only ever saw an empty queue would say a queue costs nothing,
+    and send it everything). Each endpoint's prediction is scaled by its own factor: the ratio
+    of the exponentially weighted means (rate ``scale_rate``) of what its requests took and
+    what the pool's model predicted for them, shrunk towards 1 until it has ``min_samples``
+    samples and bounded to [0.1, 10]: a slower replica is predicted slower. At prediction the
+    slopes are taken as at least 0 (more load never makes a request faster), so an
+    extrapolation cannot invert the order of endpoints.
 
     ``max_endpoints`` bounds memory: the endpoints learnt longest ago are forgotten first.
     """
 
     def __init__(
-        self, *, forgetting: float = 0.995, min_samples: int = 8, max_endpoints: int = 10_000
+        self,
+        *,
+        forgetting: float = 0.995,
+        min_samples: int = 8,
+        scale_rate: float = 0.05,
+        max_endpoints: int = 10_000,
     ) -> None:
         self._lam = forgetting
         self.min_samples = min_samples
+        self._rate = scale_rate
         self._max = max_endpoints
-        self._endpoints: OrderedDict[tuple[str, str], _Pair] = OrderedDict()
+        self._scales: OrderedDict[tuple[str, str], _Scale] = OrderedDict()
         self._pools: dict[str, _Pair] = {}
         self.samples = 0
 
@@ -147,47 +183,66 @@ class LatencyModel:
         if len(x) != N_FEATURES or not all(math.isfinite(v) for v in x):
             return False
         key = (s.pool, s.endpoint)
-        pair = self._endpoints.get(key)
-        if pair is None:
-            pair = self._endpoints[key] = _Pair(self._lam)
-            if len(self._endpoints) > self._max:
-                self._endpoints.popitem(last=False)
+        off = self._scales.get(key)
+        if off is None:
+            off = self._scales[key] = _Scale()
+            if len(self._scales) > self._max:
+                self._scales.popitem(last=False)
         else:
-            self._endpoints.move_to_end(key)
+            self._scales.move_to_end(key)
         pool = self._pools.get(s.pool)
         if pool is None:
             pool = self._pools[s.pool] = _Pair(self._lam)
         used = False
+        rate = max(self._rate, 1.0 / (off.n + 1))  # a plain mean over the first samples
         for target, value in (("ttft", s.ttft_ms), ("tpot", s.tpot_ms)):
             if value is None or not math.isfinite(value) or value < 0:
                 continue
-            getattr(pair, target).update(x, value)
-            getattr(pool, target).update(x, value)
+            model: RLS = getattr(pool, target)
+            if model.n:
+                pred = max(0.0, _monotone(model.w, x))
+                seen = getattr(off, f"{target}_seen")
+                setattr(off, f"{target}_seen", seen + rate * (value - seen))
+                was = getattr(off, f"{target}_pred")
+                setattr(off, f"{target}_pred", was + rate * (pred - was))
+            model.update(x, value)
             used = True
         if used:
+            off.n += 1
             self.samples += 1
         return used
 
-    def _one(self, own: RLS | None, pool: RLS | None, x: Sequence[float]) -> float | None:
-        model = own if own is not None and own.n >= self.min_samples else pool
-        if model is None or model.n == 0:
-            return None
-        return max(0.0, model.predict(x))
-
     def predict(self, pool: str, endpoint: str, x: Sequence[float]) -> Prediction:
-        pair = self._endpoints.get((pool, endpoint))
         shared = self._pools.get(pool)
-        return Prediction(
-            self._one(pair.ttft if pair else None, shared.ttft if shared else None, x),
-            self._one(pair.tpot if pair else None, shared.tpot if shared else None, x),
-        )
+        if shared is None:
+            return Prediction(None, None)
+        off = self._scales.get((pool, endpoint))
+        trust = 0.0 if off is None else min(1.0, off.n / self.min_samples)
+        out: list[float | None] = []
+        for target, model in (("ttft", shared.ttft), ("tpot", shared.tpot)):
+            if model.n == 0:
+                out.append(None)
+                continue
+            factor = off.factor(target, trust) if off is not None else 1.0
+            out.append(max(0.0, _monotone(model.w, x)) * factor)
+        return Prediction(out[0], out[1])
 
-    def coefficients(self, pool: str, endpoint: str) -> dict[str, list[float]] | None:
-        """The endpoint's coefficients (for debugging and the docs' examples)."""
-        pair = self._endpoints.get((pool, endpoint))
+    def coefficients(self, pool: str) -> dict[str, list[float]] | None:
+        """The pool's coefficients (for debugging and the docs' examples)."""
+        pair = self._pools.get(pool)
         if pair is None:
             return None
         return {"ttft": list(pair.ttft.w), "tpot": list(pair.tpot.w)}
 
     def forget_endpoint(self, pool: str, endpoint: str) -> None:
-        self._endpoints.pop((pool, endpoint), None)
+        self._scales.pop((pool, endpoint), None)
+
+
+def _monotone(w: Sequence[float], x: Sequence[float]) -> float:
+    """``w . x`` with every slope (all but the bias) taken as at least 0."""
+    total = w[0] * x[0]
+    for i in range(1, len(x)):
+        wi = w[i]
+        if wi > 0:
+            total += wi * x[i]
+    return total

@@ -18,7 +18,7 @@ from typing import Annotated
 from pydantic import Field
 
 from pointsman_picker.core.framework import Category, Cycle
-from pointsman_picker.core.plugins._base import PARAMS, min_max_inverted
+from pointsman_picker.core.plugins._base import PARAMS
 from pointsman_picker.core.slo import headroom, meets, predictions
 from pointsman_picker.core.types import Endpoint
 
@@ -29,8 +29,8 @@ SLO_UNATTAINABLE = "slo_unattainable"
 @dataclass(frozen=True, slots=True)
 class LatencyScorer:
     """``latency-scorer``: with an SLO, the relative headroom under it (the smaller of TTFT's and
-    TPOT's, clamped to [0, 1]); without one, the predicted cost ``ttft + tpot_tokens * tpot``
-    min-max normalised, cheapest -> 1. Candidates with no prediction get the mean of the
+    TPOT's, clamped to [0, 1]); without one, the cheapest predicted cost ``ttft + tpot_tokens *
+    tpot`` divided by the candidate's (cheapest -> 1, twice as slow -> 0.5). Candidates with no prediction get the mean of the
     others' scores (all 1 when none has one)."""
 
     __pydantic_config__ = PARAMS
@@ -59,7 +59,9 @@ class LatencyScorer:
                     continue
                 known.append(i)
                 costs.append((p.ttft_ms or 0.0) + self.tpot_tokens * (p.tpot_ms or 0.0))
-            values = min_max_inverted(costs)
+            # Relative, not min-max: 100 vs 101 ms predicted must not swing the whole weight.
+            cheapest = min(costs, default=0.0)
+            values = [1.0 if c <= 0 else max(cheapest, 1e-9) / c for c in costs]
         if not known:
             return [1.0] * len(candidates)
         mean = sum(values) / len(values)
