@@ -84,7 +84,7 @@ class LatencyConfig(_Strict):
     enabled: bool = True
     #: RLS forgetting factor per sample: 1 never forgets, 0.99 follows change within ~100.
     forgetting: float = Field(default=0.995, gt=0.5, le=1)
-    #: Samples an endpoint needs before its own model answers (before: its pool's model).
+    #: Samples after which an endpoint's own speed factor counts fully (before: closer to 1).
     min_samples: int = Field(default=8, ge=1)
     #: Picks remembered while waiting for their completion event (oldest dropped first).
     max_tracked: int = Field(default=100_000, ge=1)
