@@ -131,6 +131,8 @@ class Scheduler:
             self.telemetry.expired.inc(expired)
         for pool, address in self.store.forget_old(now):
             self.affinity.forget_endpoint(pool, address)
+            if self.latency is not None:
+                self.latency.forget_endpoint(pool, address)
         self.affinity.expire(now)
         self.telemetry.in_flight.set(len(self.in_flight))
 
