@@ -54,7 +54,7 @@ def test_unreachable_slo_gets_429_with_reason_once_the_predictor_learnt() -> Non
     with make_stack(
         models=["solo"],
         replicas=2,
-        overrides={"picker": {"profile": "slo"}, "shim": {"pick_timeout_ms": 500}},
+        overrides={"picker": {"profile": "slo-strict"}, "shim": {"pick_timeout_ms": 500}},
     ) as stack:
         url = f"{stack.gateway_url}{CHAT}"
         # Streamed answers with usage: their completion events carry TTFT and TPOT.

@@ -228,7 +228,7 @@ def _scheduler(**cfg: object) -> tuple[Scheduler, list[Update]]:
 
 
 def test_scheduler_learns_from_completions_and_shares_samples() -> None:
-    s, sent = _scheduler(profile="slo")
+    s, sent = _scheduler(profile="slo-strict")
     s.on_snapshot(_snap("m", 1000.0, **{"a-1": 0}))
     for i in range(20):
         reply = s.pick(PickRequest(request_id=f"r{i}", model="m", prompt="x" * 400))
@@ -242,7 +242,7 @@ def test_scheduler_learns_from_completions_and_shares_samples() -> None:
     samples = [u for u in sent if isinstance(u, LatencySample)]
     assert len(samples) == 20 and s.latency is not None and s.latency.samples == 20
     # A second replica learns the same model from the shared samples alone.
-    other, _ = _scheduler(profile="slo")
+    other, _ = _scheduler(profile="slo-strict")
     other.on_remote(samples)
     assert other.latency is not None and other.latency.samples == 20
     x = samples[0].features
@@ -256,7 +256,7 @@ def test_scheduler_learns_from_completions_and_shares_samples() -> None:
 
 
 def test_scheduler_refuses_an_slo_no_endpoint_meets() -> None:
-    s, _ = _scheduler(profile="slo")
+    s, _ = _scheduler(profile="slo-strict")
     s.on_snapshot(_snap("m", 1000.0, **{"a-1": 0}))
     assert s.latency is not None
     x = features(prompt_tokens=100, cached_tokens=0, queue=0, running=0, kv_usage=0.0)
@@ -299,8 +299,9 @@ def test_scheduler_moves_auto_to_the_second_model_when_the_best_pool_is_saturate
 
 def test_slo_profile_is_built_in_and_config_can_replace_it() -> None:
     plans = build_plans(PickerConfig())
-    slo = plans.profiles["slo"]
-    assert len(slo.admitters) == 1 and len(slo.filters) == 1
+    slo, strict = plans.profiles["slo"], plans.profiles["slo-strict"]
+    assert len(slo.admitters) == 0 and len(slo.filters) == 0
+    assert len(strict.admitters) == 1 and len(strict.filters) == 1
     own = build_plans(PickerConfig.model_validate({"profiles": {"slo": ["queue-scorer"]}}))
     assert own.profiles["slo"].admitters == ()
 
@@ -315,7 +316,7 @@ def test_joint_choice_names_an_slo_refusal_and_a_shed_saturated_pool() -> None:
 
 
 def test_scheduler_moves_auto_off_a_model_whose_slo_admission_refuses() -> None:
-    s, _ = _scheduler(profile="slo")
+    s, _ = _scheduler(profile="slo-strict")
     s.on_snapshot(_snap("big", 1000.0, **{"a-1": 0}))
     s.on_snapshot(_snap("small", 1000.0, **{"b-1": 0}))
     assert s.latency is not None

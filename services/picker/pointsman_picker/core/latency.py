@@ -57,12 +57,24 @@ class LatencySample(msgspec.Struct, frozen=True, tag="latency"):
 
 
 def features(
-    *, prompt_tokens: float, cached_tokens: float, queue: int, running: int, kv_usage: float
+    *,
+    prompt_tokens: float,
+    cached_tokens: float,
+    queue: int,
+    running: int,
+    kv_usage: float,
 ) -> tuple[float, ...]:
     """The feature vector, in :data:`FEATURES` order."""
     cached = min(max(cached_tokens, 0.0), max(prompt_tokens, 0.0))
     new = max(prompt_tokens - cached, 0.0)
-    return (1.0, new / 1000.0, cached / 1000.0, float(queue), float(running), float(kv_usage))
+    return (
+        1.0,
+        new / 1000.0,
+        cached / 1000.0,
+        float(queue),
+        float(running),
+        float(kv_usage),
+    )
 
 
 def prompt_tokens_of(prompt: str | None) -> float:

@@ -76,14 +76,16 @@ def feature_vector(cycle: Cycle, endpoint: Endpoint) -> tuple[float, ...]:
             )
             cycle.memo[hkey] = hashes
         cycle.memo[key] = (tokens, hashes)
-    matched = 0
+    cached = 0.0
     if hashes:
         mkey = ("prefix-match", BLOCK_SIZE, MAX_BLOCKS)  # shared with the prefix-cache scorer
         m = cycle.memo.get(mkey)
         if m is None:
             m = cycle.memo[mkey] = cycle.prefix.match(hashes)
         matched = int(m.get(endpoint.address, 0))  # type: ignore[attr-defined]
-    cached = matched * BLOCK_SIZE / 4.0
+        # The index sees the first MAX_BLOCKS blocks only: a longer prompt is taken to hit in
+        # the same proportion as its hashed part.
+        cached = tokens * matched / len(hashes)
     return features(
         prompt_tokens=tokens,
         cached_tokens=cached,

@@ -29,8 +29,9 @@ SLO_UNATTAINABLE = "slo_unattainable"
 @dataclass(frozen=True, slots=True)
 class LatencyScorer:
     """``latency-scorer``: with an SLO, the relative headroom under it (the smaller of TTFT's and
-    TPOT's, clamped to [0, 1]); without one, the cheapest predicted cost ``ttft + tpot_tokens *
-    tpot`` divided by the candidate's (cheapest -> 1, twice as slow -> 0.5). Candidates with no prediction get the mean of the
+    TPOT's, clamped to [0, 1]); without one, or when no candidate has headroom, the cheapest
+    predicted cost ``ttft + tpot_tokens * tpot`` divided by the candidate's (cheapest -> 1,
+    twice as slow -> 0.5). Candidates with no prediction get the mean of the
     others' scores (all 1 when none has one)."""
 
     __pydantic_config__ = PARAMS
@@ -52,8 +53,9 @@ class LatencyScorer:
                 if room is not None:
                     known.append(i)
                     values.append(min(max(room, 0.0), 1.0))
-        else:
-            costs = []
+        if not any(values):  # no SLO, or no candidate with headroom: the predicted cost
+            known, values = [], []
+            costs: list[float] = []
             for i, p in enumerate(preds):
                 if p.ttft_ms is None and p.tpot_ms is None:
                     continue
