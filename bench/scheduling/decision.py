@@ -7,14 +7,15 @@ completion event for each about a second later. Reports the picker-side decision
 (``pointsman_picker_decision_seconds``: message received -> reply sent) and the client-side NATS
 round trip, p50/p99.
 
-One row per ``--profiles`` entry, in the same run (default: ``default`` and ``slo``). With the
-``slo`` profile the completion events carry a TTFT and a TPOT (synthetic, a function of the
+One row per ``--profiles`` entry, in the same run (default: ``default``, ``slo`` and
+``slo-strict``, which adds the headroom filter and the admission step). With an ``slo`` profile
+the completion events carry a TTFT and a TPOT (synthetic, a function of the
 endpoint's load) so the latency predictor learns while it is measured, and every pick request
 carries an ``x-pointsman-slo-ttft-ms`` objective, so the headroom filter and the admission step
 do their whole work on each pick.
 
     python -m bench.scheduling.decision --rate 500 --seconds 10 [--pickers 2] [--redis]
-        [--profiles default,slo]
+        [--profiles default,slo,slo-strict]
 
 Writes ``bench/results/scheduling_decision.json``.
 """
@@ -251,9 +252,9 @@ def run(
         try:
             import uvloop
 
-            load = uvloop.run(_load(nats_url, rate, seconds, profile == "slo"))
+            load = uvloop.run(_load(nats_url, rate, seconds, profile.startswith("slo")))
         except ImportError:
-            load = asyncio.run(_load(nats_url, rate, seconds, profile == "slo"))
+            load = asyncio.run(_load(nats_url, rate, seconds, profile.startswith("slo")))
         after = {n: merged(metrics_urls, n) for n in names}
         learnt = sum(counter(u, "pointsman_picker_latency_samples_total") for u in metrics_urls)
         dec, cpu = names
@@ -287,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pickers", type=int, default=1, help="picker replicas")
     p.add_argument("--redis", action="store_true", help="share state through a redis-server")
     p.add_argument(
-        "--profiles", default="default,slo", help="comma-separated picker profiles, one row each"
+        "--profiles",
+        default="default,slo,slo-strict",
+        help="comma-separated picker profiles, one row each",
     )
     p.add_argument("--out", default="bench/results/scheduling_decision.json", help="JSON path")
     args = p.parse_args(argv)
