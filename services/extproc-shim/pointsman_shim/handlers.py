@@ -496,7 +496,9 @@ class Processor:
         started = time.perf_counter()
         with _tracer.start_as_current_span("pointsman.pick", kind=SpanKind.CLIENT) as span:
             try:
-                reply = await self.bus.pick(request, self.config.pick_timeout_ms / 1000)
+                reply = await self.bus.pick(
+                    request, (self.config.pick_timeout_ms + self.config.queue_wait_ms) / 1000
+                )
             except BusUnavailable as exc:
                 span.set_attribute("pointsman.bus_failure", exc.kind)
                 return self._bus_failed(exc.service, exc.kind)

@@ -27,6 +27,7 @@ from pointsman.v1 import (
 )
 from pointsman.v1.policy import InferencePolicy
 from pointsman_picker.core.request import DEBUG_HEADER
+from pointsman_picker.flow import FlowControl, Waiter
 from pointsman_picker.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -34,11 +35,16 @@ _tracer = tracing.tracer("pointsman_picker")
 
 
 class Handlers:
-    def __init__(self, scheduler: Scheduler, *, debug: bool = False) -> None:
-        """``debug``: the ``debug.enabled`` config; without it the debug header is ignored."""
+    def __init__(
+        self, scheduler: Scheduler, *, debug: bool = False, flow: FlowControl | None = None
+    ) -> None:
+        """``debug``: the ``debug.enabled`` config; without it the debug header is ignored.
+        ``flow``: flow control (a saturated pool's requests wait in it); ``None``: picks answer
+        at once."""
         self._s = scheduler
         self._t = scheduler.telemetry
         self._debug = debug
+        self._flow = flow
 
     async def pick(self, msg: Received[PickRequest]) -> PickReply:
         start = time.perf_counter()
@@ -54,13 +60,24 @@ class Handlers:
                 picker=self._s.config.replica_id,
             )
         elif tracing.enabled():
-            reply = self._traced_pick(req, msg)
+            return await self._traced_pick(req, msg, start)
         else:
-            reply = self._s.pick(req)
+            got = self._decide(req)
+            self._t.pick_seconds.observe(time.perf_counter() - start)
+            return got if isinstance(got, PickReply) else await self._wait(got)
         self._t.pick_seconds.observe(time.perf_counter() - start)
         return reply
 
-    def _traced_pick(self, req: PickRequest, msg: Received[PickRequest]) -> PickReply:
+    def _decide(self, req: PickRequest) -> PickReply | Waiter:
+        return self._s.pick(req) if self._flow is None else self._flow.try_pick(req)
+
+    async def _wait(self, waiter: Waiter) -> PickReply:
+        assert self._flow is not None
+        return await self._flow.wait(waiter)
+
+    async def _traced_pick(
+        self, req: PickRequest, msg: Received[PickRequest], start: float
+    ) -> PickReply:
         """The pick as a span of the request's trace (context from the NATS headers)."""
         with _tracer.start_as_current_span(
             "pointsman.picker.pick",
@@ -68,7 +85,13 @@ class Handlers:
             kind=SpanKind.SERVER,
             attributes={"pointsman.request_id": req.request_id, "pointsman.model": req.model},
         ) as span:
-            reply = self._s.pick(req)
+            got = self._decide(req)
+            self._t.pick_seconds.observe(time.perf_counter() - start)
+            if isinstance(got, Waiter):
+                span.set_attribute("pointsman.queued", True)
+                reply = await self._wait(got)
+            else:
+                reply = got
             span.set_attribute("pointsman.pick_status", str(reply.status.value))
             span.set_attribute("pointsman.endpoints", reply.endpoints)
             span.set_attribute("pointsman.picker", reply.picker)
@@ -90,6 +113,8 @@ class Handlers:
             log.warning("bad snapshot on %s: %s", msg.subject, msg.error)
             return
         self._s.on_snapshot(msg.body)
+        if self._flow is not None:
+            self._flow.on_snapshot(msg.body.pool)
 
     async def policy(self, msg: Received[InferencePolicy]) -> None:
         if msg.body is None:
@@ -104,3 +129,5 @@ class Handlers:
             log.warning("bad completion event: %s", msg.error)
             return
         self._s.on_completion(msg.body)
+        if self._flow is not None:
+            self._flow.on_completion(msg.body)

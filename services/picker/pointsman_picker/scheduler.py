@@ -24,8 +24,9 @@ from pointsman.v1.policy import InferencePolicy
 from pointsman_picker.config import PickerConfig
 from pointsman_picker.core.framework import Cycle, Update
 from pointsman_picker.core.objectives import Objectives
-from pointsman_picker.core.pipeline import Decision, schedule
+from pointsman_picker.core.pipeline import Decision, saturated, schedule, usable
 from pointsman_picker.core.request import to_request
+from pointsman_picker.core.types import Request
 from pointsman_picker.plan import Plans, build_plans
 from pointsman_picker.state import Affinity, InFlight, PoolStore, apply_update, endpoint_view
 from pointsman_picker.telemetry import Telemetry
@@ -92,15 +93,35 @@ class Scheduler:
 
     # --- decisions -------------------------------------------------------------------------
 
-    def pick(self, pick: PickRequest) -> PickReply:
-        now = self._clock()
+    def request(self, pick: PickRequest) -> Request:
+        """The core's view of a pick request: pool, adapter, priority."""
         cfg = self.config
-        req = to_request(
+        return to_request(
             pick,
             adapters=cfg.adapters,
             objectives=self.objectives,
             default_priority=cfg.default_priority,
         )
+
+    def saturated(self, pool: str) -> bool | None:
+        """Whether every usable endpoint of ``pool`` is over a saturation threshold (counting
+        the assignments made since its scrape); ``None`` for an unknown pool, ``False`` when no
+        endpoint is usable at all (the pick answers that at once; waiting would not help)."""
+        metrics = self.store.metrics(pool)
+        if metrics is None:
+            return None
+        now = self._clock()
+        plan = self.plans.for_pool(pool)
+        views = [
+            endpoint_view(m, self.in_flight.pending(pool, m.address, m.scraped_at)) for m in metrics
+        ]
+        if not any(usable(v, now, plan.stale_after_s) for v in views):
+            return False
+        return saturated(views, now, plan)
+
+    def pick(self, pick: PickRequest) -> PickReply:
+        now = self._clock()
+        req = self.request(pick)
         metrics = self.store.metrics(req.pool)
         if metrics is None:
             return self._reply(

@@ -451,6 +451,12 @@ class Stack:
             gateway=configfile.section(self.config, "gateway", GatewayConfig),
             report_endpoint=configfile.section(self.config, "debug", DebugConfig).report_endpoint,
             shim_tls=_shim_tls(shim),
+            # the shim may hold a request while it waits in the picker's flow control
+            message_timeout_ms=max(
+                2000,
+                int(float(shim.get("pick_timeout_ms", 50)) + float(shim.get("queue_wait_ms", 800)))
+                + 1000,
+            ),
         )
         path = self.workdir / "envoy.yaml"
         path.write_text(render_yaml(options))

@@ -198,14 +198,19 @@ def pick_request(
     *,
     debug: bool = False,
 ) -> PickRequest:
+    forwarded = h.forwarded(headers, debug=debug)
+    who = tenant(headers)
+    if who:  # flow control's default tenant: the credential's hash, never the client's word
+        forwarded[h.TENANT] = who
     return PickRequest(
         request_id=request_id,
         model=model,
         subset=subset,
-        headers=h.forwarded(headers, debug=debug),
+        headers=forwarded,
         prompt=request.prompt_text() if config.send_prompt else None,
         max_endpoints=config.max_endpoints,
         session=session.id if session is not None else None,
+        max_wait_ms=config.queue_wait_ms or None,
     )
 
 
@@ -380,12 +385,28 @@ def route(
         )
         return reject(error, dialect, fail_open)
     elif picked.status is PickStatus.SHED:
+        why = picked.reason or "saturated"
+        message = (
+            f"model '{model}' is saturated and its queue is full ({why}); retry later"
+            if why in ("queue_full", "tenant_queue_full")
+            else f"model '{model}' is saturated and this request's priority is too low; retry later"
+        )
         error = RequestError(
             429,
-            f"model '{model}' is saturated and this request's priority is too low; retry later",
+            message,
             reason="shed",
             type="rate_limit_exceeded",
-            headers={h.SHED_REASON: picked.reason or "saturated"},
+            headers={h.SHED_REASON: why, h.DROP_REASON: why},
+        )
+        return reject(error, dialect, fail_open)
+    elif picked.status is PickStatus.DROPPED:
+        why = picked.reason or "ttl_expired"
+        error = RequestError(
+            503,
+            f"model '{model}' stayed saturated while the request waited ({why}); retry later",
+            reason="dropped",
+            type="service_unavailable",
+            headers={h.DROP_REASON: why},
         )
         return reject(error, dialect, fail_open)
     else:
@@ -438,7 +459,7 @@ def list_models(
 
 def reject(error: RequestError, errors: ErrorFormat, fail_open: tuple[str, ...] = ()) -> Answer:
     """The error answer to ``error``, its body in the format of the request's API."""
-    if error.reason == "shed":
+    if error.reason in ("shed", "dropped"):
         outcome = "shed"
     elif error.reason.startswith("bus_"):
         outcome = "fail_closed"
