@@ -136,6 +136,7 @@ class PickerApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self.handlers.close()
         await self.bus.stop()
         if self.shared is not None:
             await self.shared.stop()

@@ -216,6 +216,10 @@ class FlowControl:
         got = self.try_pick(pick)
         return got if isinstance(got, PickReply) else await self.wait(got)
 
+    def pools(self) -> set[str]:
+        """The pools whose counters matter here: known to the scheduler, or counted."""
+        return {name for name, _, _ in self._s.store.pools()} | self.counters.pools()
+
     def queued(self, pool: str) -> int:
         return self._sizes.get(pool, 0)
 
@@ -335,7 +339,7 @@ class CounterSync:
     async def sync(self) -> None:
         counters = self._flow.counters
         deltas = counters.take_deltas()
-        pools = sorted(counters.pools() | set(deltas))
+        pools = sorted(self._flow.pools() | set(deltas))
         try:
             pipe = self._redis.pipeline(transaction=False)
             for pool, per in deltas.items():

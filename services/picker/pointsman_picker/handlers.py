@@ -8,13 +8,17 @@ the returned reply after it. A message that did not decode is counted and, for a
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from opentelemetry.trace import SpanKind
 
 from pointsman import tracing
-from pointsman.bus import Received
+from pointsman.bus import Received, encode
 from pointsman.v1 import (
     CompletionEvent,
     ModelsReply,
@@ -45,8 +49,12 @@ class Handlers:
         self._t = scheduler.telemetry
         self._debug = debug
         self._flow = flow
+        #: Replies of waiting requests, sent when flow control dispatches or drops them.
+        self._later: set[asyncio.Task[None]] = set()
 
-    async def pick(self, msg: Received[PickRequest]) -> PickReply:
+    async def pick(self, msg: Received[PickRequest]) -> PickReply | None:
+        """The reply; ``None`` when the request waits in flow control (the reply is sent then,
+        so the subscriber takes the next request meanwhile)."""
         start = time.perf_counter()
         req = msg.body
         if req is not None and not self._debug:
@@ -60,13 +68,41 @@ class Handlers:
                 picker=self._s.config.replica_id,
             )
         elif tracing.enabled():
-            return await self._traced_pick(req, msg, start)
+            return await self._later_or_now(msg, self._traced_pick(req, msg, start))
         else:
             got = self._decide(req)
             self._t.pick_seconds.observe(time.perf_counter() - start)
-            return got if isinstance(got, PickReply) else await self._wait(got)
+            if isinstance(got, PickReply):
+                return got
+            return await self._later_or_now(msg, self._wait(got))
         self._t.pick_seconds.observe(time.perf_counter() - start)
         return reply
+
+    async def _later_or_now(
+        self, msg: Received[PickRequest], reply: Coroutine[Any, Any, PickReply]
+    ) -> PickReply | None:
+        """Answer ``msg`` when ``reply`` finishes, from a task of its own (``None`` now)."""
+        raw = msg.raw
+        if raw is None or not raw.reply:  # the in-memory test broker: it takes the return value
+            return await reply
+
+        async def answer() -> None:
+            got = await reply
+            with contextlib.suppress(Exception):  # the asker may be gone: not an error
+                await raw.respond(encode(got))
+
+        task = asyncio.create_task(answer())
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
+        return None
+
+    async def close(self) -> None:
+        """Give up on the requests still waiting (their shims fall back to their failure mode)."""
+        for task in list(self._later):
+            task.cancel()
+        for task in list(self._later):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
 
     def _decide(self, req: PickRequest) -> PickReply | Waiter:
         return self._s.pick(req) if self._flow is None else self._flow.try_pick(req)
