@@ -42,9 +42,7 @@ class PickerApp:
         self.telemetry = Telemetry()
         self.scheduler = Scheduler(config, self.telemetry, clock=time.time)
         redis_url = os.environ.get("POINTSMAN_REDIS_URL") or config.shared_state.redis_url
-        self.flow = FlowControl(
-            self.scheduler, config.flow_control, self.telemetry.registry, shared=bool(redis_url)
-        )
+        self.flow = FlowControl(self.scheduler, config.flow_control, shared=bool(redis_url))
         self.handlers = Handlers(self.scheduler, debug=debug, flow=self.flow)
         self.http = OpsServer(
             config.http_port, self.ready, host=config.http_host, registry=self.telemetry.registry

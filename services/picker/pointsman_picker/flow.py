@@ -38,8 +38,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
 from pointsman.v1 import CompletionEvent, PickReply, PickRequest, PickStatus
 from pointsman_picker.config import FlowControlConfig
 from pointsman_picker.core import flow as core
@@ -49,38 +47,6 @@ log = logging.getLogger(__name__)
 
 #: Requests remembered for the completion's charge (prompt estimate corrected, output added).
 _MAX_CHARGED = 100_000
-_WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-
-
-class FlowMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        r = registry
-        self.queued = Gauge(
-            "pointsman_picker_flow_queued", "Requests waiting in flow control, this replica.",
-            ["pool"], registry=r,
-        )  # fmt: skip
-        self.enqueued = Counter(
-            "pointsman_picker_flow_enqueued", "Requests that had to wait (pool saturated).",
-            ["pool", "priority"], registry=r,
-        )  # fmt: skip
-        self.dispatched = Counter(
-            "pointsman_picker_flow_dispatched", "Waiting requests dispatched.", ["pool"],
-            registry=r,
-        )  # fmt: skip
-        self.dropped = Counter(
-            "pointsman_picker_flow_dropped",
-            "Requests that left flow control unserved, by reason (queue_full, "
-            "tenant_queue_full: 429; ttl_expired: 503).",
-            ["pool", "reason"], registry=r,
-        )  # fmt: skip
-        self.wait_seconds = Histogram(
-            "pointsman_picker_flow_wait_seconds", "Time waiting in flow control (dispatched).",
-            ["pool"], buckets=_WAIT_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.sync_errors = Counter(
-            "pointsman_picker_flow_sync_errors", "Failed exchanges of the tenant counters.",
-            registry=r,
-        )  # fmt: skip
 
 
 class Counters:
@@ -142,14 +108,13 @@ class FlowControl:
         self,
         scheduler: Scheduler,
         config: FlowControlConfig,
-        registry: CollectorRegistry,
         *,
         shared: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._s = scheduler
         self.config = config
-        self.metrics = FlowMetrics(registry)
+        self.metrics = scheduler.telemetry.flow
         self.counters = Counters(shared=shared)
         self._weights = core.Weights(config.input_token_weight, config.output_token_weight)
         self._clock = clock

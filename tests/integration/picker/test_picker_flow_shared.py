@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from pointsman.redisconf import RedisSecurity
 from pointsman.v1 import EndpointMetrics, PickRequest, PoolSnapshot
@@ -22,7 +21,7 @@ pytestmark = pytest.mark.integration
 def _replica(name: str) -> tuple[Scheduler, FlowControl]:
     config = PickerConfig(replica_id=name)
     s = Scheduler(config, Telemetry(), clock=time.time)
-    return s, FlowControl(s, config.flow_control, CollectorRegistry(), shared=True)
+    return s, FlowControl(s, config.flow_control, shared=True)
 
 
 def _snapshot(waiting: int) -> PoolSnapshot:

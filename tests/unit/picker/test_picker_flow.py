@@ -7,7 +7,6 @@ import asyncio
 import time
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from pointsman.v1 import CompletionEvent, EndpointMetrics, PickRequest, PickStatus, PoolSnapshot
 from pointsman_picker.config import FlowControlConfig, PickerConfig
@@ -102,7 +101,7 @@ def _snapshot(waiting: int, *, pool: str = "m") -> PoolSnapshot:
 def _flow(**cfg: object) -> tuple[Scheduler, FlowControl]:
     config = PickerConfig(replica_id="t", flow_control=FlowControlConfig(**cfg))  # type: ignore[arg-type]
     scheduler = Scheduler(config, Telemetry(), clock=time.time)
-    return scheduler, FlowControl(scheduler, config.flow_control, CollectorRegistry())
+    return scheduler, FlowControl(scheduler, config.flow_control)
 
 
 def _pick(rid: str, tenant: str, *, priority: int = 0, wait_ms: float = 10_000) -> PickRequest:
