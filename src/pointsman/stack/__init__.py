@@ -454,7 +454,7 @@ class Stack:
             # the shim may hold a request while it waits in the picker's flow control
             message_timeout_ms=max(
                 2000,
-                int(float(shim.get("pick_timeout_ms", 50)) + float(shim.get("queue_wait_ms", 800)))
+                int(float(shim.get("pick_timeout_ms", 50)) + float(shim.get("queue_wait_ms", 700)))
                 + 1000,
             ),
         )

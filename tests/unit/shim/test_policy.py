@@ -335,7 +335,7 @@ def test_pick_request() -> None:
     # the credential travels only as its hash: flow control's tenant, never the client's word
     tenant = hashlib.sha256(b"Bearer k").hexdigest()
     assert sent.headers == {"x-session-id": "s", "x-pointsman-tenant": tenant}
-    assert sent.prompt == "<|user|>2+2?\n" and sent.max_wait_ms == 800.0
+    assert sent.prompt == "<|user|>2+2?\n" and sent.max_wait_ms == 700.0
     quiet = pick_request(
         request(), "m2", {"x-pointsman-tenant": "forged"}, "r", None,
         config(send_prompt=False, queue_wait_ms=0),
