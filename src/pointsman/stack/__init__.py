@@ -85,6 +85,8 @@ class StackOptions:
     #: Start simulated vLLM replicas; off = use the config file's ``pools``.
     simulate: bool = True
     sim_args: list[str] = field(default_factory=list)
+    #: More simulator arguments for one model's replicas (after ``sim_args``): a slower model.
+    model_sim_args: dict[str, list[str]] = field(default_factory=dict)
     picker_replicas: int = 1
     body_mode: Literal["BUFFERED", "FULL_DUPLEX_STREAMED"] = "BUFFERED"
     #: How Envoy gives the shim the response: see ``EnvoyOptions.response_path``.
@@ -367,6 +369,7 @@ class Stack:
                 "--model",
                 model,
                 *o.sim_args,
+                *o.model_sim_args.get(model, []),
             ]
             child = spawn(f"sim-{model}", argv, self.log_dir)
             self.children[f"sim-{model}"] = child
