@@ -225,8 +225,12 @@ def measure(
     models = [MODEL]
     extra: dict[str, Any] = {}
     sim_args = list(args.sim_arg)
-    if workload == "tenants":
-        sim_args += ["--max-num-seqs", str(args.tenant_max_num_seqs)]
+    replicas = args.replicas
+    if workload in ("tenants", "auto"):
+        # small, slow engines: queues form at a load this machine can offer
+        sim_args += ["--max-num-seqs", str(args.small_max_num_seqs),
+                     f"--prefill-tokens-per-s={args.small_prefill_tokens_per_s:g}"]  # fmt: skip
+        replicas = args.small_replicas
     if workload == "auto":
         models = [BEST, SECOND]
         extra = {
@@ -238,10 +242,9 @@ def measure(
             },
             "shim": {"classifier": {"enabled": True, "timeout_ms": 2000}},
         }
-        sim_args += ["--max-num-seqs", str(args.tenant_max_num_seqs)]
     model_args = {BEST: ["--step-base-ms", str(args.slow_step_ms)]} if workload == "auto" else {}
     with start_router(
-        router, work, args.replicas, sim_args, workload=workload, models=models, extra=extra,
+        router, work, replicas, sim_args, workload=workload, models=models, extra=extra,
         model_sim_args=model_args,
     ) as running:  # fmt: skip
         _warm_up(running.url, "auto" if workload == "auto" else MODEL)
@@ -344,8 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--question-tokens", type=int, default=60, help="shared-prefix: own tokens")
     p.add_argument("--max-tokens", type=int, default=48, help="output tokens per request (cap)")
     p.add_argument("--slo-ttft-ms", type=float, default=1000.0, help="the TTFT objective")
-    p.add_argument("--tenant-max-num-seqs", type=int, default=8,
+    p.add_argument("--small-replicas", type=int, default=2, help="tenants, auto: replicas")
+    p.add_argument("--small-max-num-seqs", type=int, default=4,
                    help="tenants, auto: engine batch size (queues form at this machine's rates)")  # fmt: skip
+    p.add_argument("--small-prefill-tokens-per-s", type=float, default=2000.0,
+                   help="tenants, auto: simulated prefill speed")  # fmt: skip
     p.add_argument("--slow-step-ms", type=float, default=28.0,
                    help=f"auto: decode step of '{BEST}' (fast-small: the simulator's 7 ms)")  # fmt: skip
     p.add_argument("--auto-unloaded-rate", type=float, default=1.0)

@@ -11,6 +11,9 @@ render paths answer as vLLM 0.32's do: vllm-router's ``cache_aware`` needs them)
 * ``vllm-router-power-of-two``: vllm-router's load-only policy;
 * ``pointsman``: Envoy + ext_proc -> shim -> NATS -> picker, today's default profile (queue 2,
   KV 2, prefix 3) with flow control; ``pointsman-2``: two pickers sharing state in Redis;
+* ``pointsman-flow``: the default profile with the queue held in the picker rather than in the
+  engines (``saturation.queue_depth_threshold: 1``): flow control's fairness then decides who
+  gets each engine slot as it frees;
 * ``pointsman-slo``: the same with ``picker.profile: slo`` (the latency predictor's profile);
   skipped, saying so, when this checkout's picker has no ``slo`` profile.
 
@@ -52,6 +55,7 @@ ROUTERS = [
     "vllm-router-power-of-two",
     "pointsman",
     "pointsman-2",
+    "pointsman-flow",
     "pointsman-slo",
 ]
 
@@ -309,8 +313,14 @@ def start_router(
             finally:
                 child.stop()
         return
-    if name in ("pointsman", "pointsman-2", "pointsman-slo"):
+    if name in ("pointsman", "pointsman-2", "pointsman-flow", "pointsman-slo"):
         profile = None
+        if name == "pointsman-flow":
+            extra = {**(extra or {})}
+            extra["picker"] = {
+                **extra.get("picker", {}),
+                "saturation": {"queue_depth_threshold": 1},
+            }
         if name == "pointsman-slo":
             why = slo_profile_exists()
             if why is not None:
