@@ -208,3 +208,44 @@ def print_targets(items: list[dict[str, Any]]) -> None:
         print(
             f"  [{t['verdict']:>6}] {t['target']}" + (f": {t['figures']}" if t["figures"] else "")
         )
+
+
+def markdown(rows: list[dict[str, Any]], items: list[dict[str, Any]]) -> str:
+    """The run as Markdown tables (results, then targets), for the docs."""
+
+    def num(v: Any, digits: int = 0, scale: float = 1.0) -> str:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "-"
+        return f"{v * scale:.{digits}f}"
+
+    out = [
+        "| workload | router | req/s | ok / sent | TTFT p50 | p90 | p99 (ms) | SLO % | tok/s "
+        "| prefix hit % | Jain | light p90 (ms) | model mix |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if r.get("skipped"):
+            out.append(f"| {r['workload']} | {r['router']} | {r['rate']:g} | skipped: "
+                       f"{r['skipped']} |||||||||")  # fmt: skip
+            continue
+        light = r.get("tenants", {}).get("light", {}).get("ttft_p90_ms")
+        mix = ", ".join(f"{k} {v}" for k, v in sorted(r.get("model_mix", {}).items()))
+        out.append(
+            f"| {r['workload']} | {r['router']} | {r['rate']:g} | {r['ok']} / {r['requests']} "
+            f"| {num(r['ttft_p50_ms'])} | {num(r['ttft_p90_ms'])} | {num(r['ttft_p99_ms'])} "
+            f"| {num(r['slo_attainment'], 0, 100)} | {num(r['output_tokens_per_s'])} "
+            f"| {num(r['prefix_hit_rate'], 0, 100)} | {num(r.get('jain'), 3)} | {num(light)} "
+            f"| {mix} |"
+        )
+    out += ["", "| target | verdict | figures |", "|---|---|---|"]
+    out += [f"| {t['target']} | **{t['verdict']}** | {t['figures']} |" for t in items]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    from pathlib import Path
+
+    data = json.loads(Path(sys.argv[1]).read_text())
+    print(markdown(data["rows"], targets(data["rows"])), end="")
