@@ -134,7 +134,7 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if r["workload"] == wl and r["router"].startswith("vllm-router") and not r.get("skipped")
         ]  # fmt: skip
         best = min(rivals, key=lambda r: r["ttft_p90_ms"], default=None)
-        for ours in ("pointsman", "pointsman-slo"):
+        for ours in ("pointsman", "pointsman-flow", "pointsman-slo"):
             me = _row(rows, wl, ours)
             ok = None
             figures = ""
@@ -145,7 +145,7 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 figures = (
                     f"TTFT p90 {me['ttft_p90_ms']:.0f} / {best['ttft_p90_ms']:.0f} ms "
                     f"({best['router']}, hit {100 * best['prefix_hit_rate']:.0f}%) = {ratio:.2f}x; "
-                    f"tok/s {tok:.2f}x; our hit {100 * me['prefix_hit_rate']:.0f}%"
+                    f"tok/s {tok:.4f}x; our hit {100 * me['prefix_hit_rate']:.0f}%"
                 )
             out.append({
                 "target": f"{wl}: {ours} TTFT p90 <= 0.8x best vllm-router, tok/s >= 1.0x",
@@ -172,7 +172,7 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out.append({"target": "azure: TTFT p99 <= 0.5x default at that load",
                 "verdict": _verdict(ok), "figures": figures})  # fmt: skip
     alone = _row(rows, "tenants", "pointsman (light alone)")
-    for ours in ("pointsman", "pointsman-slo", "round-robin"):
+    for ours in ("pointsman", "pointsman-flow", "pointsman-slo", "round-robin"):
         me = _row(rows, "tenants", ours)
         ok = None
         figures = ""
