@@ -1,549 +1,360 @@
-"""bench/scheduling: time to first token under load, per router, through a real Envoy.
+"""bench/scheduling: TTFT, SLO attainment, fairness and throughput per router, through a real
+Envoy, on fleets of simulated vLLM replicas; every router of a workload in the same run.
 
-The same workload (same seed: same requests at the same instants) at the same rates, against
-the same fleet of simulated vLLM replicas (fresh, cold caches for every run, prefix caching on),
-routed by:
+Workloads (:mod:`bench.scheduling.workloads`): ``shared-prefix``, ``mooncake``, ``azure``
+(mixed prompt lengths from the Azure conversation and code traces), ``tenants`` (two tenants at
+10:1 offered load), ``auto`` (``model: auto`` over two models of different speed).
 
-* ``round-robin``: Envoy round robin (what a Kubernetes Service gives);
-* ``least-request``: Envoy least-request;
-* ``vllm-router-cache-aware`` / ``vllm-router-power-of-two``: the vllm-router package (Rust),
-  behind the same Envoy;
-* ``pointsman`` / ``pointsman-2``: Envoy + ext_proc -> extproc-shim -> NATS -> picker (default
-  profile: queue 2, KV 2, prefix 3), one picker replica or two sharing state through Redis.
+Routers (:mod:`bench.scheduling.routers`): Envoy round robin and least-request; vllm-router
+``cache_aware`` with its defaults and with the settings its documentation recommends for the
+workload (``routers.TUNED``, with the reasons), and ``power_of_two``; Pointsman's default
+profile (with flow control); Pointsman's ``slo`` profile (skipped, saying so, where the picker
+has none). The replicas run with ``--enable-scale-out``: they answer ``/tokenize`` and the
+render paths as vLLM 0.32 does, which vllm-router's ``cache_aware`` calls to build its key, so
+the rival is not silently degraded to load balancing. Each row reports the prefix-cache hit
+rate the replicas themselves counted (``vllm:prefix_cache_hits_total`` over
+``..._queries_total``), so a degraded rival shows.
 
-Workloads:
+Reported (:mod:`bench.scheduling.report`): TTFT p50/p90/p99, SLO attainment (share of all
+requests sent that were answered with TTFT within ``--slo-ttft-ms``; a refusal is a miss),
+output tok/s, prefix hit rate, Jain's index of the tenants' token-weighted service (each over
+its max-min fair share of what was served within the arrival window), each tenant's TTFT p90,
+the model mix and, for ``auto``, the quality cost (share moved off the best model x the score
+difference), then issue 17's targets marked met / MISSED.
 
-* ``shared-prefix``: many users, a few long system prompts/documents shared by groups of
-  requests (as in llm-d's prefix-cache benchmark); Poisson arrivals;
-* ``mooncake``: the Mooncake conversation trace from ``../shared/data/traces/mooncake`` (arrival
-  times, input/output lengths, prefix block hashes mapped to fixed filler text so the cache-hit
-  pattern is exact), time-compressed to the requested rate.
+    python -m bench.scheduling                                  # every workload, short runs
+    python -m bench.scheduling --workloads shared-prefix --rates 20 --duration 20
+    python -m bench.scheduling --workloads tenants --routers pointsman,round-robin
 
-Prints a table and writes ``bench/results/scheduling.json`` and ``scheduling_ttft.png``.
-
-    python -m bench.scheduling                       # defaults: 8 replicas, rates 8,14,20 req/s
-    python -m bench.scheduling --rates 10 --duration 30 --routers round-robin,pointsman
-    python -m bench.scheduling --rates 16 --out more --merge bench/results/scheduling.json
+Writes ``bench/results/<out>.json`` and ``<out>_ttft.png``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import math
-import random
 import shutil
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
+from bench.scheduling import report, workloads
 from bench.scheduling.decision import hist_quantile, merged
-from pointsman.stack import Stack, StackOptions
-from pointsman.stack.procs import (
-    binary,
-    free_port,
-    free_port_block,
-    http_status,
-    port_free,
-    spawn,
-    wait_ready,
-)
+from bench.scheduling.routers import ROUTERS, Skipped, prefix_counters, start_router
+from bench.scheduling.workloads import MODEL, Req
 
-MODEL = "bench-model"
-ROUTERS = [
+RESULTS = Path("bench/results")
+DEFAULT_ROUTERS = [
     "round-robin",
-    "least-request",
     "vllm-router-cache-aware",
+    "vllm-router-cache-aware-tuned",
     "vllm-router-power-of-two",
     "pointsman",
-    "pointsman-2",
+    "pointsman-slo",
 ]
-MOONCAKE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "traces" / "mooncake"
-RESULTS = Path("bench/results")
-
-
-# --- workloads ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Req:
-    at: float
-    body: bytes
-    group: int
-
-
-def _words(rng: random.Random, chars: int) -> str:
-    out: list[str] = []
-    n = 0
-    while n < chars:
-        w = f"w{rng.randrange(36**4):x}"
-        out.append(w)
-        n += len(w) + 1
-    return " ".join(out)[:chars]
-
-
-SYSTEM = "You are a helpful assistant. Answer from the document."
-
-
-def _body(document: str, question: str, max_tokens: int) -> bytes:
-    """One chat turn: a short fixed system prompt, then the (shared) document and the question
-    in the user message, as in retrieval-augmented chat. Some routers look only at the last
-    user message; the shared prefix is there, so every router can see it."""
-    return json.dumps(
-        {
-            "model": MODEL,
-            "messages": [
-                {"role": "system", "content": SYSTEM},
-                {"role": "user", "content": f"{document}\n\n{question}"},
-            ],
-            "max_tokens": max_tokens,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-    ).encode()
-
-
-def shared_prefix(
-    rate: float, duration: float, *, groups: int, prefix_tokens: int, question_tokens: int,
-    max_tokens: int, seed: int,
-) -> list[Req]:  # fmt: skip
-    rng = random.Random(seed)
-    docs = [f"[group {g}] " + _words(rng, prefix_tokens * 4) for g in range(groups)]
-    reqs: list[Req] = []
-    t = 0.0
-    arrivals = random.Random(seed + 1)
-    i = 0
-    while True:
-        t += arrivals.expovariate(rate)
-        if t >= duration:
-            return reqs
-        g = rng.randrange(groups)
-        user = f"user {i}: " + _words(rng, question_tokens * 4)
-        reqs.append(Req(t, _body(docs[g], user, max_tokens), g))
-        i += 1
-
-
-def mooncake(rate: float, duration: float, *, max_tokens_cap: int, seed: int) -> list[Req]:
-    """The Mooncake conversation trace, time-compressed to ``rate``, lengths capped to fit."""
-    path = next((p for p in sorted(MOONCAKE.glob("*conversation*")) if p.is_file()), None)
-    if path is None:
-        raise SystemExit(f"no Mooncake conversation trace under {MOONCAKE}")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows.sort(key=lambda r: r["timestamp"])
-    span_s = (rows[-1]["timestamp"] - rows[0]["timestamp"]) / 1000 or 1.0
-    native = len(rows) / span_s
-    scale = native / rate  # trace seconds per replay second
-    blocks: dict[int, str] = {}
-    rng = random.Random(seed)
-    reqs: list[Req] = []
-    t0 = rows[0]["timestamp"]
-    for row in rows:
-        at = (row["timestamp"] - t0) / 1000 * scale
-        if at >= duration:
-            break
-        # 512-token blocks of 2048 chars; cap prompts to what the simulator accepts (8192).
-        ids = row["hash_ids"][:7]
-        text = "".join(blocks.setdefault(h, _words(random.Random(h), 2048)) for h in ids)
-        rest = min(row["input_length"], 7 * 512) - 512 * len(ids)
-        if rest > 0:
-            text += _words(rng, rest * 4)
-        out = max(1, min(row["output_length"], max_tokens_cap))
-        reqs.append(Req(at, _body(text, "Continue the conversation.", out), ids[0] if ids else -1))
-    return reqs
+#: ``auto``: the classifier ranks the slow, better model first for every prompt.
+BEST, SECOND = "big-best", "fast-small"
+RANKED = [{"model": BEST, "score": 0.9}, {"model": SECOND, "score": 0.75}]
 
 
 # --- the load generator ------------------------------------------------------------------------
 
 
 @dataclass
-class Outcome:
-    ttft_ms: list[float] = field(default_factory=list)
-    e2e_ms: list[float] = field(default_factory=list)
+class Result:
+    tenant: str
+    sent_at: float
+    status: str
+    ttft_ms: float | None = None
+    e2e_ms: float | None = None
+    done_at: float = 0.0
+    prompt_tokens: int = 0
     completion_tokens: int = 0
-    errors: int = 0
-    statuses: dict[str, int] = field(default_factory=dict)
+    model: str = ""
+
+
+@dataclass
+class Outcome:
+    results: list[Result] = field(default_factory=list)
     first_sent: float = 0.0
-    last_done: float = 0.0
 
 
-async def _one(session: aiohttp.ClientSession, url: str, req: Req, out: Outcome) -> None:
+async def _one(
+    session: aiohttp.ClientSession, url: str, req: Req, out: Outcome, extra: dict[str, str]
+) -> None:
     start = time.perf_counter()
-    ttft: float | None = None
-    tokens = 0
+    res = Result(req.tenant, start - out.first_sent, "")
+    out.results.append(res)
+    headers = {"content-type": "application/json", **req.headers, **extra}
     try:
-        async with session.post(
-            url, data=req.body, headers={"content-type": "application/json"}
-        ) as resp:
-            out.statuses[str(resp.status)] = out.statuses.get(str(resp.status), 0) + 1
+        async with session.post(url, data=req.body, headers=headers) as resp:
+            res.status = str(resp.status)
             if resp.status != 200:
                 await resp.read()
-                out.errors += 1
                 return
             async for raw in resp.content:
                 line = raw.strip()
                 if not line.startswith(b"data:") or line == b"data: [DONE]":
                     continue
                 chunk = json.loads(line[5:])
+                res.model = chunk.get("model") or res.model
                 choices = chunk.get("choices") or []
-                if ttft is None and choices and (choices[0].get("delta") or {}).get("content"):
-                    ttft = time.perf_counter() - start
+                if (
+                    res.ttft_ms is None
+                    and choices
+                    and (choices[0].get("delta") or {}).get("content")
+                ):
+                    res.ttft_ms = (time.perf_counter() - start) * 1000
                 usage = chunk.get("usage")
                 if usage:
-                    tokens = int(usage.get("completion_tokens") or 0)
+                    res.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                    res.completion_tokens = int(usage.get("completion_tokens") or 0)
     except Exception as exc:
-        key = type(exc).__name__
-        out.statuses[key] = out.statuses.get(key, 0) + 1
-        out.errors += 1
+        res.status = type(exc).__name__
         return
     done = time.perf_counter()
-    if ttft is not None:
-        out.ttft_ms.append(ttft * 1000)
-    out.e2e_ms.append((done - start) * 1000)
-    out.completion_tokens += tokens
-    out.last_done = max(out.last_done, done)
+    res.e2e_ms = (done - start) * 1000
+    res.done_at = done - out.first_sent
 
 
-async def replay(url: str, reqs: list[Req], drain_s: float = 120.0) -> Outcome:
+async def replay(
+    url: str, reqs: list[Req], extra: dict[str, str], drain_s: float = 120.0
+) -> Outcome:
     out = Outcome()
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=drain_s + 60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         tasks = []
-        start = time.perf_counter()
-        out.first_sent = start
+        out.first_sent = time.perf_counter()
         for req in reqs:
-            delay = start + req.at - time.perf_counter()
+            delay = out.first_sent + req.at - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(_one(session, url, req, out)))
+            tasks.append(asyncio.create_task(_one(session, url, req, out, extra)))
         _, pending = await asyncio.wait(tasks, timeout=drain_s)
         for task in pending:
             task.cancel()
-        out.errors += len(pending)
-        if pending:
-            out.statuses["unfinished"] = len(pending)
+        await asyncio.gather(*pending, return_exceptions=True)
+    for res in out.results:
+        if not res.status:
+            res.status = "unfinished"
     return out
-
-
-def pct(data: list[float], q: float) -> float:
-    if not data:
-        return float("nan")
-    s = sorted(data)
-    return s[min(len(s) - 1, max(0, math.ceil(q / 100 * len(s)) - 1))]
-
-
-# --- routers -----------------------------------------------------------------------------------
-
-
-def _envoy_config(listen: int, admin: int, endpoints: list[str], lb_policy: str) -> dict[str, Any]:
-    lb_endpoints = []
-    for ep in endpoints:
-        host, _, port = ep.rpartition(":")
-        lb_endpoints.append(
-            {
-                "endpoint": {
-                    "address": {"socket_address": {"address": host, "port_value": int(port)}}
-                }
-            }
-        )
-    hcm = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network."
-        "http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": "bench",
-        "stream_idle_timeout": "600s",
-        "request_timeout": "0s",
-        "route_config": {
-            "virtual_hosts": [
-                {
-                    "name": "all",
-                    "domains": ["*"],
-                    "routes": [
-                        {"match": {"prefix": "/"}, "route": {"cluster": "fleet", "timeout": "0s"}}
-                    ],
-                }
-            ]
-        },
-        "http_filters": [
-            {
-                "name": "envoy.filters.http.router",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-                },
-            }
-        ],
-    }
-    return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-        "static_resources": {
-            "listeners": [
-                {
-                    "name": "gateway",
-                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
-                    "filter_chains": [
-                        {
-                            "filters": [
-                                {
-                                    "name": "envoy.filters.network.http_connection_manager",
-                                    "typed_config": hcm,
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ],
-            "clusters": [
-                {
-                    "name": "fleet",
-                    "type": "STATIC",
-                    "connect_timeout": "2s",
-                    "lb_policy": lb_policy,
-                    "circuit_breakers": {
-                        "thresholds": [
-                            {
-                                "max_connections": 100000,
-                                "max_pending_requests": 100000,
-                                "max_requests": 100000,
-                            }
-                        ]
-                    },
-                    "load_assignment": {
-                        "cluster_name": "fleet",
-                        "endpoints": [{"lb_endpoints": lb_endpoints}],
-                    },
-                }
-            ],
-        },
-    }
-
-
-@dataclass
-class Running:
-    url: str
-    picker_metrics: list[str] = field(default_factory=list)
-
-
-@contextlib.contextmanager
-def _simulators(work: Path, replicas: int, sim_args: list[str]) -> Iterator[list[str]]:
-    base = free_port_block(replicas)
-    argv = [
-        sys.executable, "-m", "pointsman.sim", "--host", "127.0.0.1", "--port", str(base),
-        "--count", str(replicas), "--model", MODEL, "--log-level", "WARNING", *sim_args,
-    ]  # fmt: skip
-    child = spawn("sim", argv, work)
-    try:
-        eps = [f"127.0.0.1:{base + i}" for i in range(replicas)]
-        for ep in eps:
-            wait_ready(child, lambda e=ep: http_status(f"http://{e}/health") == 200, 60, "sim")  # type: ignore[misc]
-        yield eps
-    finally:
-        child.stop()
-
-
-@contextlib.contextmanager
-def _envoy(work: Path, upstreams: list[str], lb_policy: str) -> Iterator[str]:
-    listen, admin = free_port(), free_port()
-    path = work / f"envoy-{listen}.yaml"
-    path.write_text(yaml.safe_dump(_envoy_config(listen, admin, upstreams, lb_policy)))
-    argv = [
-        binary("envoy"), "-c", str(path), "--disable-hot-restart", "--log-level", "warning",
-        "--concurrency", "2", "--base-id", str(listen),
-    ]  # fmt: skip
-    child = spawn("envoy", argv, work)
-    try:
-        wait_ready(
-            child, lambda: http_status(f"http://127.0.0.1:{admin}/ready") == 200, 30, "envoy"
-        )
-        yield f"http://127.0.0.1:{listen}"
-    finally:
-        child.stop()
-
-
-@contextlib.contextmanager
-def _redis(work: Path) -> Iterator[str]:
-    port = free_port()
-    exe = shutil.which("redis-server") or binary("redis-server")
-    argv = [exe, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
-    child = spawn("redis", argv, work)
-    try:
-        wait_ready(child, lambda: not port_free(port), 15, "redis-server")
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        child.stop()
-
-
-@contextlib.contextmanager
-def start_router(name: str, work: Path, replicas: int, sim_args: list[str]) -> Iterator[Running]:
-    if name in ("round-robin", "least-request"):
-        policy = "ROUND_ROBIN" if name == "round-robin" else "LEAST_REQUEST"
-        with _simulators(work, replicas, sim_args) as eps, _envoy(work, eps, policy) as url:
-            yield Running(url)
-        return
-    if name.startswith("vllm-router-"):
-        exe = shutil.which("vllm-router") or str(Path(sys.executable).parent / "vllm-router")
-        if not Path(exe).exists():
-            raise RuntimeError("vllm-router is not installed: pip install vllm-router")
-        policy = name.removeprefix("vllm-router-").replace("-", "_")
-        with _simulators(work, replicas, sim_args) as eps:
-            port = free_port()
-            argv = [
-                exe, "--host", "127.0.0.1", "--port", str(port), "--policy", policy,
-                "--worker-urls", *[f"http://{e}" for e in eps], "--log-level", "warning",
-                "--prometheus-port", str(free_port()), "--disable-retries",
-            ]  # fmt: skip
-            child = spawn("vllm-router", argv, work)
-            try:
-                wait_ready(
-                    child, lambda: http_status(f"http://127.0.0.1:{port}/health") == 200, 60,
-                    "vllm-router",
-                )  # fmt: skip
-                with _envoy(work, [f"127.0.0.1:{port}"], "ROUND_ROBIN") as url:
-                    yield Running(url)
-            finally:
-                child.stop()
-        return
-    if name in ("pointsman", "pointsman-2"):
-        pickers = 2 if name == "pointsman-2" else 1
-        with contextlib.ExitStack() as stack:
-            overrides: dict[str, Any] = {"shim": {"pick_timeout_ms": 200}}
-            if pickers > 1:
-                url = stack.enter_context(_redis(work))
-                overrides["picker"] = {"shared_state": {"redis_url": url}}
-            options = StackOptions(
-                models=[MODEL], replicas=replicas, gateway_port=0, sim_args=[
-                    "--log-level", "WARNING", *sim_args,
-                ], picker_replicas=pickers, classifier=False, overrides=overrides,
-                workdir=Path(tempfile.mkdtemp(prefix="stack-", dir=work)),
-            )  # fmt: skip
-            s = stack.enter_context(Stack(options))
-            metrics = [f"http://127.0.0.1:{s.ports['picker_http']}/metrics"]
-            if pickers > 1:
-                metrics += [
-                    f"http://127.0.0.1:{s.ports[f'picker-{i}_http']}/metrics"
-                    for i in range(1, pickers)
-                ]
-            yield Running(s.gateway_url, metrics)
-        return
-    raise SystemExit(f"unknown router '{name}' (routers: {', '.join(ROUTERS)})")
 
 
 # --- one measurement ---------------------------------------------------------------------------
 
 
-def _decision_hist(urls: list[str]) -> dict[float, float]:
-    return merged(urls, "pointsman_picker_decision_seconds")
+def _warm_up(url: str, model: str) -> None:
+    urllib.request.urlopen(
+        urllib.request.Request(
+            f"{url}/v1/chat/completions",
+            data=workloads.body("warm-up", "hello", 1, model),
+            headers={"content-type": "application/json"},
+        ),
+        timeout=60,
+    ).read()
+
+
+def _service(r: Result) -> float:
+    return r.prompt_tokens + report.OUTPUT_WEIGHT * r.completion_tokens
+
+
+def summarise(
+    out: Outcome, reqs: list[Req], *, duration: float, slo_ttft_ms: float
+) -> dict[str, Any]:
+    ok = [r for r in out.results if r.status == "200" and r.ttft_ms is not None]
+    ttft = [r.ttft_ms for r in ok if r.ttft_ms is not None]
+    statuses: dict[str, int] = {}
+    for r in out.results:
+        statuses[r.status] = statuses.get(r.status, 0) + 1
+    span = max((r.done_at for r in ok), default=0.0) or 1e-9
+    row: dict[str, Any] = {
+        "requests": len(reqs),
+        "ok": len(ok),
+        "errors": len(out.results) - len(ok),
+        "statuses": statuses,
+        "ttft_p50_ms": report.pct(ttft, 50),
+        "ttft_p90_ms": report.pct(ttft, 90),
+        "ttft_p99_ms": report.pct(ttft, 99),
+        "e2e_p50_ms": report.pct([r.e2e_ms for r in ok if r.e2e_ms is not None], 50),
+        "output_tokens_per_s": sum(r.completion_tokens for r in ok) / span,
+        "slo_ttft_ms": slo_ttft_ms,
+        "slo_attainment": sum(1 for t in ttft if t <= slo_ttft_ms) / max(len(reqs), 1),
+    }
+    mix: dict[str, int] = {}
+    for r in ok:
+        mix[r.model or "?"] = mix.get(r.model or "?", 0) + 1
+    row["model_mix"] = mix
+    names = sorted({r.tenant for r in reqs if r.tenant})
+    if names:
+        per: dict[str, dict[str, Any]] = {}
+        service: dict[str, float] = {}
+        demand: dict[str, float] = {}
+        for t in names:
+            mine = [r for r in ok if r.tenant == t]
+            per[t] = {
+                "requests": sum(1 for r in reqs if r.tenant == t),
+                "ok": len(mine),
+                "ttft_p90_ms": report.pct([r.ttft_ms for r in mine if r.ttft_ms], 90),
+            }
+            # served within the arrival window, against what was asked within it
+            service[t] = sum(_service(r) for r in mine if r.done_at <= duration)
+            demand[t] = sum(
+                q.prompt_tokens + report.OUTPUT_WEIGHT * q.max_tokens
+                for q in reqs if q.tenant == t and q.at < duration
+            )  # fmt: skip
+            per[t]["service_tokens"] = service[t]
+            per[t]["demand_tokens"] = demand[t]
+        row["tenants"] = per
+        row["jain"] = report.fairness(service, demand) if len(names) > 1 else float("nan")
+    return row
 
 
 def measure(
-    router: str, rate: float, reqs: list[Req], work: Path, replicas: int, sim_args: list[str]
-) -> dict[str, Any]:
-    with start_router(router, work, replicas, sim_args) as running:
-        # one request to open connections and check the path works
-        urllib.request.urlopen(
-            urllib.request.Request(
-                f"{running.url}/v1/chat/completions",
-                data=_body("warm-up", "hello", 1),
-                headers={"content-type": "application/json"},
-            ),
-            timeout=30,
-        ).read()
-        before = _decision_hist(running.picker_metrics) if running.picker_metrics else {}
-        out = asyncio.run(replay(f"{running.url}/v1/chat/completions", reqs))
-        after = _decision_hist(running.picker_metrics) if running.picker_metrics else {}
-    span = max(out.last_done - out.first_sent, 1e-9)
-    row: dict[str, Any] = {
-        "router": router,
+    router: str, workload: str, rate: float, reqs: list[Req], work: Path, args: argparse.Namespace,
+    *, label: str | None = None, extra_headers: dict[str, str] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    models = [MODEL]
+    extra: dict[str, Any] = {}
+    sim_args = list(args.sim_arg)
+    replicas = args.replicas
+    if workload in ("tenants", "auto"):
+        # small, slow engines: queues form at a load this machine can offer
+        sim_args += ["--max-num-seqs", str(args.small_max_num_seqs),
+                     f"--prefill-tokens-per-s={args.small_prefill_tokens_per_s:g}"]  # fmt: skip
+        replicas = args.small_replicas
+    if workload == "auto":
+        models = [BEST, SECOND]
+        extra = {
+            "classifier": {
+                "default_model": SECOND,
+                "category": {"threshold": 0.0, "fallback": "other"},
+                "jailbreak": {"enabled": False},
+                "categories": {c: {"models": RANKED} for c in _labels()},
+            },
+            "shim": {"classifier": {"enabled": True, "timeout_ms": 2000}},
+        }
+    model_args = {BEST: ["--step-base-ms", str(args.slow_step_ms)]} if workload == "auto" else {}
+    with start_router(
+        router, work, replicas, sim_args, workload=workload, models=models, extra=extra,
+        model_sim_args=model_args,
+    ) as running:  # fmt: skip
+        _warm_up(running.url, "auto" if workload == "auto" else MODEL)
+        q0, h0 = prefix_counters(running.endpoints)
+        before = merged(running.picker_metrics, "pointsman_picker_decision_seconds") if (
+            running.picker_metrics) else {}  # fmt: skip
+        out = asyncio.run(replay(f"{running.url}/v1/chat/completions", reqs, extra_headers or {}))
+        after = merged(running.picker_metrics, "pointsman_picker_decision_seconds") if (
+            running.picker_metrics) else {}  # fmt: skip
+        q1, h1 = prefix_counters(running.endpoints)
+    row = {
+        "workload": workload,
+        "router": label or router,
         "rate": rate,
-        "requests": len(reqs),
-        "ok": len(out.e2e_ms),
-        "errors": out.errors,
-        "statuses": out.statuses,
-        "ttft_p50_ms": pct(out.ttft_ms, 50),
-        "ttft_p90_ms": pct(out.ttft_ms, 90),
-        "ttft_p99_ms": pct(out.ttft_ms, 99),
-        "e2e_p50_ms": pct(out.e2e_ms, 50),
-        "e2e_p90_ms": pct(out.e2e_ms, 90),
-        "output_tokens_per_s": out.completion_tokens / span,
+        "settings": running.settings,
+        **summarise(out, reqs, duration=args.duration, slo_ttft_ms=args.slo_ttft_ms),
+        "prefix_hit_rate": (h1 - h0) / (q1 - q0) if q1 > q0 else float("nan"),
     }
     if before or after:
         row["decision_p50_ms"] = hist_quantile(before, after, 0.5) * 1000
         row["decision_p99_ms"] = hist_quantile(before, after, 0.99) * 1000
+    if workload == "auto":
+        ok = sum(row["model_mix"].values()) or 1
+        moved = row["model_mix"].get(SECOND, 0) / ok
+        row["quality_cost"] = moved * (RANKED[0]["score"] - RANKED[1]["score"])  # type: ignore[operator]
     return row
 
 
-def _fmt(v: Any, width: int) -> str:
-    if isinstance(v, float):
-        return f"{v:>{width}.0f}" if not math.isnan(v) else f"{'-':>{width}}"
-    return f"{v!s:>{width}}"
+def _labels() -> list[str]:
+    return [
+        "biology", "business", "chemistry", "computer science", "economics", "engineering",
+        "health", "history", "law", "math", "other", "philosophy", "physics", "psychology",
+    ]  # fmt: skip
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
-    head = (
-        f"{'router':26} {'rate':>5} {'ok':>5} {'err':>4} {'TTFT p50':>9} {'p90':>7} {'p99':>7} "
-        f"{'e2e p50':>8} {'p90':>7} {'tok/s':>7} {'pick p50/p99 ms':>16}"
-    )
-    print(head)
-    print("-" * len(head))
-    for r in rows:
-        dec = (
-            f"{r['decision_p50_ms']:.2f} / {r['decision_p99_ms']:.2f}"
-            if "decision_p50_ms" in r
-            else "-"
-        )
-        print(
-            f"{r['router']:26} {r['rate']:>5.0f} {r['ok']:>5} {r['errors']:>4} "
-            f"{_fmt(r['ttft_p50_ms'], 9)} {_fmt(r['ttft_p90_ms'], 7)} {_fmt(r['ttft_p99_ms'], 7)} "
-            f"{_fmt(r['e2e_p50_ms'], 8)} {_fmt(r['e2e_p90_ms'], 7)} "
-            f"{_fmt(r['output_tokens_per_s'], 7)} {dec:>16}"
-        )
+# --- the plan ------------------------------------------------------------------------------------
 
 
-def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot")
-        return
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for router in dict.fromkeys(r["router"] for r in rows):
-        pts = sorted((r["rate"], r["ttft_p90_ms"] / 1000) for r in rows if r["router"] == router)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=router)
-    ax.set_xlabel("request rate (req/s)")
-    ax.set_ylabel("TTFT p90 (s)")
-    ax.set_yscale("log")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+def plan(
+    args: argparse.Namespace,
+) -> list[tuple[str, str, float, list[Req], str | None, dict[str, str]]]:
+    """(workload, router, rate, requests, row label, extra headers) of every run, in order."""
+    routers = [r.strip() for r in args.routers.split(",") if r.strip()]
+    runs: list[tuple[str, str, float, list[Req], str | None, dict[str, str]]] = []
+    slo = {"x-pointsman-slo-ttft-ms": f"{args.slo_ttft_ms:g}"}
+    for wl in [w.strip() for w in args.workloads.split(",") if w.strip()]:
+        rates = [float(r) for r in (args.rate_for.get(wl) or args.rates).split(",")]
+        for rate in rates:
+            cap = args.max_tokens
+            if wl == "shared-prefix":
+                reqs = workloads.shared_prefix(
+                    rate, args.duration, groups=args.groups, prefix_tokens=args.prefix_tokens,
+                    question_tokens=args.question_tokens, max_tokens=cap, seed=args.seed,
+                )  # fmt: skip
+            elif wl == "mooncake":
+                reqs = workloads.mooncake(rate, args.duration, max_tokens_cap=cap, seed=args.seed)
+            elif wl == "azure":
+                reqs = workloads.azure(rate, args.duration, max_tokens_cap=cap, seed=args.seed)
+            elif wl == "tenants":
+                reqs = workloads.tenants(rate, args.duration, max_tokens_cap=cap, seed=args.seed)
+                light = workloads.tenants(
+                    rate, args.duration, max_tokens_cap=cap, seed=args.seed, only="light"
+                )
+                runs.append((wl, "pointsman", rate, light, "pointsman (light alone)", {}))
+            elif wl == "auto":
+                reqs = workloads.auto(rate, args.duration, max_tokens_cap=cap, seed=args.seed)
+                calm = workloads.auto(
+                    args.auto_unloaded_rate, args.duration, max_tokens_cap=cap, seed=args.seed
+                )
+                runs.append((wl, "pointsman-slo", args.auto_unloaded_rate, calm,
+                             "pointsman-slo (unloaded)", slo))  # fmt: skip
+            else:
+                raise SystemExit(f"unknown workload '{wl}' ({', '.join(workloads.WORKLOADS)})")
+            for router in routers:
+                if wl == "auto" and not router.startswith("pointsman"):
+                    continue  # only Pointsman resolves model: auto
+                runs.append(
+                    (wl, router, rate, reqs, None, slo if router == "pointsman-slo" else {})
+                )
+    return runs
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench.scheduling",
-        description="TTFT under load per router through a real Envoy (see module docstring).",
+        description="Routers compared through a real Envoy on simulated vLLM (see docstring).",
     )
-    p.add_argument("--routers", default=",".join(ROUTERS), help="comma list of routers to run")
-    p.add_argument("--rates", default="8,14,20", help="comma list of request rates (req/s)")
-    p.add_argument("--duration", type=float, default=40.0, help="seconds of arrivals per run")
-    p.add_argument("--workload", choices=["shared-prefix", "mooncake"], default="shared-prefix")
-    p.add_argument("--replicas", type=int, default=8, help="simulated vLLM replicas")
-    p.add_argument("--groups", type=int, default=32, help="shared-prefix: prompt groups")
-    p.add_argument("--prefix-tokens", type=int, default=7000, help="shared-prefix: shared tokens")
+    p.add_argument("--workloads", default="shared-prefix,mooncake,azure,tenants,auto")
+    p.add_argument("--routers", default=",".join(DEFAULT_ROUTERS),
+                   help=f"comma list of: {', '.join(ROUTERS)}")  # fmt: skip
+    p.add_argument("--rates", default="16", help="comma list of request rates (req/s)")
+    p.add_argument(
+        "--rate-for", action="append", default=[], metavar="WORKLOAD=RATES",
+        help="rates of one workload, e.g. azure=24 or tenants=6,8 (repeatable)",
+    )  # fmt: skip
+    p.add_argument("--duration", type=float, default=20.0, help="seconds of arrivals per run")
+    p.add_argument("--replicas", type=int, default=4, help="simulated vLLM replicas per model")
+    p.add_argument("--groups", type=int, default=16, help="shared-prefix: prompt groups")
+    p.add_argument("--prefix-tokens", type=int, default=6000, help="shared-prefix: shared tokens")
     p.add_argument("--question-tokens", type=int, default=60, help="shared-prefix: own tokens")
     p.add_argument("--max-tokens", type=int, default=48, help="output tokens per request (cap)")
+    p.add_argument("--slo-ttft-ms", type=float, default=1000.0, help="the TTFT objective")
+    p.add_argument("--small-replicas", type=int, default=2, help="tenants, auto: replicas")
+    p.add_argument("--small-max-num-seqs", type=int, default=4,
+                   help="tenants, auto: engine batch size (queues form at this machine's rates)")  # fmt: skip
+    p.add_argument("--small-prefill-tokens-per-s", type=float, default=2000.0,
+                   help="tenants, auto: simulated prefill speed")  # fmt: skip
+    p.add_argument("--slow-step-ms", type=float, default=28.0,
+                   help=f"auto: decode step of '{BEST}' (fast-small: the simulator's 7 ms)")  # fmt: skip
+    p.add_argument("--auto-unloaded-rate", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument(
         "--sim-arg", action="append", default=None, metavar="ARG",
@@ -551,63 +362,57 @@ def main(argv: list[str] | None = None) -> int:
         "model's prefill speed, so that this machine can offer a saturating load)",
     )  # fmt: skip
     p.add_argument("--out", default="scheduling", help="name of the JSON/PNG under bench/results")
-    p.add_argument(
-        "--merge", action="append", default=[], metavar="JSON",
-        help="also table and plot the rows of an earlier run's JSON (same workload settings)",
-    )  # fmt: skip
     args = p.parse_args(argv)
     if args.sim_arg is None:
         args.sim_arg = ["--prefill-tokens-per-s=8000"]
-    routers = [r.strip() for r in args.routers.split(",") if r.strip()]
-    rates = [float(r) for r in args.rates.split(",") if r.strip()]
+    args.rate_for = dict(item.split("=", 1) for item in args.rate_for)
     RESULTS.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="pointsman-bench-scheduling-"))
     rows: list[dict[str, Any]] = []
+    started = time.time()
+
+    def save() -> None:
+        (RESULTS / f"{args.out}.json").write_text(
+            json.dumps(
+                {"args": vars(args), "started": started, "rows": rows,
+                 "targets": report.targets(rows)},
+                indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v,
+            )
+        )  # fmt: skip
+
     try:
-        for rate in rates:
-            if args.workload == "shared-prefix":
-                reqs = shared_prefix(
-                    rate, args.duration, groups=args.groups, prefix_tokens=args.prefix_tokens,
-                    question_tokens=args.question_tokens, max_tokens=args.max_tokens,
-                    seed=args.seed,
-                )  # fmt: skip
-            else:
-                reqs = mooncake(rate, args.duration, max_tokens_cap=args.max_tokens, seed=args.seed)
-            for router in routers:
-                t = time.monotonic()
-                row = None
-                for attempt in (1, 2):  # a busy machine can lose a port race: try once more
-                    try:
-                        row = measure(router, rate, reqs, work, args.replicas, args.sim_arg)
-                        break
-                    except Exception as exc:
-                        print(f"{router} at {rate:g} req/s, try {attempt}: {exc}", file=sys.stderr)
-                if row is None:
-                    continue
-                row["wall_s"] = round(time.monotonic() - t, 1)
-                rows.append(row)
-                print_table([row])
-                sys.stdout.flush()
-                (RESULTS / f"{args.out}.json").write_text(
-                    json.dumps({"args": vars(args), "rows": rows}, indent=2)
-                )
+        for wl, router, rate, reqs, label, headers in plan(args):
+            t = time.monotonic()
+            row: dict[str, Any] | None = None
+            for attempt in (1, 2):  # a busy machine can lose a port race: try once more
+                try:
+                    row = measure(router, wl, rate, reqs, work, args, label=label,
+                                  extra_headers=headers)  # fmt: skip
+                    break
+                except Skipped as exc:
+                    row = {"workload": wl, "router": label or router, "rate": rate,
+                           "skipped": str(exc)}  # fmt: skip
+                    break
+                except Exception as exc:
+                    print(f"{wl} {router} at {rate:g} req/s, try {attempt}: {exc}",
+                          file=sys.stderr)  # fmt: skip
+            if row is None:
+                continue
+            row["wall_s"] = round(time.monotonic() - t, 1)
+            rows.append(row)
+            report.print_table([row])
+            sys.stdout.flush()
+            save()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    for path in args.merge:
-        earlier = json.loads(Path(path).read_text())["rows"]
-        rows = [r for r in earlier if (r["router"], r["rate"]) not in
-                {(x["router"], x["rate"]) for x in rows}] + rows  # fmt: skip
-    rows.sort(
-        key=lambda r: (r["rate"], ROUTERS.index(r["router"]) if r["router"] in ROUTERS else 99)
-    )
-    if args.merge:
-        (RESULTS / f"{args.out}.json").write_text(
-            json.dumps({"args": vars(args), "rows": rows}, indent=2)
-        )
     print()
-    print_table(rows)
-    plot(rows, RESULTS / f"{args.out}_ttft.png", f"{args.workload}: TTFT p90 vs load")
-    print(f"\nwrote {RESULTS / (args.out + '.json')} and {RESULTS / (args.out + '_ttft.png')}")
+    report.print_table(rows)
+    items = report.targets(rows)
+    report.print_targets(items)
+    save()
+    png = RESULTS / f"{args.out}_ttft.png"
+    report.plot(rows, png, "TTFT p90 per router (log scale)")
+    print(f"\nwrote {RESULTS / (args.out + '.json')} and {png}")
     return 0
 
 

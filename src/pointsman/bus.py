@@ -370,7 +370,9 @@ class ServiceBus:
             async def answer(msg: Received[Any]) -> Any:
                 answer_ = await handler(msg)
                 raw = msg.raw
-                if raw is not None and raw.reply:
+                # None: the handler answers later itself (``msg.raw.respond``), without holding
+                # up the subscriber's next message (the picker's flow control).
+                if answer_ is not None and raw is not None and raw.reply:
                     with contextlib.suppress(Exception):  # the asker may be gone: not an error
                         await raw.respond(encode(answer_))
                 return answer_

@@ -175,6 +175,11 @@ class ShimConfig(BaseModel):
     default_model: str | None = None
     #: Deadline of one pick request-reply, in milliseconds (well inside Envoy's message_timeout).
     pick_timeout_ms: float = Field(default=50.0, gt=0)
+    #: How long a request may wait in the picker's flow control when its pool is saturated (sent
+    #: with each pick; the shim waits ``pick_timeout_ms`` plus this). 0: no waiting, a saturated
+    #: pool sheds low priorities at once. Envoy's ext_proc ``message_timeout`` must exceed the
+    #: sum (``pointsman up`` raises it; the shipped manifests use 1 s).
+    queue_wait_ms: float = Field(default=700.0, ge=0)
     #: What to do when the picker does not answer in time or NATS is down: ``fail-open`` lets
     #: Envoy's own route and load balancing serve the request; ``fail-closed`` answers 503.
     failure_mode: FailureMode = "fail-open"

@@ -550,7 +550,9 @@ class Processor:
         started = time.perf_counter()
         with _tracer.start_as_current_span("pointsman.pick", kind=SpanKind.CLIENT) as span:
             try:
-                reply = await self.bus.pick(request, self.config.pick_timeout_ms / 1000)
+                reply = await self.bus.pick(
+                    request, (self.config.pick_timeout_ms + self.config.queue_wait_ms) / 1000
+                )
             except BusTooLarge as exc:
                 raise _too_large_for_bus(exc) from None
             except BusUnavailable as exc:

@@ -20,6 +20,7 @@ from pointsman.redisconf import RedisSecurity
 from pointsman.runtime import OpsServer
 from pointsman.v1 import PoolSnapshot, routes
 from pointsman_picker.config import PickerConfig
+from pointsman_picker.flow import CounterSync, FlowControl, tick
 from pointsman_picker.handlers import Handlers
 from pointsman_picker.redis_state import RedisSync
 from pointsman_picker.scheduler import Scheduler
@@ -40,7 +41,9 @@ class PickerApp:
         self.config = config
         self.telemetry = Telemetry()
         self.scheduler = Scheduler(config, self.telemetry, clock=time.time)
-        self.handlers = Handlers(self.scheduler, debug=debug)
+        redis_url = os.environ.get("POINTSMAN_REDIS_URL") or config.shared_state.redis_url
+        self.flow = FlowControl(self.scheduler, config.flow_control, shared=bool(redis_url))
+        self.handlers = Handlers(self.scheduler, debug=debug, flow=self.flow)
         self.http = OpsServer(
             config.http_port, self.ready, host=config.http_host, registry=self.telemetry.registry
         )
@@ -56,7 +59,7 @@ class PickerApp:
         self._tasks: list[asyncio.Task[None]] = []
         self._first_snapshot = asyncio.Event()
         self.shared: RedisSync | None = None
-        redis_url = os.environ.get("POINTSMAN_REDIS_URL") or config.shared_state.redis_url
+        self.counter_sync: CounterSync | None = None
         if redis_url:
             self.shared = RedisSync(
                 redis_url,
@@ -67,6 +70,10 @@ class PickerApp:
                 redis,
             )
             self.scheduler.sink = self.shared.submit
+            self.counter_sync = CounterSync(
+                self.shared.client, config.shared_state.key_prefix, self.flow,
+                config.flow_control.sync_interval_ms / 1000,
+            )  # fmt: skip
 
     def ready(self) -> tuple[bool, str]:
         if not self.bus.connected:
@@ -91,6 +98,11 @@ class PickerApp:
         if self.bus.client is not None:
             await self.bus.client.flush()
         self._tasks.append(asyncio.create_task(self._housekeeping()))
+        if self.config.flow_control.enabled:
+            interval = self.config.flow_control.sync_interval_ms / 1000
+            self._tasks.append(asyncio.create_task(tick(self.flow, interval)))
+            if self.counter_sync is not None:
+                self._tasks.append(asyncio.create_task(self.counter_sync.run()))
         # Start-up objects (modules, config, plugins) never die: keep them out of every
         # collection, so a full collection only walks what picks created.
         gc.freeze()
@@ -122,6 +134,7 @@ class PickerApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self.handlers.close()
         await self.bus.stop()
         if self.shared is not None:
             await self.shared.stop()

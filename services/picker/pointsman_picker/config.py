@@ -101,6 +101,30 @@ class JointConfig(_Strict):
     slo_miss_penalty: float = Field(default=1.0, ge=0)
     #: A candidate more than this below the first one's quality is never chosen.
     max_quality_drop: float = Field(default=0.5, ge=0)
+class FlowControlConfig(_Strict):
+    """Flow control: when a pool is saturated, requests wait here (fair across tenants by the
+    Virtual Token Counter, higher priority first) instead of being shed at once."""
+
+    #: Off: a saturated pool sheds requests below priority 0 at once (429), as before.
+    enabled: bool = True
+    #: Request header naming the tenant. The default is set by the shim only (SHA-256 of the
+    #: request's ``authorization``), so a client cannot pick its own tenant; name a header your
+    #: gateway sets after authentication (and the shim forwards, e.g. ``x-tenant-id``) to use it.
+    tenant_header: str = "x-pointsman-tenant"
+    #: The tenant of a request without that header.
+    default_tenant: str = "default"
+    #: Longest wait in the queue; the shim's ``queue_wait_ms`` (sent with each pick) caps it.
+    ttl_ms: float = Field(default=30_000.0, gt=0)
+    #: Requests waiting per pool in this replica; more are answered 429 ``queue_full``.
+    max_queued: int = Field(default=1000, ge=1)
+    #: Requests waiting per pool and tenant in this replica (429 ``tenant_queue_full``).
+    max_queued_per_tenant: int = Field(default=250, ge=1)
+    #: Weight of one prompt token in a tenant's counter.
+    input_token_weight: float = Field(default=1.0, ge=0)
+    #: Weight of one generated token in a tenant's counter.
+    output_token_weight: float = Field(default=2.0, ge=0)
+    #: With ``shared_state.redis_url``: how often the tenant counters are exchanged in Redis.
+    sync_interval_ms: float = Field(default=50.0, gt=0)
 
 
 class PickerConfig(_Strict):
@@ -143,6 +167,7 @@ class PickerConfig(_Strict):
     shared_state: SharedStateConfig = Field(default_factory=SharedStateConfig)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
     joint: JointConfig = Field(default_factory=JointConfig)
+    flow_control: FlowControlConfig = Field(default_factory=FlowControlConfig)
 
     def objective_slos(self) -> dict[str, tuple[float | None, float | None]]:
         """Objective name -> (TTFT, TPOT) SLO in ms, for the objectives that set one."""

@@ -8,13 +8,17 @@ the returned reply after it. A message that did not decode is counted and, for a
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from opentelemetry.trace import SpanKind
 
 from pointsman import tracing
-from pointsman.bus import Received
+from pointsman.bus import Received, encode
 from pointsman.v1 import (
     CompletionEvent,
     ModelsReply,
@@ -27,6 +31,7 @@ from pointsman.v1 import (
 )
 from pointsman.v1.policy import InferencePolicy
 from pointsman_picker.core.request import DEBUG_HEADER
+from pointsman_picker.flow import FlowControl, Waiter
 from pointsman_picker.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -34,13 +39,22 @@ _tracer = tracing.tracer("pointsman_picker")
 
 
 class Handlers:
-    def __init__(self, scheduler: Scheduler, *, debug: bool = False) -> None:
-        """``debug``: the ``debug.enabled`` config; without it the debug header is ignored."""
+    def __init__(
+        self, scheduler: Scheduler, *, debug: bool = False, flow: FlowControl | None = None
+    ) -> None:
+        """``debug``: the ``debug.enabled`` config; without it the debug header is ignored.
+        ``flow``: flow control (a saturated pool's requests wait in it); ``None``: picks answer
+        at once."""
         self._s = scheduler
         self._t = scheduler.telemetry
         self._debug = debug
+        self._flow = flow
+        #: Replies of waiting requests, sent when flow control dispatches or drops them.
+        self._later: set[asyncio.Task[None]] = set()
 
-    async def pick(self, msg: Received[PickRequest]) -> PickReply:
+    async def pick(self, msg: Received[PickRequest]) -> PickReply | None:
+        """The reply; ``None`` when the request waits in flow control (the reply is sent then,
+        so the subscriber takes the next request meanwhile)."""
         start = time.perf_counter()
         req = msg.body
         if req is not None and not self._debug:
@@ -54,13 +68,52 @@ class Handlers:
                 picker=self._s.config.replica_id,
             )
         elif tracing.enabled():
-            reply = self._traced_pick(req, msg)
+            return await self._later_or_now(msg, self._traced_pick(req, msg, start))
         else:
-            reply = self._s.pick(req)
+            got = self._decide(req)
+            self._t.pick_seconds.observe(time.perf_counter() - start)
+            if isinstance(got, PickReply):
+                return got
+            return await self._later_or_now(msg, self._wait(got))
         self._t.pick_seconds.observe(time.perf_counter() - start)
         return reply
 
-    def _traced_pick(self, req: PickRequest, msg: Received[PickRequest]) -> PickReply:
+    async def _later_or_now(
+        self, msg: Received[PickRequest], reply: Coroutine[Any, Any, PickReply]
+    ) -> PickReply | None:
+        """Answer ``msg`` when ``reply`` finishes, from a task of its own (``None`` now)."""
+        raw = msg.raw
+        if raw is None or not raw.reply:  # the in-memory test broker: it takes the return value
+            return await reply
+
+        async def answer() -> None:
+            got = await reply
+            with contextlib.suppress(Exception):  # the asker may be gone: not an error
+                await raw.respond(encode(got))
+
+        task = asyncio.create_task(answer())
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
+        return None
+
+    async def close(self) -> None:
+        """Give up on the requests still waiting (their shims fall back to their failure mode)."""
+        for task in list(self._later):
+            task.cancel()
+        for task in list(self._later):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _decide(self, req: PickRequest) -> PickReply | Waiter:
+        return self._s.pick(req) if self._flow is None else self._flow.try_pick(req)
+
+    async def _wait(self, waiter: Waiter) -> PickReply:
+        assert self._flow is not None
+        return await self._flow.wait(waiter)
+
+    async def _traced_pick(
+        self, req: PickRequest, msg: Received[PickRequest], start: float
+    ) -> PickReply:
         """The pick as a span of the request's trace (context from the NATS headers)."""
         with _tracer.start_as_current_span(
             "pointsman.picker.pick",
@@ -68,7 +121,13 @@ class Handlers:
             kind=SpanKind.SERVER,
             attributes={"pointsman.request_id": req.request_id, "pointsman.model": req.model},
         ) as span:
-            reply = self._s.pick(req)
+            got = self._decide(req)
+            self._t.pick_seconds.observe(time.perf_counter() - start)
+            if isinstance(got, Waiter):
+                span.set_attribute("pointsman.queued", True)
+                reply = await self._wait(got)
+            else:
+                reply = got
             span.set_attribute("pointsman.pick_status", str(reply.status.value))
             span.set_attribute("pointsman.endpoints", reply.endpoints)
             span.set_attribute("pointsman.picker", reply.picker)
@@ -90,6 +149,8 @@ class Handlers:
             log.warning("bad snapshot on %s: %s", msg.subject, msg.error)
             return
         self._s.on_snapshot(msg.body)
+        if self._flow is not None:
+            self._flow.on_snapshot(msg.body.pool)
 
     async def policy(self, msg: Received[InferencePolicy]) -> None:
         if msg.body is None:
@@ -104,3 +165,5 @@ class Handlers:
             log.warning("bad completion event: %s", msg.error)
             return
         self._s.on_completion(msg.body)
+        if self._flow is not None:
+            self._flow.on_completion(msg.body)

@@ -71,6 +71,11 @@ class RedisSync:
         self._subscribed = asyncio.Event()
         self.received = 0
 
+    @property
+    def client(self) -> Any:
+        """The Redis client (flow control's counter exchange shares it)."""
+        return self._redis
+
     # --- the hot path's side: O(1), no await ----------------------------------------------
 
     def submit(self, updates: Sequence[Update]) -> None:

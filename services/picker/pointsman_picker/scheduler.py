@@ -28,7 +28,7 @@ from pointsman_picker.core import joint
 from pointsman_picker.core.framework import Cycle, Update
 from pointsman_picker.core.latency import LatencyModel, LatencySample
 from pointsman_picker.core.objectives import Objectives
-from pointsman_picker.core.pipeline import Decision, saturated, schedule
+from pointsman_picker.core.pipeline import Decision, saturated, schedule, usable
 from pointsman_picker.core.plugins.latency import SLO_UNATTAINABLE
 from pointsman_picker.core.request import to_request
 from pointsman_picker.core.slo import feature_vector, meets
@@ -147,6 +147,26 @@ class Scheduler:
             self.telemetry.stale_endpoints.labels(pool).set(stale)
 
     # --- decisions -------------------------------------------------------------------------
+
+    def request(self, pick: PickRequest) -> Request:
+        """The core's view of a pick request: pool, adapter, priority."""
+        return self._request(pick)
+
+    def saturated(self, pool: str) -> bool | None:
+        """Whether every usable endpoint of ``pool`` is over a saturation threshold (counting
+        the assignments made since its scrape); ``None`` for an unknown pool, ``False`` when no
+        endpoint is usable at all (the pick answers that at once; waiting would not help)."""
+        metrics = self.store.metrics(pool)
+        if metrics is None:
+            return None
+        now = self._clock()
+        plan = self.plans.for_pool(pool)
+        views = [
+            endpoint_view(m, self.in_flight.pending(pool, m.address, m.scraped_at)) for m in metrics
+        ]
+        if not any(usable(v, now, plan.stale_after_s) for v in views):
+            return False
+        return saturated(views, now, plan)
 
     def pick(self, pick: PickRequest) -> PickReply:
         now = self._clock()

@@ -14,6 +14,40 @@ _LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
+_WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class FlowMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.queued = Gauge(
+            "pointsman_picker_flow_queued", "Requests waiting in flow control, this replica.",
+            ["pool"], registry=r,
+        )  # fmt: skip
+        self.enqueued = Counter(
+            "pointsman_picker_flow_enqueued", "Requests that had to wait (pool saturated).",
+            ["pool", "priority"], registry=r,
+        )  # fmt: skip
+        self.dispatched = Counter(
+            "pointsman_picker_flow_dispatched", "Waiting requests dispatched.", ["pool"],
+            registry=r,
+        )  # fmt: skip
+        self.dropped = Counter(
+            "pointsman_picker_flow_dropped",
+            "Requests that left flow control unserved, by reason (queue_full, "
+            "tenant_queue_full: 429; ttl_expired: 503).",
+            ["pool", "reason"], registry=r,
+        )  # fmt: skip
+        self.wait_seconds = Histogram(
+            "pointsman_picker_flow_wait_seconds", "Time waiting in flow control (dispatched).",
+            ["pool"], buckets=_WAIT_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.sync_errors = Counter(
+            "pointsman_picker_flow_sync_errors", "Failed exchanges of the tenant counters.",
+            registry=r,
+        )  # fmt: skip
+
+
 class Telemetry:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -74,6 +108,7 @@ class Telemetry:
             "pointsman_picker_shared_state_errors", "Failed shared-state operations.",
             ["op"], registry=r,
         )  # fmt: skip
+        self.flow = FlowMetrics(r)
         self.latency_samples = Counter(
             "pointsman_picker_latency_samples",
             "Completed requests the latency predictor learnt from (this replica's and shared).",

@@ -85,6 +85,8 @@ class StackOptions:
     #: Start simulated vLLM replicas; off = use the config file's ``pools``.
     simulate: bool = True
     sim_args: list[str] = field(default_factory=list)
+    #: More simulator arguments for one model's replicas (after ``sim_args``): a slower model.
+    model_sim_args: dict[str, list[str]] = field(default_factory=dict)
     picker_replicas: int = 1
     body_mode: Literal["BUFFERED", "FULL_DUPLEX_STREAMED"] = "BUFFERED"
     #: How Envoy gives the shim the response: see ``EnvoyOptions.response_path``.
@@ -366,6 +368,7 @@ class Stack:
                 "--model",
                 model,
                 *o.sim_args,
+                *o.model_sim_args.get(model, []),
             ]
             child = spawn(f"sim-{model}", argv, self.log_dir)
             self.children[f"sim-{model}"] = child
@@ -450,6 +453,8 @@ class Stack:
             gateway=configfile.section(self.config, "gateway", GatewayConfig),
             report_endpoint=configfile.section(self.config, "debug", DebugConfig).report_endpoint,
             shim_tls=_shim_tls(shim),
+            # the shim may hold a request while it waits in the picker's flow control
+            message_timeout_ms=_message_timeout_ms(shim),
         )
         path = self.workdir / "envoy.yaml"
         path.write_text(render_yaml(options))
@@ -498,6 +503,16 @@ class Stack:
         child.stop()
         service, _, index = name.partition("-")
         self._start_service(service, int(index or 0))
+
+
+def _message_timeout_ms(shim: dict[str, Any]) -> int:
+    """Envoy's ext_proc ``message_timeout``: above everything the shim may wait for before it
+    answers the request body (classifier, pick, flow control's queue), at least 2 s."""
+    classifier = shim.get("classifier") or {}
+    waits = float(shim.get("pick_timeout_ms", 50)) + float(shim.get("queue_wait_ms", 700))
+    if classifier.get("enabled"):
+        waits += float(classifier.get("timeout_ms", 150))
+    return max(2000, int(waits) + 1000)
 
 
 def _shim_tls(shim: dict[str, Any]) -> ShimTls | None:

@@ -79,8 +79,12 @@ class PickStatus(enum.StrEnum):
     UNKNOWN_MODEL = "unknown_model"
     #: The pool exists but has no endpoint that may take the request (all unhealthy or stale).
     NO_ENDPOINTS = "no_endpoints"
-    #: The pool is saturated and the request's priority is too low (answer 429).
+    #: The pool is saturated and the request's priority is too low, or flow control's queue is
+    #: full (answer 429; ``reason`` says which).
     SHED = "shed"
+    #: The request waited in flow control's queue and left unserved (``reason``: ``ttl_expired``;
+    #: answer 503). Sent only to a shim that asked to wait (``max_wait_ms``).
+    DROPPED = "dropped"
 
 
 class PickRequest(msgspec.Struct, kw_only=True):
@@ -101,6 +105,9 @@ class PickRequest(msgspec.Struct, kw_only=True):
     #: The conversation the request belongs to, for session affinity (added after v1: a picker
     #: from before reads only the ``x-session-id`` header).
     session: str | None = None
+    #: How long the shim waits for the reply beyond its pick deadline: a saturated pool's
+    #: request may wait this long in flow control. ``None`` or 0: answer at once (added after v1).
+    max_wait_ms: float | None = None
     #: ``model: auto``: the classifier's ranked candidate models with their quality scores,
     #: ``model`` first. The picker chooses the (model, endpoint) pair; its reply's ``model``
     #: says which. Added after v1: a picker from before picks for ``model`` only.

@@ -27,12 +27,14 @@ def body(model: str, max_tokens: int = 2) -> dict[str, object]:
 
 
 def test_saturated_pool_sheds_low_priority_only() -> None:
+    """A shim that does not wait (``queue_wait_ms: 0``) gets the instant shedding of old; with
+    waiting, flow control queues instead (test_flow_control)."""
     with make_stack(
         models=["solo"],
         replicas=1,
         overrides={
             "picker": {"objectives": {"batch": -1, "chat": 0}},
-            "shim": {"pick_timeout_ms": 500},
+            "shim": {"pick_timeout_ms": 500, "queue_wait_ms": 0},
         },
     ) as stack:
         (endpoint,) = stack.pools["solo"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -289,6 +290,7 @@ def test_route(
             (503, "no_endpoints", "rejected"),
         ),
         (PickReply(status=PickStatus.SHED), {}, (429, "shed", "shed")),
+        (PickReply(status=PickStatus.DROPPED), {}, (503, "dropped", "shed")),
         (
             Unavailable("picker", "no_responders"),
             {"failure_mode": "fail-closed"},
@@ -313,6 +315,14 @@ def test_shed_and_no_endpoints_say_why() -> None:
     none = decide_route(
         PickReply(status=PickStatus.NO_ENDPOINTS, reason="all stale"), failure_mode="fail-closed"
     )
+    full = decide_route(PickReply(status=PickStatus.SHED, reason="tenant_queue_full"))
+    assert isinstance(full, Answer) and full.status == 429
+    assert full.headers["x-pointsman-drop-reason"] == "tenant_queue_full"
+    assert "queue is full" in json.loads(full.body)["error"]["message"]
+    gone = decide_route(PickReply(status=PickStatus.DROPPED, reason="ttl_expired"))
+    assert isinstance(gone, Answer) and gone.status == 503
+    assert gone.headers["x-pointsman-drop-reason"] == "ttl_expired"
+    assert json.loads(gone.body)["error"]["type"] == "service_unavailable"
     assert isinstance(none, Answer)
     assert json.loads(none.body)["error"]["message"].endswith("(all stale)")
 
@@ -365,9 +375,16 @@ def test_pick_request() -> None:
     headers = {"x-session-id": "s", "authorization": "Bearer k"}
     sent = pick_request(request(), "m2", headers, "r", ["a:1"], config(max_endpoints=2))
     assert (sent.model, sent.subset, sent.max_endpoints) == ("m2", ["a:1"], 2)
-    assert sent.headers == {"x-session-id": "s"} and sent.prompt == "<|user|>2+2?\n"
-    quiet = pick_request(request(), "m2", {}, "r", None, config(send_prompt=False))
-    assert quiet.prompt is None
+    # the credential travels only as its hash: flow control's tenant, never the client's word
+    tenant = hashlib.sha256(b"Bearer k").hexdigest()
+    assert sent.headers == {"x-session-id": "s", "x-pointsman-tenant": tenant}
+    assert sent.prompt == "<|user|>2+2?\n" and sent.max_wait_ms == 700.0
+    quiet = pick_request(
+        request(), "m2", {"x-pointsman-tenant": "forged"}, "r", None,
+        config(send_prompt=False, queue_wait_ms=0),
+    )  # fmt: skip
+    assert quiet.prompt is None and quiet.max_wait_ms is None
+    assert "x-pointsman-tenant" not in quiet.headers
 
 
 def test_classify_request_of_a_completion() -> None:

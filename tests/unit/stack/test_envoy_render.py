@@ -398,3 +398,17 @@ def test_ext_proc_over_mutual_tls_to_the_shim() -> None:
     assert common["validation_context"]["trusted_ca"] == {"filename": "/tls/ca.crt"}
     assert common["tls_certificates"][0]["private_key"] == {"filename": "/tls/envoy.key"}
     assert context["sni"] == "shim.example"
+
+
+def test_message_timeout_covers_the_shims_waits() -> None:
+    """Envoy must not time out the shim while a request waits in the picker's flow control
+    (and, before it, for the classifier)."""
+    from pointsman.stack import _message_timeout_ms
+
+    assert _message_timeout_ms({}) == 2000
+    assert _message_timeout_ms({"pick_timeout_ms": 200, "queue_wait_ms": 30_000}) == 31_200
+    with_classifier = {
+        "pick_timeout_ms": 200, "queue_wait_ms": 30_000,
+        "classifier": {"enabled": True, "timeout_ms": 2000},
+    }  # fmt: skip
+    assert _message_timeout_ms(with_classifier) == 33_200

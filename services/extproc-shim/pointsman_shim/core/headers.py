@@ -24,8 +24,12 @@ REWRITE = reported.REWRITE
 SESSION_ID = "x-session-id"
 ERROR = "x-pointsman-error"
 SHED_REASON = "x-pointsman-shed-reason"
+#: Why a request left flow control unserved: ``queue_full``, ``tenant_queue_full`` (429),
+#: ``ttl_expired`` (503); also on a ``saturated`` shed.
+DROP_REASON = "x-pointsman-drop-reason"
 BLOCK_REASON = "x-pointsman-block-reason"
-#: Forwarded to the classifier only: SHA-256 of the request's ``authorization`` (cache tenant).
+#: Set by the shim only: SHA-256 of the request's ``authorization``; sent to the classifier
+#: (cache tenant) and the picker (flow control's default tenant).
 TENANT = "x-pointsman-tenant"
 
 LB_NAMESPACE = "envoy.lb"

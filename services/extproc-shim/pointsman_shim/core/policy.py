@@ -209,6 +209,10 @@ def pick_request(
 ) -> PickRequest:
     """What the picker is told; ``candidates`` (the classifier's, ``model`` first) let it choose
     the model too."""
+    forwarded = h.forwarded(headers, debug=debug)
+    who = tenant(headers)
+    if who:  # flow control's default tenant: the credential's hash, never the client's word
+        forwarded[h.TENANT] = who
     usable = (
         candidates if candidates and len(candidates) > 1 and candidates[0].model == model else None
     )
@@ -216,10 +220,11 @@ def pick_request(
         request_id=request_id,
         model=model,
         subset=subset,
-        headers=h.forwarded(headers, debug=debug),
+        headers=forwarded,
         prompt=request.prompt_text() if config.send_prompt else None,
         max_endpoints=config.max_endpoints,
         session=session.id if session is not None else None,
+        max_wait_ms=config.queue_wait_ms or None,
         candidates=usable,
     )
 
@@ -434,10 +439,13 @@ def route(
         )
         return reject(error, dialect, fail_open)
     elif picked.status is PickStatus.SHED:
+        why = picked.reason or "saturated"
         message = (
-            f"no endpoint of model '{model}' is predicted to meet this request's latency "
+            f"model '{model}' is saturated and its queue is full ({why}); retry later"
+            if why in ("queue_full", "tenant_queue_full")
+            else f"no endpoint of model '{model}' is predicted to meet this request's latency "
             "objective (x-pointsman-slo-ttft-ms / -tpot-ms); retry later or relax it"
-            if picked.reason == "slo_unattainable"
+            if why == "slo_unattainable"
             else f"model '{model}' is saturated and this request's priority is too low; retry later"
         )
         error = RequestError(
@@ -445,7 +453,17 @@ def route(
             message,
             reason="shed",
             type="rate_limit_exceeded",
-            headers={h.SHED_REASON: picked.reason or "saturated"},
+            headers={h.SHED_REASON: why, h.DROP_REASON: why},
+        )
+        return reject(error, dialect, fail_open)
+    elif picked.status is PickStatus.DROPPED:
+        why = picked.reason or "ttl_expired"
+        error = RequestError(
+            503,
+            f"model '{model}' stayed saturated while the request waited ({why}); retry later",
+            reason="dropped",
+            type="service_unavailable",
+            headers={h.DROP_REASON: why},
         )
         return reject(error, dialect, fail_open)
     else:
@@ -498,7 +516,7 @@ def list_models(
 
 def reject(error: RequestError, errors: ErrorFormat, fail_open: tuple[str, ...] = ()) -> Answer:
     """The error answer to ``error``, its body in the format of the request's API."""
-    if error.reason == "shed":
+    if error.reason in ("shed", "dropped"):
         outcome = "shed"
     elif error.reason.startswith("bus_") or error.reason == "safety_unavailable":
         outcome = "fail_closed"

@@ -1,0 +1,335 @@
+"""Flow control's shell: the per-replica queues, the tenant counters and their Redis exchange.
+
+The decisions are :mod:`pointsman_picker.core.flow`'s; this module holds the state they read.
+
+A pick request from a shim that is willing to wait (``max_wait_ms``, the shim's
+``queue_wait_ms``) goes through :meth:`FlowControl.try_pick`:
+
+* the pool has room and nobody waits: it is scheduled at once (and its tenant charged);
+* the pool is saturated, or others wait already: it joins its (pool, priority, tenant) queue,
+  unless the pool's or the tenant's queue is full (answered ``shed``, reason ``queue_full`` or
+  ``tenant_queue_full``: the shim's 429);
+* it is dispatched by :meth:`FlowControl.dispatch` when capacity frees: a new metrics snapshot
+  of the pool, a completion event, or the periodic tick (``sync_interval_ms``) finds the pool
+  unsaturated; the next request is chosen by :func:`core.flow.next_head` (band, counter, age);
+* one that waited ``min(ttl_ms, max_wait_ms)`` leaves with ``dropped`` / ``ttl_expired`` (503).
+
+**Several replicas.** The queues are per picker replica (a request waits in the replica that
+received it; NATS spreads requests over the queue group). The tenant counters are shared: each
+replica adds what it charges to ``HINCRBYFLOAT {key_prefix}:vtc:{pool}`` and reads the whole
+hash back in the same pipeline every ``sync_interval_ms``, so every replica orders its queue by
+(nearly) the same counters. The model is eventual consistency: a replica's view of the others'
+service is at most one interval plus a round trip old, and two replicas lifting the same
+returning tenant at once can lift it twice (never lower it). Redis down: each replica keeps
+counting locally (still fair within the replica) and sends what it owes when Redis is back.
+Saturation is read from the pool's snapshot plus the in-flight assignments every replica shares
+(:mod:`pointsman_picker.redis_state`), so replicas stop dispatching together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pointsman.v1 import CompletionEvent, PickReply, PickRequest, PickStatus
+from pointsman_picker.config import FlowControlConfig
+from pointsman_picker.core import flow as core
+from pointsman_picker.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+#: Requests remembered for the completion's charge (prompt estimate corrected, output added).
+_MAX_CHARGED = 100_000
+
+
+class Counters:
+    """Each pool's tenant counters: the shared ``base`` (as last read from Redis) plus this
+    replica's ``delta`` not yet sent. Without Redis everything goes to ``base``."""
+
+    def __init__(self, *, shared: bool) -> None:
+        self.shared = shared
+        self._base: dict[str, dict[str, float]] = {}
+        self._delta: dict[str, dict[str, float]] = {}
+
+    def value(self, pool: str, tenant: str) -> float | None:
+        base = self._base.get(pool, {}).get(tenant)
+        delta = self._delta.get(pool, {}).get(tenant)
+        if base is None and delta is None:
+            return None
+        return (base or 0.0) + (delta or 0.0)
+
+    def view(self, pool: str, tenants: set[str]) -> dict[str, float]:
+        return {t: self.value(pool, t) or 0.0 for t in tenants}
+
+    def add(self, pool: str, tenant: str, amount: float) -> None:
+        target = self._delta if self.shared else self._base
+        per = target.setdefault(pool, {})
+        per[tenant] = per.get(tenant, 0.0) + amount
+
+    def pools(self) -> set[str]:
+        return set(self._base) | set(self._delta)
+
+    def take_deltas(self) -> dict[str, dict[str, float]]:
+        deltas, self._delta = self._delta, {}
+        return deltas
+
+    def restore(self, deltas: dict[str, dict[str, float]]) -> None:
+        """Deltas that could not be sent: owed again, added to anything charged since."""
+        for pool, per in deltas.items():
+            for tenant, amount in per.items():
+                mine = self._delta.setdefault(pool, {})
+                mine[tenant] = mine.get(tenant, 0.0) + amount
+
+    def set_base(self, pool: str, values: dict[str, float]) -> None:
+        self._base[pool] = values
+
+
+@dataclass(eq=False)
+class Waiter:
+    pick: PickRequest
+    pool: str
+    priority: int
+    tenant: str
+    seq: int
+    enqueued_at: float
+    ttl_s: float
+    future: asyncio.Future[PickReply] = field(repr=False)
+
+
+class FlowControl:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        config: FlowControlConfig,
+        *,
+        shared: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._s = scheduler
+        self.config = config
+        self.metrics = scheduler.telemetry.flow
+        self.counters = Counters(shared=shared)
+        self._weights = core.Weights(config.input_token_weight, config.output_token_weight)
+        self._clock = clock
+        self._seq = itertools.count()
+        #: pool -> (priority, tenant) -> waiting requests, oldest first
+        self._queues: dict[str, dict[tuple[int, str], deque[Waiter]]] = {}
+        self._sizes: dict[str, int] = {}
+        self._tenant_sizes: dict[tuple[str, str], int] = {}
+        self._last_served: dict[str, float] = {}
+        self._charged: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
+
+    # --- the pick path ---------------------------------------------------------------------
+
+    def try_pick(self, pick: PickRequest) -> PickReply | Waiter:
+        """The reply now, or the :class:`Waiter` to :meth:`wait` on."""
+        s = self._s
+        cfg = self.config
+        if not cfg.enabled:
+            return s.pick(pick)
+        req = s.request(pick)
+        pool = req.pool
+        tenant = core.tenant_of(pick.headers, cfg.tenant_header, cfg.default_tenant)
+        wait_ms = min(cfg.ttl_ms, pick.max_wait_ms or 0.0)
+        busy = s.saturated(pool)
+        if busy is None or (not busy and not self._sizes.get(pool)) or wait_ms <= 0:
+            # Unknown pool, or room and nobody waiting, or a shim that will not wait (it gets
+            # the scheduler's answer: low priorities shed when saturated, as without flow).
+            return self._serve(pick, pool, tenant)
+        reason = core.admit(
+            self._sizes.get(pool, 0), cfg.max_queued,
+            self._tenant_sizes.get((pool, tenant), 0), cfg.max_queued_per_tenant,
+        )  # fmt: skip
+        if reason is not None:
+            return self._drop(pool, PickStatus.SHED, reason)
+        if not self._tenant_sizes.get((pool, tenant)):
+            self._lift(pool, tenant)
+        waiter = Waiter(
+            pick, pool, req.priority, tenant, next(self._seq), self._clock(), wait_ms / 1000,
+            asyncio.get_running_loop().create_future(),
+        )  # fmt: skip
+        self._queues.setdefault(pool, {}).setdefault((req.priority, tenant), deque()).append(waiter)
+        self._sizes[pool] = self._sizes.get(pool, 0) + 1
+        self._tenant_sizes[(pool, tenant)] = self._tenant_sizes.get((pool, tenant), 0) + 1
+        self.metrics.enqueued.labels(pool, str(req.priority)).inc()
+        self.metrics.queued.labels(pool).set(self._sizes[pool])
+        self.dispatch(pool)
+        return waiter
+
+    async def wait(self, waiter: Waiter) -> PickReply:
+        """The waiter's reply: dispatched, or ``dropped`` / ``ttl_expired`` after its TTL."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter.future), waiter.ttl_s)
+        except TimeoutError:
+            if waiter.future.done():
+                return waiter.future.result()
+            self._remove(waiter)
+            return self._drop(waiter.pool, PickStatus.DROPPED, core.TTL_EXPIRED)
+        finally:
+            if not waiter.future.done():  # cancelled (the bus is stopping): leave the queue
+                self._remove(waiter)
+                waiter.future.cancel()
+
+    async def pick(self, pick: PickRequest) -> PickReply:
+        got = self.try_pick(pick)
+        return got if isinstance(got, PickReply) else await self.wait(got)
+
+    def pools(self) -> set[str]:
+        """The pools whose counters matter here: known to the scheduler, or counted."""
+        return {name for name, _, _ in self._s.store.pools()} | self.counters.pools()
+
+    def queued(self, pool: str) -> int:
+        return self._sizes.get(pool, 0)
+
+    # --- capacity frees ----------------------------------------------------------------------
+
+    def dispatch(self, pool: str) -> int:
+        """Serve waiting requests of ``pool`` while it has room; how many were served."""
+        served = 0
+        queues = self._queues.get(pool)
+        while queues and self._sizes.get(pool):
+            if self._s.saturated(pool):
+                break
+            heads = [core.Head(p, t, q[0].seq) for (p, t), q in queues.items() if q]
+            view = self.counters.view(pool, {h.tenant for h in heads})
+            head = core.next_head(heads, view)
+            if head is None:  # pragma: no cover - sizes and queues agree
+                break
+            waiter = queues[(head.priority, head.tenant)].popleft()
+            self._forget(waiter)
+            if waiter.future.done():
+                continue
+            reply = self._serve(waiter.pick, pool, waiter.tenant)
+            waiter.future.set_result(reply)
+            self.metrics.dispatched.labels(pool).inc()
+            self.metrics.wait_seconds.labels(pool).observe(self._clock() - waiter.enqueued_at)
+            served += 1
+        return served
+
+    def dispatch_all(self) -> int:
+        return sum(self.dispatch(pool) for pool, n in list(self._sizes.items()) if n)
+
+    def on_snapshot(self, pool: str) -> None:
+        if self._sizes.get(pool):
+            self.dispatch(pool)
+
+    def on_completion(self, event: CompletionEvent) -> None:
+        """Charge the served tenant for what the engine reported, then try to dispatch."""
+        entry = self._charged.pop(event.request_id, None)
+        if entry is not None:
+            pool, tenant, estimate = entry
+            w = self._weights
+            amount = w.output * max(event.completion_tokens or 0, 0)
+            if event.prompt_tokens is not None:
+                amount += w.input * (max(event.prompt_tokens, 0) - estimate)
+            self.counters.add(pool, tenant, amount)
+        self.dispatch_all()
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _serve(self, pick: PickRequest, pool: str, tenant: str) -> PickReply:
+        reply = self._s.pick(pick)
+        if reply.status is PickStatus.OK and self.config.enabled:
+            estimate = core.estimate_prompt_tokens(pick.prompt)
+            self.counters.add(pool, tenant, core.cost(estimate, 0, self._weights))
+            self._last_served[pool] = self.counters.value(pool, tenant) or 0.0
+            self._charged[pick.request_id] = (pool, tenant, estimate)
+            if len(self._charged) > _MAX_CHARGED:
+                self._charged.popitem(last=False)
+        return reply
+
+    def _lift(self, pool: str, tenant: str) -> None:
+        waiting = {t for (_, t), q in self._queues.get(pool, {}).items() if q and t != tenant}
+        own = self.counters.value(pool, tenant)
+        counters = self.counters.view(pool, waiting)
+        start = core.lifted(own, counters.values(), self._last_served.get(pool))
+        if own is None or start > own:
+            self.counters.add(pool, tenant, start - (own or 0.0))
+
+    def _drop(self, pool: str, status: PickStatus, reason: str) -> PickReply:
+        self.metrics.dropped.labels(pool, reason).inc()
+        self._s.telemetry.decisions.labels(pool, status.value).inc()
+        return PickReply(status=status, reason=reason, picker=self._s.config.replica_id)
+
+    def _remove(self, waiter: Waiter) -> None:
+        q = self._queues.get(waiter.pool, {}).get((waiter.priority, waiter.tenant))
+        if q is None:
+            return
+        with contextlib.suppress(ValueError):
+            q.remove(waiter)
+            self._forget(waiter)
+
+    def _forget(self, waiter: Waiter) -> None:
+        pool, key = waiter.pool, (waiter.pool, waiter.tenant)
+        self._sizes[pool] = max(0, self._sizes.get(pool, 0) - 1)
+        self._tenant_sizes[key] = max(0, self._tenant_sizes.get(key, 0) - 1)
+        if not self._tenant_sizes[key]:
+            del self._tenant_sizes[key]
+        queues = self._queues.get(pool, {})
+        band = (waiter.priority, waiter.tenant)
+        if band in queues and not queues[band]:
+            del queues[band]
+        self.metrics.queued.labels(pool).set(self._sizes[pool])
+
+
+class CounterSync:
+    """Exchanges the tenant counters through Redis every ``sync_interval_ms`` (see the module
+    docstring for the consistency model). Never on the pick path."""
+
+    def __init__(self, redis: Any, key_prefix: str, flow: FlowControl, interval_s: float) -> None:
+        self._redis = redis
+        self._kp = key_prefix
+        self._flow = flow
+        self._interval_s = interval_s
+
+    def key(self, pool: str) -> str:
+        return f"{self._kp}:vtc:{pool}"
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            try:
+                await self.sync()
+            except Exception as exc:
+                self._flow.metrics.sync_errors.inc()
+                log.warning("flow control: counter exchange failed: %s", exc)
+
+    async def sync(self) -> None:
+        counters = self._flow.counters
+        deltas = counters.take_deltas()
+        pools = sorted(self._flow.pools() | set(deltas))
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for pool, per in deltas.items():
+                for tenant, amount in per.items():
+                    if amount:
+                        pipe.hincrbyfloat(self.key(pool), tenant, amount)
+            for pool in pools:
+                pipe.hgetall(self.key(pool))
+            results = await pipe.execute()
+        except BaseException:
+            counters.restore(deltas)
+            raise
+        for pool, values in zip(pools, results[len(results) - len(pools) :], strict=True):
+            counters.set_base(
+                pool, {k.decode() if isinstance(k, bytes) else str(k): float(v)
+                       for k, v in values.items()},
+            )  # fmt: skip
+
+
+async def tick(flow: FlowControl, interval_s: float) -> None:
+    """Dispatch on a timer too: in-flight state from other replicas and counters from Redis
+    change without a snapshot or completion of ours."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            flow.dispatch_all()
+        except Exception:
+            log.exception("flow control: dispatch failed")

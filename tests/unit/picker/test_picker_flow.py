@@ -1,0 +1,232 @@
+"""Flow control: the VTC ordering (pure core) and the queues around it (the shell, with the real
+scheduler and snapshots; no bus)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from pointsman.v1 import CompletionEvent, EndpointMetrics, PickRequest, PickStatus, PoolSnapshot
+from pointsman_picker.config import FlowControlConfig, PickerConfig
+from pointsman_picker.core import flow
+from pointsman_picker.core.flow import Head, Weights
+from pointsman_picker.flow import Counters, FlowControl, Waiter
+from pointsman_picker.scheduler import Scheduler
+from pointsman_picker.telemetry import Telemetry
+
+# --- the pure core ------------------------------------------------------------------------------
+
+
+def test_higher_band_first_whatever_the_counters() -> None:
+    heads = [Head(0, "light", 1), Head(1, "heavy", 2)]
+    chosen = flow.next_head(heads, {"light": 0.0, "heavy": 1e9})
+    assert chosen == Head(1, "heavy", 2)
+
+
+def test_lowest_counter_first_within_a_band_then_oldest() -> None:
+    heads = [Head(0, "a", 5), Head(0, "b", 9), Head(0, "c", 7)]
+    assert flow.next_head(heads, {"a": 300.0, "b": 100.0, "c": 100.0}) == Head(0, "c", 7)
+    assert flow.next_head(heads, {"a": 50.0, "b": 100.0, "c": 100.0}) == Head(0, "a", 5)
+    assert flow.next_head([], {}) is None
+
+
+def test_unknown_tenant_counts_as_zero() -> None:
+    assert flow.next_head([Head(0, "a", 1), Head(0, "new", 2)], {"a": 1.0}) == Head(0, "new", 2)
+
+
+def test_newcomer_starts_at_the_lowest_waiting_counter() -> None:
+    assert flow.lifted(None, [400.0, 250.0], last_served=900.0) == 250.0
+    assert flow.lifted(None, [], last_served=900.0) == 900.0
+    assert flow.lifted(None, [], last_served=None) == 0.0
+
+
+def test_returning_tenant_is_raised_never_lowered() -> None:
+    assert flow.lifted(10.0, [250.0], last_served=None) == 250.0  # no banked credit
+    assert flow.lifted(500.0, [250.0], last_served=None) == 500.0  # keeps what it used
+    assert flow.lifted(10.0, [], last_served=None) == 10.0
+
+
+def test_cost_weights_output_and_ignores_negative_counts() -> None:
+    w = Weights(input=1.0, output=2.0)
+    assert flow.cost(100, 10, w) == 120.0
+    assert flow.cost(-5, -1, w) == 0.0
+    assert flow.estimate_prompt_tokens("abcd" * 25) == 25.0
+    assert flow.estimate_prompt_tokens(None) == 0.0
+
+
+def test_admission_bounds_pool_and_tenant() -> None:
+    assert flow.admit(0, 10, 0, 5) is None
+    assert flow.admit(10, 10, 0, 5) == flow.QUEUE_FULL
+    assert flow.admit(6, 10, 5, 5) == flow.TENANT_QUEUE_FULL
+
+
+def test_tenant_from_header_or_default() -> None:
+    assert flow.tenant_of({"x-t": " acme "}, "x-t", "default") == "acme"
+    assert flow.tenant_of({"x-t": ""}, "x-t", "default") == "default"
+    assert flow.tenant_of({}, "x-t", "default") == "default"
+
+
+def test_vtc_serves_tokens_equally_whatever_the_offered_load() -> None:
+    """Replaying the ordering: a heavy tenant with 10x the backlog and a light one, same
+    request size; while both wait, each dispatch goes to the lower counter, so the light tenant
+    gets half the service, not a tenth."""
+    backlog = {"heavy": 100, "light": 10}
+    counters = {"heavy": 0.0, "light": 0.0}
+    served = {"heavy": 0, "light": 0}
+    seq = 0
+    for _ in range(20):
+        heads = [Head(0, t, seq + i) for i, (t, n) in enumerate(backlog.items()) if n]
+        seq += 2
+        h = flow.next_head(heads, counters)
+        assert h is not None
+        backlog[h.tenant] -= 1
+        served[h.tenant] += 1
+        counters[h.tenant] += flow.cost(100, 20, Weights())
+    assert served == {"heavy": 10, "light": 10}
+
+
+# --- the shell ------------------------------------------------------------------------------------
+
+
+def _snapshot(waiting: int, *, pool: str = "m") -> PoolSnapshot:
+    now = time.time()
+    return PoolSnapshot(
+        pool=pool, collector="t", published_at=now,
+        endpoints=[EndpointMetrics(address="10.0.0.1:8000", scraped_at=now, waiting=waiting)],
+    )  # fmt: skip
+
+
+def _flow(**cfg: object) -> tuple[Scheduler, FlowControl]:
+    config = PickerConfig(replica_id="t", flow_control=FlowControlConfig(**cfg))  # type: ignore[arg-type]
+    scheduler = Scheduler(config, Telemetry(), clock=time.time)
+    return scheduler, FlowControl(scheduler, config.flow_control)
+
+
+def _pick(rid: str, tenant: str, *, priority: int = 0, wait_ms: float = 10_000) -> PickRequest:
+    return PickRequest(
+        request_id=rid, model="m", prompt="x" * 400, max_wait_ms=wait_ms,
+        headers={"x-pointsman-tenant": tenant, "x-pointsman-priority": str(priority)},
+    )  # fmt: skip
+
+
+async def test_room_means_no_queue_and_the_tenant_is_charged() -> None:
+    s, fc = _flow()
+    s.on_snapshot(_snapshot(0))
+    got = fc.try_pick(_pick("r1", "a"))
+    assert not isinstance(got, Waiter) and got.status is PickStatus.OK
+    assert fc.counters.value("m", "a") == pytest.approx(100.0)  # 400 bytes: about 100 tokens
+    fc.on_completion(
+        CompletionEvent(request_id="r1", model="m", endpoint="10.0.0.1:8000", status_code=200,
+                        stream=False, prompt_tokens=120, completion_tokens=10)
+    )  # fmt: skip
+    assert fc.counters.value("m", "a") == pytest.approx(100.0 + 20 + 2 * 10)
+
+
+async def test_saturated_pool_queues_then_dispatches_fairly_when_room_comes() -> None:
+    s, fc = _flow()
+    s.on_snapshot(_snapshot(9))  # over the queue threshold (5): saturated
+    heavy = [fc.try_pick(_pick(f"h{i}", "heavy")) for i in range(6)]
+    light = [fc.try_pick(_pick(f"l{i}", "light")) for i in range(2)]
+    assert all(isinstance(w, Waiter) for w in heavy + light)
+    assert fc.queued("m") == 8
+    # Room for exactly two (waiting 3, threshold 5; each dispatch adds a pending assignment).
+    s.on_snapshot(_snapshot(3))
+    fc.on_snapshot("m")
+    done = [w for w in heavy + light if isinstance(w, Waiter) and w.future.done()]
+    assert len(done) == 2
+    # heavy queued first and was served first; then light, whose lifted counter equals heavy's
+    # starting point, is below heavy's charged counter.
+    assert {w.tenant for w in done} == {"heavy", "light"}
+    assert all(w.future.result().status is PickStatus.OK for w in done)
+    assert fc.queued("m") == 6
+
+
+async def test_newcomer_joining_a_busy_queue_cannot_bank_credit() -> None:
+    s, fc = _flow()
+    s.on_snapshot(_snapshot(0))
+    for i in range(5):  # "old" used the pool while it had room: counter 500
+        fc.try_pick(_pick(f"o{i}", "old"))
+    s.on_snapshot(_snapshot(9))
+    fc.try_pick(_pick("o9", "old"))
+    fc.try_pick(_pick("n1", "new"))
+    assert fc.counters.value("m", "new") == pytest.approx(fc.counters.value("m", "old") or 0)
+
+
+async def test_higher_priority_waits_less() -> None:
+    s, fc = _flow()
+    s.on_snapshot(_snapshot(9))
+    low = fc.try_pick(_pick("low", "a", priority=0))
+    high = fc.try_pick(_pick("high", "b", priority=2))
+    s.on_snapshot(_snapshot(4))  # room for one
+    fc.on_snapshot("m")
+    assert isinstance(high, Waiter) and high.future.done()
+    assert isinstance(low, Waiter) and not low.future.done()
+
+
+async def test_full_queues_answer_shed_with_the_reason() -> None:
+    s, fc = _flow(max_queued=3, max_queued_per_tenant=2)
+    s.on_snapshot(_snapshot(9))
+    fc.try_pick(_pick("a1", "a"))
+    fc.try_pick(_pick("a2", "a"))
+    got = fc.try_pick(_pick("a3", "a"))
+    assert not isinstance(got, Waiter)
+    assert (got.status, got.reason) == (PickStatus.SHED, flow.TENANT_QUEUE_FULL)
+    assert isinstance(fc.try_pick(_pick("b1", "b")), Waiter)
+    got = fc.try_pick(_pick("c1", "c"))
+    assert not isinstance(got, Waiter)
+    assert (got.status, got.reason) == (PickStatus.SHED, flow.QUEUE_FULL)
+
+
+async def test_ttl_drops_with_reason_and_leaves_the_queue() -> None:
+    s, fc = _flow(ttl_ms=50)
+    s.on_snapshot(_snapshot(9))
+    got = fc.try_pick(_pick("r1", "a", wait_ms=10_000))  # the config's 50 ms wins
+    assert isinstance(got, Waiter)
+    reply = await fc.wait(got)
+    assert (reply.status, reply.reason) == (PickStatus.DROPPED, flow.TTL_EXPIRED)
+    assert fc.queued("m") == 0
+
+
+async def test_shim_that_will_not_wait_gets_the_old_shedding() -> None:
+    s, fc = _flow()
+    s.on_snapshot(_snapshot(9))
+    got = fc.try_pick(_pick("r1", "a", priority=-1, wait_ms=0))
+    assert not isinstance(got, Waiter) and got.status is PickStatus.SHED
+    assert got.reason == "saturated"
+    got = fc.try_pick(_pick("r2", "a", priority=0, wait_ms=0))
+    assert not isinstance(got, Waiter) and got.status is PickStatus.OK
+
+
+async def test_disabled_flow_control_is_the_plain_scheduler() -> None:
+    s, fc = _flow(enabled=False)
+    s.on_snapshot(_snapshot(9))
+    got = fc.try_pick(_pick("r1", "a", priority=-1))
+    assert not isinstance(got, Waiter) and got.status is PickStatus.SHED
+
+
+async def test_cancelled_wait_leaves_the_queue() -> None:
+    s, fc = _flow()
+    s.on_snapshot(_snapshot(9))
+    got = fc.try_pick(_pick("r1", "a"))
+    assert isinstance(got, Waiter)
+    task = asyncio.create_task(fc.wait(got))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert fc.queued("m") == 0
+
+
+def test_counters_shared_base_plus_unsent_delta() -> None:
+    c = Counters(shared=True)
+    assert c.value("m", "a") is None
+    c.add("m", "a", 5)
+    sent = c.take_deltas()
+    assert sent == {"m": {"a": 5.0}} and c.value("m", "a") is None
+    c.add("m", "a", 1)
+    c.restore(sent)  # the exchange failed: owed again
+    assert c.value("m", "a") == 6.0
+    c.set_base("m", {"a": 100.0, "b": 7.0})
+    assert c.view("m", {"a", "b", "z"}) == {"a": 106.0, "b": 7.0, "z": 0.0}
