@@ -58,6 +58,7 @@ class Supervisor:
         self.policy = policy or RestartPolicy()
         self.clock = clock
         self._tracks: dict[str, _Track] = {}
+        self._holds: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -65,6 +66,11 @@ class Supervisor:
     def restarts(self) -> dict[str, int]:
         """Restarts so far, per child name."""
         return {name: t.restarts for name, t in self._tracks.items() if t.restarts}
+
+    def hold(self, name: str, seconds: float) -> None:
+        """Restart ``name`` no sooner than ``seconds`` from now, if it dies (fault injection:
+        an outage of a known length)."""
+        self._holds[name] = self.clock() + seconds
 
     def check(self) -> list[str]:
         """One pass: schedule a restart for each newly dead child, restart those due. Returns
@@ -78,7 +84,7 @@ class Supervisor:
             if track.due is None:
                 ran = now - track.started
                 wait, track.backoff = next_backoff(track.backoff, ran, self.policy)
-                track.due = now + wait
+                track.due = max(now + wait, self._holds.pop(name, 0.0))
                 self.log(
                     f"{name} (pid {child.pid}) exited with code {child.popen.returncode} after "
                     f"{ran:.1f} s; restarting in {wait:.1f} s. Its last output:\n"
