@@ -14,8 +14,17 @@ import os
 import time
 from pathlib import Path
 
-from bench.chaos.scenario import SteadyLoad, chaos_options, faults, run_fault, table
+from bench.chaos.scenario import (
+    SteadyLoad,
+    all_services_ready,
+    chaos_options,
+    faults,
+    run_fault,
+    sigterm_exit_times,
+    table,
+)
 from pointsman.stack import Stack
+from pointsman.stack.procs import wait_ready
 from pointsman.stack.supervisor import RestartPolicy
 
 
@@ -28,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="JSON results path")
     args = p.parse_args(argv)
     rows = []
+    exits: dict[str, dict[str, float]] = {}
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with Stack(chaos_options(not args.no_classifier)) as stack:
         stack.supervise(policy=RestartPolicy(initial_s=0.2, max_s=5.0))
@@ -39,9 +49,14 @@ def main(argv: list[str] | None = None) -> int:
                 row = run_fault(stack, load, fault)
                 rows.append(row)
                 print(table([row]).splitlines()[-1], flush=True)
+            exits = {"with NATS": sigterm_exit_times(stack, nats_gone=False)}
+            wait_ready(None, lambda: all_services_ready(stack), 180, "services back")
+            exits["NATS gone"] = sigterm_exit_times(stack, nats_gone=True)
         finally:
             load.stop()
     print("\n" + table(rows))
+    for case, times in exits.items():
+        print(f"seconds from SIGTERM to exit, {case}: {times}")
     out = args.out or Path("bench/results") / f"chaos-{started.replace(':', '')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
@@ -54,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                     "time": started,
                 },
                 "rows": [r.as_dict() for r in rows],
+                "sigterm_exit_s": exits,
             },
             indent=2,
         )

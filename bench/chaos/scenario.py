@@ -359,3 +359,38 @@ def table(rows: list[Row]) -> str:
             f"{r.longest_error_window_s:>12.2f} {r.recovery_s:>10.2f}"
         )
     return "\n".join(lines)
+
+
+SERVICES = ("collector", "picker", "classifier", "shim")
+
+
+def sigterm_exit_times(stack: Stack, nats_gone: bool, timeout_s: float = 60.0) -> dict[str, float]:
+    """SIGTERM every service at once (to its process group, as ``Stack.stop`` and a container
+    runtime do) and time each one's exit; with ``nats_gone``, nats-server is SIGKILLed (and kept
+    down) first. The supervisor restarts the services 1 s after they exit (not nats-server)."""
+    assert stack.supervisor is not None, "run the stack with stack.supervise()"
+    names = [n for n in SERVICES if n in stack.children]
+    if nats_gone:
+        nats = stack.children["nats-server"]
+        stack.supervisor.hold("nats-server", 10**6)
+        os.killpg(nats.pid, signal.SIGKILL)
+        nats.popen.wait(30)
+        time.sleep(1.0)  # the services notice: their connections drop, reconnects start
+    children = {n: stack.children[n] for n in names}
+    for name in names:
+        stack.supervisor.hold(name, 1.0)
+    sent = time.monotonic()
+    for child in children.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGTERM)
+    exited: dict[str, float] = {}
+    while len(exited) < len(children) and time.monotonic() - sent < timeout_s:
+        for name, child in children.items():
+            if name not in exited and not child.alive:
+                exited[name] = round(time.monotonic() - sent, 2)
+        time.sleep(0.02)
+    for name, child in children.items():
+        if name not in exited:
+            exited[name] = float("inf")
+            child.stop()
+    return exited

@@ -14,6 +14,8 @@ from pointsman.stack import Stack
 from pointsman.stack.supervisor import RestartPolicy
 
 ROWS: list[Row] = []
+#: Seconds from SIGTERM to exit per service: {"with NATS": {...}, "NATS gone": {...}}.
+EXITS: dict[str, dict[str, float]] = {}
 
 
 @pytest.fixture(scope="module")
@@ -32,4 +34,8 @@ def chaos() -> Iterator[tuple[Stack, SteadyLoad]]:
     if ROWS:
         print("\n" + table(ROWS))
         out = Path(os.environ.get("POINTSMAN_CHAOS_OUT", "/tmp/pointsman-chaos.json"))
-        out.write_text(json.dumps([r.as_dict() for r in ROWS], indent=2))
+        for case, exits in EXITS.items():
+            print(f"SIGTERM to exit, {case}: {exits}")
+        out.write_text(
+            json.dumps({"rows": [r.as_dict() for r in ROWS], "sigterm_exit_s": EXITS}, indent=2)
+        )
