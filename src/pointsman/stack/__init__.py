@@ -334,7 +334,7 @@ class Stack:
         self.children["nats-server"] = child
         scheme = "tls" if tls is not None else "nats"
         url = f"{scheme}://127.0.0.1:{port}"
-        wait_ready(child, lambda: not port_free(port), 15, "nats-server")
+        wait_ready(child, lambda: not port_free(port), 30, "nats-server")
         return url
 
     def nats_config(self, identity: str | None = None) -> Any:
@@ -378,7 +378,7 @@ class Stack:
             argv += ["--aclfile", str(acl)]
         child = spawn("redis-server", argv, self.log_dir, die_with_parent=True)
         self.children["redis-server"] = child
-        wait_ready(child, lambda: not port_free(port), 15, "redis-server")
+        wait_ready(child, lambda: not port_free(port), 30, "redis-server")
         return f"redis://127.0.0.1:{port}/0"
 
     def _start_simulators(self) -> dict[str, list[str]]:
@@ -416,7 +416,7 @@ class Stack:
             for i, endpoint in enumerate(endpoints):
                 owner = self.children.get(f"sim-{model}") or self.children[f"sim-{model}-{i}"]
                 url = f"http://{endpoint}/health"
-                wait_ready(owner, _ok(url), 30, f"simulator {endpoint}")
+                wait_ready(owner, _ok(url), 60, f"simulator {endpoint}")
         return pools
 
     def _start_service(self, service: str, index: int = 0, timeout: float | None = None) -> None:
@@ -512,7 +512,7 @@ class Stack:
         child = spawn("envoy", argv, self.log_dir, die_with_parent=True)
         self.children["envoy"] = child
         admin = f"http://127.0.0.1:{self.ports['envoy_admin']}/ready"
-        wait_ready(child, lambda: http_status(admin) == 200, 30, "envoy")
+        wait_ready(child, lambda: http_status(admin) == 200, 60, "envoy")
 
     def _wait_models(self) -> None:
         """Ready for users: the gateway lists every pool (snapshots reached the picker)."""
