@@ -28,9 +28,12 @@ def body(model: str, max_tokens: int = 2) -> dict[str, object]:
 
 
 def test_saturated_pool_sheds_low_priority_only() -> None:
+    # Ten times slower than the other tests' simulators: the queue of long generations must
+    # outlast two snapshot intervals on a loaded machine (at x0.02 it drains in about 2 s).
     with make_stack(
         models=["solo"],
         replicas=1,
+        sim_args=["--time-scale", "0.2", "--max-num-seqs", "4"],
         overrides={
             "picker": {"objectives": {"batch": -1, "chat": 0}},
             "shim": {"pick_timeout_ms": 500},
