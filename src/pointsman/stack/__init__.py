@@ -586,7 +586,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         prog=prog,
         description=(
             "Start the whole Pointsman stack on this machine: nats-server, simulated vLLM "
-            "replicas, the services and Envoy. Prints the gateway URL; Ctrl-C stops everything."
+            "replicas, the services and Envoy. Prints the gateway URL; a child that exits is "
+            "restarted with backoff; Ctrl-C (or SIGTERM) stops everything."
         ),
     )
     p.add_argument("--port", type=int, default=8080, help="gateway (Envoy) port (default: 8080)")
@@ -618,7 +619,13 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         metavar="ARG",
         help="extra argument for every simulator, repeatable (e.g. --sim-arg=--time-scale=0.1)",
     )
-    p.add_argument("--pickers", type=int, default=1, help="picker replicas (default: 1)")
+    p.add_argument(
+        "--pickers",
+        type=int,
+        default=1,
+        help="picker replicas (default: 1); more than one starts redis-server, through which "
+        "they share prefix affinity and in-flight counts",
+    )
     p.add_argument(
         "--mode",
         choices=["full", "selector"],
