@@ -57,7 +57,7 @@ async def publishing(nc: NATS, pool: str) -> AsyncIterator[None]:
 
 async def pick(nc: NATS, pool: str, prompt: str) -> PickReply:
     req = PickRequest(request_id=uuid.uuid4().hex, model=pool, prompt=prompt)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while True:
         reply = decode((await nc.request(subjects.PICK, encode(req), timeout=2)).data, PickReply)
         if reply.status is not PickStatus.UNKNOWN_MODEL or time.monotonic() > deadline:
