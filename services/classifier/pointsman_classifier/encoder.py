@@ -389,24 +389,3 @@ def _dtype(name: str, device: torch.device) -> torch.dtype:
         return torch.float16 if device.type == "cuda" else torch.float32
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
-
-def encode_many(
-    encoder: Encoder,
-    texts: list[str],
-    batch_size: int = 32,
-    progress: bool = True,
-    desc: str = "embedding",
-) -> npt.NDArray[np.float32]:
-    """Pooled layers for many texts, batched by length (less padding, much faster on CPU)."""
-    from tqdm import tqdm  # type: ignore[import-untyped]
-
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out = np.zeros((len(texts), encoder.n_layers + 1, encoder.hidden_size), dtype=np.float32)
-    bar = tqdm(total=len(texts), desc=desc, unit="text", disable=not progress)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        feats = encoder([texts[i] for i in idx])
-        out[idx] = feats.layers
-        bar.update(len(idx))
-    bar.close()
-    return out

@@ -140,8 +140,8 @@ def test_int8_engine_gives_the_float32_answers() -> None:
 
 
 def test_feature_cache_keeps_int8_and_float32_apart(tmp_path: Path) -> None:
-    from pointsman_classifier import featurecache
     from pointsman_classifier.encoder import Encoder
+    from pointsman_lab import featurecache
 
     texts = PROMPTS[:2]
     q = Encoder(device="cpu", threads=1)

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from pointsman_classifier import data, pii
+from pointsman_classifier import pii
 from pointsman_classifier.config import ClassifierConfig
 from pointsman_classifier.core import Outputs
+from pointsman_lab import data
 
 NONE = "(none)"
 
