@@ -112,7 +112,13 @@ class JailbreakConfig(_Strict):
     positive_labels: list[str] = Field(
         default_factory=lambda: ["jailbreak", "injection", "unsafe", "LABEL_1"]
     )
+    #: Scores at or above it are attacks. The shipped safety branch is calibrated so that 0.5 is
+    #: its chosen operating point (see services/classifier/README.md, Models).
     threshold: float = Field(default=0.5, ge=0, le=1)
+    #: The safety branch scores a prompt longer than ``max_length`` tokens window by window
+    #: (``max_length`` tokens, 32 shared with the next) and takes the highest score; at most
+    #: this many windows per prompt, evenly spaced, the first and last included.
+    max_windows: int = Field(default=16, ge=1, le=64)
     action: Literal["block", "tag"] = "block"
     status: int = Field(default=403, ge=400, le=599)
     message: str = "The request was blocked by the prompt-safety policy."
