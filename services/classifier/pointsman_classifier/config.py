@@ -119,6 +119,9 @@ class JailbreakConfig(_Strict):
     #: (``max_length`` tokens, 32 shared with the next) and takes the highest score; at most
     #: this many windows per prompt, evenly spaced, the first and last included.
     max_windows: int = Field(default=16, ge=1, le=64)
+    #: A window after the first loses this much in log-odds before the maximum is taken: each
+    #: window is one more chance of a false positive (see the classifier README, Models).
+    window_margin: float = Field(default=5.0, ge=0)
     action: Literal["block", "tag"] = "block"
     status: int = Field(default=403, ge=400, le=599)
     message: str = "The request was blocked by the prompt-safety policy."

@@ -158,13 +158,19 @@ def branch_probs(
 
 
 def window_max(
-    scores: npt.NDArray[np.float32], n: int, owner: tuple[int, ...]
+    scores: npt.NDArray[np.float32], n: int, owner: tuple[int, ...], margin: float = 0.0
 ) -> npt.NDArray[np.float32]:
     """Per text the highest score of its windows: rows ``0..n-1`` are the texts' first windows,
-    row ``n + j`` a further window of text ``owner[j]``."""
+    row ``n + j`` a further window of text ``owner[j]``.
+
+    A further window's score first loses ``margin`` in log-odds (``s / (s + (1 - s) e^margin)``):
+    every window is one more chance of a false positive, and a long benign prompt has many.
+    """
     out = scores[:n].copy()
     if owner:
-        np.maximum.at(out, np.asarray(owner, dtype=np.int64), scores[n:])
+        more = scores[n:].astype(np.float64)
+        more = more / (more + (1.0 - more) * np.exp(margin))
+        np.maximum.at(out, np.asarray(owner, dtype=np.int64), more.astype(out.dtype))
     return out
 
 
@@ -375,7 +381,10 @@ class Engine:
             jb = self.jailbreak_model.probs(texts)
         if jb is not None:
             score = window_max(
-                jb[:, self._jb_positive].sum(axis=1), len(texts), batch.encoded.owner
+                jb[:, self._jb_positive].sum(axis=1),
+                len(texts),
+                batch.encoded.owner,
+                self.cfg.jailbreak.window_margin,
             )
             for i, o in enumerate(outs):
                 o.jailbreak = float(score[i])

@@ -83,6 +83,10 @@ def test_window_max_takes_each_texts_highest_window() -> None:
     scores = np.array([0.1, 0.2, 0.3, 0.9, 0.05, 0.4], dtype=np.float32)
     out = window_max(scores, 3, (0, 0, 2))
     assert out.tolist() == pytest.approx([0.9, 0.2, 0.4])
+    # with a margin, further windows count for less: 0.9 at odds 9 becomes odds 9/e^2
+    odds = 9 / np.exp(2.0)
+    out = window_max(scores, 3, (0, 0, 2), margin=2.0)
+    assert out.tolist() == pytest.approx([odds / (1 + odds), 0.2, 0.3], rel=1e-5)
 
 
 def test_branch_matches_the_training_arithmetic(eng: Engine) -> None:
