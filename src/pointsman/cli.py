@@ -26,8 +26,10 @@ EVAL_TASKS: dict[str, str] = {
     "pii": "pointsman_lab.pii_eval",
 }
 
-#: Commands whose modules live in an offline extra, not in the runtime services.
+#: Commands whose modules live in an offline extra (``pointsman[train]``), not in the runtime
+#: services, and what that extra adds to the classifier's.
 OFFLINE = {"train", "eval"}
+OFFLINE_DEPS = ("tqdm", "matplotlib", "torch")
 
 
 def _usage() -> str:
@@ -64,6 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         module_name, prog, rest = EVAL_TASKS[rest[0]], f"pointsman eval {rest[0]}", rest[1:]
     extra = "train" if name in OFFLINE else "classifier"
     try:
+        if name in OFFLINE:
+            for dep in OFFLINE_DEPS:  # up front: the modules import some of them only when used
+                importlib.import_module(dep)
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name == module_name:

@@ -61,3 +61,19 @@ def test_eval_dispatches_tasks_to_their_modules(capsys: pytest.CaptureFixture[st
         with pytest.raises(SystemExit) as exc:
             cli.main(["eval", "pii", "--help"])
         assert exc.value.code == 0
+
+
+@pytest.mark.parametrize("missing", ["matplotlib", "tqdm"])
+def test_offline_commands_name_the_extra_when_it_is_missing(missing: str) -> None:
+    # A module set to None in sys.modules cannot be imported: as if it were not installed.
+    code = (
+        "import sys\n"
+        f"sys.modules[{missing!r}] = None\n"
+        "from pointsman.cli import main\n"
+        "sys.exit(main(['eval', 'jailbreak', 'x.jsonl']))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 2, done.stderr
+    assert "pip install 'pointsman[train]'" in done.stderr
