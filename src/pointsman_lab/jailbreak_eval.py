@@ -294,7 +294,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     texts = [r.text for r in rows]
     outs, engine = run_engine(cfg, texts, args.batch_size)
     scores = np.array([o.jailbreak or 0.0 for o in outs], dtype=np.float64)
-    result = report(rows, scores, token_counts(engine, texts), threshold)
+    tokens = token_counts(engine, texts)
+    result = report(rows, scores, tokens, threshold)
     y = np.array([r.kind != data.BENIGN for r in rows])
     precision, recall, ap = pr_curve(y, scores)
     result["average_precision"] = ap
@@ -307,7 +308,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         print(f"PR curve: {path}")
     if args.scores:
         with Path(args.scores).open("w", encoding="utf-8") as f:
-            for r, s, t in zip(rows, scores, token_counts(engine, texts), strict=True):
+            for r, s, t in zip(rows, scores, tokens, strict=True):
                 f.write(
                     json.dumps({"kind": r.kind, "source": r.source, "tokens": t, "score": s}) + "\n"
                 )
