@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.classifier.__main__ import RESULTS, pct, prompts
+from bench.classifier.__main__ import DATA, RESULTS, pct, prompts
 
 
 def _old_heads(tmp: Path) -> Path:
@@ -63,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.classifier.budget", description=__doc__)
     p.add_argument("--reps", type=int, default=200, help="prompts per set and configuration")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: the service's)")
+    p.add_argument(
+        "--prompts",
+        default=None,
+        help="MMLU-Pro-style JSONL (default ../shared/data/mmlu_pro/validation.jsonl beside the "
+        "checkout; synthetic questions when absent, said in the JSON)",
+    )
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -86,7 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     full.depth = full.encoder.n_layers
     full._encode_depth = None  # every trunk layer, as a head on the last one needs
     recognizers = ClassifierConfig().pii.recognizers
-    sets = {"mmlu_pro": prompts(args.reps, None), "256_tokens": prompts(args.reps, 256)}
+    source = Path(args.prompts) if args.prompts else DATA / "mmlu_pro" / "validation.jsonl"
+    sets = {
+        "mmlu_pro" if source.exists() else "synthetic": prompts(args.reps, None, source),
+        "256_tokens": prompts(args.reps, 256, source),
+    }
     for eng in engines.values():
         for _ in range(5):
             eng.run(["warm-up prompt for the encoder", sets["256_tokens"][0]])
@@ -128,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench": "classifier-budget",
         "run_params": {
             "reps": args.reps,
+            "prompts": str(source) if source.exists() else "synthetic (no MMLU-Pro file)",
             "threads": torch.get_num_threads(),
             "quantize": engines["after"].encoder.quantize,
             "machine": platform.processor() or platform.machine(),
