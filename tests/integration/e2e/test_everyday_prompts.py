@@ -49,8 +49,18 @@ DAN = (
 
 @pytest.fixture(scope="module")
 def demo() -> Iterator[Stack]:
-    # The demo fleet and routing of `pointsman up` (DEFAULT_MODELS turns DEMO_ROUTING on).
-    with make_stack(models=list(DEFAULT_MODELS), replicas=1, classifier=True) as s:
+    # The demo fleet and routing of `pointsman up` (DEFAULT_MODELS turns DEMO_ROUTING on). Debug
+    # headers show that the classifier scored each prompt (a 200 after a classifier timeout,
+    # fail-open, would prove nothing); a generous timeout for a loaded test machine.
+    with make_stack(
+        models=list(DEFAULT_MODELS),
+        replicas=1,
+        classifier=True,
+        overrides={
+            "shim": {"pick_timeout_ms": 500, "classifier": {"timeout_ms": 20000}},
+            "debug": {"enabled": True},
+        },
+    ) as s:
         yield s
 
 
@@ -58,6 +68,7 @@ def chat(stack: Stack, content: str, model: str) -> httpx.Response:
     return httpx.post(
         f"{stack.gateway_url}/v1/chat/completions",
         json={"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 8},
+        headers={"x-pointsman-debug": "1"},
         timeout=60,
     )
 
@@ -90,9 +101,13 @@ def test_everyday_prompts_answer_200(demo: Stack, model: str) -> None:
         r = chat(demo, prompt, model)
         if r.status_code != 200:
             refused[prompt] = (r.status_code, r.text[:200])
+            continue
+        # the classifier scored it (no fail-open pass), below the threshold
+        assert float(r.headers["x-pointsman-debug-jailbreak"]) < 0.5, prompt
     assert refused == {}
 
 
 def test_an_attack_is_still_refused(demo: Stack) -> None:
     r = chat(demo, DAN, "auto")
     assert r.status_code == 403, r.text
+    assert r.headers["x-pointsman-block-reason"].startswith("jailbreak")
