@@ -7,7 +7,15 @@ completion event for each about a second later. Reports the picker-side decision
 (``pointsman_picker_decision_seconds``: message received -> reply sent) and the client-side NATS
 round trip, p50/p99.
 
+One row per ``--profiles`` entry, in the same run (default: ``default``, ``slo`` and
+``slo-strict``, which adds the headroom filter and the admission step). With an ``slo`` profile
+the completion events carry a TTFT and a TPOT (synthetic, a function of the
+endpoint's load) so the latency predictor learns while it is measured, and every pick request
+carries an ``x-pointsman-slo-ttft-ms`` objective, so the headroom filter and the admission step
+do their whole work on each pick.
+
     python -m bench.scheduling.decision --rate 500 --seconds 10 [--pickers 2] [--redis]
+        [--profiles default,slo,slo-strict]
 
 Writes ``bench/results/scheduling_decision.json``.
 """
@@ -74,6 +82,15 @@ def histogram(url: str, name: str) -> dict[float, float]:
     return out
 
 
+def counter(url: str, name: str) -> float:
+    """One unlabelled counter's value from a /metrics page (0 when absent)."""
+    with urllib.request.urlopen(url, timeout=2) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def hist_quantile(before: dict[float, float], after: dict[float, float], q: float) -> float:
     """Prometheus-style histogram_quantile over the increase between two scrapes."""
     bounds = sorted(after)
@@ -122,7 +139,7 @@ async def feed_snapshots(nc: Any, stop: asyncio.Event) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _load(nats_url: str, rate: float, seconds: float) -> dict[str, Any]:
+async def _load(nats_url: str, rate: float, seconds: float, slo: bool = False) -> dict[str, Any]:
     nc = await nats.connect(nats_url)
     stop = asyncio.Event()
     snapper = asyncio.create_task(feed_snapshots(nc, stop))
@@ -144,7 +161,8 @@ async def _load(nats_url: str, rate: float, seconds: float) -> dict[str, Any]:
     async def one(i: int) -> None:
         rid = uuid.uuid4().hex
         prompt = f"{rng.choice(docs)}\nuser {i}: question {i}?"
-        req = PickRequest(request_id=rid, model=POOL, prompt=prompt)
+        headers = {"x-pointsman-slo-ttft-ms": "400"} if slo else {}
+        req = PickRequest(request_id=rid, model=POOL, prompt=prompt, headers=headers)
         t = time.perf_counter()
         try:
             msg = await nc.request(subjects.PICK, encode(req), timeout=2)
@@ -156,12 +174,16 @@ async def _load(nats_url: str, rate: float, seconds: float) -> dict[str, Any]:
         statuses[reply.status.value] = statuses.get(reply.status.value, 0) + 1
         if reply.endpoints:
             await asyncio.sleep(rng.uniform(0.5, 1.5))
+            # Synthetic latencies: slower endpoints (higher index) and longer prompts cost more.
+            slow = 1 + ENDPOINTS.index(reply.endpoints[0]) / 4
             event = CompletionEvent(
                 request_id=rid,
                 model=POOL,
                 endpoint=reply.endpoints[0],
                 status_code=200,
-                stream=False,
+                stream=slo,
+                ttft_ms=(40 + len(prompt) / 100) * slow * rng.uniform(0.8, 1.2) if slo else None,
+                tpot_ms=8 * slow * rng.uniform(0.8, 1.2) if slo else None,
             )
             await nc.publish(subjects.COMPLETIONS, encode(event))
 
@@ -182,7 +204,9 @@ async def _load(nats_url: str, rate: float, seconds: float) -> dict[str, Any]:
     return {"rtt_ms": rtts, "statuses": statuses, "sent": n, "elapsed_s": elapsed}
 
 
-def run(rate: float, seconds: float, pickers: int, redis: bool) -> dict[str, Any]:
+def run(
+    rate: float, seconds: float, pickers: int, redis: bool, profile: str = "default"
+) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="pointsman-bench-decision-"))
     children: list[Child] = []
     try:
@@ -195,7 +219,7 @@ def run(rate: float, seconds: float, pickers: int, redis: bool) -> dict[str, Any
         children.append(nats_child)
         wait_ready(nats_child, lambda: not port_free(nport), 15, "nats-server")
         nats_url = f"nats://127.0.0.1:{nport}"
-        picker: dict[str, Any] = {"http_host": "127.0.0.1", "warmup_ms": 0}
+        picker: dict[str, Any] = {"http_host": "127.0.0.1", "warmup_ms": 0, "profile": profile}
         if redis:
             rport = free_port()
             redis_bin = shutil.which("redis-server") or binary("redis-server")
@@ -228,12 +252,14 @@ def run(rate: float, seconds: float, pickers: int, redis: bool) -> dict[str, Any
         try:
             import uvloop
 
-            load = uvloop.run(_load(nats_url, rate, seconds))
+            load = uvloop.run(_load(nats_url, rate, seconds, profile.startswith("slo")))
         except ImportError:
-            load = asyncio.run(_load(nats_url, rate, seconds))
+            load = asyncio.run(_load(nats_url, rate, seconds, profile.startswith("slo")))
         after = {n: merged(metrics_urls, n) for n in names}
+        learnt = sum(counter(u, "pointsman_picker_latency_samples_total") for u in metrics_urls)
         dec, cpu = names
         return {
+            "profile": profile,
             "rate": rate,
             "seconds": seconds,
             "pickers": pickers,
@@ -241,6 +267,7 @@ def run(rate: float, seconds: float, pickers: int, redis: bool) -> dict[str, Any
             "sent": load["sent"],
             "offered_rps": load["sent"] / load["elapsed_s"],
             "statuses": load["statuses"],
+            "latency_samples_learnt": learnt,
             "decision_p50_ms": hist_quantile(before[dec], after[dec], 0.5) * 1000,
             "decision_p99_ms": hist_quantile(before[dec], after[dec], 0.99) * 1000,
             "pick_cpu_p50_ms": hist_quantile(before[cpu], after[cpu], 0.5) * 1000,
@@ -260,22 +287,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="duration of the load")
     p.add_argument("--pickers", type=int, default=1, help="picker replicas")
     p.add_argument("--redis", action="store_true", help="share state through a redis-server")
+    p.add_argument(
+        "--profiles",
+        default="default,slo,slo-strict",
+        help="comma-separated picker profiles, one row each",
+    )
+    p.add_argument("--out", default="bench/results/scheduling_decision.json", help="JSON path")
     args = p.parse_args(argv)
-    result = run(args.rate, args.seconds, args.pickers, args.redis)
-    r = result
+    rows = [
+        run(args.rate, args.seconds, args.pickers, args.redis, profile.strip())
+        for profile in args.profiles.split(",")
+        if profile.strip()
+    ]
     print(
-        f"{'pickers':>7} {'redis':>5} {'rate':>6} {'offered':>8} {'decision p50/p99 ms':>20} "
-        f"{'pick CPU p50/p99 ms':>20} {'nats rtt p50/p99 ms':>20}  statuses"
+        f"{'profile':>8} {'pickers':>7} {'redis':>5} {'rate':>6} {'offered':>8} "
+        f"{'decision p50/p99 ms':>20} {'pick CPU p50/p99 ms':>20} {'nats rtt p50/p99 ms':>20}"
+        f" {'learnt':>7}  statuses"
     )
-    print(
-        f"{r['pickers']:>7} {r['redis']!s:>5} {r['rate']:>6.0f} {r['offered_rps']:>8.1f} "
-        f"{r['decision_p50_ms']:>9.3f} / {r['decision_p99_ms']:<8.3f} "
-        f"{r['pick_cpu_p50_ms']:>9.3f} / {r['pick_cpu_p99_ms']:<8.3f} "
-        f"{r['nats_rtt_p50_ms']:>9.3f} / {r['nats_rtt_p99_ms']:<8.3f}  {r['statuses']}"
-    )
-    out = Path("bench/results")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "scheduling_decision.json").write_text(json.dumps(result, indent=2))
+    for r in rows:
+        print(
+            f"{r['profile']:>8} {r['pickers']:>7} {r['redis']!s:>5} {r['rate']:>6.0f} "
+            f"{r['offered_rps']:>8.1f} "
+            f"{r['decision_p50_ms']:>9.3f} / {r['decision_p99_ms']:<8.3f} "
+            f"{r['pick_cpu_p50_ms']:>9.3f} / {r['pick_cpu_p99_ms']:<8.3f} "
+            f"{r['nats_rtt_p50_ms']:>9.3f} / {r['nats_rtt_p99_ms']:<8.3f} "
+            f"{r['latency_samples_learnt']:>7.0f}  {r['statuses']}"
+        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rows": rows, **rows[0]} if rows else {}, indent=2))
     return 0
 
 

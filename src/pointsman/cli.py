@@ -15,9 +15,21 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("pointsman.stack", "start the whole stack locally: NATS, services, Envoy, simulators"),
     "sim": ("pointsman.sim", "run one simulated vLLM server (OpenAI API + Prometheus /metrics)"),
-    "train": ("pointsman_classifier.train", "train the classifier heads from labelled data"),
-    "eval": ("pointsman_classifier.evaluate", "evaluate a classifier on a labelled data set"),
+    "train": ("pointsman_lab.train", "train the classifier heads from labelled data"),
+    "eval": ("pointsman_lab.evaluate", "evaluate a classifier on a labelled data set"),
 }
+
+#: ``pointsman eval TASK``: the module that evaluates each task (``main(argv) -> int``); other
+#: tasks (``category``) go to the ``eval`` command's own module.
+EVAL_TASKS: dict[str, str] = {
+    "jailbreak": "pointsman_lab.jailbreak_eval",
+    "pii": "pointsman_lab.pii_eval",
+}
+
+#: Commands whose modules live in an offline extra (``pointsman[train]``), not in the runtime
+#: services, and what that extra adds to the classifier's.
+OFFLINE = {"train", "eval"}
+OFFLINE_DEPS = ("tqdm", "matplotlib", "torch")
 
 
 def _usage() -> str:
@@ -49,16 +61,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pointsman: unknown command '{name}'\n\n{_usage()}", file=sys.stderr)
         return 2
     module_name, _ = COMMANDS[name]
+    prog = f"pointsman {name}"
+    if name == "eval" and rest and rest[0] in EVAL_TASKS:
+        module_name, prog, rest = EVAL_TASKS[rest[0]], f"pointsman eval {rest[0]}", rest[1:]
+    extra = "train" if name in OFFLINE else "classifier"
     try:
+        if name in OFFLINE:
+            for dep in OFFLINE_DEPS:  # up front: the modules import some of them only when used
+                importlib.import_module(dep)
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        print(
-            f"pointsman {name}: needs module '{exc.name}', which is not installed "
-            "(install the matching extra, e.g. pip install 'pointsman[classifier]')",
-            file=sys.stderr,
-        )
+        if exc.name == module_name:
+            print(
+                f"{prog}: not available in this version ({module_name} is missing)", file=sys.stderr
+            )
+        else:
+            print(
+                f"{prog}: needs module '{exc.name}', which is not installed "
+                f"(install the matching extra: pip install 'pointsman[{extra}]')",
+                file=sys.stderr,
+            )
         return 2
-    result: int = module.main(rest, prog=f"pointsman {name}")
+    if module_name == EVAL_TASKS["pii"]:
+        result: int = module.main(rest)  # ml-pii's module: main(argv) -> int
+    else:
+        result = module.main(rest, prog=prog)
     return result
 
 

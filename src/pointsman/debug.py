@@ -32,6 +32,10 @@ class DebugConfig(BaseModel):
     tenants: list[str] = Field(default_factory=list)
     #: Report the replica that served a response (``x-pointsman-endpoint``: its ip:port).
     report_endpoint: bool = False
+    #: Report when ``model: auto`` went to another candidate than the classifier's first, and
+    #: why (``x-pointsman-model-choice: second; reason=saturated``): off by default, the reason
+    #: tells a client how loaded a pool is.
+    report_model_choice: bool = False
 
 
 def requested(headers: Mapping[str, str]) -> bool:

@@ -7,6 +7,7 @@ Shared as a library, not a service: it knows nothing of any service's messages o
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -70,6 +71,11 @@ class OpsServer:
 
     Services start it before anything that may wait (NATS, models), so a probe can tell a
     process that is alive but not ready yet from one that is gone.
+
+    It runs on a thread of its own with its own event loop, not on the service's: a saturated
+    service loop (a flood of requests, a handler that blocks, CPU-bound work holding the loop)
+    cannot starve the probes, so a kubelet does not restart a service for being busy. The
+    ``ready`` callable is therefore called from that thread: it must only read state.
     """
 
     def __init__(
@@ -86,8 +92,34 @@ class OpsServer:
         self.registry = registry
         self.started = time.time()
         self._runner: web.AppRunner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
 
     async def start(self) -> int:
+        """Start serving on the ops thread; returns the bound port (``port: 0`` picks one)."""
+        started: concurrent.futures.Future[int] = concurrent.futures.Future()
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            try:
+                started.set_result(loop.run_until_complete(self._serve()))
+            except BaseException as exc:
+                started.set_exception(exc)
+                loop.close()
+                return
+            try:
+                loop.run_forever()
+            finally:
+                loop.close()
+
+        self._thread = threading.Thread(target=serve, name="pointsman-ops", daemon=True)
+        self._thread.start()
+        self.port = await asyncio.wrap_future(started)
+        return self.port
+
+    async def _serve(self) -> int:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
@@ -97,13 +129,18 @@ class OpsServer:
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         sockets = getattr(site._server, "sockets", None)
-        if sockets:
-            self.port = int(sockets[0].getsockname()[1])
-        return self.port
+        return int(sockets[0].getsockname()[1]) if sockets else self.port
 
     async def stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None or loop.is_closed():
+            return
         if self._runner is not None:
-            await self._runner.cleanup()
+            done = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), loop)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.wrap_future(done), 5)
+        loop.call_soon_threadsafe(loop.stop)
+        await asyncio.to_thread(thread.join, 5)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         body = prometheus_client.generate_latest(self.registry)

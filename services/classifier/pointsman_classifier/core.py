@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pointsman.v1.classify import Block, ClassifyReply, ClassifyRequest
+from pointsman.v1.messages import ModelCandidate
 from pointsman_classifier.config import (
     CategoryConfig,
     ClassifierConfig,
@@ -201,6 +202,7 @@ def decide(
         options = [(req.model, None)]
     notes: list[str] = []
     chosen: str | None = None
+    eligible: list[ModelCandidate] = []
     for i, (name, score) in enumerate(options):
         tag = f"{name}={_fmt(score)}" if score is not None else f"{name}=default"
         if auto and served and name not in served:
@@ -209,6 +211,8 @@ def decide(
         if cfg.pii.enabled and not pii_allowed(cfg, name, signals.pii):
             notes.append(tag + "!pii")
             continue
+        if auto and score is not None:
+            eligible.append(ModelCandidate(model=name, score=score))
         if chosen is None:
             chosen = name
             if i > 0:
@@ -245,6 +249,8 @@ def decide(
         block=block,
         classifier=classifier,
     )
+    if reply.selected and block is None and len(eligible) > 1 and eligible[0].model == model:
+        reply.candidates = eligible
     headers[H_MODEL] = model
     headers[H_SELECTED] = "true" if reply.selected else "false"
 

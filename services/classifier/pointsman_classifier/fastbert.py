@@ -16,6 +16,8 @@ anything else runs through the Hugging Face forward.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,12 +40,91 @@ def supports(model: Any) -> bool:
     )
 
 
+class BranchLayer(nn.Module):
+    """One BERT layer with its own weights (a fine-tuned copy), computed as :class:`PooledBert`
+    computes the trunk's layers."""
+
+    def __init__(self, hidden: int, inter: int, heads: int, eps: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.attn_out = nn.Linear(hidden, hidden)
+        self.attn_norm = nn.LayerNorm(hidden, eps=eps)
+        self.ffn_in = nn.Linear(hidden, inter)
+        self.ffn_out = nn.Linear(inter, hidden)
+        self.ffn_norm = nn.LayerNorm(hidden, eps=eps)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        x = self.attn_norm(self.attn_out(a.transpose(1, 2).reshape(b, t, -1)) + x)
+        out: torch.Tensor = self.ffn_norm(self.ffn_out(F.gelu(self.ffn_in(x))) + x)
+        return out
+
+
+class SafetyBranch(nn.Module):
+    """Fine-tuned copies of the encoder's layers ``start..n-1``, fed with the frozen trunk's
+    hidden state after layer ``start``; its masked mean goes to a linear head (run in numpy by
+    the engine: ``head_weight``, ``head_bias``, ``labels``).
+
+    Stored as ``NAME.safetensors`` (``layers.I.qkv.weight``..., float16, and ``head.weight``,
+    ``head.bias``) beside ``NAME.json`` (``start_layer``, ``labels``, ``threshold``, how it was
+    trained and its validation figures); trained by ``pointsman_lab.safety_train``.
+    """
+
+    def __init__(self, path: Path, model: Any) -> None:
+        super().__init__()
+        from safetensors.torch import load_file
+
+        meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+        cfg = model.config
+        self.meta: dict[str, Any] = meta
+        self.start = int(meta["start_layer"])
+        self.labels: list[str] = [str(x) for x in meta["labels"]]
+        n = int(cfg.num_hidden_layers) - self.start
+        if not 0 <= self.start <= int(cfg.num_hidden_layers):
+            raise ValueError(f"safety branch {path}: start layer {self.start} does not fit")
+        weights = load_file(str(path))
+        self.layers = nn.ModuleList(
+            BranchLayer(
+                int(cfg.hidden_size),
+                int(cfg.intermediate_size),
+                int(cfg.num_attention_heads),
+                float(cfg.layer_norm_eps),
+            )
+            for _ in range(n)
+        )
+        state = {k: v.float() for k, v in weights.items() if k.startswith("layers.")}
+        try:
+            self.layers.load_state_dict({k.removeprefix("layers."): v for k, v in state.items()})
+        except RuntimeError as exc:
+            raise ValueError(f"safety branch {path} does not fit this encoder: {exc}") from exc
+        self.head_weight = weights["head.weight"].float().numpy()
+        self.head_bias = weights["head.bias"].float().numpy()
+        if self.head_weight.shape != (len(self.labels), int(cfg.hidden_size)):
+            raise ValueError(f"safety branch {path}: head shape {self.head_weight.shape}")
+        self.eval()
+
+    def forward(
+        self, x: torch.Tensor, m: torch.Tensor, count: torch.Tensor, attn_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, attn_mask)
+        out: torch.Tensor = (x * m).sum(dim=1, dtype=torch.float32) / count
+        return out
+
+
 class PooledBert(nn.Module):
     """``forward(ids, mask) -> [batch, layers + 1, hidden]``: the attention-masked token mean of
     the embedding output (layer 0) and of each transformer layer's output (of the first ``depth``
-    layers only, when given: the layers above cost nothing then)."""
+    layers only, when given: the layers above cost nothing then).
 
-    def __init__(self, model: Any) -> None:
+    With a :class:`SafetyBranch` attached, one more row follows: the branch's pooled output,
+    computed from the trunk's hidden state after ``branch.start`` layers (``depth`` must be at
+    least that)."""
+
+    def __init__(self, model: Any, branch: SafetyBranch | None = None) -> None:
         super().__init__()
         if not supports(model):
             raise ValueError("PooledBert needs a BERT encoder with absolute positions and gelu")
@@ -74,6 +155,7 @@ class PooledBert(nn.Module):
             self.ffn_in.append(layer.intermediate.dense)
             self.ffn_out.append(layer.output.dense)
             self.ffn_norm.append(layer.output.LayerNorm)
+        self.branch = branch
         self.eval()
 
     def forward(
@@ -109,10 +191,20 @@ class PooledBert(nn.Module):
             self.ffn_norm,
             strict=True,
         )
-        for qkv, attn_out, attn_norm, ffn_in, ffn_out, ffn_norm in list(layers)[:depth]:
+        start = self.branch.start if self.branch is not None else -1
+        if self.branch is not None and depth is not None and depth < start:
+            raise ValueError(f"depth {depth} is below the safety branch's start layer {start}")
+        fork = x if start == 0 else None
+        for i, (qkv, attn_out, attn_norm, ffn_in, ffn_out, ffn_norm) in enumerate(
+            list(layers)[:depth]
+        ):
             q, k, v = qkv(x).view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
             x = attn_norm(attn_out(a.transpose(1, 2).reshape(b, t, -1)) + x)
             x = ffn_norm(ffn_out(F.gelu(ffn_in(x))) + x)
             pooled.append((x * m).sum(dim=1, dtype=torch.float32) / count)
+            if i + 1 == start:
+                fork = x
+        if self.branch is not None and fork is not None:
+            pooled.append(self.branch(fork, m, count, attn_mask))
         return torch.stack(pooled, dim=1)

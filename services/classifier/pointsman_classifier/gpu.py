@@ -26,7 +26,9 @@ classifier README has the table). What this module does:
   checks 1e-3 on the scores). The mask costs about 8% of BERT-base's forward pass at 256 tokens
   (15.8 ms per 128 prompts against 14.5 ms for Hugging Face's unmasked pass).
 
-The module wraps ``fastbert.PooledBert``: any encoder it supports runs here. The GPU time of
+The module wraps ``fastbert.PooledBert``: any encoder it supports runs here, with the safety
+branch when one is attached (its layers are part of each captured graph; a long prompt's further
+windows are more rows of the batch). The GPU time of
 each batch is measured with CUDA events (``device_s``), for the benchmark's busy share.
 """
 

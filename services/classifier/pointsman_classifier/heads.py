@@ -21,8 +21,9 @@ from pointsman_classifier.encoder import Features
 
 _HALF = frozenset({"w1", "w_out"})
 
-#: The heads shipped in the package (trained by ``pointsman train`` on ../shared/data).
-SHIPPED = ("category", "jailbreak")
+#: The frozen-feature heads shipped in the package (``pointsman train`` on ../shared/data); the
+#: jailbreak check ships as a fine-tuned safety branch (fastbert.SafetyBranch, models/safety.*).
+SHIPPED = ("category",)
 
 
 class HeadError(Exception):

@@ -64,9 +64,10 @@ class FastTokenizer:
             raise TypeError(f"{type(hf_tokenizer).__name__} has no Rust backend tokenizer")
         self._tk: Any = Tokenizer.from_str(backend.to_str())
         self._tk.no_padding()
-        self._tk.enable_truncation(
-            max_length, direction=getattr(hf_tokenizer, "truncation_side", "right")
-        )
+        self._direction = getattr(hf_tokenizer, "truncation_side", "right")
+        self._tk.enable_truncation(max_length, direction=self._direction)
+        self._win: Any = None  # the same tokenizer with a stride, for encode_windows
+        self._win_stride = -1
         self._batch = getattr(self._tk, "encode_batch_fast", self._tk.encode_batch)
         self._hf = hf_tokenizer
         self.max_length = max_length
@@ -76,6 +77,33 @@ class FastTokenizer:
         encs = self._batch(texts, add_special_tokens=True)
         ids = [e.ids for e in encs]
         return TokenBatch(ids, np.fromiter((len(x) for x in ids), np.int64, len(ids)), self.pad_id)
+
+    def encode_windows(
+        self, texts: list[str], stride: int, max_windows: int
+    ) -> tuple[TokenBatch, tuple[int, ...]]:
+        """Every text's first window (as :meth:`encode`), then the further windows of the texts
+        longer than ``max_length`` tokens: ``max_length`` tokens each with the special tokens,
+        consecutive ones sharing ``stride`` tokens; at most ``max_windows`` per text, evenly
+        spaced with the first and last kept. Returns the windows and, for each further window,
+        the index of its text."""
+        if self._win is None or self._win_stride != stride:
+            tk: Any = self._tk.__class__.from_str(self._tk.to_str())
+            tk.enable_truncation(self.max_length, stride=stride, direction=self._direction)
+            self._win, self._win_stride = tk, stride
+        encs = self._win.encode_batch(texts, add_special_tokens=True)
+        ids = [e.ids for e in encs]
+        owner: list[int] = []
+        for i, e in enumerate(encs):
+            more = [o.ids for o in e.overflowing]
+            if not more:
+                continue
+            if len(more) + 1 > max_windows:
+                pick = np.linspace(0, len(more), max_windows).round().astype(int)
+                more = [more[j - 1] for j in pick[1:]]
+            ids.extend(more)
+            owner.extend([i] * len(more))
+        lens = np.fromiter((len(x) for x in ids), np.int64, len(ids))
+        return TokenBatch(ids, lens, self.pad_id), tuple(owner)
 
     def check(self, texts: list[str]) -> bool:
         """Whether this gives the Hugging Face call's ids on ``texts``."""

@@ -49,7 +49,7 @@ import msgspec
 from opentelemetry.trace import SpanKind
 
 from pointsman import debug, tracing
-from pointsman.v1 import CompletionEvent, ModelsReply, PickReply
+from pointsman.v1 import CompletionEvent, ModelCandidate, ModelsReply, PickReply
 from pointsman.v1.cache import CacheStore
 from pointsman.v1.classify import ClassifyReply
 from pointsman.v1.policy import InferencePolicy
@@ -135,6 +135,8 @@ class Stream:
     turn: str | None = None
     previous_response_id: str | None = None
     capture: ResponseReader | None = None
+    #: Wall clock of the response's first non-empty body chunk (the first token of a stream).
+    first_chunk_at: float | None = None
 
 
 class Processor:
@@ -189,6 +191,13 @@ class Processor:
                     return
                 for response in responses:
                     yield response
+                if stream.observer and (stream.routed is None or stream.done):
+                    # Nothing more to observe: close the stream now (OK status) instead of
+                    # waiting for Envoy, which resets an observer stream its server leaves open
+                    # (deferred_close_timeout, 5 s). Each reset stream leaks native memory in
+                    # grpcio's asyncio server (grpc/grpc#43360): the shim's RSS grew ~0.45 MiB
+                    # a minute at 25 req/s (docs/reliability.md, soak).
+                    break
         finally:
             metrics.STREAMS.dec()
             if stream.routed is not None and not stream.done and (stream.inline or stream.observer):
@@ -451,15 +460,21 @@ class Processor:
                 type="server_error",
             )
         picked = (
-            None if mode == "selector" else await self._pick(stream, llm, choice.model, session)
+            None
+            if mode == "selector"
+            else await self._pick(stream, llm, choice.model, session, choice.candidates)
         )
         if self.known is not None and isinstance(picked, PickReply):
-            picked = policy.vet_pick(picked, choice.model, self.known())
+            served = choice.model
+            if picked.model and any(c.model == picked.model for c in choice.candidates):
+                served = picked.model  # the picker chose another candidate: its pool
+            picked = policy.vet_pick(picked, served, self.known())
             if isinstance(picked, Refused):
-                self._refused(stream, choice.model, picked)
+                self._refused(stream, served, picked)
         return policy.route(
             llm, dialect, choice, picked, self.config, debug=stream.debug, upstream=upstream,
             hinted=stream.subset is not None,
+            report_choice=self.debug.report_model_choice,
         )  # fmt: skip
 
     async def _resume(self, stream: Stream, llm: LLMRequest) -> tuple[LLMRequest, str | None]:
@@ -528,11 +543,16 @@ class Processor:
         return self.new_id()[:24]
 
     async def _pick(
-        self, stream: Stream, llm: LLMRequest, model: str, session: sessions.Session | None
+        self,
+        stream: Stream,
+        llm: LLMRequest,
+        model: str,
+        session: sessions.Session | None,
+        candidates: list[ModelCandidate] | None = None,
     ) -> PickReply | Unavailable:
         request = policy.pick_request(
             llm, model, stream.headers, stream.request_id, stream.subset, self.config, session,
-            debug=stream.debug,
+            debug=stream.debug, candidates=candidates,
         )  # fmt: skip
         started = time.perf_counter()
         with _tracer.start_as_current_span("pointsman.pick", kind=SpanKind.CLIENT) as span:
@@ -694,6 +714,8 @@ class Processor:
         self, stream: Stream, request: envoy.ProcessingRequest
     ) -> envoy.ProcessingResponse:
         body = request.response_body
+        if stream.first_chunk_at is None and body.body:
+            stream.first_chunk_at = self.clock()
         if stream.reader is not None:
             stream.reader.feed(body.body)
         if stream.cache_fill is not None:
@@ -818,6 +840,15 @@ class Processor:
                 self.state.keep_response(response, stream.turn, stream.tenant)
         if not self.config.publish_completions:
             return
+        ended = self.clock()
+        ttft_ms: float | None = None
+        tpot_ms: float | None = None
+        first = stream.first_chunk_at
+        if stream.stream_flag and first is not None:
+            ttft_ms = max(0.0, first - stream.started) * 1000
+            tokens = usage.completion_tokens if usage else None
+            if tokens is not None and tokens > 1:
+                tpot_ms = max(0.0, ended - first) * 1000 / (tokens - 1)
         await self.bus.publish_completion(
             CompletionEvent(
                 request_id=stream.request_id,
@@ -828,7 +859,10 @@ class Processor:
                 prompt_tokens=usage.prompt_tokens if usage else None,
                 completion_tokens=usage.completion_tokens if usage else None,
                 total_tokens=usage.total_tokens if usage else None,
-                duration_ms=max(0.0, self.clock() - stream.started) * 1000,
+                duration_ms=max(0.0, ended - stream.started) * 1000,
+                ttft_ms=ttft_ms,
+                tpot_ms=tpot_ms,
+                cached_tokens=usage.cached_tokens if usage else None,
             )
         )
 

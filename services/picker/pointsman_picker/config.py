@@ -46,6 +46,10 @@ class ObjectiveConfig(_Strict):
 
     priority: int | None = None
     criticality: Criticality | None = None
+    #: The objective's latency SLO in milliseconds, for requests that send no SLO header
+    #: (``x-pointsman-slo-ttft-ms`` / ``-tpot-ms``); ``null``: none.
+    slo_ttft_ms: float | None = Field(default=None, gt=0)
+    slo_tpot_ms: float | None = Field(default=None, gt=0)
 
     def value(self) -> int:
         if self.priority is not None:
@@ -71,6 +75,32 @@ class SharedStateConfig(_Strict):
     flush_interval_ms: float = Field(default=2.0, gt=0)
     #: Give up on one Redis operation after this long (the hot path never waits on it).
     timeout_ms: float = Field(default=500.0, gt=0)
+
+
+class LatencyConfig(_Strict):
+    """The latency predictor (``core/latency.py``) the ``slo`` profile's plugins read."""
+
+    #: Learn from completion events (and answer predictions); off = the plugins stay neutral.
+    enabled: bool = True
+    #: RLS forgetting factor per sample: 1 never forgets, 0.99 follows change within ~100.
+    forgetting: float = Field(default=0.995, gt=0.5, le=1)
+    #: Samples after which an endpoint's own speed factor counts fully (before: closer to 1).
+    min_samples: int = Field(default=8, ge=1)
+    #: Picks remembered while waiting for their completion event (oldest dropped first).
+    max_tracked: int = Field(default=100_000, ge=1)
+
+
+class JointConfig(_Strict):
+    """One decision for model and endpoint (``core/joint.py``), for ``model: auto``."""
+
+    #: Quality points one second of predicted time to first token costs.
+    latency_penalty_per_s: float = Field(default=0.1, ge=0)
+    #: Quality points a pool whose every endpoint is saturated costs.
+    saturation_penalty: float = Field(default=0.3, ge=0)
+    #: Quality points a predicted miss of the request's SLO costs.
+    slo_miss_penalty: float = Field(default=1.0, ge=0)
+    #: A candidate more than this below the first one's quality is never chosen.
+    max_quality_drop: float = Field(default=0.5, ge=0)
 
 
 class FlowControlConfig(_Strict):
@@ -137,7 +167,18 @@ class PickerConfig(_Strict):
     default_priority: int = 0
     pools: dict[str, PoolConfig] = Field(default_factory=dict)
     shared_state: SharedStateConfig = Field(default_factory=SharedStateConfig)
+    latency: LatencyConfig = Field(default_factory=LatencyConfig)
+    joint: JointConfig = Field(default_factory=JointConfig)
     flow_control: FlowControlConfig = Field(default_factory=FlowControlConfig)
+
+    def objective_slos(self) -> dict[str, tuple[float | None, float | None]]:
+        """Objective name -> (TTFT, TPOT) SLO in ms, for the objectives that set one."""
+        return {
+            name: (value.slo_ttft_ms, value.slo_tpot_ms)
+            for name, value in self.objectives.items()
+            if isinstance(value, ObjectiveConfig)
+            and (value.slo_ttft_ms is not None or value.slo_tpot_ms is not None)
+        }
 
     def objective_priorities(self) -> dict[str, int]:
         """``objectives`` with every entry as its priority."""

@@ -14,7 +14,7 @@ import pydantic
 
 from pointsman.configfile import ConfigError
 from pointsman_picker.config import PickerConfig, PoolConfig, ProfileEntry, SaturationConfig
-from pointsman_picker.core.framework import Filter, Picker, Scorer
+from pointsman_picker.core.framework import Admitter, Filter, Picker, Scorer
 from pointsman_picker.core.pipeline import PoolPlan, Profile, Saturation, WeightedScorer
 from pointsman_picker.core.plugins.pickers import MaxScorePicker
 from pointsman_picker.core.registry import REGISTRY
@@ -26,6 +26,32 @@ DEFAULT_PROFILE: list[ProfileEntry | str] = [
     ProfileEntry(plugin="prefix-cache-scorer", weight=3),
     "max-score-picker",
 ]
+
+#: The ``slo`` profile: the default's scorers plus ``latency-scorer``: the endpoint with the most
+#: predicted headroom under the request's SLO (or, without one or when none has headroom, the
+#: fastest predicted) is preferred; nothing is filtered or refused. (A headroom filter in it
+#: lost SLO attainment on the shared-prefix benchmark: with imperfect predictions it excluded
+#: the endpoint holding the prompt's prefix; services/picker/README.md.)
+SLO_PROFILE: list[ProfileEntry | str] = [
+    ProfileEntry(plugin="latency-scorer", weight=2),
+    ProfileEntry(plugin="queue-scorer", weight=2),
+    ProfileEntry(plugin="kv-cache-utilization-scorer", weight=2),
+    ProfileEntry(plugin="prefix-cache-scorer", weight=3),
+    "max-score-picker",
+]
+#: ``slo-strict``: only endpoints predicted to meet the SLO, and a request whose SLO none is
+#: predicted to meet is refused (429, ``slo_unattainable``) rather than served late.
+SLO_STRICT_PROFILE: list[ProfileEntry | str] = [
+    "slo-admission",
+    "slo-headroom-filter",
+    *SLO_PROFILE,
+]
+#: Profiles every picker has, under these names, unless the config defines the same name.
+BUILTIN_PROFILES: dict[str, list[ProfileEntry | str]] = {
+    "default": DEFAULT_PROFILE,
+    "slo": SLO_PROFILE,
+    "slo-strict": SLO_STRICT_PROFILE,
+}
 
 
 class PluginConfigError(ConfigError):
@@ -84,6 +110,7 @@ def _build_profile(
     filters: list[Filter] = []
     scorers: list[WeightedScorer] = []
     pickers: list[Picker] = []
+    admitters: list[Admitter] = []
     for i, raw in enumerate(entries):
         entry = ProfileEntry(plugin=raw) if isinstance(raw, str) else raw
         where = f"picker.profiles.{name}[{i}]"
@@ -102,7 +129,9 @@ def _build_profile(
             continue
         if entry.weight is not None:
             raise PluginConfigError(f"{where}.weight: only scorers take a weight ('{ref}' is not)")
-        if isinstance(plugin, Filter):
+        if isinstance(plugin, Admitter):
+            admitters.append(plugin)
+        elif isinstance(plugin, Filter):
             filters.append(plugin)
         elif isinstance(plugin, Picker):
             pickers.append(plugin)
@@ -111,7 +140,7 @@ def _build_profile(
     if len(pickers) > 1:
         raise PluginConfigError(f"picker.profiles.{name}: more than one picker")
     picker = pickers[0] if pickers else MaxScorePicker()
-    return Profile(name, tuple(filters), tuple(scorers), picker)
+    return Profile(name, tuple(filters), tuple(scorers), picker, admitters=tuple(admitters))
 
 
 def _saturation(s: SaturationConfig) -> Saturation:
@@ -120,7 +149,7 @@ def _saturation(s: SaturationConfig) -> Saturation:
 
 def build_plans(cfg: PickerConfig) -> Plans:
     instances = _build_instances(cfg)
-    specs = {"default": DEFAULT_PROFILE, **cfg.profiles}
+    specs = {**BUILTIN_PROFILES, **cfg.profiles}
     profiles = {name: _build_profile(name, entries, instances) for name, entries in specs.items()}
 
     def profile(name: str, where: str) -> Profile:

@@ -9,7 +9,9 @@ the other replicas behind the request's back.
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from pointsman.v1 import (
     CompletionEvent,
@@ -22,11 +24,15 @@ from pointsman.v1 import (
 )
 from pointsman.v1.policy import InferencePolicy
 from pointsman_picker.config import PickerConfig
+from pointsman_picker.core import joint
 from pointsman_picker.core.framework import Cycle, Update
+from pointsman_picker.core.latency import LatencyModel, LatencySample
 from pointsman_picker.core.objectives import Objectives
 from pointsman_picker.core.pipeline import Decision, saturated, schedule, usable
+from pointsman_picker.core.plugins.latency import SLO_UNATTAINABLE
 from pointsman_picker.core.request import to_request
-from pointsman_picker.core.types import Request
+from pointsman_picker.core.slo import feature_vector, meets
+from pointsman_picker.core.types import Endpoint, Request
 from pointsman_picker.plan import Plans, build_plans
 from pointsman_picker.state import (
     Affinity,
@@ -43,6 +49,16 @@ Sink = Callable[[Sequence[Update]], None]
 
 def _no_sink(_updates: Sequence[Update]) -> None:
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """A decision not yet remembered, with what it was made from."""
+
+    decision: Decision
+    cycle: Cycle
+    views: list[Endpoint]
+    saturated: bool = False
 
 
 class Scheduler:
@@ -66,6 +82,19 @@ class Scheduler:
         self._clock = clock
         self._rng = rng or random.Random()
         self._stale_after_s = config.stale_after_ms / 1000.0
+        lat = config.latency
+        self.latency: LatencyModel | None = (
+            LatencyModel(forgetting=lat.forgetting, min_samples=lat.min_samples)
+            if lat.enabled
+            else None
+        )
+        #: request id -> (pool, endpoint, features) of our picks awaiting their completion.
+        self._tracked: OrderedDict[str, tuple[str, str, tuple[float, ...]]] = OrderedDict()
+        self._slos = config.objective_slos()
+        j = config.joint
+        self._penalties = joint.Penalties(
+            j.latency_penalty_per_s, j.saturation_penalty, j.slo_miss_penalty, j.max_quality_drop
+        )
 
     # --- inputs from the bus and from other replicas ---------------------------------------
 
@@ -78,6 +107,16 @@ class Scheduler:
         self.in_flight.release(f"{event.request_id}#prefill")
         if released:
             self.telemetry.completions.inc()
+        tracked = self._tracked.pop(event.request_id, None)
+        if tracked is None or self.latency is None or not 200 <= event.status_code < 300:
+            return
+        if event.ttft_ms is None and event.tpot_ms is None:
+            return
+        pool, endpoint, x = tracked
+        sample = LatencySample(pool, endpoint, x, event.ttft_ms, event.tpot_ms)
+        if self.latency.learn(sample):
+            self.telemetry.latency_samples.inc()
+            self.sink([sample])
 
     def on_policy(self, policy: InferencePolicy) -> None:
         """InferenceObjectives from Kubernetes (the collector), under the config file's."""
@@ -86,6 +125,10 @@ class Scheduler:
     def on_remote(self, updates: Sequence[Update]) -> None:
         """Apply another replica's decisions to local state."""
         for u in updates:
+            if isinstance(u, LatencySample):
+                if self.latency is not None and self.latency.learn(u):
+                    self.telemetry.latency_samples.inc()
+                continue
             apply_update(u, self.in_flight, self.affinity)
 
     def housekeeping(self) -> None:
@@ -95,6 +138,8 @@ class Scheduler:
             self.telemetry.expired.inc(expired)
         for pool, address in self.store.forget_old(now):
             self.affinity.forget_endpoint(pool, address)
+            if self.latency is not None:
+                self.latency.forget_endpoint(pool, address)
         self.affinity.expire(now)
         self.telemetry.in_flight.set(len(self.in_flight))
         for pool, _, metrics in self.store.pools():
@@ -105,13 +150,7 @@ class Scheduler:
 
     def request(self, pick: PickRequest) -> Request:
         """The core's view of a pick request: pool, adapter, priority."""
-        cfg = self.config
-        return to_request(
-            pick,
-            adapters=cfg.adapters,
-            objectives=self.objectives,
-            default_priority=cfg.default_priority,
-        )
+        return self._request(pick)
 
     def saturated(self, pool: str) -> bool | None:
         """Whether every usable endpoint of ``pool`` is over a saturation threshold (counting
@@ -131,13 +170,33 @@ class Scheduler:
 
     def pick(self, pick: PickRequest) -> PickReply:
         now = self._clock()
-        req = self.request(pick)
-        metrics = self.store.metrics(req.pool)
-        if metrics is None:
+        req = self._request(pick)
+        if pick.candidates and len(pick.candidates) > 1:
+            return self._pick_joint(pick, req, now)
+        outcome = self._schedule(req, now)
+        if outcome is None:
             return self._reply(
                 req.pool,
                 Decision(PickStatus.UNKNOWN_MODEL, reason=f"no pool serves '{req.model}'"),
             )
+        return self._reply(req.pool, self._commit(req, outcome))
+
+    def _request(self, pick: PickRequest) -> Request:
+        cfg = self.config
+        return to_request(
+            pick,
+            adapters=cfg.adapters,
+            objectives=self.objectives,
+            default_priority=cfg.default_priority,
+            slos=self._slos,
+        )
+
+    def _schedule(self, req: Request, now: float, *, weigh: bool = False) -> _Outcome | None:
+        """The decision in ``req``'s pool, nothing remembered yet; ``None``: no such pool.
+        The flag says whether the pool is saturated (worked out only when ``weigh``: a joint decision)."""
+        metrics = self.store.metrics(req.pool)
+        if metrics is None:
+            return None
         pool = req.pool
         pending = self.in_flight.pending
         if any(m.healthy and now - m.scraped_at <= self._stale_after_s for m in metrics):
@@ -155,17 +214,94 @@ class Scheduler:
             rng=self._rng,
             prefix=affinity.prefix(pool),
             sessions=lambda sid: affinity.session(pool, sid),
+            latency=self.latency,
         )
-        decision = schedule(self.plans.for_pool(pool), cycle, views)
+        plan = self.plans.for_pool(pool)
+        decision = schedule(plan, cycle, views)
+        return _Outcome(decision, cycle, views, weigh and saturated(views, now, plan))
+
+    def _commit(self, req: Request, outcome: _Outcome) -> Decision:
+        """Remember the decision (local state, the shared-state sink, the predictor's features)
+        and count it."""
+        pool = req.pool
+        decision = outcome.decision
         if decision.updates:
             for u in decision.updates:
                 apply_update(u, self.in_flight, self.affinity)
             self.sink(decision.updates)
         if decision.status is PickStatus.OK:
             self.telemetry.picks.labels(pool, decision.endpoints[0]).inc()
+            if self.latency is not None:
+                self._track(req, decision.endpoints[0], outcome)
         elif decision.status is PickStatus.SHED:
             self.telemetry.shed.labels(pool, decision.reason or "", req.objective or "").inc()
-        return self._reply(pool, decision)
+        return decision
+
+    def _track(self, req: Request, address: str, outcome: _Outcome) -> None:
+        """Keep the features the primary endpoint was chosen with, to learn from its
+        completion (the state as the decision saw it, before this request's own assignment)."""
+        for view in outcome.views:
+            if view.address == address:
+                x = feature_vector(outcome.cycle, view)
+                self._tracked[req.request_id] = (req.pool, address, x)
+                if len(self._tracked) > self.config.latency.max_tracked:
+                    self._tracked.popitem(last=False)
+                return
+
+    def _pick_joint(self, pick: PickRequest, first: Request, now: float) -> PickReply:
+        """Schedule the request in every candidate model's pool and keep the best trade of
+        quality against predicted latency (``core/joint.py``)."""
+        assert pick.candidates is not None
+        options: list[joint.Option] = []
+        outcomes: list[tuple[Request, _Outcome] | None] = []
+        for cand in pick.candidates:
+            req = first if cand.model == first.model else self._request(
+                PickRequest(
+                    request_id=pick.request_id, model=cand.model, subset=None,
+                    headers=pick.headers, prompt=pick.prompt,
+                    max_endpoints=pick.max_endpoints, session=pick.session,
+                )
+            )  # fmt: skip
+            outcome = self._schedule(req, now, weigh=True)
+            if outcome is None:
+                outcomes.append(None)
+                options.append(joint.Option(cand.model, cand.score, ok=False))
+                continue
+            decision = outcome.decision
+            ok = decision.status is PickStatus.OK
+            ttft = None
+            fits = decision.reason != SLO_UNATTAINABLE
+            if ok and self.latency is not None:
+                e = next(v for v in outcome.views if v.address == decision.endpoints[0])
+                x = feature_vector(outcome.cycle, e)
+                pred = self.latency.predict(req.pool, e.address, x)
+                ttft = pred.ttft_ms
+                fits = meets(pred, req.slo_ttft_ms, req.slo_tpot_ms, 0.0)
+            outcomes.append((req, outcome))
+            options.append(joint.Option(cand.model, cand.score, ok, outcome.saturated, ttft, fits))
+        chosen = joint.choose(options, self._penalties)
+        if chosen is None:
+            # No candidate's pool can serve: answer as the first candidate would.
+            first_outcome = outcomes[0]
+            if first_outcome is None:
+                return self._reply(
+                    first.pool,
+                    Decision(PickStatus.UNKNOWN_MODEL, reason=f"no pool serves '{first.model}'"),
+                )
+            self.telemetry.model_choice.labels("none", "unavailable").inc()
+            return self._reply(first.pool, first_outcome[1].decision)
+        index, reason = chosen
+        found = outcomes[index]
+        assert found is not None
+        req, chosen_outcome = found
+        decision = self._commit(req, chosen_outcome)
+        self.telemetry.model_choice.labels(_rank_label(index), reason).inc()
+        reply = self._reply(req.pool, decision)
+        if decision.status is PickStatus.OK:
+            reply.model = req.model
+            reply.model_rank = index
+            reply.model_reason = reason
+        return reply
 
     def _reply(self, pool: str, d: Decision) -> PickReply:
         self.telemetry.decisions.labels(pool, d.status.value).inc()
@@ -196,3 +332,7 @@ class Scheduler:
                     created=base.created,
                 )  # fmt: skip
         return ModelsReply(pools=[infos[k] for k in sorted(infos)])
+
+
+def _rank_label(index: int) -> str:
+    return ("first", "second", "third")[index] if index < 3 else "other"

@@ -109,3 +109,14 @@ class Telemetry:
             ["op"], registry=r,
         )  # fmt: skip
         self.flow = FlowMetrics(r)
+        self.latency_samples = Counter(
+            "pointsman_picker_latency_samples",
+            "Completed requests the latency predictor learnt from (this replica's and shared).",
+            registry=r,
+        )
+        self.model_choice = Counter(
+            "pointsman_picker_model_choice",
+            "Joint model and endpoint decisions (model: auto with candidates), by the rank of "
+            "the model chosen (first, second, third, other, none) and the reason.",
+            ["choice", "reason"], registry=r,
+        )  # fmt: skip

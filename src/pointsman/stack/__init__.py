@@ -17,6 +17,7 @@ permissions of :mod:`pointsman.natsauth` (generated at start in the run director
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import importlib.util
 import json
@@ -49,8 +50,10 @@ from pointsman.stack.procs import (
     port_free,
     redis_argv,
     spawn,
+    stop_all,
     wait_ready,
 )
+from pointsman.stack.supervisor import RestartPolicy, Supervisor
 
 __all__ = ["Stack", "StackError", "StackOptions", "main"]
 
@@ -87,6 +90,9 @@ class StackOptions:
     sim_args: list[str] = field(default_factory=list)
     #: More simulator arguments for one model's replicas (after ``sim_args``): a slower model.
     model_sim_args: dict[str, list[str]] = field(default_factory=dict)
+    #: One simulator process per replica (``sim-MODEL-I``) instead of one per model serving
+    #: every replica: a replica can then die alone (the chaos tests kill one).
+    sim_process_per_replica: bool = False
     picker_replicas: int = 1
     body_mode: Literal["BUFFERED", "FULL_DUPLEX_STREAMED"] = "BUFFERED"
     #: How Envoy gives the shim the response: see ``EnvoyOptions.response_path``.
@@ -146,6 +152,7 @@ class Stack:
         #: Each service identity's NATS credential (when this stack started nats-server).
         self.identities: dict[str, credentials.Identity] = {}
         self.nats_section: dict[str, Any] = {}
+        self.supervisor: Supervisor | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -187,6 +194,11 @@ class Stack:
 
         self.nats_url = o.nats_url or os.environ.get("NATS_URL") or self._start_nats()
         self.redis_url = self._start_redis()
+        if o.picker_replicas > 1 and not self.redis_url:
+            raise StackError(
+                f"{o.picker_replicas} pickers share their state through Redis: install "
+                "redis-server (or leave out --no-redis), or run one picker"
+            )
         if o.simulate:
             self.pools = self._start_simulators()
         else:
@@ -234,7 +246,13 @@ class Stack:
                 "classifier": {"enabled": bool(with_classifier)},
                 "responses": {"redis_url": self.redis_url},
             },
-            "picker": {"http_host": "127.0.0.1"},
+            "picker": {
+                "http_host": "127.0.0.1",
+                # several pickers decide as one: prefix affinity and in-flight counts in Redis
+                **(
+                    {"shared_state": {"redis_url": self.redis_url}} if o.picker_replicas > 1 else {}
+                ),
+            },
             "collector": {"http_host": "127.0.0.1", "http_port": self.ports["collector_http"]},
         }
         if with_classifier:
@@ -274,8 +292,20 @@ class Stack:
         self._wait_models()
 
     def stop(self) -> None:
-        for name in reversed(list(self.children)):
-            self.children[name].stop()
+        """Stop every child (SIGTERM to all at once, SIGKILL after 10 s), and the supervisor
+        first so that nothing is restarted meanwhile."""
+        if self.supervisor is not None:
+            self.supervisor.stop()
+        stop_all(list(reversed(list(self.children.values()))))
+
+    def supervise(
+        self, log: Callable[[str], None] | None = None, policy: RestartPolicy | None = None
+    ) -> Supervisor:
+        """Restart dead children with backoff from a background thread until :meth:`stop`
+        (``pointsman up`` runs the same :class:`Supervisor` in its main loop)."""
+        self.supervisor = Supervisor(self.children, log or (lambda _: None), policy)
+        self.supervisor.start()
+        return self.supervisor
 
     # -- parts ------------------------------------------------------------------------------
 
@@ -301,11 +331,11 @@ class Stack:
             )
         )
         argv = [binary("nats-server"), "-c", str(conf)]
-        child = spawn("nats-server", argv, self.log_dir)
+        child = spawn("nats-server", argv, self.log_dir, die_with_parent=True)
         self.children["nats-server"] = child
         scheme = "tls" if tls is not None else "nats"
         url = f"{scheme}://127.0.0.1:{port}"
-        wait_ready(child, lambda: not port_free(port), 15, "nats-server")
+        wait_ready(child, lambda: not port_free(port), 30, "nats-server")
         return url
 
     def nats_config(self, identity: str | None = None) -> Any:
@@ -325,6 +355,8 @@ class Stack:
         want = self.options.redis
         if want is False:
             return ""
+        if self.options.picker_replicas > 1:
+            want = True
         try:
             path = binary("redis-server")
         except StackError:
@@ -345,9 +377,9 @@ class Stack:
                 credentials.redis_default_acl(secret),
             )
             argv += ["--aclfile", str(acl)]
-        child = spawn("redis-server", argv, self.log_dir)
+        child = spawn("redis-server", argv, self.log_dir, die_with_parent=True)
         self.children["redis-server"] = child
-        wait_ready(child, lambda: not port_free(port), 15, "redis-server")
+        wait_ready(child, lambda: not port_free(port), 30, "redis-server")
         return f"redis://127.0.0.1:{port}/0"
 
     def _start_simulators(self) -> dict[str, list[str]]:
@@ -370,14 +402,23 @@ class Stack:
                 *o.sim_args,
                 *o.model_sim_args.get(model, []),
             ]
-            child = spawn(f"sim-{model}", argv, self.log_dir)
-            self.children[f"sim-{model}"] = child
             pools[model] = [f"127.0.0.1:{base + i}" for i in range(o.replicas)]
+            if o.sim_process_per_replica:
+                for i in range(o.replicas):
+                    one = [*argv]
+                    one[one.index("--port") + 1] = str(base + i)
+                    one[one.index("--count") + 1] = "1"
+                    self.children[f"sim-{model}-{i}"] = spawn(
+                        f"sim-{model}-{i}", one, self.log_dir, die_with_parent=True
+                    )
+            else:
+                child = spawn(f"sim-{model}", argv, self.log_dir, die_with_parent=True)
+                self.children[f"sim-{model}"] = child
         for model, endpoints in pools.items():
-            child = self.children[f"sim-{model}"]
-            for endpoint in endpoints:
+            for i, endpoint in enumerate(endpoints):
+                owner = self.children.get(f"sim-{model}") or self.children[f"sim-{model}-{i}"]
                 url = f"http://{endpoint}/health"
-                wait_ready(child, _ok(url), 30, f"simulator {endpoint}")
+                wait_ready(owner, _ok(url), 60, f"simulator {endpoint}")
         return pools
 
     def _start_service(self, service: str, index: int = 0, timeout: float | None = None) -> None:
@@ -394,7 +435,9 @@ class Stack:
         else:
             port = int(self.config[service]["http_port"])
         argv = [sys.executable, "-m", _MODULES[service], "--config", str(config_path)]
-        child = spawn(name, argv, self.log_dir, env=self._service_env(service))
+        child = spawn(
+            name, argv, self.log_dir, env=self._service_env(service), die_with_parent=True
+        )
         self.children[name] = child
         url = f"http://127.0.0.1:{port}/readyz"
         wait_ready(
@@ -423,7 +466,9 @@ class Stack:
         config_path = self.workdir / "pointsman-pool-picker.yaml"
         config_path.write_text(yaml.safe_dump({**self.config, "shim": shim}, sort_keys=False))
         argv = [sys.executable, "-m", _MODULES["shim"], "--config", str(config_path)]
-        child = spawn("pool-picker", argv, self.log_dir, env=self._service_env("shim"))
+        child = spawn(
+            "pool-picker", argv, self.log_dir, env=self._service_env("shim"), die_with_parent=True
+        )
         self.children["pool-picker"] = child
         url = f"http://127.0.0.1:{self.ports['epp_http']}/readyz"
         wait_ready(
@@ -468,10 +513,10 @@ class Stack:
             "--concurrency",
             "2",
         ]
-        child = spawn("envoy", argv, self.log_dir)
+        child = spawn("envoy", argv, self.log_dir, die_with_parent=True)
         self.children["envoy"] = child
         admin = f"http://127.0.0.1:{self.ports['envoy_admin']}/ready"
-        wait_ready(child, lambda: http_status(admin) == 200, 30, "envoy")
+        wait_ready(child, lambda: http_status(admin) == 200, 60, "envoy")
 
     def _wait_models(self) -> None:
         """Ready for users: the gateway lists every pool (snapshots reached the picker)."""
@@ -555,7 +600,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         prog=prog,
         description=(
             "Start the whole Pointsman stack on this machine: nats-server, simulated vLLM "
-            "replicas, the services and Envoy. Prints the gateway URL; Ctrl-C stops everything."
+            "replicas, the services and Envoy. Prints the gateway URL; a child that exits is "
+            "restarted with backoff; Ctrl-C (or SIGTERM) stops everything."
         ),
     )
     p.add_argument("--port", type=int, default=8080, help="gateway (Envoy) port (default: 8080)")
@@ -587,7 +633,13 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         metavar="ARG",
         help="extra argument for every simulator, repeatable (e.g. --sim-arg=--time-scale=0.1)",
     )
-    p.add_argument("--pickers", type=int, default=1, help="picker replicas (default: 1)")
+    p.add_argument(
+        "--pickers",
+        type=int,
+        default=1,
+        help="picker replicas (default: 1); more than one starts redis-server, through which "
+        "they share prefix affinity and in-flight counts",
+    )
     p.add_argument(
         "--mode",
         choices=["full", "selector"],
@@ -694,17 +746,55 @@ def main(argv: Sequence[str] | None = None, prog: str = "pointsman up") -> int:
     )
     stack = Stack(options)
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    print(f"starting Pointsman (logs in {stack.log_dir}) ...", flush=True)
+    starting = True
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop.set()
+        if starting:  # interrupt start-up: Stack.start stops what it started
+            raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    _say(f"starting Pointsman (logs in {stack.log_dir}) ...")
     try:
-        stack.start()
+        try:
+            stack.start()
+        finally:
+            starting = False
     except StackError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
+        _say(f"{prog}: {exc}", err=True)
         return 1
     except KeyboardInterrupt:
         stack.stop()
         return 130
+    try:
+        _say(_banner(stack))
+        supervisor = Supervisor(stack.children, lambda text: _say(f"{prog}: {text}", err=True))
+        stack.supervisor = supervisor
+        while not stop.wait(0.2):
+            supervisor.check()
+        _say("stopping ...")
+    finally:
+        # whatever happened to our output (the reader of a pipe gone with Ctrl-C), stop all
+        stack.stop()
+    _say("stopped.")
+    return 0
+
+
+def _say(text: str, err: bool = False) -> None:
+    """Print, surviving a closed output: with ``pointsman up | tee log``, Ctrl-C ends ``tee``
+    too, and a failed print must not skip stopping the stack. Later output goes nowhere."""
+    stream = sys.stderr if err else sys.stdout
+    try:
+        print(text, file=stream, flush=True)
+    except (BrokenPipeError, OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+
+
+def _banner(stack: Stack) -> str:
     model = next(iter(stack.pools))
     auto = bool(stack.config["shim"]["classifier"]["enabled"])
     auto_example = (
@@ -714,7 +804,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "pointsman up") -> int:
         if auto
         else ""
     )
-    print(
+    return (
         "\nPointsman is up.\n"
         f"  gateway:  {stack.gateway_url}\n"
         f"  models:   {', '.join(stack.pools)}" + (", auto" if auto else "") + "\n"
@@ -725,21 +815,5 @@ def main(argv: Sequence[str] | None = None, prog: str = "pointsman up") -> int:
         f"  curl -i {stack.gateway_url}/v1/chat/completions -H 'content-type: application/json' \\\n"
         f'    -d \'{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}\'\n'
         + auto_example
-        + "\nPress Ctrl-C to stop.",
-        flush=True,
+        + "\nA child that exits is restarted (with backoff). Press Ctrl-C to stop."
     )
-    code = 0
-    while not stop.wait(0.5):
-        dead = [c for c in stack.children.values() if not c.alive]
-        if dead:
-            for child in dead:
-                print(
-                    f"{prog}: {child.name} exited with code {child.popen.returncode}:\n{child.tail()}",
-                    file=sys.stderr,
-                )
-            code = 1
-            break
-    print("stopping ...", flush=True)
-    stack.stop()
-    print("stopped.", flush=True)
-    return code

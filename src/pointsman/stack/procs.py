@@ -8,6 +8,7 @@ child gets its own process group, so stopping it stops what it started too.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -44,7 +45,11 @@ def free_port_block(count: int, host: str = "127.0.0.1", attempts: int = 50) -> 
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on ``port`` now. The bind test sets ``SO_REUSEADDR`` as
+    every server of the stack does, so connections of a stopped run left in TIME_WAIT do not
+    count as taken; a socket that listens there does."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -100,6 +105,15 @@ class Child:
     log_path: Path
     #: Whatever the caller wants to keep with the process (a test's port, ...).
     extra: dict[str, object] = field(default_factory=dict)
+    #: How it was started, for :meth:`respawn`.
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] | None = None
+    cwd: str | os.PathLike[str] | None = None
+    die_with_parent: bool = False
+
+    @property
+    def pid(self) -> int:
+        return int(self.popen.pid)
 
     @property
     def alive(self) -> bool:
@@ -128,6 +142,64 @@ class Child:
                 os.killpg(self.popen.pid, signal.SIGKILL)
             self.popen.wait(5)
 
+    def respawn(self) -> Child:
+        """The same command started again (a supervisor restarting a dead child); the log
+        file is appended to."""
+        return spawn(
+            self.name,
+            self.argv,
+            self.log_path.parent,
+            env=self.env,
+            cwd=self.cwd,
+            die_with_parent=self.die_with_parent,
+        )
+
+
+def stop_all(children: Sequence[Child], timeout: float = 10.0) -> None:
+    """Stop several children together: SIGTERM to every process group at once, then SIGKILL
+    to the groups still there after ``timeout`` seconds (one shared deadline, not one each)."""
+    for child in children:
+        if child.alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for child in children:
+        try:
+            child.popen.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.popen.wait(5)
+    for child in children:  # what a child started in its group and left behind
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the kernel send SIGTERM to the child when the process that
+    started it dies, however it dies (SIGKILL, a crash): Linux ``prctl(PR_SET_PDEATHSIG)``
+    through ctypes. ``None`` where there is no prctl (then the process group kill of
+    :meth:`Child.stop` is all there is)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: nobody will signal us
+            os._exit(1)
+
+    return preexec
+
 
 def spawn(
     name: str,
@@ -135,9 +207,15 @@ def spawn(
     log_dir: Path | None = None,
     env: dict[str, str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
+    *,
+    die_with_parent: bool = False,
 ) -> Child:
     """Start ``argv`` with its output in ``<log_dir>/<name>.log`` (a new temporary directory
-    when ``log_dir`` is not given) and ``env`` over this process's environment."""
+    when ``log_dir`` is not given) and ``env`` over this process's environment.
+
+    ``die_with_parent``: the child gets SIGTERM when this process dies, even by SIGKILL (Linux;
+    the signal is tied to the *thread* that spawns, so spawn from one that lives as long as the
+    child should)."""
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="pointsman-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
@@ -150,8 +228,17 @@ def spawn(
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             cwd=cwd,
             start_new_session=True,  # its own process group: Ctrl-C reaches us, we stop it
+            preexec_fn=_die_with_parent() if die_with_parent else None,
         )
-    return Child(name, popen, log_path)
+    return Child(
+        name,
+        popen,
+        log_path,
+        argv=list(argv),
+        env=env,
+        cwd=cwd,
+        die_with_parent=die_with_parent,
+    )
 
 
 def wait_ready(child: Child | None, check: Callable[[], bool], timeout: float, what: str) -> None:

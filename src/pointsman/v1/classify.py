@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from pointsman.v1.messages import ModelCandidate
 from pointsman.v1.subjects import PREFIX
 
 #: Request-reply, shim -> classifier: :class:`ClassifyRequest` -> :class:`ClassifyReply`.
@@ -125,3 +126,9 @@ class ClassifyReply(msgspec.Struct, kw_only=True):
     #: the request; ``"bad_request"``: nothing to classify was malformed). The shim then applies
     #: its fail-open / fail-closed policy exactly as for a timeout, without waiting for one.
     error: str | None = None
+    #: ``model: auto``: the served candidate models that may take the request, ranked best
+    #: first (``model`` first) with their quality scores (``categories.*.models[].score``). The
+    #: shim passes them to the picker, which may choose a lower-ranked one whose pool can serve
+    #: sooner (see services/picker/README.md, "One decision for model and endpoint"). Empty:
+    #: the classifier chose ``model`` alone. Added after v1: older shims ignore it.
+    candidates: list[ModelCandidate] = msgspec.field(default_factory=list)

@@ -26,6 +26,9 @@ ENDPOINT = "x-pointsman-endpoint"
 SESSION = "x-pointsman-session"
 #: The target an InferenceModelRewrite sent the request to (a canary, one side of a split).
 REWRITE = "x-pointsman-rewrite"
+#: ``model: auto`` served by another candidate than the classifier's first:
+#: ``second; reason=saturated`` (only with ``debug.report_model_choice``).
+MODEL_CHOICE = "x-pointsman-model-choice"
 
 #: Set by the classifier (see services/classifier/README.md, "Headers").
 CLASSIFIER = (
@@ -55,5 +58,6 @@ REPORTED = (
     SCORES,
     SESSION,
     REWRITE,
+    MODEL_CHOICE,
     *CLASSIFIER,
 )

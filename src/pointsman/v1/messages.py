@@ -108,6 +108,17 @@ class PickRequest(msgspec.Struct, kw_only=True):
     #: How long the shim waits for the reply beyond its pick deadline: a saturated pool's
     #: request may wait this long in flow control. ``None`` or 0: answer at once (added after v1).
     max_wait_ms: float | None = None
+    #: ``model: auto``: the classifier's ranked candidate models with their quality scores,
+    #: ``model`` first. The picker chooses the (model, endpoint) pair; its reply's ``model``
+    #: says which. Added after v1: a picker from before picks for ``model`` only.
+    candidates: list[ModelCandidate] | None = None
+
+
+class ModelCandidate(msgspec.Struct, kw_only=True):
+    """A model that may serve a request, and how good the classifier expects its answer."""
+
+    model: str
+    score: float
 
 
 class PickReply(msgspec.Struct, kw_only=True):
@@ -119,6 +130,11 @@ class PickReply(msgspec.Struct, kw_only=True):
     reason: str | None = None
     picker: str = ""
     scores: dict[str, float] = msgspec.field(default_factory=dict)
+    #: Set when the request named ``candidates``: the model chosen (its endpoints are in
+    #: ``endpoints``), its rank among the candidates (0 = the first) and why.
+    model: str | None = None
+    model_rank: int | None = None
+    model_reason: str | None = None
 
 
 class ModelsRequest(msgspec.Struct, kw_only=True):
@@ -154,6 +170,14 @@ class CompletionEvent(msgspec.Struct, kw_only=True):
     total_tokens: int | None = None
     duration_ms: float = 0.0
     extra: dict[str, Any] = msgspec.field(default_factory=dict)
+    # Added after v1 (``None``: not measured), what the picker's latency predictor learns from:
+    #: Time to first token: from the request's arrival to the first body chunk of a streamed
+    #: answer (``None`` for an answer that was not streamed).
+    ttft_ms: float | None = None
+    #: Time per output token after the first, of a streamed answer that reported its usage.
+    tpot_ms: float | None = None
+    #: Prompt tokens the engine served from its prefix cache (``usage.prompt_tokens_details``).
+    cached_tokens: int | None = None
 
 
 class CollectorAnnounce(msgspec.Struct, kw_only=True):

@@ -39,7 +39,7 @@ def content(resp: httpx.Response) -> str:
     return text
 
 
-def stored_after(cs: CacheStack, before: float, timeout: float = 10) -> None:
+def stored_after(cs: CacheStack, before: float, timeout: float = 60) -> None:
     procs.wait_until(
         lambda: cs.metric("pointsman_classifier_cache_stores_total", result="stored") > before,
         timeout,

@@ -34,7 +34,7 @@ class View:
     def addresses(self) -> set[str]:
         return {e.address for e in self.endpoints}
 
-    async def until(self, cond: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    async def until(self, cond: Callable[[], bool], what: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if cond():
@@ -156,9 +156,9 @@ async def test_collector_scrapes_pods_of_an_inference_pool(
     collector = Collector(cfg, nats=NatsConfig(url=nats_url), sources=build_sources(cfg, None))
     await collector.start()
     try:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            snap = await asyncio.wait_for(got.get(), 15)
+            snap = await asyncio.wait_for(got.get(), 60)
             if snap.endpoints and snap.endpoints[0].healthy:
                 break
         [ep] = snap.endpoints

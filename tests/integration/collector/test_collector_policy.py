@@ -71,7 +71,7 @@ def kube_config(kube: FakeKube) -> KubernetesConfig:
     )
 
 
-async def until(cond: Callable[[], bool], what: str, timeout: float = 15) -> None:
+async def until(cond: Callable[[], bool], what: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         assert time.monotonic() < deadline, what

@@ -67,7 +67,7 @@ async def test_process_reads_config_hot_reloads_and_serves_http(
         env={"NATS_URL": nats_url},
     )
 
-    async def until(check: object, what: str, timeout: float = 20) -> None:
+    async def until(check: object, what: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if await check():  # type: ignore[operator]
@@ -108,7 +108,7 @@ async def test_process_reads_config_hot_reloads_and_serves_http(
         assert "pointsman_collector_publishes_total" in text
 
         proc.popen.send_signal(signal.SIGTERM)
-        code = await asyncio.to_thread(proc.popen.wait, 10)
+        code = await asyncio.to_thread(proc.popen.wait, 30)
         assert code == 0, proc.output()
     finally:
         proc.stop()
@@ -142,19 +142,19 @@ async def test_waits_for_nats_live_but_not_ready(unique: str, tmp_path: Path) ->
         env={"NATS_URL": f"nats://127.0.0.1:{nats_port}"},
     )
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while (await _get(f"http://127.0.0.1:{port}/healthz"))[0] != 200:
             assert time.monotonic() < deadline and proc.popen.poll() is None, proc.output()
             await asyncio.sleep(0.05)
         status, text = await _get(f"http://127.0.0.1:{port}/readyz")
         assert status == 503 and "NATS" in text
         with procs.nats_server(port=nats_port):
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + 60
             while (await _get(f"http://127.0.0.1:{port}/readyz"))[0] != 200:
                 assert time.monotonic() < deadline, proc.output()
                 await asyncio.sleep(0.05)
             proc.popen.send_signal(signal.SIGTERM)
-            assert await asyncio.to_thread(proc.popen.wait, 10) == 0, proc.output()
+            assert await asyncio.to_thread(proc.popen.wait, 30) == 0, proc.output()
     finally:
         proc.stop()
 
@@ -169,11 +169,11 @@ async def test_sigterm_while_waiting_for_nats_exits_cleanly(tmp_path: Path) -> N
         env={"NATS_URL": f"nats://127.0.0.1:{procs.free_port()}"},
     )
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while (await _get(f"http://127.0.0.1:{port}/healthz"))[0] != 200:
             assert time.monotonic() < deadline and proc.popen.poll() is None, proc.output()
             await asyncio.sleep(0.05)
         proc.popen.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(proc.popen.wait, 10) == 0, proc.output()
+        assert await asyncio.to_thread(proc.popen.wait, 30) == 0, proc.output()
     finally:
         proc.stop()

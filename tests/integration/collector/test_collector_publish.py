@@ -44,7 +44,7 @@ class Watcher:
         self._event.set()
 
     async def wait_for(
-        self, cond: Callable[[PoolSnapshot], bool], timeout: float = 10
+        self, cond: Callable[[PoolSnapshot], bool], timeout: float = 60
     ) -> PoolSnapshot:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -13,7 +13,7 @@ import nats
 import pytest
 
 from pointsman.stack import Stack, StackOptions
-from pointsman.v1 import CompletionEvent, decode, subjects
+from pointsman.v1 import CompletionEvent, PoolSnapshot, decode, subjects
 
 #: Fast simulators: every simulated duration x0.02, short default outputs.
 SIM_ARGS = ["--time-scale", "0.02", "--max-num-seqs", "4"]
@@ -42,6 +42,29 @@ def stack() -> Iterator[Stack]:
         yield s
 
 
+def published_twice(stack: Stack, model: str, endpoint: str, min_waiting: int) -> None:
+    """Wait (60 s at most) for two snapshots of ``model`` on the bus in which ``endpoint``
+    has at least ``min_waiting`` requests waiting."""
+
+    async def run() -> None:
+        nc = await nats.connect(**stack.nats_config("picker").connect_options("picker"))
+        try:
+            sub = await nc.subscribe(subjects.metrics(model))
+            seen = 0
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 60
+            while seen < 2:
+                left = deadline - loop.time()
+                assert left > 0, f"no snapshot showed {min_waiting} waiting at {endpoint}"
+                snap = decode((await sub.next_msg(timeout=left)).data, PoolSnapshot)
+                if any(e.address == endpoint and e.waiting >= min_waiting for e in snap.endpoints):
+                    seen += 1
+        finally:
+            await nc.close()
+
+    asyncio.run(run())
+
+
 def waiting(endpoint: str) -> float:
     """The engine's own ``vllm:num_requests_waiting``, read from its /metrics."""
     text = httpx.get(f"http://{endpoint}/metrics").text
@@ -50,9 +73,13 @@ def waiting(endpoint: str) -> float:
 
 
 @contextlib.contextmanager
-def queue_filled(endpoint: str, model: str, *, requests: int, min_waiting: int) -> Iterator[None]:
+def queue_filled(
+    endpoint: str, model: str, *, requests: int, min_waiting: int, stack: Stack | None = None
+) -> Iterator[None]:
     """Long generations sent straight to one replica (not through the gateway) until its
-    waiting queue holds ``min_waiting``; the block runs while they are queued."""
+    waiting queue holds ``min_waiting``; the block runs while they are queued. With ``stack``,
+    the block starts once the collector has published that queue twice (the picker has had
+    the first snapshot a whole interval by then), not after a guessed delay."""
 
     def long_request() -> None:
         with httpx.Client(timeout=120) as c:
@@ -67,11 +94,14 @@ def queue_filled(endpoint: str, model: str, *, requests: int, min_waiting: int) 
     for t in threads:
         t.start()
     try:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 60
         while waiting(endpoint) < min_waiting:
             assert time.monotonic() < deadline, f"{endpoint} never queued {min_waiting} requests"
             time.sleep(0.05)
-        time.sleep(0.3)  # the collector's next snapshot reaches the picker
+        if stack is not None:
+            published_twice(stack, model, endpoint, min_waiting)
+        else:
+            time.sleep(0.3)  # the collector's next snapshot reaches the picker
         yield
     finally:
         for t in threads:

@@ -380,7 +380,7 @@ def test_translations_and_usage_are_counted(stack: Stack) -> None:
     # the observer reads the engine's usage off the critical path: wait for it
     import time
 
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while tokens() < before + 5:
         assert time.monotonic() < deadline, "the translated answer's usage was never counted"
         time.sleep(0.05)

@@ -178,7 +178,10 @@ def test_load_spreads_by_queue_depth(stack: Stack) -> None:
     """A replica with a long waiting queue gets fewer requests than an idle one."""
     busy, idle = stack.pools["beta"]
     counts: Counter[str] = Counter()
-    with httpx.Client(timeout=60) as client, queue_filled(busy, "beta", requests=24, min_waiting=4):
+    with (
+        httpx.Client(timeout=60) as client,
+        queue_filled(busy, "beta", requests=24, min_waiting=4, stack=stack),
+    ):
         for _ in range(20):
             r = client.post(f"{stack.gateway_url}{CHAT}", json=chat_body("beta", max_tokens=2))
             assert r.status_code == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -29,22 +30,36 @@ def body(model: str, max_tokens: int = 2) -> dict[str, object]:
 def test_saturated_pool_sheds_low_priority_only() -> None:
     """A shim that does not wait (``queue_wait_ms: 0``) gets the instant shedding of old; with
     waiting, flow control queues instead (test_flow_control)."""
+    # Ten times slower than the other tests' simulators: the queue of long generations must
+    # outlast two snapshot intervals on a loaded machine (at x0.02 it drains in about 2 s).
     with make_stack(
         models=["solo"],
         replicas=1,
+        sim_args=["--time-scale", "0.2", "--max-num-seqs", "4"],
         overrides={
             "picker": {"objectives": {"batch": -1, "chat": 0}},
             "shim": {"pick_timeout_ms": 500, "queue_wait_ms": 0},
         },
     ) as stack:
         (endpoint,) = stack.pools["solo"]
-        with queue_filled(endpoint, "solo", requests=16, min_waiting=8):
-            r = httpx.post(
-                f"{stack.gateway_url}{CHAT}",
-                json=body("solo"),
-                headers={"x-llm-d-inference-objective": "batch"},
-            )
-            assert r.status_code == 429, r.text
+        with queue_filled(endpoint, "solo", requests=16, min_waiting=8, stack=stack):
+            # The picker sheds once the collector's next snapshot shows the queue: ask until
+            # it does (a batch request let through waits behind the queue: give up on it).
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    r = httpx.post(
+                        f"{stack.gateway_url}{CHAT}",
+                        json=body("solo"),
+                        headers={"x-llm-d-inference-objective": "batch"},
+                        timeout=2,
+                    )
+                    if r.status_code == 429:
+                        break
+                except httpx.TimeoutException:
+                    pass
+                assert time.monotonic() < deadline, "the saturated pool never shed"
+                time.sleep(0.1)
             assert r.headers["x-pointsman-shed-reason"] == "saturated"
             assert r.json()["error"]["type"] == "rate_limit_exceeded"
             r = httpx.post(

@@ -54,7 +54,7 @@ async def test_pick_follows_snapshots(nats_url: str, start_picker: StartPicker) 
         snap = snapshot(pool, **{"a-1": 5, "b-2": 0, "c-3": 9})
         await nc.publish(subjects.metrics(pool), encode(snap))
         await nc.flush()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 60
         while (reply := await ask(nc, pool)).status is PickStatus.UNKNOWN_MODEL:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
@@ -88,7 +88,7 @@ async def test_pick_follows_snapshots(nats_url: str, start_picker: StartPicker) 
         down.pool = dead
         await nc.publish(subjects.metrics(dead), encode(down))
         await nc.flush()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 60
         while (reply := await ask(nc, other)).status is PickStatus.UNKNOWN_MODEL:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
@@ -118,7 +118,7 @@ async def test_in_flight_spreads_between_snapshots(
         pool = f"m-{uuid.uuid4().hex[:6]}"
         await nc.publish(subjects.metrics(pool), encode(snapshot(pool, **{"a-1": 0, "b-2": 0})))
         await nc.flush()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 60
         while (await ask(nc, pool)).status is PickStatus.UNKNOWN_MODEL:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
@@ -167,7 +167,7 @@ async def test_shedding_and_prefill_over_the_bus(nats_url: str, start_picker: St
         )
         await nc.publish(subjects.metrics(pool), encode(snap))
         await nc.flush()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 60
         while (await ask(nc, pool)).status is PickStatus.UNKNOWN_MODEL:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)

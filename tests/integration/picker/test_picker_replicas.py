@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import random
 import time
+import urllib.request
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from pointsman.v1 import (
+    CompletionEvent,
     EndpointMetrics,
     PickReply,
     PickRequest,
@@ -55,7 +57,7 @@ async def publishing(nc: NATS, pool: str) -> AsyncIterator[None]:
 
 async def pick(nc: NATS, pool: str, prompt: str) -> PickReply:
     req = PickRequest(request_id=uuid.uuid4().hex, model=pool, prompt=prompt)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while True:
         reply = decode((await nc.request(subjects.PICK, encode(req), timeout=2)).data, PickReply)
         if reply.status is not PickStatus.UNKNOWN_MODEL or time.monotonic() > deadline:
@@ -143,5 +145,56 @@ async def test_replicas_without_shared_state_lose_affinity(
         # (binomial); with shared state no group is split (the test above). Counting split
         # groups, not the share, keeps this control stable on a loaded machine.
         assert split >= 4, (share, split)
+    finally:
+        await nc.close()
+
+
+def _samples(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    for line in text.splitlines():
+        if line.startswith("pointsman_picker_latency_samples_total "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_latency_samples_reach_every_replica_through_redis(
+    nats_url: str, redis_url: str, start_picker: StartPicker
+) -> None:
+    """Each completion teaches the replica that picked the request, which shares the sample
+    through Redis: both replicas' predictors learn from every completion, whoever picked."""
+    nc = await nats.connect(nats_url)
+    try:
+        tag = uuid.uuid4().hex[:6]
+        shared = {"redis_url": redis_url, "key_prefix": f"test:{tag}"}
+        a = start_picker({"shared_state": shared}, replica_id=f"la-{tag}")
+        b = start_picker({"shared_state": shared}, replica_id=f"lb-{tag}")
+        pool = f"lat-{tag}"
+        answered: set[str] = set()
+        sent = 0
+        async with publishing(nc, pool):
+            deadline = time.monotonic() + 60
+            while len(answered) < 2 or sent < 10:
+                assert time.monotonic() < deadline, f"only {answered} answered"
+                rid = uuid.uuid4().hex
+                req = PickRequest(request_id=rid, model=pool, prompt=f"question {sent}")
+                msg = await nc.request(subjects.PICK, encode(req), timeout=5)
+                reply = decode(msg.data, PickReply)
+                if reply.status is PickStatus.UNKNOWN_MODEL:  # not seen a snapshot yet
+                    await asyncio.sleep(0.05)
+                    continue
+                assert reply.status is PickStatus.OK, reply
+                answered.add(reply.picker)
+                event = CompletionEvent(
+                    request_id=rid, model=pool, endpoint=reply.endpoints[0], status_code=200,
+                    stream=True, ttft_ms=50.0 + sent, tpot_ms=8.0,
+                )  # fmt: skip
+                await nc.publish(subjects.COMPLETIONS, encode(event))
+                sent += 1
+            # Every replica ends up with every sample: its own and the other's.
+            while not (_samples(a.extra["port"]) == sent and _samples(b.extra["port"]) == sent):
+                assert time.monotonic() < deadline, (sent, _samples(a.extra["port"]))
+                await asyncio.sleep(0.05)
+        assert answered == {f"la-{tag}", f"lb-{tag}"}
     finally:
         await nc.close()

@@ -41,7 +41,7 @@ async def connect(server: SecureNats, identity: str | None, **extra: Any) -> Any
     return nc
 
 
-async def until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+async def until(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not check():
         assert asyncio.get_running_loop().time() < deadline, what

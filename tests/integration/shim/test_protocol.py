@@ -88,7 +88,7 @@ async def make_processor(nats_url: str, **config: Any) -> Processor:
         debug_config=DebugConfig(report_endpoint=True),
     )
     # wait until the picker has the pool
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while True:
         out = await run(processor, [headers_msg("/v1/chat/completions"), body_msg(CHAT)])
         if not out[-1].HasField("immediate_response"):

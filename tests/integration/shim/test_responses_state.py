@@ -55,7 +55,7 @@ async def test_records_expire(redis_url: str) -> None:
     s.keep_response(response("resp_2", "x"), "t", "")
     await s.drain()
     assert await s.response("resp_2", "") is not None
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while await s.response("resp_2", "") is not None:
         assert time.monotonic() < deadline
         await asyncio.sleep(0.1)

@@ -36,7 +36,7 @@ async def gauges(http: aiohttp.ClientSession, address: str) -> dict[str, float]:
     return out
 
 
-async def wait_for(check: object, what: str, timeout: float = 10.0) -> None:
+async def wait_for(check: object, what: str, timeout: float = 60.0) -> None:
     assert callable(check)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -198,7 +198,7 @@ async def test_queueing_shows_in_metrics(start_sim: StartSim, http: aiohttp.Clie
             await resp.read()
 
     tasks = [asyncio.create_task(one()) for _ in range(8)]
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     seen: dict[str, float] = {}
     while time.monotonic() < deadline:
         m = await metrics(http, address)

@@ -301,3 +301,20 @@ def test_prompt_text_completions_and_overflow() -> None:
 def test_unknown_family_is_a_config_error() -> None:
     with pytest.raises(ValueError, match="not a reasoning family"):
         ClassifierConfig.model_validate({"models": {"m": {"family": "nope"}}})
+
+
+def test_auto_sends_its_ranked_candidates_for_the_joint_choice() -> None:
+    reply = decide(req(), Signals(cats("math", 0.9)), CFG, SERVED)
+    assert [(c.model, c.score) for c in reply.candidates] == [
+        ("qwen3-32b", 1.0),
+        ("deepseek-r1", 0.8),
+        ("llama-3-8b", 0.3),
+    ]
+    # Only the candidates that may take the request: served, and allowed to see its PII.
+    pii = decide(req(), Signals(cats("math", 0.9), pii=frozenset({"EMAIL_ADDRESS"})), CFG, SERVED)
+    assert [c.model for c in pii.candidates] == ["deepseek-r1", "llama-3-8b"]
+    # A single candidate, an explicit model or a block: the model is decided, none sent.
+    assert decide(req(), Signals(cats("law", 0.9)), CFG, SERVED).candidates == []
+    assert decide(req("qwen3-32b"), Signals(cats("math", 0.9)), CFG, SERVED).candidates == []
+    blocked = decide(req(), Signals(cats("math", 0.9), jailbreak=0.99), CFG, SERVED)
+    assert blocked.block is not None and blocked.candidates == []

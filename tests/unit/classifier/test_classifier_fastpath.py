@@ -140,8 +140,8 @@ def test_int8_engine_gives_the_float32_answers() -> None:
 
 
 def test_feature_cache_keeps_int8_and_float32_apart(tmp_path: Path) -> None:
-    from pointsman_classifier import featurecache
     from pointsman_classifier.encoder import Encoder
+    from pointsman_lab import featurecache
 
     texts = PROMPTS[:2]
     q = Encoder(device="cpu", threads=1)
@@ -157,8 +157,8 @@ def test_encoder_stops_at_the_deepest_layer_the_heads_read() -> None:
 
     base = {"device": "cpu", "threads": 1, "pii": {"enabled": False}}
     eng = Engine(ClassifierConfig.model_validate(base))
-    assert eng.category_head is not None and eng.jailbreak_head is not None
-    deepest = max(eng.category_head.layers + eng.jailbreak_head.layers)
+    assert eng.category_head is not None and eng.encoder.branch is not None
+    deepest = max([*eng.category_head.layers, eng.encoder.branch.start])
     assert eng.depth == deepest
     # The layers it computes are exactly those of a full pass.
     batch = eng.encoder.tokenize(PROMPTS)

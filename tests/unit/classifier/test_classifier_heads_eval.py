@@ -9,7 +9,7 @@ import pytest
 
 from pointsman_classifier import heads
 from pointsman_classifier.encoder import Features
-from pointsman_classifier.evaluate import macro_f1, per_class
+from pointsman_lab.evaluate import macro_f1, per_class
 
 
 def test_head_round_trip(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ read the diff before committing it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import AsyncIterator, Callable
@@ -692,3 +693,34 @@ async def test_pinned_exchange(case: Case) -> None:
 
 def test_every_pinned_file_has_a_case() -> None:
     assert sorted(p.stem for p in PINNED.glob("*.txt")) == sorted(c.name for c in CASES)
+
+
+@pytest.mark.parametrize("name", ["observer_stream_publishes", "observer_stream_not_routed"])
+async def test_an_observer_stream_ends_when_there_is_nothing_more_to_observe(name: str) -> None:
+    """The shim closes an observer stream itself once the response has ended (or the request
+    is not one it routed), while Envoy keeps its end open: Envoy would reset it after
+    deferred_close_timeout, and each reset stream leaks native memory in grpcio's asyncio
+    server (docs/reliability.md, soak)."""
+    case = next(c for c in CASES if c.name == name)
+    bus = ScriptedBus(classify=case.classify, pick=case.pick, models=case.models)
+    processor = Processor(
+        ShimConfig(**case.config),
+        bus,  # type: ignore[arg-type]
+        clock=lambda: NOW,
+        new_id=lambda: NEW_ID,
+    )
+    envoy_gone = asyncio.Event()
+
+    async def feed() -> AsyncIterator[pb.ProcessingRequest]:
+        for message in case.messages():
+            yield message
+        await envoy_gone.wait()  # Envoy never half-closes
+
+    async def drain() -> None:
+        async for _ in processor.process(feed()):
+            pass
+
+    try:
+        await asyncio.wait_for(drain(), 30)
+    finally:
+        envoy_gone.set()

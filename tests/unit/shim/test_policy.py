@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pointsman.v1 import ModelsReply, PickReply, PickStatus, PoolInfo
+from pointsman.v1 import ModelCandidate, ModelsReply, PickReply, PickStatus, PoolInfo
 from pointsman.v1.classify import Block, CachedAnswer, ClassifyReply, ImmediateAnswer
 from pointsman_shim.config import ShimConfig
 from pointsman_shim.core.dialects import openai_chat, openai_completions
@@ -443,3 +443,46 @@ def test_no_safety_verdict_says_when_to_retry() -> None:
     assert answer.headers["x-pointsman-error"] == "safety_unavailable"
     error = json.loads(answer.body)["error"]
     assert (error["type"], error["code"]) == ("service_unavailable", "service_unavailable")
+
+
+def test_slo_shed_says_so_in_its_message_and_reason() -> None:
+    shed = decide_route(PickReply(status=PickStatus.SHED, reason="slo_unattainable"))
+    assert isinstance(shed, Answer) and shed.status == 429
+    assert shed.headers["x-pointsman-shed-reason"] == "slo_unattainable"
+    error = json.loads(shed.body)["error"]
+    assert "latency objective" in error["message"] and error["type"] == "rate_limit_exceeded"
+
+
+def test_auto_candidates_travel_to_the_picker_and_its_choice_moves_the_model() -> None:
+    cands = [ModelCandidate(model="big", score=0.9), ModelCandidate(model="small", score=0.7)]
+    classified = ClassifyReply(model="big", selected=True, candidates=cands)
+    choice = decide_model(classified, "auto", **ON)
+    assert isinstance(choice, Choice) and choice.candidates == cands
+    pick = pick_request(
+        request("big"), "big", {}, "r1", None, config(), candidates=choice.candidates
+    )
+    assert pick.candidates == cands
+    # Not the first candidate's model (a rewrite moved it): the picker is not asked to choose.
+    assert (
+        pick_request(request(), "x", {}, "r1", None, config(), candidates=cands).candidates is None
+    )
+
+    moved = PickReply(
+        status=PickStatus.OK, endpoints=["s:1"], model="small", model_rank=1,
+        model_reason="saturated",
+    )  # fmt: skip
+    quiet = route(request("auto"), CHAT, choice, moved, config())
+    assert isinstance(quiet, Route) and quiet.model == "small"
+    assert json.loads(quiet.body or b"{}")["model"] == "small"
+    assert "x-pointsman-model-choice" not in quiet.headers  # not reported unless configured
+    choice2 = decide_model(classified, "auto", **ON)
+    assert isinstance(choice2, Choice)
+    told = route(request("auto"), CHAT, choice2, moved, config(), report_choice=True)
+    assert isinstance(told, Route)
+    assert told.headers["x-pointsman-model-choice"] == "second; reason=saturated"
+    # A reply naming a model that was not a candidate changes nothing.
+    choice3 = decide_model(classified, "auto", **ON)
+    assert isinstance(choice3, Choice)
+    forged = PickReply(status=PickStatus.OK, endpoints=["s:1"], model="evil")
+    kept = route(request("auto"), CHAT, choice3, forged, config())
+    assert isinstance(kept, Route) and kept.model == "big"

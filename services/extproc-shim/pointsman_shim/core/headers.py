@@ -42,8 +42,23 @@ ROUTING_HEADERS = (DESTINATION, DESTINATION_SERVED, SUBSET, PREFILLER, SELECTED_
 #: What an endpoint picker behind another model selector (``shim.mode: picker``) removes: the
 #: endpoint headers only; the model and the report headers are the selector's.
 ENDPOINT_HEADERS = (DESTINATION, DESTINATION_SERVED, SUBSET, PREFILLER)
+#: A request's latency objective in milliseconds (ours, and llm-d's names), read by the picker.
+SLO_HEADERS = (
+    "x-pointsman-slo-ttft-ms",
+    "x-pointsman-slo-tpot-ms",
+    "x-llm-d-slo-ttft-ms",
+    "x-llm-d-slo-tpot-ms",
+)
+MODEL_CHOICE = reported.MODEL_CHOICE
 #: Client headers of ours that are inputs, not decisions; kept and forwarded to the services.
-CLIENT_INPUTS = frozenset({"x-pointsman-priority", "x-pointsman-debug"})
+CLIENT_INPUTS = frozenset(
+    {
+        "x-pointsman-priority",
+        "x-pointsman-debug",
+        "x-pointsman-slo-ttft-ms",
+        "x-pointsman-slo-tpot-ms",
+    }
+)
 #: Request headers the picker and classifier read (never credentials).
 FORWARDED = frozenset(
     {
@@ -54,6 +69,7 @@ FORWARDED = frozenset(
         "x-pointsman-debug",
         "x-tenant-id",
         "cache-control",
+        *SLO_HEADERS,
     }
 )
 

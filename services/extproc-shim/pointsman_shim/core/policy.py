@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from pointsman.v1 import ModelsReply, PickReply, PickRequest, PickStatus
+from pointsman.v1 import ModelCandidate, ModelsReply, PickReply, PickRequest, PickStatus
 from pointsman.v1.classify import ClassifyReply, ClassifyRequest, Message
 from pointsman_shim.config import ShimConfig
 from pointsman_shim.core import headers as h
@@ -101,6 +101,9 @@ class Choice:
     cache_token: str | None = None
     fail_open: tuple[str, ...] = ()
     rewrite: str | None = None
+    #: ``model: auto``: the classifier's ranked candidates (the model first), for the picker's
+    #: joint choice of model and endpoint; empty: the model is decided.
+    candidates: list[ModelCandidate] = field(default_factory=list)
 
     @property
     def model(self) -> str:
@@ -202,11 +205,17 @@ def pick_request(
     session: Session | None = None,
     *,
     debug: bool = False,
+    candidates: list[ModelCandidate] | None = None,
 ) -> PickRequest:
+    """What the picker is told; ``candidates`` (the classifier's, ``model`` first) let it choose
+    the model too."""
     forwarded = h.forwarded(headers, debug=debug)
     who = tenant(headers)
     if who:  # flow control's default tenant: the credential's hash, never the client's word
         forwarded[h.TENANT] = who
+    usable = (
+        candidates if candidates and len(candidates) > 1 and candidates[0].model == model else None
+    )
     return PickRequest(
         request_id=request_id,
         model=model,
@@ -216,6 +225,7 @@ def pick_request(
         max_endpoints=config.max_endpoints,
         session=session.id if session is not None else None,
         max_wait_ms=config.queue_wait_ms or None,
+        candidates=usable,
     )
 
 
@@ -295,6 +305,7 @@ def choose(
         ),
         headers=dict(reply.headers),
         cache_token=reply.cache_store,
+        candidates=list(reply.candidates) if reply.selected else [],
     )
 
 
@@ -305,6 +316,7 @@ def rewrite(choice: Choice, rewrites: Rewrites, key: str) -> Choice:
     if moved is None:
         return choice
     choice.changes.model = moved.model
+    choice.candidates = []  # the rewrite decided the model
     choice.headers[h.REWRITE] = moved.model
     choice.rewrite = moved.rewrite
     return choice
@@ -367,6 +379,7 @@ def route(
     debug: bool = False,
     upstream: Upstream | None = None,
     hinted: bool = False,
+    report_choice: bool = False,
 ) -> Route | Answer:
     """Step 2: the endpoints, from the picker's reply; ``debug`` reports the picker's scores.
     ``upstream`` is :func:`prepare`'s answer when the caller asked it before the picker.
@@ -374,7 +387,24 @@ def route(
 
     ``no_endpoints`` fails open (Envoy's own load balancing, counted as the ``no_endpoints``
     service in ``fail_open``) under the ``fail-open`` policy, except for a request whose gateway
-    sent a subset hint (``hinted``): Envoy may not route outside the subset, so that is a 503."""
+    sent a subset hint (``hinted``): Envoy may not route outside the subset, so that is a 503.
+
+    A reply that chose another of the choice's candidates (``picked.model``) moves the request
+    to that model; ``report_choice`` (``debug.report_model_choice``) says so in
+    ``x-pointsman-model-choice``."""
+    if (
+        isinstance(picked, PickReply)
+        and picked.status is PickStatus.OK
+        and picked.model
+        and picked.model != choice.model
+        and any(c.model == picked.model for c in choice.candidates)
+    ):
+        choice.changes.model = picked.model
+        upstream = None  # prepared for the first candidate: prepare again
+        if report_choice:
+            rank = picked.model_rank or 0
+            label = ("first", "second", "third")[rank] if rank < 3 else str(rank + 1)
+            choice.headers[h.MODEL_CHOICE] = f"{label}; reason={picked.model_reason or ''}"
     model = choice.model
     headers = dict(choice.headers)
     endpoints: list[str] = []
@@ -413,6 +443,9 @@ def route(
         message = (
             f"model '{model}' is saturated and its queue is full ({why}); retry later"
             if why in ("queue_full", "tenant_queue_full")
+            else f"no endpoint of model '{model}' is predicted to meet this request's latency "
+            "objective (x-pointsman-slo-ttft-ms / -tpot-ms); retry later or relax it"
+            if why == "slo_unattainable"
             else f"model '{model}' is saturated and this request's priority is too low; retry later"
         )
         error = RequestError(

@@ -23,6 +23,7 @@ from typing import Protocol, runtime_checkable
 
 import msgspec
 
+from pointsman_picker.core.latency import LatencySample, Prediction
 from pointsman_picker.core.types import Endpoint, Request
 
 
@@ -65,7 +66,8 @@ class SessionBound(msgspec.Struct, frozen=True, tag="session"):
     ttl_s: float
 
 
-Update = Assigned | PrefixStored | SessionBound
+#: ``LatencySample`` (:mod:`pointsman_picker.core.latency`): one completed request to learn from.
+Update = Assigned | PrefixStored | SessionBound | LatencySample
 
 
 # --- what plugins can read ----------------------------------------------------------------
@@ -80,6 +82,12 @@ class PrefixLookup(Protocol):
 class _NoPrefix:
     def match(self, hashes: Sequence[int]) -> Mapping[str, int]:
         return {}
+
+
+class LatencyLookup(Protocol):
+    def predict(self, pool: str, endpoint: str, x: Sequence[float]) -> Prediction:
+        """Predicted TTFT and TPOT of ``endpoint`` for features ``x`` (``None``: unknown)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +110,8 @@ class Cycle:
     prefix: PrefixLookup = field(default_factory=_NoPrefix)
     sessions: Callable[[str], Session | None] = lambda _s: None
     memo: dict[object, object] = field(default_factory=dict)
+    #: The latency predictor (``None``: none kept; the latency plugins then stay neutral).
+    latency: LatencyLookup | None = None
 
 
 # --- the plugin contracts -----------------------------------------------------------------
@@ -130,6 +140,13 @@ class Picker(Protocol):
         self, cycle: Cycle, candidates: Sequence[Endpoint], scores: Sequence[float], limit: int
     ) -> list[Endpoint]:
         """At most ``limit`` candidates, best first (primary, then fallbacks)."""
+        ...
+
+
+@runtime_checkable
+class Admitter(Protocol):
+    def admit(self, cycle: Cycle, candidates: Sequence[Endpoint]) -> str | None:
+        """``None`` to go on scheduling; else the reason to refuse the request (a 429)."""
         ...
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from pointsman.v1 import PickStatus
 from pointsman_picker.core.framework import (
+    Admitter,
     Assigned,
     Cycle,
     Filter,
@@ -39,6 +40,8 @@ class Profile:
     picker: Picker
     #: The plugins that remember decisions (found once here: Protocol checks are slow).
     observers: tuple[Observer, ...] = ()
+    #: Admission steps, run on the live candidates before the filters (may refuse: a 429).
+    admitters: tuple[Admitter, ...] = ()
 
     def __post_init__(self) -> None:
         plugins: list[object] = [*self.filters, *(w.scorer for w in self.scorers), self.picker]
@@ -158,6 +161,10 @@ def schedule(plan: PoolPlan, cycle: Cycle, endpoints: Sequence[Endpoint]) -> Dec
         _role(e, plan.role_label) == "prefill" for e in live
     )
     decode = [e for e in live if _role(e, plan.role_label) != "prefill"] if disaggregate else live
+    for admitter in plan.profile.admitters:
+        refused = admitter.admit(cycle, decode)
+        if refused is not None:
+            return Decision(PickStatus.SHED, reason=refused)
     limit = max(1, req.max_endpoints)
     result = run_profile(plan.profile, cycle, decode, limit)
     if not result.ordered:

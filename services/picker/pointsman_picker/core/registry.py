@@ -6,6 +6,7 @@ Adding a plugin: write its module under ``plugins/`` and add one line here.
 from __future__ import annotations
 
 from pointsman_picker.core.plugins.filters import HealthFilter, LabelFilter, StalenessFilter
+from pointsman_picker.core.plugins.latency import LatencyScorer, SloAdmission, SloHeadroomFilter
 from pointsman_picker.core.plugins.load import (
     KVCacheUtilizationScorer,
     QueueScorer,
@@ -29,4 +30,7 @@ REGISTRY: dict[str, type] = {
     "max-score-picker": MaxScorePicker,
     "random-picker": RandomPicker,
     "weighted-random-picker": WeightedRandomPicker,
+    "latency-scorer": LatencyScorer,
+    "slo-headroom-filter": SloHeadroomFilter,
+    "slo-admission": SloAdmission,
 }

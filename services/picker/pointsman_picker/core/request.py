@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from pointsman.v1 import PickRequest
 from pointsman_picker.core.objectives import Objectives
+from pointsman_picker.core.slo import slo_of
 from pointsman_picker.core.types import Request
 
 SESSION_HEADER = "x-session-id"
@@ -45,9 +46,11 @@ def to_request(
     adapters: Mapping[str, str],
     objectives: Objectives | Mapping[str, int],
     default_priority: int = 0,
+    slos: Mapping[str, tuple[float | None, float | None]] | None = None,
 ) -> Request:
     pool = adapters.get(pick.model, pick.model)
     priority, objective = priority_of(pick.headers, objectives, default_priority)
+    slo_ttft, slo_tpot = slo_of(pick.headers, objective, slos or {})
     return Request(
         request_id=pick.request_id,
         model=pick.model,
@@ -60,4 +63,6 @@ def to_request(
         subset=None if pick.subset is None else frozenset(pick.subset),
         max_endpoints=pick.max_endpoints,
         debug=bool(pick.headers.get(DEBUG_HEADER)),
+        slo_ttft_ms=slo_ttft,
+        slo_tpot_ms=slo_tpot,
     )

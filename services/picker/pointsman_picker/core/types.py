@@ -62,3 +62,6 @@ class Request:
     subset: frozenset[str] | None = None
     max_endpoints: int = 3
     debug: bool = False
+    #: The request's latency objective in milliseconds (``None``: none), see ``core/slo.py``.
+    slo_ttft_ms: float | None = None
+    slo_tpot_ms: float | None = None

@@ -114,6 +114,9 @@ class Usage:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
+    #: Prompt tokens served from the engine's prefix cache (OpenAI's
+    #: ``usage.prompt_tokens_details.cached_tokens``), when reported.
+    cached_tokens: int | None = None
 
 
 @dataclass(slots=True)

@@ -27,7 +27,14 @@ def usage_of(value: Any) -> Usage | None:
         v = value.get(key)
         return v if isinstance(v, int) and not isinstance(v, bool) else None
 
-    return Usage(number("prompt_tokens"), number("completion_tokens"), number("total_tokens"))
+    details = value.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(
+        number("prompt_tokens"),
+        number("completion_tokens"),
+        number("total_tokens"),
+        cached if isinstance(cached, int) and not isinstance(cached, bool) else None,
+    )
 
 
 class UsageReader:

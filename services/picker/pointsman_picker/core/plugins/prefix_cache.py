@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -47,11 +47,19 @@ class PrefixCacheScorer:
         cycle.memo[key] = hashes
         return hashes
 
+    def matched(self, cycle: Cycle, hashes: tuple[int, ...]) -> Mapping[str, int]:
+        """The index's answer for the prompt, once per cycle (the latency plugins ask too)."""
+        key = ("prefix-match", self.block_size, self.max_prefix_blocks_to_match)
+        found = cycle.memo.get(key)
+        if found is None:
+            found = cycle.memo[key] = cycle.prefix.match(hashes)
+        return found  # type: ignore[return-value]
+
     def score(self, cycle: Cycle, candidates: Sequence[Endpoint]) -> list[float]:
         hashes = self.hashes(cycle)
         if not hashes:
             return [0.0] * len(candidates)
-        matched = cycle.prefix.match(hashes)
+        matched = self.matched(cycle, hashes)
         total = len(hashes)
         return [matched.get(e.address, 0) / total for e in candidates]
 

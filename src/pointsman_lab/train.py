@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from pointsman_classifier import data
 from pointsman_classifier.heads import Head, shipped_dir
+from pointsman_lab import data
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +191,8 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = _parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from pointsman_classifier import featurecache
     from pointsman_classifier.encoder import Encoder
+    from pointsman_lab import featurecache
 
     try:
         if args.task == "category":

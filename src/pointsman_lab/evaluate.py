@@ -1,4 +1,6 @@
-"""``pointsman eval {category,jailbreak,pii} FILE...``: measure a classifier on labelled data.
+"""``pointsman eval {category,pii} FILE...``: measure a classifier on labelled data.
+
+(``pointsman eval jailbreak`` is :mod:`pointsman_lab.jailbreak_eval`.)
 
 Runs the same engine the service runs (shipped heads by default, or what ``--config`` says:
 bring-your-own models, another encoder or heads directory) and prints accuracy, macro-F1, a
@@ -20,9 +22,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from pointsman_classifier import data, pii
+from pointsman_classifier import pii
 from pointsman_classifier.config import ClassifierConfig
 from pointsman_classifier.core import Outputs
+from pointsman_lab import data
 
 NONE = "(none)"
 
@@ -95,7 +98,11 @@ def save_confusion(cm: npt.NDArray[np.int64], labels: list[str], path: Path, tit
     plt.close(fig)
 
 
-def _run_engine(cfg: ClassifierConfig, texts: list[str], batch_size: int) -> list[Outputs]:
+def run_engine(
+    cfg: ClassifierConfig, texts: list[str], batch_size: int
+) -> tuple[list[Outputs], Any]:
+    """The engine's outputs for ``texts`` (batched by length, with a progress bar), and the
+    engine."""
     from tqdm import tqdm  # type: ignore[import-untyped]
 
     from pointsman_classifier.engine import Engine
@@ -109,7 +116,7 @@ def _run_engine(cfg: ClassifierConfig, texts: list[str], batch_size: int) -> lis
             for i, o in zip(idx, engine.run([texts[i] for i in idx]), strict=True):
                 out[i] = o
             bar.update(len(idx))
-    return [o for o in out if o is not None]
+    return [o for o in out if o is not None], engine
 
 
 def _top(probs: dict[str, float] | None) -> str:
@@ -124,7 +131,7 @@ def eval_category(args: argparse.Namespace, cfg: ClassifierConfig) -> dict[str, 
             "pii": cfg.pii.model_copy(update={"model": None}),
         }
     )
-    outs = _run_engine(cfg, [e.text for e in examples], args.batch_size)
+    outs, _ = run_engine(cfg, [e.text for e in examples], args.batch_size)
     y_true = [e.label for e in examples]
     y_pred = [_top(o.categories) for o in outs]
     labels = sorted(set(y_true) | set(y_pred))
@@ -140,56 +147,6 @@ def eval_category(args: argparse.Namespace, cfg: ClassifierConfig) -> dict[str, 
     }
     print(f"\naccuracy {acc:.4f}  macro-F1 {result['macro_f1']:.4f}  ({len(examples)} rows)")
     _png(args, cm, labels, f"category: accuracy {acc:.3f} ({len(examples)} rows)", result)
-    return result
-
-
-def eval_jailbreak(args: argparse.Namespace, cfg: ClassifierConfig) -> dict[str, Any]:
-    examples = [e for f in args.files for e in data.read_jailbreak(f)][: args.limit or None]
-    extra = [
-        data.Example(e.text, data.BENIGN) for f in args.extra_benign for e in data.read_jailbreak(f)
-    ][: args.limit or None]
-    threshold = args.threshold if args.threshold is not None else cfg.jailbreak.threshold
-    cfg = cfg.model_copy(
-        update={
-            "jailbreak": cfg.jailbreak.model_copy(update={"enabled": True}),
-            "pii": cfg.pii.model_copy(update={"model": None}),
-        }
-    )
-    outs = _run_engine(cfg, [e.text for e in examples + extra], args.batch_size)
-    scores = [o.jailbreak or 0.0 for o in outs]
-    pred = [data.JAILBREAK if s >= threshold else data.BENIGN for s in scores]
-    y_true = [e.label for e in examples]
-    labels = [data.BENIGN, data.JAILBREAK]
-    table, cm = per_class(y_true, pred[: len(examples)], labels)
-    tp, fp = cm[1, 1], cm[0, 1]
-    benign = cm[0].sum()
-    result: dict[str, Any] = {
-        "task": "jailbreak",
-        "rows": len(examples),
-        "threshold": threshold,
-        "accuracy": float(np.trace(cm) / max(cm.sum(), 1)),
-        "macro_f1": macro_f1(table),
-        "precision": table[data.JAILBREAK]["precision"],
-        "recall": table[data.JAILBREAK]["recall"],
-        "f1": table[data.JAILBREAK]["f1"],
-        "fpr": float(fp / benign) if benign else 0.0,
-        "per_class": table,
-    }
-    print_table(table, "jailbreak")
-    print(
-        f"\nthreshold {threshold}: accuracy {result['accuracy']:.4f}  F1 {result['f1']:.4f}  "
-        f"precision {result['precision']:.4f}  recall {result['recall']:.4f}  "
-        f"FPR {result['fpr']:.4f} ({fp}/{benign} benign)  tp {tp}"
-    )
-    if extra:
-        fp_extra = sum(p == data.JAILBREAK for p in pred[len(examples) :])
-        result["extra_benign_rows"] = len(extra)
-        result["fpr_extra_benign"] = fp_extra / len(extra)
-        print(
-            f"extra benign ({len(extra)} rows): FPR {result['fpr_extra_benign']:.4f} "
-            f"({fp_extra} flagged)"
-        )
-    _png(args, cm, labels, f"jailbreak @ {threshold}: F1 {result['f1']:.3f}", result)
     return result
 
 
@@ -288,7 +245,7 @@ def _png(
 
 def _parser(prog: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0] if __doc__ else "")
-    p.add_argument("task", choices=["category", "jailbreak", "pii"])
+    p.add_argument("task", choices=["category", "pii"])
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument(
         "--config",
@@ -300,14 +257,6 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="auto, cpu, cuda")
     p.add_argument(
         "--quantize", default=None, choices=["auto", "none", "int8"], help="encoder quantization"
-    )
-    p.add_argument("--threshold", type=float, default=None, help="jailbreak threshold")
-    p.add_argument(
-        "--extra-benign",
-        nargs="*",
-        type=Path,
-        default=[],
-        help="jailbreak: files whose texts are all benign; their FPR is reported",
     )
     p.add_argument("--limit", type=int, default=0, help="first N rows of each set only")
     p.add_argument("--batch-size", type=int, default=32)
@@ -342,7 +291,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     cfg = cfg.model_copy(update=over)
     t0 = time.monotonic()
     try:
-        fn = {"category": eval_category, "jailbreak": eval_jailbreak, "pii": eval_pii}[args.task]
+        fn = {"category": eval_category, "pii": eval_pii}[args.task]
         result = fn(args, cfg)
     except data.DataError as exc:
         print(f"{prog or 'eval'}: {exc}", file=sys.stderr)

@@ -46,7 +46,7 @@ class PiiExample:
     spans: tuple[Span, ...]
 
 
-def _rows(path: Path) -> list[dict[str, object]]:
+def rows(path: Path) -> list[dict[str, object]]:
     if not path.exists():
         raise DataError(f"data file {path} does not exist")
     suffix = path.suffix.lower()
@@ -67,7 +67,7 @@ def _rows(path: Path) -> list[dict[str, object]]:
     raise DataError(f"{path}: unknown format '{suffix}' (use .csv, .jsonl or .json)")
 
 
-def _pick(row: dict[str, object], keys: tuple[str, ...]) -> str | None:
+def pick(row: dict[str, object], keys: tuple[str, ...]) -> str | None:
     for k in keys:
         v = row.get(k)
         if v is not None and str(v) != "":
@@ -79,9 +79,9 @@ def read_labelled(path: str | Path) -> list[Example]:
     """Rows with a text and a label column (category data; also jailbreak CSVs)."""
     p = Path(path)
     out = []
-    for row in _rows(p):
-        text = _pick(row, TEXT_KEYS)
-        label = _pick(row, LABEL_KEYS)
+    for row in rows(p):
+        text = pick(row, TEXT_KEYS)
+        label = pick(row, LABEL_KEYS)
         if text is None:
             continue
         if label is None:
@@ -96,8 +96,8 @@ def read_jailbreak(path: str | Path) -> list[Example]:
     """Binary benign/jailbreak examples from any of the jailbreak formats (see module doc)."""
     p = Path(path)
     out = []
-    for row in _rows(p):
-        text = _pick(row, TEXT_KEYS)
+    for row in rows(p):
+        text = pick(row, TEXT_KEYS)
         if text is None:
             continue
         if "type" in row:
@@ -120,8 +120,8 @@ def read_jailbreak(path: str | Path) -> list[Example]:
 def read_pii(path: str | Path) -> list[PiiExample]:
     p = Path(path)
     out = []
-    for row in _rows(p):
-        text = _pick(row, ("full_text", "text"))
+    for row in rows(p):
+        text = pick(row, ("full_text", "text"))
         if text is None:
             continue
         spans = []

@@ -1,0 +1,260 @@
+"""The latency predictor: per endpoint, online, the TTFT and the time per output token.
+
+Per pool and target, a recursive-least-squares regression (RLS, with a forgetting factor so the
+model follows a fleet whose behaviour drifts) over a handful of features seen *when the request
+was picked*:
+
+* the prompt's tokens not expected in the prefix cache, and those expected in it (thousands);
+* the endpoint's queue (waiting plus pending assignments) and running requests;
+* its KV-cache use (0..1);
+* a constant;
+
+times, per endpoint, a running factor of how much slower or faster than the pool it is (see :class:`LatencyModel`). One
+update costs about 100 float operations per target, one prediction 6: pure Python, no numpy,
+cheap enough for the pick path (a pick predicts for every candidate). With no sample of the
+pool at all there is no prediction (``None``), and the plugins then neither filter nor refuse.
+
+Learning: the replica that picked a request remembers the features it saw; when the shim's
+completion event for it arrives (every replica receives every completion), that replica turns
+it into a :class:`LatencySample`, learns from it and shares it through the shared-state channel
+(:mod:`pointsman_picker.redis_state`). Every replica applies every sample, so all replicas learn
+the same model from the same stream, without shipping coefficients.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from operator import mul
+
+import msgspec
+
+#: Feature order of a sample's ``features`` (and of the coefficients).
+FEATURES: tuple[str, ...] = (
+    "bias",
+    "new_prompt_ktokens",
+    "cached_prompt_ktokens",
+    "queue",
+    "running",
+    "kv_usage",
+)
+N_FEATURES = len(FEATURES)
+#: Rough tokens per UTF-8 byte of prompt text (English and code average about 4 bytes a token).
+BYTES_PER_TOKEN = 4.0
+
+
+class LatencySample(msgspec.Struct, frozen=True, tag="latency"):
+    """One completed request: what the picker saw when it chose ``endpoint``, and what came of
+    it (``None``: not measured, e.g. a non-streamed answer has no TTFT of its own)."""
+
+    pool: str
+    endpoint: str
+    features: tuple[float, ...]
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+
+
+def features(
+    *,
+    prompt_tokens: float,
+    cached_tokens: float,
+    queue: int,
+    running: int,
+    kv_usage: float,
+) -> tuple[float, ...]:
+    """The feature vector, in :data:`FEATURES` order."""
+    cached = min(max(cached_tokens, 0.0), max(prompt_tokens, 0.0))
+    new = max(prompt_tokens - cached, 0.0)
+    return (
+        1.0,
+        new / 1000.0,
+        cached / 1000.0,
+        float(queue),
+        float(running),
+        float(kv_usage),
+    )
+
+
+def prompt_tokens_of(prompt: str | None) -> float:
+    """A tokenizer-free estimate of the prompt's tokens (UTF-8 bytes / 4)."""
+    if not prompt:
+        return 0.0
+    return len(prompt.encode("utf-8", "surrogatepass")) / BYTES_PER_TOKEN
+
+
+class RLS:
+    """Recursive least squares with exponential forgetting (``lam``) and a ridge start
+    (``P = delta * I``). ``P``'s diagonal is capped so that a feature that stops varying cannot
+    blow it up (the usual wind-up of forgetting RLS)."""
+
+    __slots__ = ("cap", "lam", "n", "p", "w")
+
+    def __init__(self, n: int = N_FEATURES, *, lam: float = 0.995, delta: float = 100.0) -> None:
+        self.w = [0.0] * n
+        self.p = [[delta if i == j else 0.0 for j in range(n)] for i in range(n)]
+        self.lam = lam
+        self.cap = delta * 10.0
+        self.n = 0
+
+    def predict(self, x: Sequence[float]) -> float:
+        return float(sum(map(mul, self.w, x)))
+
+    def update(self, x: Sequence[float], y: float) -> None:
+        p = self.p
+        px = [sum(map(mul, row, x)) for row in p]
+        denom = self.lam + sum(map(mul, x, px))
+        if denom <= 1e-12 or not math.isfinite(denom):
+            return
+        err = y - sum(map(mul, self.w, x))
+        gain = [v / denom for v in px]
+        self.w = [wi + gi * err for wi, gi in zip(self.w, gain, strict=True)]
+        inv = 1.0 / self.lam
+        worst = 0.0
+        for i, gi in enumerate(gain):
+            row = [(r - gi * pj) * inv for r, pj in zip(p[i], px, strict=True)]
+            p[i] = row
+            worst = max(worst, row[i])
+        if worst > self.cap:
+            scale = self.cap / worst
+            self.p = [[v * scale for v in row] for row in p]
+        self.n += 1
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    ttft_ms: float | None
+    tpot_ms: float | None
+
+
+class _Pair:
+    __slots__ = ("tpot", "ttft")
+
+    def __init__(self, lam: float) -> None:
+        self.ttft = RLS(lam=lam)
+        self.tpot = RLS(lam=lam)
+
+
+class _Scale:
+    """An endpoint's running means, per target, of what it took and what the pool's model
+    predicted for it: their ratio is how much slower (or faster) than the pool it is."""
+
+    __slots__ = ("n", "tpot_pred", "tpot_seen", "ttft_pred", "ttft_seen")
+
+    def __init__(self) -> None:
+        self.ttft_seen = self.ttft_pred = 0.0
+        self.tpot_seen = self.tpot_pred = 0.0
+        self.n = 0
+
+    def factor(self, target: str, trust: float) -> float:
+        seen: float = getattr(self, f"{target}_seen")
+        pred: float = getattr(self, f"{target}_pred")
+        if pred <= 1e-9 or seen <= 0:
+            return 1.0
+        return 1.0 + trust * (min(max(seen / pred, 0.1), 10.0) - 1.0)
+
+
+class LatencyModel:
+    """TTFT and TPOT (milliseconds) per endpoint: the pool's regression plus the endpoint's own
+    offset.
+
+    The slopes (what a queued request, a thousand prompt tokens, KV pressure cost) are learnt
+    per pool, from every sample of every endpoint of the pool: the replicas of a pool run the
+    same model server, and the pool's samples vary far more than one endpoint's do (a
+    per-endpoint regression that only ever saw an empty queue would say a queue costs nothing,
+    and send it everything). Each endpoint's prediction is scaled by its own factor: the ratio
+    of the exponentially weighted means (rate ``scale_rate``) of what its requests took and
+    what the pool's model predicted for them, shrunk towards 1 until it has ``min_samples``
+    samples and bounded to [0.1, 10]: a slower replica is predicted slower. At prediction the
+    slopes are taken as at least 0 (more load never makes a request faster), so an
+    extrapolation cannot invert the order of endpoints.
+
+    ``max_endpoints`` bounds memory: the endpoints learnt longest ago are forgotten first.
+    """
+
+    def __init__(
+        self,
+        *,
+        forgetting: float = 0.995,
+        min_samples: int = 8,
+        scale_rate: float = 0.05,
+        max_endpoints: int = 10_000,
+    ) -> None:
+        self._lam = forgetting
+        self.min_samples = min_samples
+        self._rate = scale_rate
+        self._max = max_endpoints
+        self._scales: OrderedDict[tuple[str, str], _Scale] = OrderedDict()
+        self._pools: dict[str, _Pair] = {}
+        self.samples = 0
+
+    def learn(self, s: LatencySample) -> bool:
+        """Learn one sample; ``False`` when it was unusable (wrong shape, not finite)."""
+        x = s.features
+        if len(x) != N_FEATURES or not all(math.isfinite(v) for v in x):
+            return False
+        key = (s.pool, s.endpoint)
+        off = self._scales.get(key)
+        if off is None:
+            off = self._scales[key] = _Scale()
+            if len(self._scales) > self._max:
+                self._scales.popitem(last=False)
+        else:
+            self._scales.move_to_end(key)
+        pool = self._pools.get(s.pool)
+        if pool is None:
+            pool = self._pools[s.pool] = _Pair(self._lam)
+        used = False
+        rate = max(self._rate, 1.0 / (off.n + 1))  # a plain mean over the first samples
+        for target, value in (("ttft", s.ttft_ms), ("tpot", s.tpot_ms)):
+            if value is None or not math.isfinite(value) or value < 0:
+                continue
+            model: RLS = getattr(pool, target)
+            if model.n:
+                pred = max(0.0, _monotone(model.w, x))
+                seen = getattr(off, f"{target}_seen")
+                setattr(off, f"{target}_seen", seen + rate * (value - seen))
+                was = getattr(off, f"{target}_pred")
+                setattr(off, f"{target}_pred", was + rate * (pred - was))
+            model.update(x, value)
+            used = True
+        if used:
+            off.n += 1
+            self.samples += 1
+        return used
+
+    def predict(self, pool: str, endpoint: str, x: Sequence[float]) -> Prediction:
+        shared = self._pools.get(pool)
+        if shared is None:
+            return Prediction(None, None)
+        off = self._scales.get((pool, endpoint))
+        trust = 0.0 if off is None else min(1.0, off.n / self.min_samples)
+        out: list[float | None] = []
+        for target, model in (("ttft", shared.ttft), ("tpot", shared.tpot)):
+            if model.n == 0:
+                out.append(None)
+                continue
+            factor = off.factor(target, trust) if off is not None else 1.0
+            out.append(max(0.0, _monotone(model.w, x)) * factor)
+        return Prediction(out[0], out[1])
+
+    def coefficients(self, pool: str) -> dict[str, list[float]] | None:
+        """The pool's coefficients (for debugging and the docs' examples)."""
+        pair = self._pools.get(pool)
+        if pair is None:
+            return None
+        return {"ttft": list(pair.ttft.w), "tpot": list(pair.tpot.w)}
+
+    def forget_endpoint(self, pool: str, endpoint: str) -> None:
+        self._scales.pop((pool, endpoint), None)
+
+
+def _monotone(w: Sequence[float], x: Sequence[float]) -> float:
+    """``w . x`` with every slope (all but the bias) taken as at least 0."""
+    total = w[0] * x[0]
+    for i in range(1, len(x)):
+        wi = w[i]
+        if wi > 0:
+            total += wi * x[i]
+    return total

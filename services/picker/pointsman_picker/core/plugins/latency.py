@@ -1,0 +1,119 @@
+"""Plugins on the latency predictor (:mod:`pointsman_picker.core.latency`).
+
+* ``latency-scorer``: prefer the endpoint predicted fastest (or with the most SLO headroom);
+* ``slo-headroom-filter``: keep only the endpoints predicted to meet the request's SLO;
+* ``slo-admission``: refuse (429, reason ``slo_unattainable``) a request whose SLO no endpoint
+  is predicted to meet.
+
+An endpoint without a prediction (the predictor has not learnt its pool yet) is never filtered
+out or counted against the request: the plugins stay neutral until there is something to know.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import Field
+
+from pointsman_picker.core.framework import Category, Cycle
+from pointsman_picker.core.plugins._base import PARAMS
+from pointsman_picker.core.slo import headroom, meets, predictions
+from pointsman_picker.core.types import Endpoint
+
+#: The reason ``slo-admission`` gives (``x-pointsman-shed-reason``).
+SLO_UNATTAINABLE = "slo_unattainable"
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyScorer:
+    """``latency-scorer``: with an SLO, the relative headroom under it (the smaller of TTFT's and
+    TPOT's, clamped to [0, 1]); without one, or when no candidate has headroom, the cheapest
+    predicted cost ``ttft + tpot_tokens * tpot`` divided by the candidate's (cheapest -> 1,
+    twice as slow -> 0.5). Candidates with no prediction get the mean of the
+    others' scores (all 1 when none has one)."""
+
+    __pydantic_config__ = PARAMS
+    #: Output tokens the TPOT prediction is weighed with when there is no SLO.
+    tpot_tokens: Annotated[float, Field(ge=0)] = 32.0
+
+    @property
+    def category(self) -> Category:
+        return Category.DISTRIBUTION
+
+    def score(self, cycle: Cycle, candidates: Sequence[Endpoint]) -> list[float]:
+        preds = predictions(cycle, candidates)
+        req = cycle.request
+        known: list[int] = []
+        values: list[float] = []
+        if req.slo_ttft_ms is not None or req.slo_tpot_ms is not None:
+            for i, p in enumerate(preds):
+                room = headroom(p, req.slo_ttft_ms, req.slo_tpot_ms)
+                if room is not None:
+                    known.append(i)
+                    values.append(min(max(room, 0.0), 1.0))
+        if not any(values):  # no SLO, or no candidate with headroom: the predicted cost
+            known, values = [], []
+            costs: list[float] = []
+            for i, p in enumerate(preds):
+                if p.ttft_ms is None and p.tpot_ms is None:
+                    continue
+                known.append(i)
+                costs.append((p.ttft_ms or 0.0) + self.tpot_tokens * (p.tpot_ms or 0.0))
+            # Relative, not min-max: 100 vs 101 ms predicted must not swing the whole weight.
+            cheapest = min(costs, default=0.0)
+            values = [1.0 if c <= 0 else max(cheapest, 1e-9) / c for c in costs]
+        if not known:
+            return [1.0] * len(candidates)
+        mean = sum(values) / len(values)
+        out = [mean] * len(candidates)
+        for i, v in zip(known, values, strict=True):
+            out[i] = v
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class SloHeadroomFilter:
+    """``slo-headroom-filter``: the candidates predicted to meet the request's SLO with
+    ``margin`` to spare. When none does, all are kept (``slo-admission`` decides whether the
+    request is refused; the scorer still prefers the least bad one)."""
+
+    __pydantic_config__ = PARAMS
+    margin: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+    def filter(self, cycle: Cycle, candidates: Sequence[Endpoint]) -> list[Endpoint]:
+        req = cycle.request
+        if req.slo_ttft_ms is None and req.slo_tpot_ms is None:
+            return list(candidates)
+        preds = predictions(cycle, candidates)
+        kept = [
+            e
+            for e, p in zip(candidates, preds, strict=True)
+            if meets(p, req.slo_ttft_ms, req.slo_tpot_ms, self.margin)
+        ]
+        return kept or list(candidates)
+
+
+@dataclass(frozen=True, slots=True)
+class SloAdmission:
+    """``slo-admission``: refuse a request with an SLO that no candidate is predicted to meet
+    (after ``margin``), unless its priority is at least ``exempt_priority``."""
+
+    __pydantic_config__ = PARAMS
+    margin: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    #: Requests of this priority or higher are never refused (``null``: none is exempt).
+    exempt_priority: int | None = None
+
+    def admit(self, cycle: Cycle, candidates: Sequence[Endpoint]) -> str | None:
+        req = cycle.request
+        if req.slo_ttft_ms is None and req.slo_tpot_ms is None:
+            return None
+        if self.exempt_priority is not None and req.priority >= self.exempt_priority:
+            return None
+        if not candidates:
+            return None
+        for p in predictions(cycle, candidates):
+            if meets(p, req.slo_ttft_ms, req.slo_tpot_ms, self.margin):
+                return None
+        return SLO_UNATTAINABLE
