@@ -30,6 +30,12 @@ from pointsman.v1 import routes, subjects
 #: Prefix of every identity's reply inboxes: ``_INBOX.<identity>.<id>``.
 INBOX = "_INBOX"
 
+#: ``max_payload`` of every generated nats-server config (``pointsman up``, compose, Kubernetes),
+#: in bytes: above ``shim.max_body_bytes`` (4 MiB) plus the message's own fields, so a request
+#: body the shim accepts always fits in one classify or pick message (nats-server's default,
+#: 1 MiB, did not). The shim answers 413 when a server's limit is smaller.
+MAX_PAYLOAD = 8 * 1024 * 1024
+
 
 def inbox_prefix(identity: str) -> str:
     """The reply inbox prefix of an identity (nats-py's ``inbox_prefix``)."""

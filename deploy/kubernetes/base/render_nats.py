@@ -31,7 +31,7 @@ http: 0.0.0.0:8222
 pid_file: /var/run/nats/nats.pid
 lame_duck_duration: 30s
 lame_duck_grace_period: 10s
-max_payload: 4MB
+max_payload: {natsauth.MAX_PAYLOAD}
 # Clients: TLS only (the services verify this certificate with the Secret's ca.crt).
 tls {{
   cert_file: {TLS_DIR}/tls.crt

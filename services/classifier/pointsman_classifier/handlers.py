@@ -7,6 +7,7 @@ subscriber; the route's codec decodes the request before the call and encodes th
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,7 +26,9 @@ from pointsman_classifier.metrics import Metrics
 log = logging.getLogger(__name__)
 _tracer = tracing.tracer("pointsman_classifier")
 
-Infer = Callable[[str], Awaitable[Outputs]]
+#: Runs the models on one prompt text, by a deadline (``time.monotonic()`` seconds, or ``None``);
+#: raises :class:`Overloaded` when it cannot answer in time.
+Infer = Callable[[str, float | None], Awaitable[Outputs]]
 
 
 class ClassifyHandler:
@@ -77,10 +80,14 @@ class ClassifyHandler:
             return ClassifyReply(model="", error="bad_request", classifier=self.name)
         if not self.debug:
             req.headers.pop(self.cfg.debug_header, None)
+        # The caller's budget runs from now: a request it will have given up on is not worth
+        # a place in a batch (the batcher refuses at once what it cannot finish in time).
+        deadline = time.monotonic() + req.budget_ms / 1000 if req.budget_ms else None
         try:
-            reply = await self.classify(req)
-        except Overloaded:
+            reply = await self.classify(req, deadline)
+        except Overloaded as exc:
             self.metrics.errors.labels("overloaded").inc()
+            self.metrics.shed.labels(exc.reason).inc()
             reply = ClassifyReply(model=req.model, error="overloaded", classifier=self.name)
         except Exception:
             log.exception("classify %s failed", req.request_id)
@@ -88,10 +95,10 @@ class ClassifyHandler:
             reply = ClassifyReply(model=req.model, error="internal", classifier=self.name)
         return reply
 
-    async def classify(self, req: ClassifyRequest) -> ClassifyReply:
+    async def classify(self, req: ClassifyRequest, deadline: float | None = None) -> ClassifyReply:
         cfg = self.cfg
         text = prompt_text(req, cfg)
-        outputs = await self.infer(text) if text.strip() else Outputs()
+        outputs = await self.infer(text, deadline) if text.strip() else Outputs()
         found: set[str] = set()
         if cfg.pii.enabled:
             # Every turn goes to the model, so every turn is checked for PII, not only the

@@ -92,6 +92,15 @@ class Metrics:
             registry=r,
         )
 
+        self.shed = Counter(
+            "pointsman_classifier_shed_total",
+            "Requests answered overloaded at once, by reason: queue_full (batching.queue_size "
+            "waiting), deadline (could not finish within the caller's budget_ms, or its budget "
+            "passed while queued).",
+            ["reason"],
+            registry=r,
+        )
+
     def watch_queue(self, depth: Callable[[], int]) -> None:
         self.queue_depth.set_function(lambda: float(depth()))
 

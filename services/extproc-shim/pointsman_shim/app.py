@@ -14,7 +14,7 @@ from pointsman.debug import DebugConfig
 from pointsman.runtime import OpsServer
 from pointsman.tracing import TracingConfig
 from pointsman_shim.bus import Bus
-from pointsman_shim.config import ShimConfig
+from pointsman_shim.config import ShimConfig, safety_blocks
 from pointsman_shim.handlers import Processor
 from pointsman_shim.membership import Membership, static_pools
 from pointsman_shim.server import Health, start_ext_proc
@@ -25,8 +25,13 @@ log = logging.getLogger(__name__)
 
 def load_config(path: str | None) -> tuple[ShimConfig, NatsConfig, TracingConfig]:
     data: dict[str, Any] = configfile.read(path)
+    config = configfile.section(data, "shim", ShimConfig)
+    if config.classifier.safety_blocks is None:
+        blocks = safety_blocks(data.get("classifier"))
+        call = config.classifier.model_copy(update={"safety_blocks": blocks})
+        config = config.model_copy(update={"classifier": call})
     return (
-        configfile.section(data, "shim", ShimConfig),
+        config,
         bus.nats_config(data),
         configfile.section(data, "tracing", TracingConfig),
     )

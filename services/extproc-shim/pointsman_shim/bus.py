@@ -50,6 +50,18 @@ class BusUnavailable(Exception):
         self.kind = kind
 
 
+class BusTooLarge(Exception):
+    """A request whose bus message would exceed the NATS server's ``max_payload``: the request
+    is answered 413, never sent on unchecked (the generated nats-server configs set
+    ``max_payload`` above ``shim.max_body_bytes``, so this needs a smaller server limit)."""
+
+    def __init__(self, service: str, size: int, limit: int) -> None:
+        super().__init__(f"{service}: message of {size} bytes over max_payload {limit}")
+        self.service = service
+        self.size = size
+        self.limit = limit
+
+
 class Bus:
     """A NATS connection that may not exist yet: the shim must serve (fail-open) without one."""
 
@@ -64,6 +76,12 @@ class Bus:
     def connected(self) -> bool:
         return self.service.connected
 
+    @property
+    def max_payload(self) -> int:
+        """The connected server's largest message in bytes (0: not known yet)."""
+        client = self.service.client
+        return int(getattr(client, "max_payload", 0) or 0) if client is not None else 0
+
     async def _call(
         self, service: str, route: Route[Req, Rep], payload: bytes, timeout: float
     ) -> Rep:
@@ -71,6 +89,9 @@ class Bus:
         tracing.inject(headers)
         if not self.service.connected:
             raise BusUnavailable(service, "disconnected")
+        limit = self.max_payload
+        if limit and len(payload) > limit:
+            raise BusTooLarge(service, len(payload), limit)
         try:
             msg: Any = await self.service.broker.request(
                 payload, route.subject, headers=headers or None, timeout=timeout
@@ -79,6 +100,8 @@ class Bus:
             raise BusUnavailable(service, "no_responders") from None
         except nats.errors.TimeoutError:
             raise BusUnavailable(service, "timeout") from None
+        except nats.errors.MaxPayloadError:
+            raise BusTooLarge(service, len(payload), limit) from None
         except (
             nats.errors.ConnectionClosedError,
             nats.errors.ConnectionReconnectingError,

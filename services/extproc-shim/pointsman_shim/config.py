@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,6 +30,14 @@ class ClassifierCall(BaseModel):
     timeout_ms: float = Field(default=150.0, gt=0)
     #: What to do when the classifier does not answer in time or NATS is down.
     failure_mode: FailureMode = "fail-open"
+    #: What to do then when the classifier blocks anything (``safety_blocks``): ``fail-closed``
+    #: answers 503 with ``Retry-After`` rather than route a request with no safety verdict;
+    #: ``fail-open`` lets ``failure_mode`` decide, as for model selection alone.
+    safety_failure_mode: FailureMode = "fail-closed"
+    #: Whether the classifier blocks requests (a jailbreak block, or PII some model may not
+    #: receive). ``None``: read from the config file's ``classifier`` section with the
+    #: classifier's defaults (jailbreak blocking is on by default), see :func:`safety_blocks`.
+    safety_blocks: bool | None = None
 
 
 class ExtProcTls(BaseModel):
@@ -195,3 +203,30 @@ class ShimConfig(BaseModel):
     #: Model-name rewrites with weighted targets (InferenceModelRewrite in the config file);
     #: those the collector reads from Kubernetes come after them.
     model_rewrites: list[ModelRewriteConfig] = Field(default_factory=list)
+
+
+def safety_blocks(classifier: object) -> bool:
+    """Whether a classifier with this config section (the raw ``classifier`` mapping) blocks any
+    request: jailbreak detection on with ``action: block`` (globally or for one category), or
+    PII detection on with some model not allowed every entity type. Mirrors the classifier's
+    defaults (jailbreak on, block; PII on, every type allowed); a test holds the two together."""
+    section = classifier if isinstance(classifier, dict) else {}
+
+    def sub(mapping: object, key: str) -> dict[str, Any]:
+        value = mapping.get(key) if isinstance(mapping, dict) else None
+        return value if isinstance(value, dict) else {}
+
+    jailbreak = sub(section, "jailbreak")
+    if jailbreak.get("action", "block") == "block":
+        if jailbreak.get("enabled", True) is not False:
+            return True
+        for category in sub(section, "categories").values():
+            if sub(category, "jailbreak").get("enabled") is True:
+                return True
+    pii = sub(section, "pii")
+    if pii.get("enabled", True) is not False:
+        allowed = [pii.get("default_allowed", ["*"])]
+        allowed += [m.get("pii_allowed") for m in sub(section, "models").values() if m]
+        if any(isinstance(a, list) and "*" not in a for a in allowed):
+            return True
+    return False

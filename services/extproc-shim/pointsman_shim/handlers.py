@@ -54,7 +54,7 @@ from pointsman.v1.cache import CacheStore
 from pointsman.v1.classify import ClassifyReply
 from pointsman.v1.policy import InferencePolicy
 from pointsman_shim import envoy, metrics
-from pointsman_shim.bus import Bus, BusUnavailable
+from pointsman_shim.bus import Bus, BusTooLarge, BusUnavailable
 from pointsman_shim.config import ShimConfig
 from pointsman_shim.core import headers as h
 from pointsman_shim.core import policy, rewrite, sessions
@@ -179,7 +179,15 @@ class Processor:
         metrics.STREAMS.inc()
         try:
             async for request in requests:
-                for response in await self._dispatch(stream, request):
+                try:
+                    responses = await self._dispatch(stream, request)
+                except Exception as exc:  # the shim never raises into Envoy: see _internal_error
+                    failed = self._internal_error(stream, request, exc)
+                    if failed is None:
+                        continue
+                    yield failed
+                    return
+                for response in responses:
                     yield response
                 if stream.observer and (stream.routed is None or stream.done):
                     # Nothing more to observe: close the stream now (OK status) instead of
@@ -194,6 +202,38 @@ class Processor:
                 # The response never ended through us (client gone, upstream reset): still tell
                 # the picker, so in-flight counts do not leak.
                 await self._complete(stream)
+
+    def _internal_error(
+        self, stream: Stream, request: envoy.ProcessingRequest, exc: Exception
+    ) -> envoy.ProcessingResponse | None:
+        """An unexpected exception while handling one of Envoy's messages: a JSON 500 in the
+        request's API format, counted in ``pointsman_shim_internal_errors_total{phase}`` and
+        logged with its traceback. Never raised into the gRPC stream: with Envoy's
+        ``failure_mode_allow`` that would forward the request unchecked (no validation, no
+        safety verdict, the default pool). An observer stream is never answered: ``None``."""
+        phase = request.WhichOneof("request") or "unknown"
+        metrics.INTERNAL_ERRORS.labels(phase).inc()
+        log.error(
+            "internal error on %s of request %s: %s",
+            phase, stream.request_id or "-", exc, exc_info=exc,
+        )  # fmt: skip
+        if request.observability_mode or stream.observer:
+            return None
+        message = (
+            "the gateway failed to process this request (an internal error, logged with request "
+            f"id {stream.request_id or '-'}); it was not forwarded"
+        )
+        error = RequestError(
+            500, message, reason="internal_error", type="server_error", code="internal_error"
+        )
+        try:
+            return self._reject(stream, error)
+        except Exception:  # the dialect's error format failed too: OpenAI's, plainly
+            log.exception("rendering the internal error failed")
+            body = openai_chat.DIALECT.error_body(
+                message, type="server_error", code="internal_error", status=500
+            )
+            return envoy.immediate(500, body, {h.ERROR: "internal_error"}, "internal_error")
 
     async def _dispatch(
         self, stream: Stream, request: envoy.ProcessingRequest
@@ -425,8 +465,9 @@ class Processor:
             if isinstance(picked, Refused):
                 self._refused(stream, choice.model, picked)
         return policy.route(
-            llm, dialect, choice, picked, self.config, debug=stream.debug, upstream=upstream
-        )
+            llm, dialect, choice, picked, self.config, debug=stream.debug, upstream=upstream,
+            hinted=stream.subset is not None,
+        )  # fmt: skip
 
     async def _resume(self, stream: Stream, llm: LLMRequest) -> tuple[LLMRequest, str | None]:
         """The request with the conversation of the response it continues before its input,
@@ -504,6 +545,8 @@ class Processor:
         with _tracer.start_as_current_span("pointsman.pick", kind=SpanKind.CLIENT) as span:
             try:
                 reply = await self.bus.pick(request, self.config.pick_timeout_ms / 1000)
+            except BusTooLarge as exc:
+                raise _too_large_for_bus(exc) from None
             except BusUnavailable as exc:
                 span.set_attribute("pointsman.bus_failure", exc.kind)
                 return self._bus_failed(exc.service, exc.kind)
@@ -516,13 +559,17 @@ class Processor:
     async def _classify(
         self, stream: Stream, llm: LLMRequest, session: sessions.Session | None
     ) -> ClassifyReply | Unavailable:
+        timeout_ms = self.config.classifier.timeout_ms
         request = policy.classify_request(
-            llm, stream.headers, stream.request_id, session, debug=stream.debug
-        )
+            llm, stream.headers, stream.request_id, session, debug=stream.debug,
+            budget_ms=timeout_ms,
+        )  # fmt: skip
         started = time.perf_counter()
         with _tracer.start_as_current_span("pointsman.classify", kind=SpanKind.CLIENT) as span:
             try:
-                reply = await self.bus.classify(request, self.config.classifier.timeout_ms / 1000)
+                reply = await self.bus.classify(request, timeout_ms / 1000)
+            except BusTooLarge as exc:
+                raise _too_large_for_bus(exc) from None
             except BusUnavailable as exc:
                 span.set_attribute("pointsman.bus_failure", exc.kind)
                 return self._bus_failed(exc.service, exc.kind)
@@ -862,3 +909,15 @@ def _served_endpoint(request: envoy.ProcessingRequest) -> str | None:
         value = attrs.fields["upstream.address"].string_value
         return value or None
     return None
+
+
+def _too_large_for_bus(exc: BusTooLarge) -> RequestError:
+    """413 for a request the bus cannot carry to ``exc.service`` (never sent on unchecked)."""
+    metrics.BUS_TOO_LARGE.labels(exc.service).inc()
+    log.warning("request too large for the bus: %s", exc)
+    return RequestError(
+        413,
+        f"the request is too large to be checked and routed ({exc.size} bytes for the "
+        f"{exc.service}; the message bus takes at most {exc.limit})",
+        reason="body_too_large_for_bus",
+    )

@@ -2,8 +2,9 @@
 
 Fed by the collectors' snapshots (only collectors may publish them: :mod:`pointsman.natsauth`)
 and the config's static ``pools``; read by :func:`pointsman_shim.core.policy.vet_pick`, which
-refuses a pick that names anything else. An address no snapshot has named for
-``shim.forget_after_s`` leaves the view, as it leaves the picker's.
+refuses a pick that names anything else. An address leaves the view, as it leaves the picker's,
+when snapshots of its pool kept coming for ``shim.forget_after_s`` without naming it; while no
+snapshot of the pool arrives at all (every collector gone) the last known members stay.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Membership:
     ) -> None:
         self._static = dict(static)
         self._seen: dict[str, dict[str, float]] = {}
+        self._last: dict[str, float] = {}
         self._forget_after_s = forget_after_s
         self._clock = clock
         self._view: dict[str, frozenset[str]] = dict(self._static)
@@ -54,6 +56,7 @@ class Membership:
     def apply(self, snap: PoolSnapshot) -> None:
         now = self._clock()
         seen = self._seen.setdefault(snap.pool, {})
+        self._last[snap.pool] = now
         added = False
         for endpoint in snap.endpoints:
             added |= endpoint.address not in seen
@@ -66,9 +69,9 @@ class Membership:
         now = self._clock()
         if now >= self._next_sweep:
             self._next_sweep = now + 1.0
-            cutoff = now - self._forget_after_s
             stale = False
-            for seen in self._seen.values():
+            for pool, seen in self._seen.items():
+                cutoff = self._last.get(pool, now) - self._forget_after_s
                 for address in [a for a, t in seen.items() if t < cutoff]:
                     del seen[address]
                     stale = True

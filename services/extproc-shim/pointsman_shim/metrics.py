@@ -21,7 +21,9 @@ BUS_FAILURES = Counter(
 )
 FAIL_OPEN = Counter(
     "pointsman_shim_fail_open",
-    "Requests served under the fail-open policy because a service did not answer.",
+    "Requests served under the fail-open policy (Envoy's own load balancing or the requested "
+    "model), by cause: the service that did not answer (classifier, picker), or no_endpoints "
+    "(the picker had no endpoint to offer).",
     ["service"],
 )
 DECISION_SECONDS = Histogram(
@@ -88,4 +90,17 @@ REWRITES = Counter(
     "pointsman_shim_rewrites",
     "Requests an InferenceModelRewrite sent to another model, by rewrite, asked and target model.",
     ["rewrite", "model", "target"],
+)
+INTERNAL_ERRORS = Counter(
+    "pointsman_shim_internal_errors",
+    "Unexpected exceptions in the shim, by the ext_proc message being handled (request_headers, "
+    "request_body, response_headers, response_body, ...); each answered with a JSON 500, never "
+    "passed to Envoy (whose failure_mode_allow would forward the request unchecked).",
+    ["phase"],
+)
+BUS_TOO_LARGE = Counter(
+    "pointsman_shim_bus_too_large",
+    "Requests answered 413 because their bus message would exceed the NATS server's max_payload, "
+    "by service.",
+    ["service"],
 )

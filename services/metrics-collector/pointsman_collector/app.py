@@ -95,6 +95,7 @@ class Collector:
         self._interval_s = cfg.interval_ms / 1000
         self._wait_s = min(cfg.timeout_ms / 1000, self._interval_s * 0.8)
         self._stale_s = cfg.stale_ms / 1000
+        self._unhealthy_after = cfg.unhealthy_after
         self._views: dict[str, list[Endpoint]] = {}
         self._states: dict[str, EndpointState] = {}
         self._owned: list[EndpointState] = []
@@ -299,7 +300,9 @@ class Collector:
         result = "ok"
         if body is None:
             result = "timeout" if error == "timeout" else "error"
-            record_error(st, error or "failed", (time.perf_counter() - started) * 1000)
+            record_error(
+                st, error or "failed", (time.perf_counter() - started) * 1000, self._unhealthy_after
+            )
         else:
             engine = st.endpoint.engine or st.detected or self.cfg.engine
             try:
@@ -307,7 +310,10 @@ class Collector:
             except (engines.NoEngineMetrics, ParseError) as exc:
                 result = "parse_error"
                 st.detected = None  # detect again next time (the engine may have changed)
-                record_error(st, str(exc)[:200], (time.perf_counter() - started) * 1000)
+                record_error(
+                    st, str(exc)[:200], (time.perf_counter() - started) * 1000,
+                    self._unhealthy_after,
+                )  # fmt: skip
             else:
                 record_ok(st, reading, time.time(), (time.perf_counter() - started) * 1000)
         self.telemetry.result(result).inc()

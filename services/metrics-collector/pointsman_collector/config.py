@@ -110,7 +110,10 @@ class CollectorConfig(_Strict):
     http_host: str = "0.0.0.0"
     http_port: int = Field(default=9104, ge=0, lt=65536)
     interval_ms: int = Field(default=50, gt=0)
-    timeout_ms: int = Field(default=250, gt=0)
+    #: Per-scrape timeout: real vLLM under load took 300-600 ms to answer ``/metrics``.
+    timeout_ms: int = Field(default=1000, gt=0)
+    #: Failed scrapes in a row that mark an endpoint unhealthy (a refused connection: at once).
+    unhealthy_after: int = Field(default=3, ge=1)
     #: Accepted for compatibility and unused: the raw client keeps one connection per
     #: endpoint, so every owned endpoint is scraped each tick.
     concurrency: int = Field(default=256, gt=0)

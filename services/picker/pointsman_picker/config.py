@@ -78,8 +78,10 @@ class PickerConfig(_Strict):
     http_port: int = Field(default=9103, ge=0, le=65535)
     #: Identifies this replica in replies, logs and shared-state messages.
     replica_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    #: An endpoint whose last successful scrape is older than this is not picked.
-    stale_after_ms: int = Field(default=1000, gt=0)
+    #: An endpoint whose last successful scrape is older than this is stale: not picked while
+    #: a fresh one is healthy; when none is, the stale ones are (see the README's staleness
+    #: policy). Above the collector's ``timeout_ms`` so one slow scrape does not make it stale.
+    stale_after_ms: int = Field(default=3000, gt=0)
     #: An in-flight assignment with no completion event after this long is dropped.
     in_flight_ttl_s: float = Field(default=300.0, gt=0)
     #: An endpoint that no snapshot has named for this long is forgotten.

@@ -27,7 +27,14 @@ from pointsman_picker.core.objectives import Objectives
 from pointsman_picker.core.pipeline import Decision, schedule
 from pointsman_picker.core.request import to_request
 from pointsman_picker.plan import Plans, build_plans
-from pointsman_picker.state import Affinity, InFlight, PoolStore, apply_update, endpoint_view
+from pointsman_picker.state import (
+    Affinity,
+    InFlight,
+    PoolStore,
+    apply_update,
+    endpoint_view,
+    stale_view,
+)
 from pointsman_picker.telemetry import Telemetry
 
 Sink = Callable[[Sequence[Update]], None]
@@ -89,6 +96,9 @@ class Scheduler:
             self.affinity.forget_endpoint(pool, address)
         self.affinity.expire(now)
         self.telemetry.in_flight.set(len(self.in_flight))
+        for pool, _, metrics in self.store.pools():
+            stale = sum(1 for m in metrics if now - m.scraped_at > self._stale_after_s)
+            self.telemetry.stale_endpoints.labels(pool).set(stale)
 
     # --- decisions -------------------------------------------------------------------------
 
@@ -108,9 +118,15 @@ class Scheduler:
                 Decision(PickStatus.UNKNOWN_MODEL, reason=f"no pool serves '{req.model}'"),
             )
         pool = req.pool
-        views = [
-            endpoint_view(m, self.in_flight.pending(pool, m.address, m.scraped_at)) for m in metrics
-        ]
+        pending = self.in_flight.pending
+        if any(m.healthy and now - m.scraped_at <= self._stale_after_s for m in metrics):
+            views = [endpoint_view(m, pending(pool, m.address, m.scraped_at)) for m in metrics]
+        else:
+            # No fresh metrics at all (the collectors are gone, or cannot reach the pool): serve
+            # from the last known healthy endpoints, scored only on what is still true.
+            views = [stale_view(m, pending(pool, m.address, m.scraped_at), now) for m in metrics]
+            if any(v.healthy for v in views):
+                self.telemetry.stale_picks.labels(pool).inc()
         affinity = self.affinity
         cycle = Cycle(
             request=req,

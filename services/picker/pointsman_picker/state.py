@@ -20,18 +20,22 @@ class PoolStore:
     """The newest metrics of every endpoint, per pool, merged over all collectors.
 
     Collector replicas split a pool's endpoints between them, so a snapshot updates the
-    endpoints it names and leaves the others; an endpoint no snapshot has named for
-    ``forget_after_s`` is dropped (it left the pool).
+    endpoints it names and leaves the others. An endpoint is dropped (it left the pool) when
+    snapshots of its pool kept coming for ``forget_after_s`` without naming it; while no
+    snapshot of the pool arrives at all (every collector gone), nothing is dropped: the picker
+    keeps serving from the last known endpoints.
     """
 
     def __init__(self, forget_after_s: float = 300.0) -> None:
         self._pools: dict[str, dict[str, tuple[EndpointMetrics, float]]] = {}
         self._first_seen: dict[str, float] = {}
+        self._last_snapshot: dict[str, float] = {}
         self._forget_after_s = forget_after_s
 
     def apply(self, snap: PoolSnapshot, now: float) -> None:
         pool = self._pools.setdefault(snap.pool, {})
         self._first_seen.setdefault(snap.pool, now)
+        self._last_snapshot[snap.pool] = now
         for ep in snap.endpoints:
             old = pool.get(ep.address)
             # A snapshot that lost a race with a newer one must not roll metrics back.
@@ -40,10 +44,13 @@ class PoolStore:
             pool[ep.address] = (ep, now)
 
     def forget_old(self, now: float) -> list[tuple[str, str]]:
-        """Drop endpoints no snapshot named lately; returns the (pool, address) dropped."""
+        """Drop endpoints that the pool's snapshots stopped naming ``forget_after_s`` ago;
+        returns the (pool, address) dropped. Counted from the pool's last snapshot, not from
+        ``now``, so a pool whose collectors are all gone keeps its endpoints."""
         dropped = []
         for name, pool in self._pools.items():
-            gone = [a for a, (_, seen) in pool.items() if now - seen > self._forget_after_s]
+            last = self._last_snapshot.get(name, now)
+            gone = [a for a, (_, seen) in pool.items() if last - seen > self._forget_after_s]
             for address in gone:
                 del pool[address]
                 dropped.append((name, address))
@@ -132,6 +139,24 @@ def endpoint_view(m: EndpointMetrics, pending: int) -> Endpoint:
         waiting=m.waiting,
         running=m.running,
         kv_usage=m.kv_usage,
+        pending=pending,
+        labels=m.labels,
+        lora_running=tuple(m.lora_running),
+        lora_waiting=tuple(m.lora_waiting),
+        max_lora=m.max_lora,
+    )
+
+
+def stale_view(m: EndpointMetrics, pending: int, now: float) -> Endpoint:
+    """An endpoint whose metrics are all stale, as the core sees it when no endpoint of the pool
+    is fresh: its last known health and labels, no queue, running or KV numbers (they are not
+    true any more), and as fresh (``scraped_at`` = ``now``) so that the pipeline considers it.
+    What still holds is scored: the prefix index, sessions, and ``pending``, the assignments
+    made since its last scrape and not completed (the in-flight load this replica knows)."""
+    return Endpoint(
+        address=m.address,
+        healthy=m.healthy,
+        scraped_at=now,
         pending=pending,
         labels=m.labels,
         lora_running=tuple(m.lora_running),

@@ -59,6 +59,17 @@ class Telemetry:
             "In-flight assignments dropped after their TTL (lost completion events).",
             registry=r,
         )  # fmt: skip
+        self.stale_endpoints = Gauge(
+            "pointsman_picker_stale_endpoints",
+            "Known endpoints whose last scrape is older than picker.stale_after_ms, by pool.",
+            ["pool"], registry=r,
+        )  # fmt: skip
+        self.stale_picks = Counter(
+            "pointsman_picker_stale_picks",
+            "Picks made with no fresh endpoint in the pool: from the last known healthy "
+            "endpoints, scored on prefix, sessions and in-flight only.",
+            ["pool"], registry=r,
+        )  # fmt: skip
         self.sync_errors = Counter(
             "pointsman_picker_shared_state_errors", "Failed shared-state operations.",
             ["op"], registry=r,

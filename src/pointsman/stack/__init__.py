@@ -311,25 +311,24 @@ class Stack:
         o = self.options
         port = free_port()
         store = self.workdir / "nats"
-        argv = [binary("nats-server"), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)]
         tls = None
         if o.nats_tls:
             tls = credentials.throwaway_ca(self.workdir / "tls", ["127.0.0.1", "localhost"])
             self.nats_section["tls"] = {"ca_file": str(tls.ca_file)}
-        if o.nats_auth or tls is not None:
-            keys: dict[str, list[str]] | None = None
-            if o.nats_auth:
-                self.identities = credentials.generate(self.workdir / "credentials")
-                keys = {name: [i.public_key] for name, i in self.identities.items()}
-            conf = self.workdir / "nats-server.conf"
-            # The user's renamed subjects (collector.sharding.subject, latest.bucket) count.
-            user = _merge(configfile.read(o.config) if o.config else {}, o.overrides)
-            conf.write_text(
-                credentials.nats_server_conf(
-                    listen=f"127.0.0.1:{port}", store_dir=store, keys=keys, config=user, tls=tls
-                )
+        # Always a config file: max_payload (above shim.max_body_bytes) has no flag.
+        keys: dict[str, list[str]] | None = None
+        if o.nats_auth:
+            self.identities = credentials.generate(self.workdir / "credentials")
+            keys = {name: [i.public_key] for name, i in self.identities.items()}
+        conf = self.workdir / "nats-server.conf"
+        # The user's renamed subjects (collector.sharding.subject, latest.bucket) count.
+        user = _merge(configfile.read(o.config) if o.config else {}, o.overrides)
+        conf.write_text(
+            credentials.nats_server_conf(
+                listen=f"127.0.0.1:{port}", store_dir=store, keys=keys, config=user, tls=tls
             )
-            argv = [binary("nats-server"), "-c", str(conf)]
+        )
+        argv = [binary("nats-server"), "-c", str(conf)]
         child = spawn("nats-server", argv, self.log_dir, die_with_parent=True)
         self.children["nats-server"] = child
         scheme = "tls" if tls is not None else "nats"

@@ -195,9 +195,13 @@ def nats_server_conf(
     config: dict[str, Any] | None = None,
     tls: TlsFiles | None = None,
 ) -> str:
-    """A single nats-server's config: JetStream, the authorization (``keys``: identity -> public
-    NKeys; ``None``: an open bus), TLS when given."""
-    block: dict[str, Any] = {"listen": listen, "jetstream": {"store_dir": str(store_dir)}}
+    """A single nats-server's config: JetStream, ``max_payload``, the authorization (``keys``:
+    identity -> public NKeys; ``None``: an open bus), TLS when given."""
+    block: dict[str, Any] = {
+        "listen": listen,
+        "max_payload": natsauth.MAX_PAYLOAD,
+        "jetstream": {"store_dir": str(store_dir)},
+    }
     if keys is not None:
         block["authorization"] = natsauth.authorization(keys, config)
     if tls is not None:

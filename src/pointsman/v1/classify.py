@@ -45,6 +45,12 @@ class ClassifyRequest(msgspec.Struct, kw_only=True):
     session: str | None = None
     #: The request continues the session (an earlier turn may have chosen its model).
     follow_up: bool = False
+    #: Milliseconds the caller still waits for the answer when it sent the request (the shim's
+    #: ``classifier.timeout_ms``): the classifier admits the request only if it can answer
+    #: within it, and answers ``error = "overloaded"`` at once otherwise (issue 12). A relative
+    #: budget, not a timestamp, so that hosts need no common clock. ``None``: the classifier's
+    #: own ``batching.budget_ms``.
+    budget_ms: float | None = None
 
 
 class Block(msgspec.Struct, kw_only=True):

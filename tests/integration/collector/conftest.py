@@ -3,6 +3,7 @@ vLLM and SGLang text format (the unit fixtures, with the picker's numbers substi
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -44,6 +45,9 @@ class FakeEngine:
     kv: float = 0.0
     status: int = 200
     hits: int = 0
+    #: The next ``slow`` scrapes wait ``delay_s`` before they are answered.
+    slow: int = 0
+    delay_s: float = 0.0
     address: str = ""
     _template: str = field(default="", repr=False)
 
@@ -63,6 +67,9 @@ class EngineFleet:
 
         async def metrics(_: web.Request) -> web.Response:
             engine.hits += 1
+            if engine.slow > 0:
+                engine.slow -= 1
+                await asyncio.sleep(engine.delay_s)
             if engine.status != 200:
                 return web.Response(status=engine.status, text="nope")
             return web.Response(body=engine.body(), content_type="text/plain")

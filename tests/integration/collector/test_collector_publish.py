@@ -177,6 +177,53 @@ async def test_slow_endpoint_does_not_delay_the_others(
         await runner.cleanup()
 
 
+async def test_one_slow_scrape_keeps_a_replica_a_refused_connection_does_not(
+    nats_url: str, fleet: object, unique: str
+) -> None:
+    """Issue 12: one /metrics answer slower than the timeout (real vLLM under load) must not
+    mark a serving replica unhealthy; a refused connection (the replica is gone) must at once."""
+    a = await fleet.add(waiting=2)  # type: ignore[attr-defined]
+    runner = fleet.runners[-1]  # type: ignore[attr-defined]
+    pool = f"flaky-{unique}"
+    cfg = config(unique, timeout_ms=300, unhealthy_after=3, sharding={"enabled": False})
+    collector = Collector(cfg, nats=NatsConfig(url=nats_url), sources=[])
+    nc = await nats.connect(nats_url)
+    watcher = Watcher()
+    await nc.subscribe(subjects.metrics(pool), cb=watcher.cb)
+    await collector.start()
+    try:
+        collector.report("test", parse_pools({pool: [a.address]}))
+        await watcher.wait_for(lambda s: bool(s.endpoints) and s.endpoints[0].healthy)
+        # Two scrapes in a row time out (300 ms; a timed-out scrape is retried at once, so one
+        # alone would be answered before the snapshot is built), the next ones answer.
+        a.delay_s, a.slow = 1.5, 2
+        timed_out = await watcher.wait_for(
+            lambda s: bool(s.endpoints) and s.endpoints[0].error == "timeout"
+        )
+        assert timed_out.endpoints[0].healthy
+        await watcher.wait_for(
+            lambda s: bool(s.endpoints) and s.endpoints[0].error is None and s is not timed_out
+        )
+        since = watcher.snaps.index(timed_out)
+        assert all(s.endpoints[0].healthy for s in watcher.snaps[since:])
+
+        await runner.cleanup()  # nothing listens any more: refused
+        refused = await watcher.wait_for(
+            lambda s: (
+                bool(s.endpoints) and (s.endpoints[0].error or "").startswith("connect failed")
+            )
+        )
+        first = next(
+            s
+            for s in watcher.snaps
+            if (s.endpoints and (s.endpoints[0].error or "").startswith("connect failed"))
+        )
+        assert not first.endpoints[0].healthy and not refused.endpoints[0].healthy
+    finally:
+        await collector.stop()
+        await nc.close()
+
+
 async def test_big_pool_is_split_and_vanished_parts_are_emptied(
     nats_url: str, fleet: object, unique: str
 ) -> None:

@@ -7,15 +7,19 @@ the model (``x-selected-model``) and Envoy balances over the model's pool itself
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import nats
 import pytest
 import yaml
 
+from pointsman.v1 import EndpointMetrics, PoolSnapshot, encode, subjects
 from tests.helpers import procs
 from tests.integration.gateway.conftest import (
     READY,
@@ -146,3 +150,75 @@ def test_real_picker_names_a_primary_and_a_fallback(
         picked = logged["picked"].split(",")
         assert len(picked) == 2 and set(picked) == endpoints, logged
         assert logged["upstream"] == picked[0] == r.headers["x-sim-endpoint"]
+
+
+@pytest.fixture
+def picker_alone(shim: Shim) -> Iterator[int]:
+    """The real picker on the shim's bus with no collector (the test publishes the snapshots);
+    stopped after. Yields its HTTP port."""
+    workdir = Path(tempfile.mkdtemp(prefix="pointsman-gateway-picker-alone-"))
+    port = procs.free_port()
+    path = workdir / "pointsman.yaml"
+    path.write_text(yaml.safe_dump({"nats": {"url": shim.nats_url}, "picker": {"http_port": port}}))
+    proc = procs.spawn(
+        "picker",
+        [sys.executable, "-m", "pointsman_picker", "--config", str(path)],
+        env={"NATS_URL": shim.nats_url},
+        log_dir=workdir,
+    )
+    try:
+        procs.wait_until(
+            lambda: procs.http_ok(f"http://127.0.0.1:{port}/readyz"), READY, "picker", proc
+        )
+        yield port
+    finally:
+        proc.stop()
+
+
+def test_no_endpoints_from_the_picker_fails_open_to_envoys_balancing(
+    pair: list[Replica], shim: Shim, picker_alone: int
+) -> None:
+    """Issue 12: the picker answers ``no_endpoints`` (its last snapshot says every replica is
+    down), the replicas are fine as far as Envoy's health checks know: the shim (``fail-open``)
+    lets Envoy balance over the pool instead of answering 503."""
+    endpoints = sorted(r.endpoint for r in pair)
+    down = PoolSnapshot(
+        pool="delta",
+        collector="test",
+        published_at=time.time(),
+        endpoints=[
+            EndpointMetrics(address=e, healthy=False, scraped_at=time.time(), error="HTTP 500")
+            for e in endpoints
+        ],
+    )
+
+    async def publish() -> None:
+        nc = await nats.connect(shim.nats_url)
+        await nc.publish(subjects.metrics("delta"), encode(down))
+        await nc.drain()
+
+    with envoy({"delta": endpoints}, shim.port) as gw:
+        for endpoint in endpoints:
+            wait_health(gw, "delta", endpoint, healthy=True)
+        answered: list[httpx.Response] = []
+
+        def failed_open() -> bool:  # once the picker has the snapshot, it says no_endpoints
+            asyncio.run(publish())
+            r = httpx.post(f"{gw.url}{CHAT}", json=chat("delta"), timeout=60)
+            answered.append(r)
+            assert r.status_code == 200, r.text
+            return "no_endpoints" in _shim_metric(shim, "pointsman_shim_fail_open_total{service=")
+
+        procs.wait_until(failed_open, READY, "a no_endpoints pick failing open")
+        for _ in range(6):
+            r = httpx.post(f"{gw.url}{CHAT}", json=chat("delta"), timeout=60)
+            assert r.status_code == 200, r.text
+            assert r.headers["x-pointsman-route"] == "fail-open"
+            assert r.headers["x-sim-endpoint"] in endpoints
+        metrics = httpx.get(f"http://127.0.0.1:{picker_alone}/metrics").text
+        assert 'pointsman_picker_decisions_total{pool="delta",status="no_endpoints"}' in metrics
+
+
+def _shim_metric(shim: Shim, prefix: str) -> str:
+    text = httpx.get(f"http://127.0.0.1:{shim.http_port}/metrics").text
+    return "\n".join(line for line in text.splitlines() if line.startswith(prefix))

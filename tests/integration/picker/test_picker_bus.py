@@ -73,15 +73,28 @@ async def test_pick_follows_snapshots(nats_url: str, start_picker: StartPicker) 
         )
         assert pool in [p.name for p in models.pools]
 
-        # stale metrics: nothing to pick
-        old = snapshot(pool, **{"a-1": 0})
-        old.endpoints[0].scraped_at -= 5
+        # only stale metrics (no collector any more): served from the last known healthy
+        # endpoint; one last seen unhealthy: nothing to pick
+        old = snapshot(pool, **{"a-1": 0, "d-4": 0})
+        for ep in old.endpoints:
+            ep.scraped_at -= 60
+        old.endpoints[1].healthy = False
         other = f"{pool}-old"
         old.pool = other
         await nc.publish(subjects.metrics(other), encode(old))
+        down = snapshot(pool, **{"d-4": 0})
+        down.endpoints[0].healthy = False
+        dead = f"{pool}-down"
+        down.pool = dead
+        await nc.publish(subjects.metrics(dead), encode(down))
         await nc.flush()
         deadline = time.monotonic() + 60
         while (reply := await ask(nc, other)).status is PickStatus.UNKNOWN_MODEL:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        assert reply.status is PickStatus.OK
+        assert reply.endpoints == ["a:1"]
+        while (reply := await ask(nc, dead)).status is PickStatus.UNKNOWN_MODEL:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
         assert reply.status is PickStatus.NO_ENDPOINTS
@@ -92,6 +105,7 @@ async def test_pick_follows_snapshots(nats_url: str, start_picker: StartPicker) 
     assert "pointsman_picker_decision_seconds_bucket" in text
     assert f'pointsman_picker_picks_total{{endpoint="b:2",pool="{pool}"}}' in text
     assert 'status="no_endpoints"' in text
+    assert f'pointsman_picker_stale_picks_total{{pool="{pool}-old"}} 1.0' in text
 
 
 async def test_in_flight_spreads_between_snapshots(

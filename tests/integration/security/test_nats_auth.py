@@ -88,7 +88,15 @@ async def _published_reaches(
         await tx.publish(subject, payload)
         await tx.flush()
         await rx.flush()
-        await asyncio.sleep(0.3)
+        # Wait on an outcome, not a fixed time: the message arrives, or the server refuses the
+        # publish (or the subscription); after a refusal the server has handled the PUB, so a
+        # last round trip on the receiver lets anything it did deliver arrive first.
+        deadline = asyncio.get_running_loop().time() + 10.0
+        while not (got or violations(tx) or violations(rx)):
+            if asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.02)
+        await rx.flush()
         return bool(got), tx
     finally:
         await rx.close()

@@ -269,3 +269,56 @@ async def test_odd_message_orders_never_crash(
     out = await asyncio.wait_for(run(processor, messages), 10)
     assert len(out) <= len(messages) + 1
     await processor.bus.close()
+
+
+async def test_body_over_the_bus_limit_is_413_never_sent_unchecked(
+    nats_url: str, picker: None
+) -> None:
+    """Issue 12: a body between NATS's max_payload (1 MiB here, the server default) and
+    ``max_body_bytes`` (4 MiB) raised in the shim, and Envoy then forwarded it unchecked. The
+    generated configs raise max_payload; a server that keeps a smaller one gets a 413."""
+    processor = await make_processor(nats_url)
+    big = json.dumps(
+        {"model": POOL, "messages": [{"role": "user", "content": "x" * (2 * 1024 * 1024)}]}
+    ).encode()
+    assert processor.bus.max_payload < len(big) < processor.config.max_body_bytes
+    out = await asyncio.wait_for(
+        run(processor, [headers_msg("/v1/chat/completions"), body_msg(big)]), 10
+    )
+    answer = out[-1].immediate_response
+    assert answer.status.code == 413
+    error = json.loads(answer.body)["error"]
+    assert error["code"] == "body_too_large_for_bus" and error["type"] == "invalid_request_error"
+    await processor.bus.close()
+
+
+async def test_no_safety_verdict_is_a_503_unless_the_classifier_only_selects(
+    nats_url: str, picker: None
+) -> None:
+    """Issue 12: the classifier is enabled but nothing answers on the bus (no_responders). By
+    default the classifier blocks jailbreaks, so the request gets 503 with Retry-After instead
+    of going upstream unchecked; a classifier that only selects models fails open."""
+    processor = await make_processor(nats_url)  # routes once the picker has the pool
+    checked = Processor(
+        ShimConfig(pick_timeout_ms=1000, classifier={"enabled": True}), processor.bus
+    )
+    out = await asyncio.wait_for(
+        run(checked, [headers_msg("/v1/chat/completions"), body_msg(CHAT)]), 10
+    )
+    answer = out[-1].immediate_response
+    assert answer.status.code == 503
+    headers = {h.header.key: h.header.raw_value.decode() for h in answer.headers.set_headers}
+    assert headers["retry-after"] == "1"
+    assert json.loads(answer.body)["error"]["code"] == "service_unavailable"
+    assert answer.details == "safety_unavailable"
+
+    selecting = Processor(
+        ShimConfig(pick_timeout_ms=1000, classifier={"enabled": True, "safety_blocks": False}),
+        processor.bus,
+    )
+    out = await asyncio.wait_for(
+        run(selecting, [headers_msg("/v1/chat/completions"), body_msg(CHAT)]), 10
+    )
+    assert not out[-1].HasField("immediate_response")
+    assert set_headers(out[-1].request_body.response)["x-pointsman-classifier"] == "fail-open"
+    await processor.bus.close()

@@ -306,7 +306,7 @@ async def ask(handler: ClassifyHandler, body: bytes) -> ClassifyReply:
 
 
 def _handler(outputs: Outputs, seen: list[str] | None = None) -> ClassifyHandler:
-    async def infer(text: str) -> Outputs:
+    async def infer(text: str, deadline: float | None = None) -> Outputs:
         if seen is not None:
             seen.append(text)
         return outputs
@@ -364,7 +364,7 @@ async def test_handler_bad_request_and_overload() -> None:
     bad = await ask(h, b"{not json")
     assert bad.error == "bad_request"
 
-    async def overloaded(text: str) -> Outputs:
+    async def overloaded(text: str, deadline: float | None = None) -> Outputs:
         raise Overloaded("full")
 
     h2 = ClassifyHandler(CFG, overloaded, frozenset, Metrics(), "t")
@@ -378,3 +378,41 @@ async def test_handler_skips_models_for_empty_prompt() -> None:
     reply = await ask(h, _req("   "))
     assert seen == []
     assert reply.model == "small" and reply.category is None
+
+
+async def test_the_callers_budget_travels_with_the_request() -> None:
+    """Issue 12: the shim's remaining budget (``budget_ms``) is the batcher's deadline, so while
+    a batch runs a request with 100 ms left is answered "overloaded" at once (counted by
+    reason), and one with a minute left waits and gets its decision."""
+    gate, entered = threading.Event(), threading.Event()
+
+    def run(texts: list[str]) -> list[Outputs]:
+        entered.set()
+        gate.wait(5)
+        return [Outputs(categories={"math": 0.9}, jailbreak=0.0) for _ in texts]
+
+    b: Batcher[str, Outputs] = Batcher(run, max_batch=4, max_wait_s=0.0)
+    b.pace.record(4, handed=0.0, done=1.0)  # a batch takes 1 s in the model
+    metrics = Metrics()
+    h = ClassifyHandler(CFG, b.submit, lambda: frozenset({"math-model", "small"}), metrics, "t")
+    b.start()
+
+    def req(budget_ms: float | None) -> ClassifyRequest:
+        msg = [Message(role="user", content="integrate x^2")]
+        return ClassifyRequest(request_id="r", model="auto", messages=msg, budget_ms=budget_ms)
+
+    try:
+        first = asyncio.create_task(h.classify(req(None)))
+        assert await asyncio.to_thread(entered.wait, 5)  # a batch is in the model
+        shed = await ask(h, encode(req(100)))
+        assert shed.error == "overloaded"
+        patient = asyncio.create_task(ask(h, encode(req(60_000))))
+        await asyncio.sleep(0.05)
+        gate.set()
+        assert (await first).model == "math-model"
+        assert (await patient).model == "math-model"
+    finally:
+        gate.set()
+        b.stop()
+    assert metrics.shed.labels("deadline")._value.get() == 1
+    assert metrics.errors.labels("overloaded")._value.get() == 1

@@ -142,3 +142,23 @@ def test_split_keeps_every_endpoint_once_under_part_names() -> None:
     assert [e.address for p in parts for e in p.endpoints] == [e.address for e in snap.endpoints]
     assert all(p.members == ["c1"] and p.pool == "p" for p in parts)
     assert len(split(snap, 50)) == 10
+
+
+@pytest.mark.parametrize(
+    ("errors", "healthy"),
+    [
+        (["timeout"], True),  # one slow scrape: still serving
+        (["timeout", "HTTP 500"], True),
+        (["timeout", "HTTP 500", "timeout"], False),  # three in a row: unhealthy
+        (["connect failed: Connection refused"], False),  # nothing listens: at once
+    ],
+)
+def test_unhealthy_after_consecutive_failures_or_refused(errors: list[str], healthy: bool) -> None:
+    st = _state("a:1")
+    record_ok(st, Reading("vllm"), 100.0, 1.0)
+    for error in errors:
+        record_error(st, error, 1.0, unhealthy_after=3)
+    assert st.healthy is healthy and st.error == errors[-1]
+    record_ok(st, Reading("vllm"), 101.0, 1.0)  # a success starts the count again
+    record_error(st, "timeout", 1.0, unhealthy_after=3)
+    assert st.healthy

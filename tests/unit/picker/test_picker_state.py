@@ -32,8 +32,19 @@ def test_forget_endpoints_no_snapshot_names() -> None:
     store = PoolStore(forget_after_s=10)
     store.apply(snap("m", EndpointMetrics(address="a")), now=0)
     store.apply(snap("m", EndpointMetrics(address="b")), now=8)
-    store.forget_old(now=12)
+    store.forget_old(now=12)  # snapshots went on for 8 s without "a": not yet
+    assert sorted(m.address for m in store.metrics("m") or []) == ["a", "b"]
+    store.apply(snap("m", EndpointMetrics(address="b")), now=11)
+    assert store.forget_old(now=12) == [("m", "a")]
     assert [m.address for m in store.metrics("m") or []] == ["b"]
+
+
+def test_no_snapshot_at_all_forgets_nothing() -> None:
+    """Every collector gone: the last known endpoints stay, however long it lasts."""
+    store = PoolStore(forget_after_s=10)
+    store.apply(snap("m", EndpointMetrics(address="a"), EndpointMetrics(address="b")), now=0)
+    assert store.forget_old(now=10_000) == []
+    assert sorted(m.address for m in store.metrics("m") or []) == ["a", "b"]
 
 
 def test_pending_counts_only_after_scrape() -> None:

@@ -62,6 +62,11 @@ def test_membership_merges_static_and_discovered_and_forgets() -> None:
     view.apply(snap)
     assert view.pools()["alpha"] == {"10.0.0.1:8000", "10.0.0.5:8000"}
     now[0] += 31
+    # no snapshot at all since (every collector gone): the last known members stay
+    assert view.pools()["alpha"] == {"10.0.0.1:8000", "10.0.0.5:8000"}
+    now[0] += 1
+    view.apply(PoolSnapshot(pool="alpha", collector="c1", published_at=0, endpoints=[]))
+    # snapshots of the pool went on for 32 s without naming it: gone
     assert view.pools()["alpha"] == {"10.0.0.1:8000"}  # static pools stay
 
 

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pointsman_shim.core.dialects import openai_chat, openai_completions
+from pointsman_shim.core.dialects.openai import too_deep
 from pointsman_shim.core.dialects.registry import DIALECTS
 from pointsman_shim.core.errors import RequestError
 
@@ -61,6 +62,47 @@ def test_dialect_of_path(path: str, kind: str | None) -> None:
         (b'{"model": "m", "messages": "hi"}', 400, "invalid_messages"),
         (b'{"model": "m", "messages": ["hi"]}', 400, "invalid_messages"),
         (b'{"model": "m", "messages": [{"content": "hi"}]}', 400, "invalid_messages"),
+        # issue 12: these got 200 although the README promised 400
+        (b'{"model": "m", "messages": [{"role": "user"}]}', 400, "invalid_messages"),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": null}]}',
+            400,
+            "invalid_messages",
+        ),
+        (b'{"model": "m", "messages": [{"role": "user", "content": 5}]}', 400, "invalid_messages"),
+        (b'{"model": "m", "messages": [{"role": "user", "content": {}}]}', 400, "invalid_messages"),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": [{"type": "text"}]}]}',
+            400,
+            "invalid_messages",
+        ),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": [{"text": "a"}]}]}',
+            400,
+            "invalid_messages",
+        ),
+        (
+            b'{"model": "m", "messages": [{"role": "user", "content": ["a"]}]}',
+            400,
+            "invalid_messages",
+        ),
+        (
+            b'{"model": "m", "messages": [' * 1 + b"[" * 200 + b"]" * 200 + b"]}",
+            400,
+            "json_too_deep",
+        ),
+        (b"[" * 100_000 + b"]" * 100_000, 400, "json_too_deep"),  # raised RecursionError before
+        (b'{"a":' * 5000 + b"1" + b"}" * 5000, 400, "json_too_deep"),
+        (
+            b'{"model": "a\\u0000b", "messages": [{"role": "user", "content": "x"}]}',
+            400,
+            "invalid_model",
+        ),
+        (
+            b'{"model": "a\\nb", "messages": [{"role": "user", "content": "x"}]}',
+            400,
+            "invalid_model",
+        ),
         (chat(stream="yes"), 400, "invalid_stream"),
     ],
 )
@@ -72,6 +114,23 @@ def test_chat_rejects(raw: bytes, status: int, reason: str) -> None:
     error = json.loads(CHAT.error_body(e.message, type=e.type, code=e.code, param=e.param))["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["message"]
+
+
+def test_messages_that_stay_valid() -> None:
+    """What OpenAI's API accepts still parses: an assistant turn with only tool calls, parts of
+    other types, deep-enough JSON, brackets inside strings."""
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image_url"}]},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]},
+        {"role": "assistant"},
+        {"role": "tool", "content": "[[[[" * 100, "tool_call_id": "1"},
+    ]
+    request = CHAT.parse(chat(messages=messages, meta=[[[[[[[[1]]]]]]]]), max_bytes=LIMIT)
+    assert [t.role for t in request.turns] == ["user", "assistant", "assistant", "tool"]
+    nested: object = 1
+    for _ in range(120):
+        nested = [nested]
+    CHAT.parse(chat(deep=nested), max_bytes=LIMIT)
 
 
 def test_body_over_limit_is_413() -> None:
@@ -143,3 +202,28 @@ def test_any_json_parses_or_fails_cleanly(value: object) -> None:
         CHAT.parse(raw, max_bytes=LIMIT)
     except RequestError as exc:
         assert exc.status == 400
+
+
+def _depth(value: object) -> int:
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    return 0
+
+
+@given(
+    st.recursive(
+        st.none() | st.integers() | st.text(alphabet='[]{}"\\:,ab \n\u00e9'),
+        lambda c: (
+            st.lists(c, max_size=3) | st.dictionaries(st.text(alphabet='[]{}"\\a'), c, max_size=3)
+        ),
+        max_leaves=30,
+    ),
+    st.integers(min_value=0, max_value=6),
+    st.booleans(),
+)
+def test_depth_scan_matches_the_parsed_depth(value: object, limit: int, ascii_only: bool) -> None:
+    """The byte scan (brackets outside strings, escapes included) agrees with the real depth."""
+    raw = json.dumps(value, ensure_ascii=ascii_only).encode()
+    assert too_deep(raw, limit) is (_depth(value) > limit)

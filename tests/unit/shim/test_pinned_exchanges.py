@@ -44,7 +44,7 @@ from pointsman.v1.classify import (
     ClassifyReply,
     ImmediateAnswer,
 )
-from pointsman_shim.bus import BusUnavailable
+from pointsman_shim.bus import BusTooLarge, BusUnavailable
 from pointsman_shim.config import ShimConfig
 from pointsman_shim.handlers import Processor
 from tests.helpers.extproc import (
@@ -196,6 +196,8 @@ class Case:
 
 
 CLASSIFIER_ON = {"classifier": {"enabled": True}}
+#: A classifier that only selects models (it blocks nothing): it may fail open.
+SELECT_ONLY = {"classifier": {"enabled": True, "safety_blocks": False}}
 CLASSIFIER_CLOSED = {"classifier": {"enabled": True, "failure_mode": "fail-closed"}}
 CONTEXT = {
     "request_id": "req-obs",
@@ -342,15 +344,38 @@ CASES = [
     Case(
         "classifier_timeout_fail_open_auto",
         lambda: [rid("/v1/chat/completions"), body_msg(chat("auto"))],
-        config={**CLASSIFIER_ON, "default_model": "m1"},
+        config={**SELECT_ONLY, "default_model": "m1"},
         classify=BusUnavailable("classifier", "timeout"),
         pick=OK,
     ),
     Case(
         "classifier_fail_open_auto_without_default",
         lambda: [rid("/v1/chat/completions"), body_msg(chat("MoM"))],
-        config=CLASSIFIER_ON,
+        config=SELECT_ONLY,
         classify=BusUnavailable("classifier", "no_responders"),
+    ),
+    Case(
+        "classifier_timeout_no_safety_verdict",
+        lambda: [rid("/v1/chat/completions"), body_msg(chat("auto"))],
+        config={**CLASSIFIER_ON, "default_model": "m1"},
+        classify=BusUnavailable("classifier", "timeout"),
+    ),
+    Case(
+        "classifier_overloaded_no_safety_verdict_messages",
+        lambda: [
+            rid("/v1/messages"),
+            body_msg(
+                json.dumps(
+                    {
+                        "model": "m1",
+                        "max_tokens": 9,
+                        "messages": [{"role": "user", "content": "hi"}],
+                    }
+                ).encode()
+            ),
+        ],
+        config=CLASSIFIER_ON,
+        classify=ClassifyReply(model="m1", error="overloaded"),
     ),
     Case(
         "classifier_overloaded_fail_closed",
@@ -370,7 +395,39 @@ CASES = [
     Case(
         "pick_no_endpoints",
         lambda: [rid("/v1/completions"), body_msg(completion())],
+        config={"failure_mode": "fail-closed"},
         pick=PickReply(status=PickStatus.NO_ENDPOINTS, reason="all endpoints stale"),
+    ),
+    Case(
+        "pick_no_endpoints_fail_open",
+        lambda: [rid("/v1/completions"), body_msg(completion())],
+        pick=PickReply(status=PickStatus.NO_ENDPOINTS, reason="all endpoints unhealthy"),
+    ),
+    Case(
+        "pick_raises_internal_error",
+        lambda: [rid("/v1/chat/completions"), body_msg(chat())],
+        pick=RuntimeError("a bug in a bus call"),
+    ),
+    Case(
+        "messages_pick_raises_internal_error",
+        lambda: [
+            rid("/v1/messages"),
+            body_msg(
+                json.dumps(
+                    {
+                        "model": "m1",
+                        "max_tokens": 9,
+                        "messages": [{"role": "user", "content": "hi"}],
+                    }
+                ).encode()
+            ),
+        ],
+        pick=RuntimeError("a bug in a bus call"),
+    ),
+    Case(
+        "pick_too_large_for_bus",
+        lambda: [rid("/v1/chat/completions"), body_msg(chat())],
+        pick=BusTooLarge("picker", 2_000_000, 1_048_576),
     ),
     Case(
         "pick_shed",

@@ -40,6 +40,8 @@ def config(**kw: Any) -> ShimConfig:
 
 
 ON = {"classifier": {"enabled": True}}
+#: A classifier that only selects models (blocks nothing): it may fail open.
+SELECT_ONLY = {"classifier": {"enabled": True, "safety_blocks": False}}
 CLOSED = {"classifier": {"enabled": True, "failure_mode": "fail-closed"}}
 HIT = CachedAnswer(content="4", prompt_tokens=3, completion_tokens=1, model="m1", similarity=0.97)
 
@@ -66,14 +68,20 @@ def fields(decision: Any, names: str) -> tuple[Any, ...]:
         (
             Unavailable("classifier", "timeout"),
             "m1",
-            ON,
+            SELECT_ONLY,
             ("m1", "picked", {"x-pointsman-classifier": "fail-open"}, ("classifier",)),
         ),
         (
             Unavailable("classifier", "overloaded"),
             "auto",
-            {**ON, "default_model": "d"},
+            {**SELECT_ONLY, "default_model": "d"},
             ("d", "picked", {"x-pointsman-classifier": "fail-open"}, ("classifier",)),
+        ),
+        (
+            Unavailable("classifier", "timeout"),
+            "m1",
+            {"classifier": {"enabled": True, "safety_failure_mode": "fail-open"}},
+            ("m1", "picked", {"x-pointsman-classifier": "fail-open"}, ("classifier",)),
         ),
         (
             ClassifyReply(model="math", headers={"x-pointsman-category": "math"}),
@@ -101,8 +109,21 @@ def test_choose_a_model(
         (
             Unavailable("classifier", "no_responders"),
             "auto",
-            ON,
+            SELECT_ONLY,
             (404, "unknown_model", "rejected", ("classifier",)),
+        ),
+        # issue 12: no safety verdict while the classifier blocks (the default): 503, not open
+        (
+            Unavailable("classifier", "timeout"),
+            "m1",
+            ON,
+            (503, "safety_unavailable", "fail_closed", ()),
+        ),
+        (
+            Unavailable("classifier", "overloaded"),
+            "auto",
+            {"classifier": {"enabled": True, "safety_blocks": True}, "default_model": "d"},
+            (503, "safety_unavailable", "fail_closed", ()),
         ),
         (
             Unavailable("classifier", "timeout"),
@@ -206,10 +227,11 @@ def decide_route(
     picked: PickReply | Unavailable,
     choice: Choice | None = None,
     debug: bool = False,
+    hinted: bool = False,
     **cfg: Any,
 ) -> Route | Answer:
     choice = choice or Choice(BodyChanges("m1"))
-    return route(request(), CHAT, choice, picked, config(**cfg), debug=debug)
+    return route(request(), CHAT, choice, picked, config(**cfg), debug=debug, hinted=hinted)
 
 
 @pytest.mark.parametrize(
@@ -261,7 +283,11 @@ def test_route(
     ("picked", "cfg", "expected"),
     [
         (PickReply(status=PickStatus.UNKNOWN_MODEL), {}, (404, "unknown_model", "rejected")),
-        (PickReply(status=PickStatus.NO_ENDPOINTS), {}, (503, "no_endpoints", "rejected")),
+        (
+            PickReply(status=PickStatus.NO_ENDPOINTS),
+            {"failure_mode": "fail-closed"},
+            (503, "no_endpoints", "rejected"),
+        ),
         (PickReply(status=PickStatus.SHED), {}, (429, "shed", "shed")),
         (
             Unavailable("picker", "no_responders"),
@@ -284,9 +310,26 @@ def test_shed_and_no_endpoints_say_why() -> None:
     assert isinstance(shed, Answer) and shed.headers["x-pointsman-shed-reason"] == "saturated"
     shed = decide_route(PickReply(status=PickStatus.SHED, reason="kv"))
     assert isinstance(shed, Answer) and shed.headers["x-pointsman-shed-reason"] == "kv"
-    none = decide_route(PickReply(status=PickStatus.NO_ENDPOINTS, reason="all stale"))
+    none = decide_route(
+        PickReply(status=PickStatus.NO_ENDPOINTS, reason="all stale"), failure_mode="fail-closed"
+    )
     assert isinstance(none, Answer)
     assert json.loads(none.body)["error"]["message"].endswith("(all stale)")
+
+
+def test_no_endpoints_fails_open_unless_closed_or_hinted() -> None:
+    """Issue 12: the picker's no_endpoints falls back to Envoy's load balancing by default."""
+    none = PickReply(status=PickStatus.NO_ENDPOINTS, reason="no healthy, fresh endpoint")
+    opened = decide_route(none)
+    assert isinstance(opened, Route)
+    assert (opened.route, opened.endpoints, opened.outcome) == ("fail-open", [], "fail_open")
+    assert opened.fail_open == ("no_endpoints",)
+    assert opened.headers["x-pointsman-route"] == "fail-open"
+    # a gateway's subset hint cannot be kept by Envoy's own balancing: 503
+    hinted = decide_route(none, hinted=True)
+    assert isinstance(hinted, Answer) and (hinted.status, hinted.reason) == (503, "no_endpoints")
+    closed = decide_route(none, failure_mode="fail-closed")
+    assert isinstance(closed, Answer) and closed.status == 503
 
 
 def test_failures_before_the_answer_are_carried() -> None:
@@ -374,3 +417,12 @@ def test_reject() -> None:
             "code": "body_too_large",
         }
     }
+
+
+def test_no_safety_verdict_says_when_to_retry() -> None:
+    answer = decide_model(Unavailable("classifier", "overloaded"), "m1", **ON)
+    assert isinstance(answer, Answer)
+    assert answer.headers["retry-after"] == "1"
+    assert answer.headers["x-pointsman-error"] == "safety_unavailable"
+    error = json.loads(answer.body)["error"]
+    assert (error["type"], error["code"]) == ("service_unavailable", "service_unavailable")

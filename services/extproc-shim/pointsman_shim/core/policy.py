@@ -112,7 +112,8 @@ class Route:
     """Send the request upstream.
 
     ``route`` is ``picked``, ``default-model``, ``selected`` (model-selector mode: the gateway's
-    pool picker chooses) or ``fail-open`` (no endpoints: Envoy's own load balancing);
+    pool picker chooses) or ``fail-open`` (the picker did not answer or had no endpoint: Envoy's
+    own load balancing);
     ``endpoints`` are ordered best first. ``headers`` are the report headers, set on
     the routed request and, when the shim sees the response, on the response. ``body`` is the new
     request body (``None``: the client's bytes), ``path`` a new ``:path`` (a dialect that
@@ -165,8 +166,11 @@ def classify_request(
     session: Session | None = None,
     *,
     debug: bool = False,
+    budget_ms: float | None = None,
 ) -> ClassifyRequest:
-    """The normalised request and the headers the classifier's policies read.
+    """The normalised request and the headers the classifier's policies read; ``budget_ms``:
+    how long the shim waits for the answer (the classifier admits only what it can answer
+    within it).
 
     The request's ``authorization`` travels only as its SHA-256, a tenant for the semantic cache
     that never carries the credential itself. ``x-pointsman-debug`` travels only with ``debug``.
@@ -184,6 +188,7 @@ def classify_request(
         params=request.params,
         session=session.id if session is not None else None,
         follow_up=session.follow_up if session is not None else False,
+        budget_ms=budget_ms,
     )
 
 
@@ -232,8 +237,13 @@ def choose(
             return _default_model(request, dialect, config, route="default-model")
         return Choice(BodyChanges(request.model))
     if isinstance(classified, Unavailable):
-        if config.classifier.failure_mode == "fail-closed":
+        call = config.classifier
+        if call.failure_mode == "fail-closed":
             return reject(unavailable(classified), dialect)
+        # No safety verdict: a classifier that blocks must not be skipped (``None``: not known,
+        # so assume it does, as the classifier's defaults do).
+        if call.safety_failure_mode == "fail-closed" and call.safety_blocks is not False:
+            return reject(no_verdict(classified), dialect)
         headers = {h.ROUTE_CLASSIFIER: "fail-open"}
         if auto:
             return _default_model(
@@ -351,10 +361,15 @@ def route(
     *,
     debug: bool = False,
     upstream: Upstream | None = None,
+    hinted: bool = False,
 ) -> Route | Answer:
     """Step 2: the endpoints, from the picker's reply; ``debug`` reports the picker's scores.
     ``upstream`` is :func:`prepare`'s answer when the caller asked it before the picker.
-    ``picked`` is ``None`` in model-selector mode: no endpoints, the gateway's pool picks."""
+    ``picked`` is ``None`` in model-selector mode: no endpoints, the gateway's pool picks.
+
+    ``no_endpoints`` fails open (Envoy's own load balancing, counted as the ``no_endpoints``
+    service in ``fail_open``) under the ``fail-open`` policy, except for a request whose gateway
+    sent a subset hint (``hinted``): Envoy may not route outside the subset, so that is a 503."""
     model = choice.model
     headers = dict(choice.headers)
     endpoints: list[str] = []
@@ -370,6 +385,15 @@ def route(
         label = "fail-open"
     elif picked.status is PickStatus.UNKNOWN_MODEL:
         return reject(_unknown(f"The model '{model}' does not exist."), dialect, fail_open)
+    elif (
+        picked.status is PickStatus.NO_ENDPOINTS
+        and config.failure_mode == "fail-open"
+        and (not hinted)
+    ):
+        # The picker knows no endpoint that can take it: Envoy's own load balancing over the
+        # pool (with its health checks) is the better judge than a 503.
+        fail_open = (*fail_open, "no_endpoints")
+        label = "fail-open"
     elif picked.status is PickStatus.NO_ENDPOINTS:
         detail = f" ({picked.reason})" if picked.reason else ""
         error = RequestError(
@@ -440,7 +464,7 @@ def reject(error: RequestError, errors: ErrorFormat, fail_open: tuple[str, ...] 
     """The error answer to ``error``, its body in the format of the request's API."""
     if error.reason == "shed":
         outcome = "shed"
-    elif error.reason.startswith("bus_"):
+    elif error.reason.startswith("bus_") or error.reason == "safety_unavailable":
         outcome = "fail_closed"
     else:
         outcome = "rejected"
@@ -453,6 +477,34 @@ def reject(error: RequestError, errors: ErrorFormat, fail_open: tuple[str, ...] 
         outcome=outcome,
         reason=error.reason,
         fail_open=fail_open,
+    )
+
+
+#: How a classifier failure reads in a client's error message.
+_WHY = {
+    "timeout": "did not answer in time",
+    "overloaded": "is overloaded",
+    "no_responders": "is not running",
+    "disconnected": "is unreachable",
+    "bad_reply": "gave an unreadable answer",
+    "bad_request": "could not read the request",
+    "internal": "failed",
+}
+#: Seconds a client is told to wait (``Retry-After``) when no safety verdict could be had.
+SAFETY_RETRY_AFTER_S = 1
+
+
+def no_verdict(failure: Unavailable) -> RequestError:
+    """The 503 of ``classifier.safety_failure_mode: fail-closed``: the safety checks could not
+    run, so the request is not routed without them."""
+    why = _WHY.get(failure.kind, failure.kind.replace("_", " "))
+    return RequestError(
+        503,
+        f"the safety checks could not run (the classifier {why}); try again later",
+        reason="safety_unavailable",
+        type="service_unavailable",
+        code="service_unavailable",
+        headers={"retry-after": str(SAFETY_RETRY_AFTER_S)},
     )
 
 

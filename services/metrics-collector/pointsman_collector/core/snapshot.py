@@ -1,8 +1,10 @@
 """Per-endpoint scrape state and the pool snapshots built from it.
 
-The state keeps the last *successful* reading apart from the last attempt: a failed scrape marks
-the endpoint unhealthy with the error but keeps its last numbers and their time, so a consumer can
-tell "down since t" from "never seen" and judge staleness itself.
+The state keeps the last *successful* reading apart from the last attempt: a failed scrape records
+the error but keeps its last numbers and their time, so a consumer can tell "down since t" from
+"never seen" and judge staleness itself. One slow or failed scrape does not make a serving replica
+unhealthy (real vLLM under load answered ``/metrics`` in 300-600 ms): only ``unhealthy_after``
+failures in a row do, or a refused connection (nothing listens: the replica is gone).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class EndpointState:
     attempts: int = 0
     #: The engine found on the page, reused until a page stops matching it.
     detected: str | None = None
+    #: Failed attempts since the last success.
+    failures: int = 0
 
 
 def record_ok(state: EndpointState, reading: Reading, at: float, duration_ms: float) -> None:
@@ -38,10 +42,21 @@ def record_ok(state: EndpointState, reading: Reading, at: float, duration_ms: fl
     state.error = None
     state.scrape_ms = duration_ms
     state.attempts += 1
+    state.failures = 0
 
 
-def record_error(state: EndpointState, error: str, duration_ms: float) -> None:
-    state.healthy = False
+#: The start of the error a refused (or otherwise failed) connection gives (see ``rawhttp``).
+CONNECT_FAILED = "connect failed"
+
+
+def record_error(
+    state: EndpointState, error: str, duration_ms: float, unhealthy_after: int = 1
+) -> None:
+    """A failed attempt: unhealthy after ``unhealthy_after`` in a row, or at once when the
+    connection failed (refused: nothing listens there)."""
+    state.failures += 1
+    if state.failures >= unhealthy_after or error.startswith(CONNECT_FAILED):
+        state.healthy = False
     state.error = error
     state.scrape_ms = duration_ms
     state.attempts += 1

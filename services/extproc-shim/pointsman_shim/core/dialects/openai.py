@@ -9,6 +9,7 @@ the system prompt, the shape of a choice.
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import msgspec
@@ -35,6 +36,31 @@ _PARAM_KEYS = (
 
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
+
+#: Deepest nesting of arrays and objects a request body may have. msgspec's decoder recurses and
+#: raised RecursionError at about 1,000 levels; real requests (tool schemas included) stay far
+#: below this.
+MAX_JSON_DEPTH = 128
+#: A JSON string, escapes included (the unrolled form: no backtracking).
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether the JSON text ``raw`` nests arrays and objects deeper than ``limit``. Counts the
+    brackets outside strings; cheap when the body has fewer brackets than the limit (most)."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    depth = 0
+    for b in _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS):
+        if b == 0x5B or b == 0x7B:  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
 
 
 class OpenAIDialect:
@@ -84,12 +110,16 @@ def decode(dialect: str, raw: bytes, *, max_bytes: int) -> LLMRequest:
         raise RequestError(
             400, f"request body is not valid UTF-8 (byte {exc.start})", reason="invalid_utf8"
         ) from None
+    if too_deep(raw):
+        raise _too_deep()
     try:
         body = _decoder.decode(raw)
     except msgspec.DecodeError as exc:
         raise RequestError(
             400, f"request body is not valid JSON: {exc}", reason="invalid_json"
         ) from None
+    except RecursionError:  # cannot happen below MAX_JSON_DEPTH; never a crash if it did
+        raise _too_deep() from None
     if not isinstance(body, dict):
         raise RequestError(
             400,
@@ -108,6 +138,15 @@ def decode(dialect: str, raw: bytes, *, max_bytes: int) -> LLMRequest:
         )
     if not model.strip():
         raise RequestError(400, "'model' must not be empty", reason="invalid_model", param="model")
+    if _CONTROL.search(model):
+        # It travels in headers (x-selected-model): Envoy refuses such a header mutation with
+        # a 500 (found by the fuzz test).
+        raise RequestError(
+            400,
+            "'model' must not contain control characters",
+            reason="invalid_model",
+            param="model",
+        )
 
     stream = body.get("stream", False)
     if stream is None:
@@ -130,6 +169,14 @@ def decode(dialect: str, raw: bytes, *, max_bytes: int) -> LLMRequest:
         stream=stream,
         include_usage=include_usage,
         params=params,
+    )
+
+
+def _too_deep() -> RequestError:
+    return RequestError(
+        400,
+        f"request body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels",
+        reason="json_too_deep",
     )
 
 

@@ -68,8 +68,36 @@ def _turns(messages: Any) -> list[ChatTurn]:
         role = message.get("role")
         if not isinstance(role, str):
             raise _invalid(f"'messages[{i}].role' must be a string")
+        _check_content(i, role, message)
         turns.append(ChatTurn(role, content_text(message.get("content"))))
     return turns
+
+
+#: Roles whose message may leave out ``content`` (an assistant turn that only calls tools).
+_CONTENT_OPTIONAL = frozenset({"assistant"})
+
+
+def _check_content(i: int, role: str, message: dict[str, Any]) -> None:
+    """``content`` as OpenAI's API takes it: a string, or an array of typed parts where a
+    ``text`` part has a string ``text``; missing or null only in an assistant message."""
+    content = message.get("content")
+    where = f"'messages[{i}].content'"
+    if content is None:
+        if role not in _CONTENT_OPTIONAL:
+            raise _invalid(f"{where} is required for a message of role '{role}'")
+        return
+    if isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise _invalid(f"{where} must be a string or an array, not {openai.json_type(content)}")
+    for j, part in enumerate(content):
+        if not isinstance(part, dict):
+            raise _invalid(f"{where}[{j}] must be an object")
+        kind = part.get("type")
+        if not isinstance(kind, str):
+            raise _invalid(f"{where}[{j}].type must be a string")
+        if kind == "text" and not isinstance(part.get("text"), str):
+            raise _invalid(f"{where}[{j}].text must be a string")
 
 
 def _invalid(message: str, reason: str = "invalid_messages") -> RequestError:
