@@ -17,7 +17,9 @@ The layer arithmetic is that of ``pointsman_classifier.fastbert`` (fused query/k
 ``scaled_dot_product_attention``, exact GELU), so the runtime computes the same function.
 Writes ``branch_kK.safetensors`` per ``k`` (float16) and ``scores.npz``: ``eval_rows`` (the
 evaluated rows, ``calib`` and ``validation``, by position in the file) and per ``k`` (``kK``) the class probabilities of its window with the
-highest non-benign probability (windows of ``max_length`` tokens overlapping by ``stride``).
+highest non-benign probability (windows of ``max_length`` tokens overlapping by ``stride``), and
+(``win_kK``) every window's probabilities, ``win_owner`` giving each window's row in ``eval_rows``
+(so that window aggregation rules can be compared on the ``calib`` split afterwards).
 """
 
 from __future__ import annotations
@@ -262,7 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         "ks": {},
     }
     print(json.dumps(log), flush=True)
-    scores: dict[str, np.ndarray] = {"eval_rows": np.array(ev_rows, dtype=np.int32)}
+    scores: dict[str, np.ndarray] = {
+        "eval_rows": np.array(ev_rows, dtype=np.int32),
+        "win_owner": np.array(ev_owner, dtype=np.int32),
+    }
     layers_all = cfg["num_hidden_layers"]
     for k in [int(x) for x in args.ks.split(",")]:
         tk = time.time()
@@ -335,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             if probs[i, 0] < best[o, 0]:
                 best[o] = probs[i]
         scores[f"k{k}"] = best
+        scores[f"win_k{k}"] = probs
         np.savez(args.out / "scores.npz", **scores)  # type: ignore[arg-type]
         sd = {
             f"layers.{i}.{n}": v.detach().to(torch.float16).cpu().contiguous()

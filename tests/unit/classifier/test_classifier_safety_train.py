@@ -79,3 +79,35 @@ def test_no_source_is_in_training_and_validation() -> None:
     } <= labels
     real = [r for r in rows if r["split"] == "validation" and r["source"].startswith("arena-hard")]
     assert len(real) > 100  # validation holds real chat
+
+
+@pytest.mark.skipif(not (DATA / "chat").is_dir(), reason="../shared/data/chat not present")
+def test_indirect_pairs_come_from_training_documents_and_leave_validation_alone() -> None:
+    plain = safety_data.build(DATA)
+    more = safety_data.build(DATA, indirect=200)
+    assert more[: len(plain)] == plain  # the other rows, their splits included, do not move
+    extra = more[len(plain) :]
+    assert 380 <= len(extra) <= 400  # pairs (a few dropped as duplicates)
+    assert {r["split"] for r in extra} == {"train"}
+    labels = [r["label"] for r in extra]
+    assert abs(labels.count("injection") - labels.count("benign")) <= 20
+    # Every chunk comes from a training-split document: no validation text inside.
+    val_docs = [r["text"] for r in plain if r["split"] == "validation" and len(r["text"]) >= 300]
+    probe = {d[:80] for d in val_docs}
+    assert not any(p in r["text"] for r in extra for p in probe)
+
+
+def test_window_rule_of_the_scores_report() -> None:
+    from pointsman_lab.safety_scores import row_scores
+
+    # Row 0: one window, benign. Row 1: a benign first window, then a confident injection.
+    win = np.array([[0.99, 0.005, 0.005], [0.99, 0.005, 0.005], [0.01, 0.01, 0.98]])
+    owner = np.array([0, 1, 1], dtype=np.int32)
+    plain = row_scores(win, owner, 2, 0.5, margin=0.0)
+    assert plain[0] < 0.05 and plain[1] > 0.98
+    damped = row_scores(win, owner, 2, 0.5, margin=5.0)
+    assert damped[1] < 0.5  # a later window loses 5 in log-odds
+    by_class = row_scores(win, owner, 2, 0.5, margin=5.0, margin_injection=0.0)
+    assert by_class[1] > 0.97  # unless the injection class has its own (zero) margin
+    # A higher operating point lowers every score.
+    assert (row_scores(win, owner, 2, 0.95, margin=0.0) < plain).all()
