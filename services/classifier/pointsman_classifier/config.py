@@ -122,8 +122,13 @@ class PiiConfig(_Strict):
     enabled: bool = True
     #: Pattern recognisers to run (default: all; see pointsman_classifier.pii.PATTERN_TYPES).
     recognizers: list[str] | None = None
-    #: A Hugging Face token-classification model directory (person, organisation, ...).
+    #: The shipped token head on the shared encoder: PERSON, LOCATION (places, street addresses
+    #: and their fragments), ORGANIZATION, DATE_TIME. Unused when ``model`` is set.
+    ner: bool = True
+    #: A Hugging Face token-classification model directory (person, organisation, ...), run as
+    #: its own pass instead of the token head.
     model: str | None = None
+    #: Tokens tagged with a lower probability (by ``model`` or the token head) are not entities.
     model_threshold: float = Field(default=0.6, ge=0, le=1)
     #: Entity types allowed to a model without a ``models.<name>.pii_allowed`` entry; ``*`` = all.
     default_allowed: list[str] = Field(default_factory=lambda: ["*"])

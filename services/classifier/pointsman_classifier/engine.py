@@ -22,6 +22,7 @@ import numpy.typing as npt
 import torch
 
 from pointsman_classifier import heads as heads_mod
+from pointsman_classifier import piihead
 from pointsman_classifier.config import ClassifierConfig, in_flight
 from pointsman_classifier.core import ENGINE_STATS, Outputs
 from pointsman_classifier.encoder import Encoder, Features, Pending, Prepared, pick_device
@@ -129,6 +130,34 @@ def spans_from_tokens(
     return found
 
 
+#: Tokens shared by consecutive windows of a long prompt (PII token head).
+WINDOW_STRIDE = 32
+
+
+def _decode(
+    labels: tuple[str, ...],
+    ids: npt.NDArray[np.int64],
+    scores: npt.NDArray[np.float32],
+    offsets: list[list[int]],
+    threshold: float,
+) -> list[Finding]:
+    return spans_from_tokens([labels[i] for i in ids.tolist()], scores.tolist(), offsets, threshold)
+
+
+def _union(a: list[Finding], b: list[Finding]) -> list[Finding]:
+    """Findings of overlapping windows: overlapping spans of one type become their union."""
+    out: list[Finding] = []
+    for f in sorted(a + b):
+        last = out[-1] if out else None
+        if last is not None and last.entity_type == f.entity_type and f.start < last.end:
+            out[-1] = Finding(
+                last.start, max(last.end, f.end), f.entity_type, min(last.score, f.score), f.source
+            )
+        else:
+            out.append(f)
+    return out
+
+
 @dataclass(frozen=True)
 class Batch:
     """Texts with their tokenization for the shared encoder (:meth:`Engine.prepare`)."""
@@ -221,10 +250,97 @@ class Engine:
         self._stats_lock = threading.Lock()
         self._stats = dict.fromkeys(ENGINE_STATS, 0.0)
         self.pii_model: TokenClassifier | None = None
+        self.pii_head: piihead.PiiBranch | None = None
         if cfg.pii.enabled and cfg.pii.model:
             self.pii_model = TokenClassifier(
                 cfg.pii.model, self.device, cfg.max_length, dtype, cfg.pii.model_threshold
             )
+        elif cfg.pii.enabled and cfg.pii.ner:
+            self.pii_head = self._load_pii_head(heads_dir)
+            if self.pii_head is not None:
+                self.depth = max(self.depth, self.pii_head.at)
+                self._encode_depth = None if self.depth == self.encoder.n_layers else self.depth
+
+    def _load_pii_head(self, heads_dir: Path | None) -> piihead.PiiBranch | None:
+        """The PII token head of ``heads_dir`` (else the shipped one), attached to the encoder."""
+        base = heads_dir if heads_dir and (heads_dir / f"{piihead.NAME}.json").exists() else None
+        branch = piihead.load(base or heads_mod.shipped_dir())
+        if branch is None:
+            log.warning("pii: no token head found; names and places are not detected")
+            return None
+        if branch.shape["hidden"] != self.encoder.hidden_size or branch.at > self.encoder.n_layers:
+            raise heads_mod.HeadError(
+                f"pii head expects {branch.shape['hidden']} features at layer {branch.at}, but the "
+                f"encoder gives {self.encoder.hidden_size} with {self.encoder.n_layers} layers; "
+                "retrain it for this encoder (python -m pointsman_lab.pii_train)"
+            )
+        if not self.encoder.attach_branch(branch):
+            log.warning("pii: the token head needs a BERT encoder; names and places not detected")
+            return None
+        return branch
+
+    def pii_types(self) -> list[str]:
+        """Entity types the configured PII model or token head finds (the patterns aside)."""
+        if self.pii_model is not None:
+            return sorted({lab.partition("-")[2] or lab for lab in self.pii_model.labels} - {"O"})
+        return list(piihead.MODEL_TYPES) if self.pii_head is not None else []
+
+    def _pii_spans(
+        self, text: str, probs: npt.NDArray[np.float32], n_tokens: int
+    ) -> list[Finding]:
+        """Spans from the token head's tag probabilities of ``text``'s first window, plus those
+        of the windows beyond it when the text had more tokens than ``max_length``."""
+        assert self.pii_head is not None
+        threshold = self.cfg.pii.model_threshold
+        found: list[Finding] = []
+        labels, scores = probs.argmax(axis=1), probs.max(axis=1)
+        if bool(((labels != 0) & (scores >= threshold)).any()):
+            # Character offsets only for texts with a tag: most prompts have none.
+            enc = self.encoder.tokenizer(
+                self.encoder._clip([text]),
+                truncation=True,
+                max_length=self.encoder.max_length,
+                return_offsets_mapping=True,
+            )
+            offsets = [list(o) for o in enc["offset_mapping"][0]]
+            if len(offsets) == len(labels):
+                found = _decode(self.pii_head.labels, labels, scores, offsets, threshold)
+        if n_tokens >= self.encoder.max_length or len(text) > 8 * self.encoder.max_length:
+            found = _union(found, self._pii_windows(text))
+        return found
+
+    @torch.inference_mode()
+    def _pii_windows(self, text: str) -> list[Finding]:
+        """The token head over windows 2.. of a long text (``max_length`` tokens each,
+        overlapping by :data:`WINDOW_STRIDE`): a pass through the trunk up to the head's layer."""
+        assert self.pii_head is not None and self.encoder.fast is not None
+        enc = self.encoder.tokenizer(
+            text,
+            truncation=True,
+            max_length=self.encoder.max_length,
+            stride=WINDOW_STRIDE,
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+            padding=True,
+            return_tensors="pt",
+        )
+        ids, mask = enc["input_ids"][1:], enc["attention_mask"][1:]
+        if not len(ids):
+            return []
+        dev = self.device
+        _, side = self.encoder.fast.run(ids.to(dev), mask.to(dev), self.pii_head.at, masked=True)
+        assert side is not None
+        probs = side.float().cpu().numpy()
+        threshold = self.cfg.pii.model_threshold
+        found: list[Finding] = []
+        for w in range(len(ids)):
+            n = int(mask[w].sum())
+            offsets = [list(o) for o in enc["offset_mapping"][w + 1][:n].tolist()]
+            p = probs[w, :n]
+            found = _union(
+                found, _decode(self.pii_head.labels, p.argmax(axis=1), p.max(axis=1), offsets, threshold)
+            )
+        return found
 
     def _depth(self) -> int:
         """How many encoder layers a request needs: the deepest one a head reads, or all of them
@@ -240,7 +356,7 @@ class Engine:
         for head in (self.category_head, self.jailbreak_head):
             if head is not None:
                 wanted += [i if i >= 0 else n + 1 + i for i in head.layers]
-        return max(wanted)
+        return max(wanted)  # the PII head's layer is added when it is attached
 
     @property
     def name(self) -> str:
@@ -330,6 +446,9 @@ class Engine:
         if self.pii_model is not None:
             for o, found in zip(outs, self.pii_model.find(texts), strict=True):
                 o.pii = found
+        elif self.pii_head is not None and feats.side is not None:
+            for i, o in enumerate(outs):
+                o.pii = self._pii_spans(texts[i], feats.side[i], feats.tokens[i])
         stats = {
             "batches": 1.0,
             "items": float(len(texts)),

@@ -12,10 +12,14 @@ It reuses the loaded model's own embedding, LayerNorm and Linear modules (only t
 key and value matrices are new), so the weights are those of the checkpoint; a unit test checks
 that its features equal ``BertModel``'s. :func:`supports` says which configurations it covers;
 anything else runs through the Hugging Face forward.
+
+A *branch* (the PII token head, ``piihead.PiiBranch``) can hang off one layer: :meth:`PooledBert.run`
+then also returns its per-token output, from the same pass, on the CPU and on a GPU alike.
 """
 
 from __future__ import annotations
 
+from copy import deepcopy
 from typing import Any
 
 import torch
@@ -38,6 +42,54 @@ def supports(model: Any) -> bool:
     )
 
 
+class Layer(nn.Module):
+    """The modules of one BERT layer, with one fused query/key/value matrix (:func:`bert_layer`)."""
+
+    def __init__(self, hidden: int, intermediate: int, eps: float) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(hidden, 3 * hidden)
+        self.attn_out = nn.Linear(hidden, hidden)
+        self.attn_norm = nn.LayerNorm(hidden, eps=eps)
+        self.ffn_in = nn.Linear(hidden, intermediate)
+        self.ffn_out = nn.Linear(intermediate, hidden)
+        self.ffn_norm = nn.LayerNorm(hidden, eps=eps)
+
+    @classmethod
+    def from_hf(cls, layer: Any, copy: bool = False) -> Layer:
+        """A Hugging Face ``BertLayer`` as a :class:`Layer`: its own modules (``copy``: copies of
+        them, to fine-tune); the fused query/key/value matrix is always new."""
+        s = layer.attention.self
+        hidden = int(s.query.weight.shape[1])
+        norm = layer.attention.output.LayerNorm
+        out = cls.__new__(cls)
+        nn.Module.__init__(out)
+        fused = nn.Linear(hidden, 3 * hidden, device=s.query.weight.device)
+        with torch.no_grad():
+            fused.weight.copy_(torch.cat([s.query.weight, s.key.weight, s.value.weight]))
+            fused.bias.copy_(torch.cat([s.query.bias, s.key.bias, s.value.bias]))
+        out.qkv = fused.to(s.query.weight.dtype)
+        parts = {
+            "attn_out": layer.attention.output.dense,
+            "attn_norm": norm,
+            "ffn_in": layer.intermediate.dense,
+            "ffn_out": layer.output.dense,
+            "ffn_norm": layer.output.LayerNorm,
+        }
+        for name, mod in parts.items():
+            setattr(out, name, deepcopy(mod) if copy else mod)
+        return out
+
+
+def bert_layer(x: torch.Tensor, attn_mask: torch.Tensor | None, heads: int, m: Layer) -> torch.Tensor:
+    """One post-LayerNorm BERT layer (``attn_mask``: boolean ``[batch, 1, 1, tokens]`` or none)."""
+    b, t, _ = x.shape
+    q, k, v = m.qkv(x).view(b, t, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    x = m.attn_norm(m.attn_out(a.transpose(1, 2).reshape(b, t, -1)) + x)
+    out: torch.Tensor = m.ffn_norm(m.ffn_out(F.gelu(m.ffn_in(x))) + x)
+    return out
+
+
 class PooledBert(nn.Module):
     """``forward(ids, mask) -> [batch, layers + 1, hidden]``: the attention-masked token mean of
     the embedding output (layer 0) and of each transformer layer's output (of the first ``depth``
@@ -48,7 +100,6 @@ class PooledBert(nn.Module):
         if not supports(model):
             raise ValueError("PooledBert needs a BERT encoder with absolute positions and gelu")
         cfg = model.config
-        hidden = int(cfg.hidden_size)
         self.heads = int(cfg.num_attention_heads)
         emb = model.embeddings
         self.word = emb.word_embeddings
@@ -56,24 +107,9 @@ class PooledBert(nn.Module):
         self.position = emb.position_embeddings
         self.token_type = emb.token_type_embeddings
         self.emb_norm = emb.LayerNorm
-        self.qkv = nn.ModuleList()
-        self.attn_out = nn.ModuleList()
-        self.attn_norm = nn.ModuleList()
-        self.ffn_in = nn.ModuleList()
-        self.ffn_out = nn.ModuleList()
-        self.ffn_norm = nn.ModuleList()
-        for layer in model.encoder.layer:
-            s = layer.attention.self
-            fused = nn.Linear(hidden, 3 * hidden, device=s.query.weight.device)
-            with torch.no_grad():
-                fused.weight.copy_(torch.cat([s.query.weight, s.key.weight, s.value.weight]))
-                fused.bias.copy_(torch.cat([s.query.bias, s.key.bias, s.value.bias]))
-            self.qkv.append(fused.to(s.query.weight.dtype))
-            self.attn_out.append(layer.attention.output.dense)
-            self.attn_norm.append(layer.attention.output.LayerNorm)
-            self.ffn_in.append(layer.intermediate.dense)
-            self.ffn_out.append(layer.output.dense)
-            self.ffn_norm.append(layer.output.LayerNorm)
+        self.layers = nn.ModuleList(Layer.from_hf(layer) for layer in model.encoder.layer)
+        #: A module on the token states of layer ``branch.at`` (set by the engine), or none.
+        self.branch: nn.Module | None = None
         self.eval()
 
     def forward(
@@ -83,7 +119,20 @@ class PooledBert(nn.Module):
         depth: int | None = None,
         masked: bool = False,
     ) -> torch.Tensor:
-        """``depth``: run only the first ``depth`` transformer layers (``None``: all of them).
+        """The pooled layers alone (see :meth:`run`)."""
+        return self.run(ids, mask, depth, masked)[0]
+
+    def run(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        depth: int | None = None,
+        masked: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Pooled layers ``[batch, depth + 1, hidden]`` and the branch's per-token output
+        (``None`` without a branch, or when ``depth`` stops below its layer).
+
+        ``depth``: run only the first ``depth`` transformer layers (``None``: all of them).
 
         ``masked``: always give the attention the mask, also when nothing is padded. The GPU
         path sets it: a CUDA graph cannot branch on the data, and the same attention kernel for
@@ -100,19 +149,14 @@ class PooledBert(nn.Module):
         # Without padding (one prompt, or equal lengths) attention needs no mask at all.
         dense = not masked and bool(mask.all())
         attn_mask = None if dense else mask[:, None, None, :].to(torch.bool)
-        layers = zip(
-            self.qkv,
-            self.attn_out,
-            self.attn_norm,
-            self.ffn_in,
-            self.ffn_out,
-            self.ffn_norm,
-            strict=True,
-        )
-        for qkv, attn_out, attn_norm, ffn_in, ffn_out, ffn_norm in list(layers)[:depth]:
-            q, k, v = qkv(x).view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-            x = attn_norm(attn_out(a.transpose(1, 2).reshape(b, t, -1)) + x)
-            x = ffn_norm(ffn_out(F.gelu(ffn_in(x))) + x)
+        branch = self.branch
+        at = int(branch.at) if branch is not None else -1
+        side: torch.Tensor | None = None
+        if at == 0 and branch is not None:
+            side = branch(x, attn_mask)
+        for i, layer in enumerate(list(self.layers)[:depth]):
+            x = bert_layer(x, attn_mask, self.heads, layer)
             pooled.append((x * m).sum(dim=1, dtype=torch.float32) / count)
-        return torch.stack(pooled, dim=1)
+            if i + 1 == at and branch is not None:
+                side = branch(x, attn_mask)
+        return torch.stack(pooled, dim=1), side
