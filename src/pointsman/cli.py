@@ -49,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pointsman: unknown command '{name}'\n\n{_usage()}", file=sys.stderr)
         return 2
     module_name, _ = COMMANDS[name]
+    if name == "eval" and rest[:1] == ["pii"]:
+        module_name, rest, name = "pointsman_lab.pii_eval", rest[1:], "eval pii"
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

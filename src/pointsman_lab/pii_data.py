@@ -79,7 +79,19 @@ PLACEHOLDER_TYPES = {
 }
 
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
-_LOCALES = ("en_US", "en_GB", "de_DE", "fr_FR", "it_IT", "es_ES", "nl_NL", "pt_BR", "pl_PL", "da_DK")
+_LOCALES = (
+    "en_US",
+    "en_GB",
+    "de_DE",
+    "fr_FR",
+    "it_IT",
+    "es_ES",
+    "nl_NL",
+    "pt_BR",
+    "pl_PL",
+    "da_DK",
+)
+
 
 #: Template ids (presidio's, 0-based line numbers) kept for validation.
 def is_validation_template(template_id: int) -> bool:
@@ -120,6 +132,8 @@ class Filler:
         from faker import Faker
 
         self.rng = random.Random(seed)
+        # Some Faker providers draw from the module-level generator: seed it too.
+        random.seed(seed)
         self.raw = raw
         self.fakers = [Faker(loc) for loc in _LOCALES]
         self.us = Faker("en_US")
@@ -159,20 +173,34 @@ class Filler:
         if r < 0.4:
             return f"{h:02d}:{m:02d}"
         if r < 0.8:
-            return f"{h % 12 or 12}{':%02d' % m if m else ''} {'pm' if h >= 12 else 'am'}"
+            minutes = f":{m:02d}" if m else ""
+            return f"{h % 12 or 12}{minutes} {'pm' if h >= 12 else 'am'}"
         return self.rng.choice(("noon", "midnight", f"{h % 12 or 12} o'clock"))
 
     def _secondary(self) -> str:
         n = self.rng.randrange(1, 999)
         return self.rng.choice(
-            (f"Apt. {n}", f"Suite {n}", f"Unit {n}", f"Flat {n}", f"Apt {n}", f"#{n}", f"Floor {n % 30 + 1}")
+            (
+                f"Apt. {n}",
+                f"Suite {n}",
+                f"Unit {n}",
+                f"Flat {n}",
+                f"Apt {n}",
+                f"#{n}",
+                f"Floor {n % 30 + 1}",
+            )
         )
 
     def _address(self) -> str:
         r = self.rng.random()
         if r < 0.5:
             p = self._p()
-            parts = [p["StreetAddress"], p["City"], f"{p['State']} {p['ZipCode']}", p["CountryFull"]]
+            parts = [
+                p["StreetAddress"],
+                p["City"],
+                f"{p['State']} {p['ZipCode']}",
+                p["CountryFull"],
+            ]
             parts = parts[: self.rng.randrange(2, 5)]
             return self.rng.choice((", ", " ", "\\n")).join(parts)
         f = self._f()
@@ -269,18 +297,27 @@ def fill(template: str, filler: Filler, template_id: int) -> dict[str, Any]:
 
 
 def generate(
-    shared: Path, wheel: Path, out: Path, seed: int = 13, n_presidio: int = 6000, n_own: int = 4000
+    shared: Path,
+    wheel: Path,
+    out: Path,
+    seed: int = 13,
+    n_presidio: int = 6000,
+    n_own: int = 4000,
+    n_composed: int = 8000,
 ) -> dict[str, int]:
     """Write ``out/train.json`` and ``out/validation.json``; returns their sizes."""
     raw = PresidioRaw.from_wheel(wheel)
     rows = json.loads(shared.read_text(encoding="utf-8"))
     train = [r for r in rows if not is_validation_template(int(r["template_id"]))]
     val = [r for r in rows if is_validation_template(int(r["template_id"]))]
+    # Validation first: its sentences do not depend on how much training data is made.
+    vfiller = Filler(raw, seed + 1000)
+    for _ in range(20 * len(pii_templates.VALIDATION)):
+        k = vfiller.rng.randrange(len(pii_templates.VALIDATION))
+        val.append(fill(pii_templates.VALIDATION[k], vfiller, 2000 + k))
     filler = Filler(raw, seed)
     usable = [
-        (i, t)
-        for i, t in enumerate(raw.templates)
-        if t.strip() and not is_validation_template(i)
+        (i, t) for i, t in enumerate(raw.templates) if t.strip() and not is_validation_template(i)
     ]
     for _ in range(n_presidio):
         i, t = filler.rng.choice(usable)
@@ -288,10 +325,8 @@ def generate(
     for _ in range(n_own):
         k = filler.rng.randrange(len(pii_templates.TRAIN))
         train.append(fill(pii_templates.TRAIN[k], filler, 1000 + k))
-    vfiller = Filler(raw, seed + 1000)
-    for _ in range(20 * len(pii_templates.VALIDATION)):
-        k = vfiller.rng.randrange(len(pii_templates.VALIDATION))
-        val.append(fill(pii_templates.VALIDATION[k], vfiller, 2000 + k))
+    for _ in range(n_composed):
+        train.append(fill(pii_templates.compose(filler.rng), filler, 3000))
     out.mkdir(parents=True, exist_ok=True)
     for name, data in (("train", train), ("validation", val)):
         (out / f"{name}.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")

@@ -60,7 +60,9 @@ def _overlap(a: Span, b: Span) -> int:
     return max(0, min(a.end, b.end) - max(a.start, b.start))
 
 
-def matches(gold: Sequence[Span], found: Sequence[Span], rule: str = "overlap") -> list[tuple[int, int]]:
+def matches(
+    gold: Sequence[Span], found: Sequence[Span], rule: str = "overlap"
+) -> list[tuple[int, int]]:
     """One-to-one ``(gold index, found index)`` pairs of the same type under ``rule``."""
     pairs: list[tuple[int, int, int]] = []
     for i, g in enumerate(gold):
@@ -171,30 +173,49 @@ def detect(texts: list[str], cfg: Any, batch_size: int = 32) -> tuple[list[list[
     return out, detectable
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], prog: str | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="pointsman eval pii", description=__doc__.split("\n\n")[0] if __doc__ else None
+        prog=prog or "pointsman eval pii",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     p.add_argument("files", nargs="+", help="Presidio-format JSON files")
     p.add_argument("--json", action="store_true", help="print the result as JSON on the last line")
     p.add_argument("--rule", choices=["overlap", "exact"], default="overlap")
     p.add_argument("--config", help="Pointsman config file (its classifier section is used)")
+    p.add_argument("--heads-dir", help="heads directory with pii.* (default: the shipped head)")
+    p.add_argument(
+        "--threshold", type=float, help="token probability threshold (pii.model_threshold)"
+    )
+    p.add_argument("--quantize", choices=["auto", "none", "int8"], help="encoder quantization")
+    p.add_argument("--device", help="auto, cpu, cuda")
+    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--limit", type=int, default=0, help="only the first N sentences")
     p.add_argument("--batch-size", type=int, default=32)
     args = p.parse_args(argv)
 
+    from pointsman import configfile
     from pointsman_classifier import data
     from pointsman_classifier.config import ClassifierConfig
 
-    cfg = ClassifierConfig()
-    if args.config:
-        from pointsman.configfile import load_config
-
-        cfg = load_config(args.config).classifier
+    try:
+        cfg = configfile.section(configfile.read(args.config), "classifier", ClassifierConfig)
+    except configfile.ConfigError as exc:
+        print(f"{p.prog}: {exc}", file=sys.stderr)
+        return 2
+    over: dict[str, Any] = {
+        "threads": args.threads,
+        "jailbreak": cfg.jailbreak.model_copy(update={"enabled": False}),
+    }
+    for key in ("heads_dir", "quantize", "device"):
+        if getattr(args, key):
+            over[key] = getattr(args, key)
+    if args.threshold is not None:
+        over["pii"] = cfg.pii.model_copy(update={"model_threshold": args.threshold})
+    cfg = cfg.model_copy(update=over)
     try:
         examples = [e for f in args.files for e in data.read_pii(f)]
     except (OSError, ValueError, KeyError, data.DataError) as exc:
-        print(f"pointsman eval pii: {exc}", file=sys.stderr)
+        print(f"{p.prog}: {exc}", file=sys.stderr)
         return 2
     examples = examples[: args.limit or None]
     found, detectable = detect([e.text for e in examples], cfg, args.batch_size)

@@ -10,6 +10,8 @@ sentences with no entity at all.
 
 from __future__ import annotations
 
+import random
+
 TRAIN: tuple[str, ...] = (
     # addresses and fragments
     "Please ship the parcel to {{building_number}} {{street_name}}, {{secondary_address}}, {{city}} {{postcode}}.",
@@ -103,3 +105,169 @@ VALIDATION: tuple[str, ...] = (
     "List three museums worth visiting.",
     "Convert this timestamp to a readable date.",
 )
+
+# Training sentences composed from parts (:func:`compose`): thousands of contexts instead of a
+# few dozen, so the head learns what a name, place or date looks like rather than templates.
+_PERSON = (
+    "{{person}}",
+    "{{first_name}}",
+    "{{first_name}} {{last_name}}",
+    "{{prefix}} {{last_name}}",
+    "{{prefix}} {{person}}",
+    "my colleague {{person}}",
+    "my friend {{first_name}}",
+    "my wife {{first_name}}",
+    "our client {{person}}",
+    "patient {{person}}",
+    "{{last_name}}",
+    "Mr. {{last_name}}",
+    "Ms. {{last_name}}",
+)
+_PLACE = (
+    "in {{city}}",
+    "in {{city}}, {{country}}",
+    "in {{city}}, {{state_abbr}}",
+    "to {{country}}",
+    "from {{city}}",
+    "near {{city}}",
+    "at {{address}}",
+    "at {{building_number}} {{street_name}}",
+    "to {{building_number}} {{street_name}}, {{city}}",
+    "on {{street_name}}",
+    "at {{street_name}} in {{city}}",
+    "to {{secondary_address}}, {{building_number}} {{street_name}}",
+    "to {{address}}",
+    "in {{state}}",
+    "at {{building_number}} {{street_name}} {{secondary_address}}, {{city}} {{postcode}}",
+    "in {{city}} {{postcode}}",
+    "to postcode {{postcode}}",
+    "in zip code {{zipcode}}",
+    "to {{secondary_address}}",
+    "at PO Box {{building_number}}, {{city}}",
+)
+_ORG = (
+    "at {{organization}}",
+    "for {{organization}}",
+    "with {{organization}}",
+    "from {{organization}}",
+    "by {{organization}}",
+    "at {{organization}} in {{city}}",
+)
+_DATE = (
+    "on {{date_time}}",
+    "by {{date_time}}",
+    "since {{year}}",
+    "every {{day_of_week}}",
+    "at {{time}}",
+    "before {{date_time}}",
+    "in {{year}}",
+    "on {{day_of_week}}",
+    "on {{day_of_week}} at {{time}}",
+    "until {{date_time}}",
+    "from {{date_time}} to {{date_time}}",
+    "on {{date_of_birth}}",
+)
+_OTHER = (
+    "my card {{credit_card_number}}",
+    "email {{email}}",
+    "phone {{phone_number}}",
+    "account {{iban}}",
+    "aged {{age}}",
+    "the {{nationality}} embassy",
+    "as a {{job}}",
+)
+_FRAMES = (
+    "{P} is moving {L} {D}",
+    "please send the documents {L}",
+    "{P} works {O}",
+    "I will meet {P} {L} {D}",
+    "{P} was born {D} {L}",
+    "{P} from {ORGNAME} called {D}",
+    "the order for {P} ships {L}",
+    "can {P} reschedule the call {D}",
+    "I lived {L} until {YEAR}",
+    "book a hotel {L} {D}",
+    "{P} joined {ORGNAME} {D}",
+    "the delivery address is {ADDR}",
+    "{P} signed the lease {L}",
+    "write an email to {P} about the meeting {D}",
+    "the conference {O} takes place {L} {D}",
+    "{P} and {P} are flying {L} {D}",
+    "update the record for {P}: {OTHER}",
+    "our office moved {L}",
+    "{ORGNAME} hired {P} {D}",
+    "ask {P} whether {ORGNAME} pays {D}",
+    "the package was left {L}",
+    "my address changed {L}",
+    "is there a pharmacy {L}",
+    "{P} ({OTHER}) lives {L}",
+    "remind {P} to call {ORGNAME} {D}",
+    "the invoice from {ORGNAME} is due {D}",
+    "I have an appointment with {P} {D}",
+    "tell {P} the meeting {L} is cancelled",
+    "{P} studied at the University of {{city}}",
+    "summarise the report by {P} {O}",
+    "how far is it from {{city}} to {{city}}",
+    "translate: {P} visited {{country}} {D}",
+    "{P} was treated {L} {D}",
+    "the flight {D} leaves from {{city}}",
+)
+_FILLERS = (
+    "what is the best way to learn a language",
+    "explain the difference between a list and a tuple",
+    "the report is attached",
+    "thanks in advance",
+    "let me know if anything changes",
+    "where is the nearest station",
+    "when does the store open",
+    "write a short poem about autumn",
+    "which company has the best support",
+    "date and time formats differ by country",
+    "the unit price went up",
+    "what street food should I try",
+    "how do I format a date in Python",
+)
+_OPENERS = (
+    "",
+    "",
+    "",
+    "Hi, ",
+    "Hello! ",
+    "Please note: ",
+    "Quick question: ",
+    "FYI ",
+    "Urgent: ",
+    "Dear team, ",
+    "Reminder: ",
+    "Hey, ",
+    "Thanks. ",
+    "Note: ",
+)
+_JOINS = (". ", ", and ", "; ", " - ", ". Also, ", "\\n")
+
+
+def compose(rng: random.Random) -> str:
+    """One training template: an opener and one to three clauses of people, places, dates."""
+    parts = []
+    for _ in range(rng.choice((1, 1, 2, 2, 3))):
+        if rng.random() < 0.12:
+            parts.append(rng.choice(_FILLERS))
+            continue
+        frame = rng.choice(_FRAMES)
+        for key, options in (
+            ("{P}", _PERSON),
+            ("{L}", _PLACE),
+            ("{O}", _ORG),
+            ("{D}", _DATE),
+            ("{OTHER}", _OTHER),
+        ):
+            while key in frame:
+                frame = frame.replace(key, rng.choice(options), 1)
+        frame = frame.replace("{ORGNAME}", "{{organization}}").replace("{YEAR}", "{{year}}")
+        frame = frame.replace("{ADDR}", rng.choice(_PLACE).split(" ", 1)[1])
+        parts.append(frame)
+    text = parts[0]
+    for p in parts[1:]:
+        text += rng.choice(_JOINS) + p
+    text = rng.choice(_OPENERS) + text[0].upper() + text[1:]
+    return text + rng.choice((".", "?", "!", "", "."))

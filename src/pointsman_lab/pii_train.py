@@ -17,6 +17,8 @@ Not imported by the classifier service.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 import json
 import random
 import sys
@@ -35,7 +37,9 @@ SHARED = Path("../shared/data/pii/generated_3000.json")
 DATA = Path("build/pii-data")
 
 
-def bio_tags(offsets: list[tuple[int, int]], spans: list[Span], labels: tuple[str, ...]) -> list[int]:
+def bio_tags(
+    offsets: list[tuple[int, int]], spans: list[Span], labels: tuple[str, ...]
+) -> list[int]:
     """Per-token tag ids: ``B-T`` on a span's first token, ``I-T`` on the rest, ``O`` elsewhere
     (special tokens, ``(0, 0)`` offsets, get -100: no loss)."""
     index = {lab: i for i, lab in enumerate(labels)}
@@ -58,7 +62,9 @@ def bio_tags(offsets: list[tuple[int, int]], spans: list[Span], labels: tuple[st
 class Prepared:
     """Token ids, offsets and tags of a set of sentences, and the trunk's states at ``at``."""
 
-    def __init__(self, rows: list[dict[str, Any]], tokenizer: Any, labels: tuple[str, ...], max_length: int):
+    def __init__(
+        self, rows: list[dict[str, Any]], tokenizer: Any, labels: tuple[str, ...], max_length: int
+    ):
         self.texts = [r["full_text"] for r in rows]
         self.gold = [
             [
@@ -67,14 +73,26 @@ class Prepared:
             ]
             for r in rows
         ]
-        enc = tokenizer(self.texts, truncation=True, max_length=max_length, return_offsets_mapping=True)
+        enc = tokenizer(
+            self.texts, truncation=True, max_length=max_length, return_offsets_mapping=True
+        )
         self.ids: list[list[int]] = [list(x) for x in enc["input_ids"]]
-        self.offsets: list[list[tuple[int, int]]] = [[tuple(o) for o in x] for x in enc["offset_mapping"]]
+        self.offsets: list[list[tuple[int, int]]] = [
+            [tuple(o) for o in x] for x in enc["offset_mapping"]
+        ]
         self.tags = [bio_tags(o, g, labels) for o, g in zip(self.offsets, self.gold, strict=True)]
         self.states: list[torch.Tensor] = []
 
     @torch.inference_mode()
     def compute_states(self, model: Any, at: int, batch: int = 64) -> None:
+        full = model.encoder.layer
+        model.encoder.layer = full[: max(at, 1)]  # the layers above are not needed here
+        try:
+            self._states(model, at, batch)
+        finally:
+            model.encoder.layer = full
+
+    def _states(self, model: Any, at: int, batch: int) -> None:
         order = sorted(range(len(self.ids)), key=lambda i: len(self.ids[i]))
         states: list[torch.Tensor | None] = [None] * len(self.ids)
         for k in range(0, len(order), batch):
@@ -99,7 +117,9 @@ def _batches(n_items: list[int], size: int, rng: random.Random) -> list[list[int
     return out
 
 
-def _pad(prep: Prepared, idx: list[int], with_tags: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _pad(
+    prep: Prepared, idx: list[int], with_tags: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     t = max(len(prep.ids[i]) for i in idx)
     x = torch.zeros((len(idx), t, prep.states[idx[0]].shape[1]))
     mask = torch.zeros((len(idx), t), dtype=torch.bool)
@@ -133,6 +153,7 @@ def predict(branch: Any, prep: Prepared, threshold: float, batch: int = 64) -> l
                 sc[r, :n].tolist(),
                 [list(o) for o in prep.offsets[i]],
                 threshold,
+                prep.texts[i],
             )
             out[i] = [Span(f.start, f.end, f.entity_type) for f in found]
     return out
@@ -148,13 +169,16 @@ def train_branch(
     lr: float,
     seed: int,
     threshold: float,
+    dropout: float = 0.1,
     log: Any = print,
 ) -> tuple[Any, dict[str, Any]]:
-    from pointsman_classifier.piihead import MODEL_TYPES, PiiBranch
+    from pointsman_classifier.pii import MODEL_TYPES
+    from pointsman_classifier.piihead import PiiBranch
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
     branch = PiiBranch.from_trunk(model, at, layers)
+    branch.dropout = dropout
     head_params = list(branch.out.parameters())
     body_params = [p for n, p in branch.named_parameters() if not n.startswith("out.")]
     opt = torch.optim.AdamW(
@@ -176,7 +200,9 @@ def train_branch(
             # Feature noise: the service's int8 trunk gives slightly different states.
             x = x + 0.02 * x.std() * torch.randn_like(x)
             logits = branch.logits(x, mask[:, None, None, :])
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
+            loss = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100
+            )
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -193,7 +219,9 @@ def train_branch(
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m pointsman_lab.pii_train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m pointsman_lab.pii_train", description=__doc__.split("\n\n")[0]
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("generate", help="write train.json and validation.json")
     g.add_argument("--wheel", type=Path, required=True, help="presidio_evaluator-0.3.2 wheel")
@@ -202,29 +230,37 @@ def main(argv: list[str]) -> int:
     g.add_argument("--seed", type=int, default=13)
     t = sub.add_parser("train", help="train the branch; save pii.safetensors and pii.json")
     t.add_argument("--data", type=Path, default=DATA)
-    t.add_argument("--out", type=Path, default=Path("services/classifier/pointsman_classifier/models"))
-    t.add_argument("--at", type=int, default=4, help="trunk layer whose token states the branch reads")
+    t.add_argument(
+        "--out", type=Path, default=Path("services/classifier/pointsman_classifier/models")
+    )
+    t.add_argument(
+        "--at", type=int, default=4, help="trunk layer whose token states the branch reads"
+    )
     t.add_argument("--layers", type=int, default=1, help="transformer layers of the branch")
     t.add_argument("--epochs", type=int, default=4)
     t.add_argument("--lr", type=float, default=1e-4)
     t.add_argument("--threshold", type=float, default=0.5)
     t.add_argument("--seed", type=int, default=7)
+    t.add_argument("--dropout", type=float, default=0.1)
     t.add_argument("--limit", type=int, default=0, help="first N training sentences only")
     t.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     if args.cmd == "generate":
+        if os.environ.get("PYTHONHASHSEED") != "0":
+            # Some Faker locales pick from sets: their order, so the data, follows the hash seed.
+            env = {**os.environ, "PYTHONHASHSEED": "0"}
+            os.execve(sys.executable, [sys.executable, "-m", "pointsman_lab.pii_train", *argv], env)
         sizes = pii_data.generate(args.shared, args.wheel, args.out, args.seed)
         print(json.dumps(sizes))
         return 0
-
-    import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(args.threads)
     from transformers import AutoModel, AutoTokenizer
 
     from pointsman_classifier.encoder import DEFAULT_MAX_LENGTH, default_model_path
-    from pointsman_classifier.piihead import LABELS, MODEL_TYPES
+    from pointsman_classifier.pii import MODEL_TYPES
+    from pointsman_classifier.piihead import LABELS
 
     path = default_model_path()
     tok = AutoTokenizer.from_pretrained(str(path))
@@ -236,11 +272,30 @@ def main(argv: list[str]) -> int:
     t0 = time.monotonic()
     train = Prepared(rows, tok, LABELS, DEFAULT_MAX_LENGTH)
     val = Prepared(vrows, tok, LABELS, DEFAULT_MAX_LENGTH)
-    train.compute_states(model, args.at)
-    val.compute_states(model, args.at)
+    key = hashlib.sha1(
+        (args.data / "train.json").read_bytes()
+        + (args.data / "validation.json").read_bytes()
+        + f"{args.at}:{args.limit}:{args.seed}".encode()
+    ).hexdigest()[:16]
+    cache = args.data / f"states-{key}.pt"
+    if cache.exists():
+        train.states, val.states = torch.load(cache)
+    else:
+        train.compute_states(model, args.at)
+        val.compute_states(model, args.at)
+        torch.save((train.states, val.states), cache)
     print(f"trunk states of {len(rows)} + {len(vrows)} sentences in {time.monotonic() - t0:.0f} s")
     branch, info = train_branch(
-        model, train, val, args.at, args.layers, args.epochs, args.lr, args.seed, args.threshold
+        model,
+        train,
+        val,
+        args.at,
+        args.layers,
+        args.epochs,
+        args.lr,
+        args.seed,
+        args.threshold,
+        args.dropout,
     )
     res = score(val.gold, predict(branch, val, args.threshold), MODEL_TYPES)
     branch.meta = {
@@ -249,6 +304,7 @@ def main(argv: list[str]) -> int:
         "epochs": args.epochs,
         "lr": args.lr,
         "seed": args.seed,
+        "dropout": args.dropout,
         "train_sentences": len(rows),
         "trained_on": [str(args.data / "train.json")],
         "validation": {
@@ -263,7 +319,9 @@ def main(argv: list[str]) -> int:
         **info,
     }
     branch.save(args.out)
-    print(json.dumps({"f1": res["f1"], "per_type": {k: v["f1"] for k, v in res["per_type"].items()}}))
+    print(
+        json.dumps({"f1": res["f1"], "per_type": {k: v["f1"] for k, v in res["per_type"].items()}})
+    )
     return 0
 
 

@@ -213,6 +213,25 @@ class ClassifierConfig(_Strict):
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
 
     @model_validator(mode="after")
+    def _check_pii_types(self) -> ClassifierConfig:
+        """With the shipped detectors, every allowed PII type must be one they report: a typo
+        would otherwise never match and silently refuse that type to the model."""
+        if self.pii.model is not None:
+            return self  # a configured model's labels are its own
+        from pointsman_classifier.pii import KNOWN_TYPES
+
+        lists = {"pii.default_allowed": self.pii.default_allowed}
+        lists |= {f"models.{n}.pii_allowed": p.pii_allowed or [] for n, p in self.models.items()}
+        for where, names in lists.items():
+            bad = sorted(set(names) - KNOWN_TYPES - {"*"})
+            if bad:
+                raise ValueError(
+                    f"{where}: unknown PII type(s) {', '.join(bad)}; known: "
+                    f"{', '.join(sorted(KNOWN_TYPES))} or *"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _check_families(self) -> ClassifierConfig:
         for name, pol in self.models.items():
             if pol.family is not None and pol.family not in self.reasoning_families:

@@ -104,9 +104,19 @@ class TokenClassifier:
 
 
 def spans_from_tokens(
-    labels: list[str], scores: list[float], offsets: list[list[int]], threshold: float
+    labels: list[str],
+    scores: list[float],
+    offsets: list[list[int]],
+    threshold: float,
+    text: str | None = None,
 ) -> list[Finding]:
-    """Merge per-token labels (``B-X``/``I-X``/``X``/``O``) into character spans of entity X."""
+    """Merge per-token labels (``B-X``/``I-X``/``X``/``O``) into character spans of entity X.
+
+    With ``text``, whole words: a word piece glued to the previous one (no space, letters or
+    digits on both sides) takes that piece's entity, so a span never ends inside a word.
+    """
+    if text is not None:
+        labels, scores = _whole_words(labels, scores, offsets, threshold, text)
     found: list[Finding] = []
     cur: list[Any] | None = None  # [type, start, end, min score]
     for lab, sc, (start, end) in zip(labels, scores, offsets, strict=True):
@@ -130,6 +140,33 @@ def spans_from_tokens(
     return found
 
 
+def _whole_words(
+    labels: list[str], scores: list[float], offsets: list[list[int]], threshold: float, text: str
+) -> tuple[list[str], list[float]]:
+    labels, scores = list(labels), list(scores)
+    prev_end = -1
+    for k, (start, end) in enumerate(offsets):
+        if start == end:
+            prev_end = -1
+            continue
+        glued = (
+            k > 0
+            and start == prev_end
+            and 0 < start < len(text)
+            and text[start - 1].isalnum()
+            and text[start].isalnum()
+        )
+        if glued:
+            before = labels[k - 1]
+            if before == "O" or scores[k - 1] < threshold:
+                labels[k], scores[k] = "O", 1.0
+            else:
+                labels[k] = "I-" + (before[2:] if before[:2] in ("B-", "I-") else before)
+                scores[k] = scores[k - 1]
+        prev_end = end
+    return labels, scores
+
+
 #: Tokens shared by consecutive windows of a long prompt (PII token head).
 WINDOW_STRIDE = 32
 
@@ -140,8 +177,10 @@ def _decode(
     scores: npt.NDArray[np.float32],
     offsets: list[list[int]],
     threshold: float,
+    text: str,
 ) -> list[Finding]:
-    return spans_from_tokens([labels[i] for i in ids.tolist()], scores.tolist(), offsets, threshold)
+    tags = [labels[i] for i in ids.tolist()]
+    return spans_from_tokens(tags, scores.tolist(), offsets, threshold, text)
 
 
 def _union(a: list[Finding], b: list[Finding]) -> list[Finding]:
@@ -285,9 +324,7 @@ class Engine:
             return sorted({lab.partition("-")[2] or lab for lab in self.pii_model.labels} - {"O"})
         return list(piihead.MODEL_TYPES) if self.pii_head is not None else []
 
-    def _pii_spans(
-        self, text: str, probs: npt.NDArray[np.float32], n_tokens: int
-    ) -> list[Finding]:
+    def _pii_spans(self, text: str, probs: npt.NDArray[np.float32], n_tokens: int) -> list[Finding]:
         """Spans from the token head's tag probabilities of ``text``'s first window, plus those
         of the windows beyond it when the text had more tokens than ``max_length``."""
         assert self.pii_head is not None
@@ -304,7 +341,7 @@ class Engine:
             )
             offsets = [list(o) for o in enc["offset_mapping"][0]]
             if len(offsets) == len(labels):
-                found = _decode(self.pii_head.labels, labels, scores, offsets, threshold)
+                found = _decode(self.pii_head.labels, labels, scores, offsets, threshold, text)
         if n_tokens >= self.encoder.max_length or len(text) > 8 * self.encoder.max_length:
             found = _union(found, self._pii_windows(text))
         return found
@@ -338,7 +375,10 @@ class Engine:
             offsets = [list(o) for o in enc["offset_mapping"][w + 1][:n].tolist()]
             p = probs[w, :n]
             found = _union(
-                found, _decode(self.pii_head.labels, p.argmax(axis=1), p.max(axis=1), offsets, threshold)
+                found,
+                _decode(
+                    self.pii_head.labels, p.argmax(axis=1), p.max(axis=1), offsets, threshold, text
+                ),
             )
         return found
 

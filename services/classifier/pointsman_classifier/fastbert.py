@@ -80,7 +80,9 @@ class Layer(nn.Module):
         return out
 
 
-def bert_layer(x: torch.Tensor, attn_mask: torch.Tensor | None, heads: int, m: Layer) -> torch.Tensor:
+def bert_layer(
+    x: torch.Tensor, attn_mask: torch.Tensor | None, heads: int, m: Layer
+) -> torch.Tensor:
     """One post-LayerNorm BERT layer (``attn_mask``: boolean ``[batch, 1, 1, tokens]`` or none)."""
     b, t, _ = x.shape
     q, k, v = m.qkv(x).view(b, t, 3, heads, -1).permute(2, 0, 3, 1, 4)
@@ -138,7 +140,7 @@ class PooledBert(nn.Module):
         path sets it: a CUDA graph cannot branch on the data, and the same attention kernel for
         every batch keeps a prompt's features independent of its neighbours.
         """
-        b, t = ids.shape
+        t = ids.shape[1]
         # Token type 0 everywhere, as the encoder is called with one segment.
         x = self.word(ids) + self.position.weight[:t] + self.token_type.weight[0]
         x = self.emb_norm(x)

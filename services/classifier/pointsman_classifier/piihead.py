@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pointsman_classifier.fastbert import Layer, bert_layer
+from pointsman_classifier.pii import MODEL_TYPES
 
-#: Entity types the shipped head finds. LOCATION covers cities, regions, countries, street
-#: addresses and their fragments (a flat number, a postcode).
-MODEL_TYPES = ("PERSON", "LOCATION", "ORGANIZATION", "DATE_TIME")
 LABELS = ("O", *(f"{p}-{t}" for t in MODEL_TYPES for p in ("B", "I")))
 NAME = "pii"
 
@@ -53,6 +52,8 @@ class PiiBranch(nn.Module):
         self.meta = dict(meta or {})
         self.layers = nn.ModuleList(Layer(hidden, intermediate, eps) for _ in range(n_layers))
         self.out = nn.Linear(hidden, len(self.labels))
+        #: Dropout on the states entering each layer and the output layer, in training only.
+        self.dropout = 0.0
         self.eval()
 
     @classmethod
@@ -78,9 +79,10 @@ class PiiBranch(nn.Module):
         return torch.softmax(self.logits(x, attn_mask).float(), dim=-1)
 
     def logits(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        drop = self.dropout if self.training else 0.0
         for layer in self.layers:
-            x = bert_layer(x, attn_mask, self.heads, layer)
-        out: torch.Tensor = self.out(x)
+            x = bert_layer(F.dropout(x, drop) if drop else x, attn_mask, self.heads, layer)
+        out: torch.Tensor = self.out(F.dropout(x, drop) if drop else x)
         return out
 
     def save(self, directory: Path) -> tuple[Path, Path]:
@@ -89,7 +91,10 @@ class PiiBranch(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         wpath, jpath = directory / f"{NAME}.safetensors", directory / f"{NAME}.json"
         # float16 halves the shipped file; the weights are loaded back as float32.
-        save_file({k: v.detach().to(torch.float16).contiguous() for k, v in self.state_dict().items()}, str(wpath))
+        save_file(
+            {k: v.detach().to(torch.float16).contiguous() for k, v in self.state_dict().items()},
+            str(wpath),
+        )
         doc = {
             "name": NAME,
             "labels": list(self.labels),
