@@ -37,7 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     from pointsman_classifier.engine import Engine
 
     engines = {
-        name: Engine(ClassifierConfig(threads=args.threads, device=args.device, pii={"ner": ner}))
+        name: Engine(
+            ClassifierConfig.model_validate(
+                {"threads": args.threads, "device": args.device, "pii": {"ner": ner}}
+            )
+        )
         for name, ner in (("without PII head", False), ("with PII head", True))
     }
     for e in engines.values():
@@ -78,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['p50_ms']:>9.2f}{r['p90_ms']:>9.2f}"
         )
     info = next(iter(engines.values())).info()
-    out = {
+    result = {
         "run_params": {
             "reps": args.reps,
             "threads": args.threads,
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"classifier-pii-cost-{args.device}.json"
-    path.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {path}")
     return 0
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import json
+import os
 import random
 import sys
 import time
@@ -204,7 +204,7 @@ def train_branch(
                 logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100
             )
             opt.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))

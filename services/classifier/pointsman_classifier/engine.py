@@ -26,7 +26,7 @@ from pointsman_classifier import piihead
 from pointsman_classifier.config import ClassifierConfig, in_flight
 from pointsman_classifier.core import ENGINE_STATS, Outputs
 from pointsman_classifier.encoder import Encoder, Features, Pending, Prepared, pick_device
-from pointsman_classifier.pii import Finding
+from pointsman_classifier.pii import MODEL_TYPES, Finding
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +322,7 @@ class Engine:
         """Entity types the configured PII model or token head finds (the patterns aside)."""
         if self.pii_model is not None:
             return sorted({lab.partition("-")[2] or lab for lab in self.pii_model.labels} - {"O"})
-        return list(piihead.MODEL_TYPES) if self.pii_head is not None else []
+        return list(MODEL_TYPES) if self.pii_head is not None else []
 
     def _pii_spans(self, text: str, probs: npt.NDArray[np.float32], n_tokens: int) -> list[Finding]:
         """Spans from the token head's tag probabilities of ``text``'s first window, plus those

@@ -81,7 +81,7 @@ class Layer(nn.Module):
 
 
 def bert_layer(
-    x: torch.Tensor, attn_mask: torch.Tensor | None, heads: int, m: Layer
+    x: torch.Tensor, attn_mask: torch.Tensor | None, heads: int, m: Any
 ) -> torch.Tensor:
     """One post-LayerNorm BERT layer (``attn_mask``: boolean ``[batch, 1, 1, tokens]`` or none)."""
     b, t, _ = x.shape
@@ -110,8 +110,9 @@ class PooledBert(nn.Module):
         self.token_type = emb.token_type_embeddings
         self.emb_norm = emb.LayerNorm
         self.layers = nn.ModuleList(Layer.from_hf(layer) for layer in model.encoder.layer)
-        #: A module on the token states of layer ``branch.at`` (set by the engine), or none.
-        self.branch: nn.Module | None = None
+        #: A module on the token states of layer ``branch.at`` (``piihead.PiiBranch``, set by
+        #: ``Encoder.attach_branch``), or none.
+        self.branch: Any = None
         self.eval()
 
     def forward(
