@@ -80,9 +80,7 @@ class Layer(nn.Module):
         return out
 
 
-def bert_layer(
-    x: torch.Tensor, attn_mask: torch.Tensor | None, heads: int, m: Any
-) -> torch.Tensor:
+def bert_layer(x: torch.Tensor, attn_mask: torch.Tensor | None, heads: int, m: Any) -> torch.Tensor:
     """One post-LayerNorm BERT layer (``attn_mask``: boolean ``[batch, 1, 1, tokens]`` or none)."""
     b, t, _ = x.shape
     q, k, v = m.qkv(x).view(b, t, 3, heads, -1).permute(2, 0, 3, 1, 4)
