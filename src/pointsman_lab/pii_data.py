@@ -163,7 +163,9 @@ class Filler:
             "%A %d %B",
         )
         s = d.strftime(self.rng.choice(fmts))
-        if self.rng.random() < 0.1:
+        if self.rng.random() < 0.1:  # Faker's date_time(), as presidio's templates use it
+            s = str(d.replace(microsecond=self.rng.randrange(0, 10**6)))
+        elif self.rng.random() < 0.1:
             s = self.rng.choice(("next ", "last ", "this ")) + d.strftime("%A")
         return s
 
@@ -302,8 +304,8 @@ def generate(
     out: Path,
     seed: int = 13,
     n_presidio: int = 6000,
-    n_own: int = 4000,
-    n_composed: int = 8000,
+    n_own: int = 3000,
+    n_composed: int = 12000,
 ) -> dict[str, int]:
     """Write ``out/train.json`` and ``out/validation.json``; returns their sizes."""
     raw = PresidioRaw.from_wheel(wheel)

@@ -113,7 +113,10 @@ def spans_from_tokens(
     """Merge per-token labels (``B-X``/``I-X``/``X``/``O``) into character spans of entity X.
 
     With ``text``, whole words: a word piece glued to the previous one (no space, letters or
-    digits on both sides) takes that piece's entity, so a span never ends inside a word.
+    digits on both sides) takes that piece's entity, so a span never ends inside a word; spans
+    of one type with at most one space between them are one entity ("909 Pod Strání 954": the
+    house number and the street); a span without a letter or digit is dropped, and the ``n`` of
+    an escaped newline (``\\n``, two characters) does not start one.
     """
     if text is not None:
         labels, scores = _whole_words(labels, scores, offsets, threshold, text)
@@ -137,7 +140,27 @@ def spans_from_tokens(
         cur = [etype, start, end, sc]
     if cur is not None:
         found.append(Finding(cur[1], cur[2], cur[0], cur[3], "model"))
-    return found
+    return found if text is None else _tidy(found, text)
+
+
+def _tidy(found: list[Finding], text: str) -> list[Finding]:
+    out: list[Finding] = []
+    for f in found:
+        start = f.start
+        if 0 < start < f.end and text[start - 1] == "\\" and text[start] in "nt":
+            start += 1
+        if not any(c.isalnum() for c in text[start : f.end]):
+            continue
+        last = out[-1] if out else None
+        if (
+            last is not None
+            and last.entity_type == f.entity_type
+            and text[last.end : start] in ("", " ")
+        ):
+            out[-1] = Finding(last.start, f.end, f.entity_type, min(last.score, f.score), f.source)
+        else:
+            out.append(Finding(start, f.end, f.entity_type, f.score, f.source))
+    return out
 
 
 def _whole_words(

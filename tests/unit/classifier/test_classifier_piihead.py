@@ -41,9 +41,29 @@ def test_bio_tags_decode_back_to_the_gold_spans_adjacent_ones_too() -> None:
     tags = bio_tags([(s, e) for s, e in offsets], gold, LABELS)
     assert tags[0] == tags[-1] == -100  # special tokens carry no loss
     labels = [LABELS[t] if t >= 0 else "O" for t in tags]
-    found = spans_from_tokens(labels, [0.9] * len(labels), offsets, 0.5, text)
+    assert labels[1:5] == ["O", "B-LOCATION", "B-LOCATION", "I-LOCATION"]
+    found = spans_from_tokens(labels, [0.9] * len(labels), offsets, 0.5)
     assert [(f.start, f.end, f.entity_type) for f in found] == [
         (s.start, s.end, s.entity_type) for s in gold
+    ]
+    # With the text, spans of one type one space apart are one entity: the whole address.
+    whole = spans_from_tokens(labels, [0.9] * len(labels), offsets, 0.5, text)
+    assert [(text[f.start : f.end], f.entity_type) for f in whole] == [
+        ("637 Strojírenská 1006 Apt. 5", "LOCATION"),
+        ("Ana Lima", "PERSON"),
+        ("Oslo", "LOCATION"),
+    ]
+
+
+def test_decoding_drops_punctuation_and_escaped_newlines() -> None:
+    text = "Name:\\nAna , Oslo"  # an escaped newline: backslash and n, as in JSON-ish prompts
+    offsets = [[0, 0], [0, 4], [4, 5], [5, 6], [6, 10], [11, 12], [13, 17], [0, 0]]
+    labels = ["O", "O", "O", "O", "B-PERSON", "B-LOCATION", "B-LOCATION", "O"]
+    found = spans_from_tokens(labels, [0.9] * 8, offsets, 0.5, text)
+    # "nAna" is one word to the tokenizer; the span starts after the escape. The lone comma goes.
+    assert [(text[f.start : f.end], f.entity_type) for f in found] == [
+        ("Ana", "PERSON"),
+        ("Oslo", "LOCATION"),
     ]
 
 
