@@ -313,3 +313,12 @@ def test_eval_cli_reports_per_type_and_json(tmp_path: Path, capsys: Any) -> None
     assert result["per_type"]["PERSON"]["support"] == 1
     assert result["not_detected"] == {"AGE": 1}
     assert main([str(tmp_path / "missing.json")]) == 2
+
+
+def test_pointsman_eval_pii_runs_the_pii_evaluation(capsys: Any) -> None:
+    from pointsman.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "pii", "--help"])
+    assert exc.value.code == 0
+    assert "usage: pointsman eval pii" in capsys.readouterr().out
