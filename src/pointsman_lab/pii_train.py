@@ -135,8 +135,8 @@ def _pad(
 
 @torch.inference_mode()
 def predict(branch: Any, prep: Prepared, threshold: float, batch: int = 64) -> list[list[Span]]:
-    """Decoded spans per sentence, with the service's decoding (``engine.spans_from_tokens``)."""
-    from pointsman_classifier.engine import spans_from_tokens
+    """Decoded spans per sentence, with the service's decoding (``engine.decode_tags``)."""
+    from pointsman_classifier.engine import decode_tags
 
     branch.eval()
     out: list[list[Span]] = [[] for _ in prep.ids]
@@ -144,13 +144,12 @@ def predict(branch: Any, prep: Prepared, threshold: float, batch: int = 64) -> l
     for k in range(0, len(order), batch):
         idx = order[k : k + batch]
         x, mask, _ = _pad(prep, idx, with_tags=False)
-        probs = branch(x, mask[:, None, None, :])
-        sc, lab = probs.max(dim=-1)
+        probs = branch(x, mask[:, None, None, :]).numpy()
         for r, i in enumerate(idx):
             n = len(prep.ids[i])
-            found = spans_from_tokens(
-                [branch.labels[j] for j in lab[r, :n].tolist()],
-                sc[r, :n].tolist(),
+            found = decode_tags(
+                branch.labels,
+                probs[r, :n],
                 [list(o) for o in prep.offsets[i]],
                 threshold,
                 prep.texts[i],
@@ -239,7 +238,7 @@ def main(argv: list[str]) -> int:
     t.add_argument("--layers", type=int, default=1, help="transformer layers of the branch")
     t.add_argument("--epochs", type=int, default=4)
     t.add_argument("--lr", type=float, default=1e-4)
-    t.add_argument("--threshold", type=float, default=0.5)
+    t.add_argument("--threshold", type=float, default=0.6, help="as pii.model_threshold")
     t.add_argument("--seed", type=int, default=7)
     t.add_argument("--dropout", type=float, default=0.1)
     t.add_argument("--limit", type=int, default=0, help="first N training sentences only")

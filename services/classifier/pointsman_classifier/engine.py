@@ -194,16 +194,23 @@ def _whole_words(
 WINDOW_STRIDE = 32
 
 
-def _decode(
+def decode_tags(
     labels: tuple[str, ...],
-    ids: npt.NDArray[np.int64],
-    scores: npt.NDArray[np.float32],
+    probs: npt.NDArray[np.float32],
     offsets: list[list[int]],
     threshold: float,
     text: str,
 ) -> list[Finding]:
-    tags = [labels[i] for i in ids.tolist()]
-    return spans_from_tokens(tags, scores.tolist(), offsets, threshold, text)
+    """Spans from BIO tag probabilities ``[tokens, labels]``: each token takes its most likely
+    tag, scored by its entity's probability (``B-X`` and ``I-X`` together: where a word starts
+    an entity or continues one is often a close call, whether it is one is not)."""
+    ids = probs.argmax(axis=1).tolist()
+    kind = [lab[2:] if lab[:2] in ("B-", "I-") else lab for lab in labels]
+    by_kind: dict[str, list[int]] = {}
+    for j, k in enumerate(kind):
+        by_kind.setdefault(k, []).append(j)
+    scores = [float(probs[t, by_kind[kind[i]]].sum()) for t, i in enumerate(ids)]
+    return spans_from_tokens([labels[i] for i in ids], scores, offsets, threshold, text)
 
 
 def _union(a: list[Finding], b: list[Finding]) -> list[Finding]:
@@ -353,8 +360,8 @@ class Engine:
         assert self.pii_head is not None
         threshold = self.cfg.pii.model_threshold
         found: list[Finding] = []
-        labels, scores = probs.argmax(axis=1), probs.max(axis=1)
-        if bool(((labels != 0) & (scores >= threshold)).any()):
+        # Column 0 is "O": a text whose every token is most likely "O" has no entity.
+        if bool((probs.argmax(axis=1) != 0).any()):
             # Character offsets only for texts with a tag: most prompts have none.
             enc = self.encoder.tokenizer(
                 self.encoder._clip([text]),
@@ -363,8 +370,8 @@ class Engine:
                 return_offsets_mapping=True,
             )
             offsets = [list(o) for o in enc["offset_mapping"][0]]
-            if len(offsets) == len(labels):
-                found = _decode(self.pii_head.labels, labels, scores, offsets, threshold, text)
+            if len(offsets) == len(probs):
+                found = decode_tags(self.pii_head.labels, probs, offsets, threshold, text)
         if n_tokens >= self.encoder.max_length or len(text) > 8 * self.encoder.max_length:
             found = _union(found, self._pii_windows(text))
         return found
@@ -396,12 +403,8 @@ class Engine:
         for w in range(len(ids)):
             n = int(mask[w].sum())
             offsets = [list(o) for o in enc["offset_mapping"][w + 1][:n].tolist()]
-            p = probs[w, :n]
             found = _union(
-                found,
-                _decode(
-                    self.pii_head.labels, p.argmax(axis=1), p.max(axis=1), offsets, threshold, text
-                ),
+                found, decode_tags(self.pii_head.labels, probs[w, :n], offsets, threshold, text)
             )
         return found
 

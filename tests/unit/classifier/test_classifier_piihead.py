@@ -322,3 +322,24 @@ def test_pointsman_eval_pii_runs_the_pii_evaluation(capsys: Any) -> None:
         main(["eval", "pii", "--help"])
     assert exc.value.code == 0
     assert "usage: pointsman eval pii" in capsys.readouterr().out
+
+
+def test_a_token_scores_its_entitys_probability_not_its_tags() -> None:
+    import numpy as np
+
+    from pointsman_classifier.engine import decode_tags
+    from pointsman_classifier.piihead import LABELS
+
+    text = "Baker Street"
+    offsets = [[0, 0], [0, 5], [6, 12], [0, 0]]
+    probs = np.zeros((4, len(LABELS)), dtype=np.float32)
+    probs[[0, 3], 0] = 1.0
+    b, i = LABELS.index("B-LOCATION"), LABELS.index("I-LOCATION")
+    probs[1, [0, b, i]] = [0.3, 0.36, 0.34]  # B or I is a close call; LOCATION is not
+    probs[2, [0, b, i]] = [0.1, 0.1, 0.8]
+    [f] = decode_tags(LABELS, probs, offsets, 0.6, text)
+    assert (f.start, f.end, f.entity_type) == (0, 12, "LOCATION")
+    assert f.score == pytest.approx(0.7)
+    probs[1, [0, b, i]] = [0.5, 0.3, 0.2]  # "O" most likely: not an entity
+    [g] = decode_tags(LABELS, probs, offsets, 0.6, text)
+    assert (g.start, g.end) == (6, 12)
