@@ -156,6 +156,11 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+#: Pattern types whose findings give way to an overlapping model finding: the address regexes
+#: see a number and a street suffix, the model the whole address in its context.
+MODEL_OVER = frozenset({"STREET_ADDRESS"})
+
+
 def detect(texts: list[str], cfg: Any, batch_size: int = 32) -> tuple[list[list[Span]], set[str]]:
     """The classifier's PII findings for ``texts`` (patterns + model), and the types it can find."""
     from pointsman_classifier import pii
@@ -168,7 +173,7 @@ def detect(texts: list[str], cfg: Any, batch_size: int = 32) -> tuple[list[list[
     for b in range(0, len(texts), batch_size):
         chunk = texts[b : b + batch_size]
         for text, o in zip(chunk, engine.run(chunk), strict=True):
-            merged = pii.merge(pii.find(text, cfg.pii.recognizers), o.pii)
+            merged = pii.merge(pii.find(text, cfg.pii.recognizers), o.pii, prefer=MODEL_OVER)
             out.append([Span(f.start, f.end, f.entity_type) for f in merged])
     return out, detectable
 

@@ -260,9 +260,16 @@ def find(text: str, types: Iterable[str] | None = None) -> list[Finding]:
     return sorted(taken)
 
 
-def merge(a: list[Finding], b: list[Finding]) -> list[Finding]:
-    """Findings of two detectors; on overlap the first list (the patterns, checked) wins."""
-    out = list(a)
+def merge(
+    a: list[Finding], b: list[Finding], prefer: frozenset[str] = frozenset()
+) -> list[Finding]:
+    """Findings of two detectors; on overlap the first list (the patterns, checked) wins, except
+    its findings of a type in ``prefer``, which give way to an overlapping finding of ``b``."""
+    out = [
+        f
+        for f in a
+        if f.entity_type not in prefer or not any(f.start < g.end and g.start < f.end for g in b)
+    ]
     for f in b:
         if not any(f.start < t.end and t.start < f.end for t in out):
             out.append(f)
