@@ -343,3 +343,12 @@ def test_a_token_scores_its_entitys_probability_not_its_tags() -> None:
     probs[1, [0, b, i]] = [0.5, 0.3, 0.2]  # "O" most likely: not an entity
     [g] = decode_tags(LABELS, probs, offsets, 0.6, text)
     assert (g.start, g.end) == (6, 12)
+
+
+def test_merge_lets_the_model_span_replace_the_address_patterns() -> None:
+    text = "Ship to 12 Elm Street Apt. 5, Springfield"
+    patterns = pii.find(text)
+    assert [f.entity_type for f in patterns] == ["STREET_ADDRESS"]
+    model = [pii.Finding(8, 41, "LOCATION", 0.9, "model")]
+    assert pii.merge(patterns, model) == patterns  # the checked patterns win by default
+    assert pii.merge(patterns, model, prefer=frozenset({"STREET_ADDRESS"})) == model
