@@ -129,7 +129,7 @@ class Filler:
     """Values for each placeholder, from presidio's lists and Faker in several locales."""
 
     def __init__(self, raw: PresidioRaw, seed: int) -> None:
-        from faker import Faker
+        from faker import Faker  # type: ignore[import-not-found, unused-ignore]
 
         self.rng = random.Random(seed)
         # Some Faker providers draw from the module-level generator: seed it too.
