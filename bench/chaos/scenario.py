@@ -47,7 +47,9 @@ def chaos_options(classifier: bool) -> StackOptions:
         redis=True,
         ready_timeout=120.0,
         overrides={
-            "shim": {"pick_timeout_ms": 300, "classifier": {"timeout_ms": 2000}},
+            # classifier + pick stay well inside Envoy's ext_proc message_timeout (2 s): a
+            # request whose answer is lost with NATS must fail open in the shim, not in Envoy
+            "shim": {"pick_timeout_ms": 300, "classifier": {"timeout_ms": 800}},
             "classifier": {
                 "default_model": "alpha",
                 "categories": {"math": {"models": [{"model": "beta", "score": 0.9}]}},

@@ -35,14 +35,9 @@ SHIM_ERROR_WINDOW_S = 20.0
 RECOVERY_S = 60.0
 CLASSIFIER_RECOVERY_S = 150.0
 
-NEEDS_REL_B = pytest.mark.xfail(
-    strict=False,
-    reason="needs rel-b: the picker serves its last known endpoints with the collector gone, "
-    "and the shim fails open when the picker has no endpoint",
-)
 NAMES = [
     "picker",
-    pytest.param("collector", marks=NEEDS_REL_B),
+    "collector",
     "nats-server",
     "redis-server",
     "replica",

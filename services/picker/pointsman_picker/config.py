@@ -101,6 +101,8 @@ class JointConfig(_Strict):
     slo_miss_penalty: float = Field(default=1.0, ge=0)
     #: A candidate more than this below the first one's quality is never chosen.
     max_quality_drop: float = Field(default=0.5, ge=0)
+
+
 class FlowControlConfig(_Strict):
     """Flow control: when a pool is saturated, requests wait here (fair across tenants by the
     Virtual Token Counter, higher priority first) instead of being shed at once."""

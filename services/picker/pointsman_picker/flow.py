@@ -139,6 +139,18 @@ class FlowControl:
         tenant = core.tenant_of(pick.headers, cfg.tenant_header, cfg.default_tenant)
         wait_ms = min(cfg.ttl_ms, pick.max_wait_ms or 0.0)
         busy = s.saturated(pool)
+        # model: auto with the classifier's candidates (PickRequest.candidates, issue 17 item 3)
+        candidates = getattr(pick, "candidates", None) or []
+        if (
+            busy
+            and len(candidates) > 1
+            and any(
+                s.saturated(s.config.adapters.get(c.model, c.model)) is False for c in candidates
+            )
+        ):
+            # another candidate's pool has room: the joint decision moves the request to a good
+            # second model at once, no waiting
+            return self._serve(pick, pool, tenant)
         if busy is None or (not busy and not self._sizes.get(pool)) or wait_ms <= 0:
             # Unknown pool, or room and nobody waiting, or a shim that will not wait (it gets
             # the scheduler's answer: low priorities shed when saturated, as without flow).
@@ -236,6 +248,9 @@ class FlowControl:
 
     def _serve(self, pick: PickRequest, pool: str, tenant: str) -> PickReply:
         reply = self._s.pick(pick)
+        chosen = getattr(reply, "model", None)
+        if chosen:  # the joint decision chose another model: charge its pool
+            pool = self._s.config.adapters.get(chosen, chosen)
         if reply.status is PickStatus.OK and self.config.enabled:
             estimate = core.estimate_prompt_tokens(pick.prompt)
             self.counters.add(pool, tenant, core.cost(estimate, 0, self._weights))

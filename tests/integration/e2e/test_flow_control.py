@@ -91,19 +91,29 @@ def test_waiting_past_the_ttl_answers_503_with_the_reason() -> None:
     with make_stack(
         models=["solo"],
         replicas=1,
+        # slow enough that the filled queue lasts ~20 s, however loaded the machine
+        sim_args=["--time-scale", "0.2", "--max-num-seqs", "4"],
         overrides={
             "picker": {"flow_control": {"max_queued_per_tenant": 1}},
-            "shim": {"pick_timeout_ms": 500, "queue_wait_ms": 300},
+            "shim": {"pick_timeout_ms": 500, "queue_wait_ms": 5000},
         },
     ) as stack:
         (endpoint,) = stack.pools["solo"]
+        picker_metrics = f"http://127.0.0.1:{stack.ports['picker_http']}/metrics"
         with queue_filled(endpoint, "solo", requests=16, min_waiting=8):
 
             async def two() -> list[httpx.Response]:
                 async with httpx.AsyncClient(timeout=60) as client:
                     first = asyncio.create_task(client.post(f"{stack.gateway_url}{CHAT}",
                                                             json=body()))  # fmt: skip
-                    await asyncio.sleep(0.1)
+                    # the second is sent once the first waits (a condition, not a delay)
+                    loop = asyncio.get_running_loop()
+                    deadline = loop.time() + 30
+                    while _metric((await client.get(picker_metrics)).text,
+                                  "pointsman_picker_flow_queued{") < 1:  # fmt: skip
+                        assert not first.done(), (await first).text
+                        assert loop.time() < deadline, "the first request never waited"
+                        await asyncio.sleep(0.02)
                     second = await client.post(f"{stack.gateway_url}{CHAT}", json=body())
                     return [await first, second]
 

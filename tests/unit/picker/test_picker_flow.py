@@ -230,3 +230,30 @@ def test_counters_shared_base_plus_unsent_delta() -> None:
     assert c.value("m", "a") == 6.0
     c.set_base("m", {"a": 100.0, "b": 7.0})
     assert c.view("m", {"a", "b", "z"}) == {"a": 106.0, "b": 7.0, "z": 0.0}
+
+
+async def test_auto_with_a_free_second_pool_does_not_wait() -> None:
+    """The joint decision (model: auto with candidates) moves the request to a candidate whose
+    pool has room; flow control holds it only when every candidate's pool is saturated."""
+    v1 = pytest.importorskip("pointsman.v1")
+    if not hasattr(v1, "ModelCandidate"):
+        pytest.skip("no joint model decision in this checkout (issue 17 item 3)")
+    s, fc = _flow()
+    s.on_snapshot(_snapshot(9, pool="best"))
+    s.on_snapshot(_snapshot(0, pool="second"))
+    ranked = [
+        v1.ModelCandidate(model="best", score=0.9),
+        v1.ModelCandidate(model="second", score=0.8),
+    ]
+    pick = PickRequest(  # type: ignore[call-arg]
+        request_id="a1", model="best", prompt="x" * 40, max_wait_ms=10_000, candidates=ranked
+    )
+    got = fc.try_pick(pick)
+    assert not isinstance(got, Waiter)
+    assert got.status is PickStatus.OK and got.model == "second"  # type: ignore[attr-defined]
+    assert fc.counters.value("second", "default") == pytest.approx(10.0)
+    s.on_snapshot(_snapshot(9, pool="second"))
+    pick2 = PickRequest(  # type: ignore[call-arg]
+        request_id="a2", model="best", prompt="x" * 40, max_wait_ms=10_000, candidates=ranked
+    )
+    assert isinstance(fc.try_pick(pick2), Waiter)

@@ -312,9 +312,6 @@ def test_shed_and_no_endpoints_say_why() -> None:
     assert isinstance(shed, Answer) and shed.headers["x-pointsman-shed-reason"] == "saturated"
     shed = decide_route(PickReply(status=PickStatus.SHED, reason="kv"))
     assert isinstance(shed, Answer) and shed.headers["x-pointsman-shed-reason"] == "kv"
-    none = decide_route(
-        PickReply(status=PickStatus.NO_ENDPOINTS, reason="all stale"), failure_mode="fail-closed"
-    )
     full = decide_route(PickReply(status=PickStatus.SHED, reason="tenant_queue_full"))
     assert isinstance(full, Answer) and full.status == 429
     assert full.headers["x-pointsman-drop-reason"] == "tenant_queue_full"
@@ -323,6 +320,9 @@ def test_shed_and_no_endpoints_say_why() -> None:
     assert isinstance(gone, Answer) and gone.status == 503
     assert gone.headers["x-pointsman-drop-reason"] == "ttl_expired"
     assert json.loads(gone.body)["error"]["type"] == "service_unavailable"
+    none = decide_route(
+        PickReply(status=PickStatus.NO_ENDPOINTS, reason="all stale"), failure_mode="fail-closed"
+    )
     assert isinstance(none, Answer)
     assert json.loads(none.body)["error"]["message"].endswith("(all stale)")
 
@@ -443,6 +443,8 @@ def test_no_safety_verdict_says_when_to_retry() -> None:
     assert answer.headers["x-pointsman-error"] == "safety_unavailable"
     error = json.loads(answer.body)["error"]
     assert (error["type"], error["code"]) == ("service_unavailable", "service_unavailable")
+
+
 def test_slo_shed_says_so_in_its_message_and_reason() -> None:
     shed = decide_route(PickReply(status=PickStatus.SHED, reason="slo_unattainable"))
     assert isinstance(shed, Answer) and shed.status == 429

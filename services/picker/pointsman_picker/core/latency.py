@@ -167,8 +167,8 @@ class LatencyModel:
     of the exponentially weighted means (rate ``scale_rate``) of what its requests took and
     what the pool's model predicted for them, shrunk towards 1 until it has ``min_samples``
     samples and bounded to [0.1, 10]: a slower replica is predicted slower. At prediction the
-    slopes are taken as at least 0 (more load never makes a request faster), so an
-    extrapolation cannot invert the order of endpoints.
+    load features' slopes (queue, running, KV use) are taken as at least 0 (more load never
+    makes a request faster), so an extrapolation cannot invert the order of endpoints.
 
     ``max_endpoints`` bounds memory: the endpoints learnt longest ago are forgotten first.
     """
@@ -250,11 +250,16 @@ class LatencyModel:
         self._scales.pop((pool, endpoint), None)
 
 
+#: The load features (queue, running, KV use): more of them never makes a request faster.
+_LOAD = (3, 4, 5)
+
+
 def _monotone(w: Sequence[float], x: Sequence[float]) -> float:
-    """``w . x`` with every slope (all but the bias) taken as at least 0."""
-    total = w[0] * x[0]
-    for i in range(1, len(x)):
-        wi = w[i]
-        if wi > 0:
-            total += wi * x[i]
+    """``w . x`` with the load features' slopes taken as at least 0. (Only those: the prompt
+    features are often collinear with the bias, a prompt's new and cached tokens summing to
+    its length, and a fit may then balance a large bias with negative prompt slopes.)"""
+    total: float = sum(map(mul, w, x))
+    for i in _LOAD:
+        if w[i] < 0:
+            total -= w[i] * x[i]
     return total
