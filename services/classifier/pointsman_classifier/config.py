@@ -131,8 +131,13 @@ class PiiConfig(_Strict):
     enabled: bool = True
     #: Pattern recognisers to run (default: all; see pointsman_classifier.pii.PATTERN_TYPES).
     recognizers: list[str] | None = None
-    #: A Hugging Face token-classification model directory (person, organisation, ...).
+    #: The shipped token head on the shared encoder: PERSON, LOCATION (places, street addresses
+    #: and their fragments), ORGANIZATION, DATE_TIME. Unused when ``model`` is set.
+    ner: bool = True
+    #: A Hugging Face token-classification model directory (person, organisation, ...), run as
+    #: its own pass instead of the token head.
     model: str | None = None
+    #: Tokens tagged with a lower probability (by ``model`` or the token head) are not entities.
     model_threshold: float = Field(default=0.6, ge=0, le=1)
     #: Entity types allowed to a model without a ``models.<name>.pii_allowed`` entry; ``*`` = all.
     default_allowed: list[str] = Field(default_factory=lambda: ["*"])
@@ -216,6 +221,25 @@ class ClassifierConfig(_Strict):
     cache: CacheConfig = Field(default_factory=CacheConfig)
     #: Sessions that stay on their model (off by default; needs Redis): see sessions.py.
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
+
+    @model_validator(mode="after")
+    def _check_pii_types(self) -> ClassifierConfig:
+        """With the shipped detectors, every allowed PII type must be one they report: a typo
+        would otherwise never match and silently refuse that type to the model."""
+        if self.pii.model is not None:
+            return self  # a configured model's labels are its own
+        from pointsman_classifier.pii import KNOWN_TYPES
+
+        lists = {"pii.default_allowed": self.pii.default_allowed}
+        lists |= {f"models.{n}.pii_allowed": p.pii_allowed or [] for n, p in self.models.items()}
+        for where, names in lists.items():
+            bad = sorted(set(names) - KNOWN_TYPES - {"*"})
+            if bad:
+                raise ValueError(
+                    f"{where}: unknown PII type(s) {', '.join(bad)}; known: "
+                    f"{', '.join(sorted(KNOWN_TYPES))} or *"
+                )
+        return self
 
     @model_validator(mode="after")
     def _check_families(self) -> ClassifierConfig:

@@ -58,13 +58,17 @@ class Features:
     tokens: list[int]  # tokens per text after truncation
     #: The safety branch's pooled output ``[batch, hidden]``, when the encoder has one.
     branch: npt.NDArray[np.float32] | None = None
+    #: With a PII branch attached (:meth:`Encoder.attach_branch`): its output per text,
+    #: ``[tokens, labels]`` (special tokens included), else ``None``.
+    side: list[npt.NDArray[np.float32]] | None = None
 
     def head(self, n: int) -> Features:
         """The first ``n`` rows (a batch's texts, without their further windows)."""
         if n == len(self.tokens):
             return self
         b = self.branch[:n] if self.branch is not None else None
-        return Features(self.layers[:n], self.tokens[:n], b)
+        side = self.side[:n] if self.side is not None else None
+        return Features(self.layers[:n], self.tokens[:n], b, side)
 
     def select(self, layer_ids: list[int]) -> npt.NDArray[np.float32]:
         """Concatenate the chosen layers, each L2-normalised so no layer dominates by scale."""
@@ -147,7 +151,7 @@ class Encoder:
                 )
             self.branch = SafetyBranch(Path(branch), self.model).to(self.device, torch_dtype)
         # A BERT runs through the lean forward of fastbert, on the CPU and on a GPU.
-        self.fast: torch.nn.Module | None = (
+        self.fast: PooledBert | None = (
             PooledBert(self.model, self.branch) if fastbert_supports(self.model) else None
         )
         if self.quantize == "int8":
@@ -187,6 +191,28 @@ class Encoder:
             target = self.fast if self.fast is not None else self.model
             quantize_dynamic(target, spec, dtype=torch.qint8, inplace=True)  # type: ignore[no-untyped-call]
 
+    def attach_branch(self, branch: torch.nn.Module) -> bool:
+        """Run ``branch`` (``piihead.PiiBranch``) inside every forward pass, on the token states
+        of its layer; its output comes back as :attr:`Features.side`. On this encoder's device,
+        dtype and quantization. Returns ``False`` (nothing attached) without the lean BERT path.
+        Attach before :meth:`warm_shapes`: the GPU's CUDA graphs capture it."""
+        if self.fast is None:
+            return False
+        dtype = next(self.model.parameters()).dtype
+        branch = branch.to(self.device, dtype=dtype).eval()
+        if self.quantize == "int8":
+            import warnings
+
+            from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore", UserWarning)
+                spec = {torch.nn.Linear: per_channel_dynamic_qconfig}
+                quantize_dynamic(branch, spec, dtype=torch.qint8, inplace=True)  # type: ignore[no-untyped-call]
+        self.fast.pii_branch = branch
+        return True
+
     @property
     def name(self) -> str:
         if (self.path / "config.json").exists() and self.path.name == "model":
@@ -219,9 +245,13 @@ class Encoder:
             ids, mask = self._bucketed(ids, mask)
         if self.fast is not None:
             dev = self.device
-            pooled_cpu = self.fast(ids.to(dev), mask.to(dev), depth).float().cpu()
-            counts = mask.sum(dim=1).tolist()
-            return self._features(pooled_cpu[:n].numpy(), [int(t) for t in counts[:n]])
+            pooled, side = self.fast.run(ids.to(dev), mask.to(dev), depth)
+            counts = [int(t) for t in mask.sum(dim=1).tolist()[:n]]
+            per_text = None
+            if side is not None:
+                side_np = side.float().cpu().numpy()
+                per_text = [side_np[i, : counts[i]] for i in range(n)]
+            return self._features(pooled.float().cpu()[:n].numpy(), counts, per_text)
         ids = ids.to(self.device, non_blocking=True)
         mask = mask.to(self.device, non_blocking=True)
         out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
@@ -232,11 +262,17 @@ class Encoder:
         tokens = mask.sum(dim=1).tolist()
         return Features(pooled[:n].float().cpu().numpy(), [int(t) for t in tokens[:n]])
 
-    def _features(self, out: npt.NDArray[np.float32], tokens: list[int]) -> Features:
-        """Split the lean forward's rows: the trunk's pooled layers, then the branch's row."""
+    def _features(
+        self,
+        out: npt.NDArray[np.float32],
+        tokens: list[int],
+        side: list[npt.NDArray[np.float32]] | None = None,
+    ) -> Features:
+        """Split the lean forward's rows: the trunk's pooled layers, then the safety branch's
+        row; ``side``: the PII branch's per-token output."""
         if self.branch is None:
-            return Features(out, tokens)
-        return Features(out[:, :-1], tokens, out[:, -1])
+            return Features(out, tokens, None, side)
+        return Features(out[:, :-1], tokens, out[:, -1], side)
 
     def _bucketed(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pad to a few fixed shapes (powers of two) so the GPU sees only shapes it has run.
@@ -350,8 +386,8 @@ class Encoder:
     def collect(self, pending: Pending) -> tuple[Features, float]:
         """The features of a launched batch and the device time it took (GPU: CUDA events)."""
         if pending.launched is not None:
-            layers, device_s = self.gpu.collect(pending.launched)  # type: ignore[union-attr]
-            return self._features(layers, pending.launched.tokens), device_s
+            layers, side, device_s = self.gpu.collect(pending.launched)  # type: ignore[union-attr]
+            return self._features(layers, pending.launched.tokens, side), device_s
         assert pending.features is not None
         return pending.features, pending.device_s
 
@@ -368,6 +404,7 @@ class Encoder:
         if self.branch is not None:
             branch = np.zeros((prepared.n, self.hidden_size), dtype=np.float32)
         tokens = [0] * prepared.n
+        side: list[Any] | None = None
         for g, batch in prepared.groups:
             f = self.encode(batch, depth)
             layers[g] = f.layers
@@ -375,7 +412,11 @@ class Encoder:
                 branch[g] = f.branch
             for j, i in enumerate(g):
                 tokens[i] = f.tokens[j]
-        return Features(layers, tokens, branch)
+            if f.side is not None:
+                side = side if side is not None else [None] * prepared.n
+                for j, i in enumerate(g):
+                    side[i] = f.side[j]
+        return Features(layers, tokens, branch, side)
 
     def __call__(self, texts: list[str], depth: int | None = None) -> Features:
         """Pooled layers of ``texts``: :meth:`prepare`, then :meth:`encode_prepared`."""

@@ -23,10 +23,11 @@ import numpy.typing as npt
 import torch
 
 from pointsman_classifier import heads as heads_mod
+from pointsman_classifier import piihead
 from pointsman_classifier.config import ClassifierConfig, in_flight
 from pointsman_classifier.core import ENGINE_STATS, Outputs
 from pointsman_classifier.encoder import Encoder, Features, Pending, Prepared, pick_device
-from pointsman_classifier.pii import Finding
+from pointsman_classifier.pii import MODEL_TYPES, Finding
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +108,22 @@ class TokenClassifier:
 
 
 def spans_from_tokens(
-    labels: list[str], scores: list[float], offsets: list[list[int]], threshold: float
+    labels: list[str],
+    scores: list[float],
+    offsets: list[list[int]],
+    threshold: float,
+    text: str | None = None,
 ) -> list[Finding]:
-    """Merge per-token labels (``B-X``/``I-X``/``X``/``O``) into character spans of entity X."""
+    """Merge per-token labels (``B-X``/``I-X``/``X``/``O``) into character spans of entity X.
+
+    With ``text``, whole words: a word piece glued to the previous one (no space, letters or
+    digits on both sides) takes that piece's entity, so a span never ends inside a word; spans
+    of one type with at most one space between them are one entity ("909 Pod Strání 954": the
+    house number and the street); a span without a letter or digit is dropped, and the ``n`` of
+    an escaped newline (``\\n``, two characters) does not start one.
+    """
+    if text is not None:
+        labels, scores = _whole_words(labels, scores, offsets, threshold, text)
     found: list[Finding] = []
     cur: list[Any] | None = None  # [type, start, end, min score]
     for lab, sc, (start, end) in zip(labels, scores, offsets, strict=True):
@@ -130,7 +144,91 @@ def spans_from_tokens(
         cur = [etype, start, end, sc]
     if cur is not None:
         found.append(Finding(cur[1], cur[2], cur[0], cur[3], "model"))
-    return found
+    return found if text is None else _tidy(found, text)
+
+
+def _tidy(found: list[Finding], text: str) -> list[Finding]:
+    out: list[Finding] = []
+    for f in found:
+        start = f.start
+        if 0 < start < f.end and text[start - 1] == "\\" and text[start] in "nt":
+            start += 1
+        if not any(c.isalnum() for c in text[start : f.end]):
+            continue
+        last = out[-1] if out else None
+        if (
+            last is not None
+            and last.entity_type == f.entity_type
+            and text[last.end : start] in ("", " ")
+        ):
+            out[-1] = Finding(last.start, f.end, f.entity_type, min(last.score, f.score), f.source)
+        else:
+            out.append(Finding(start, f.end, f.entity_type, f.score, f.source))
+    return out
+
+
+def _whole_words(
+    labels: list[str], scores: list[float], offsets: list[list[int]], threshold: float, text: str
+) -> tuple[list[str], list[float]]:
+    labels, scores = list(labels), list(scores)
+    prev_end = -1
+    for k, (start, end) in enumerate(offsets):
+        if start == end:
+            prev_end = -1
+            continue
+        glued = (
+            k > 0
+            and start == prev_end
+            and 0 < start < len(text)
+            and text[start - 1].isalnum()
+            and text[start].isalnum()
+        )
+        if glued:
+            before = labels[k - 1]
+            if before == "O" or scores[k - 1] < threshold:
+                labels[k], scores[k] = "O", 1.0
+            else:
+                labels[k] = "I-" + (before[2:] if before[:2] in ("B-", "I-") else before)
+                scores[k] = scores[k - 1]
+        prev_end = end
+    return labels, scores
+
+
+#: Tokens shared by consecutive windows of a long prompt (PII token head).
+WINDOW_STRIDE = 32
+
+
+def decode_tags(
+    labels: tuple[str, ...],
+    probs: npt.NDArray[np.float32],
+    offsets: list[list[int]],
+    threshold: float,
+    text: str,
+) -> list[Finding]:
+    """Spans from BIO tag probabilities ``[tokens, labels]``: each token takes its most likely
+    tag, scored by its entity's probability (``B-X`` and ``I-X`` together: where a word starts
+    an entity or continues one is often a close call, whether it is one is not)."""
+    ids = probs.argmax(axis=1).tolist()
+    kind = [lab[2:] if lab[:2] in ("B-", "I-") else lab for lab in labels]
+    by_kind: dict[str, list[int]] = {}
+    for j, k in enumerate(kind):
+        by_kind.setdefault(k, []).append(j)
+    scores = [float(probs[t, by_kind[kind[i]]].sum()) for t, i in enumerate(ids)]
+    return spans_from_tokens([labels[i] for i in ids], scores, offsets, threshold, text)
+
+
+def _union(a: list[Finding], b: list[Finding]) -> list[Finding]:
+    """Findings of overlapping windows: overlapping spans of one type become their union."""
+    out: list[Finding] = []
+    for f in sorted(a + b):
+        last = out[-1] if out else None
+        if last is not None and last.entity_type == f.entity_type and f.start < last.end:
+            out[-1] = Finding(
+                last.start, max(last.end, f.end), f.entity_type, min(last.score, f.score), f.source
+            )
+        else:
+            out.append(f)
+    return out
 
 
 def safety_branch_path(cfg: ClassifierConfig, heads_dir: Path | None) -> Path | None:
@@ -271,10 +369,97 @@ class Engine:
         self._stats_lock = threading.Lock()
         self._stats = dict.fromkeys(ENGINE_STATS, 0.0)
         self.pii_model: TokenClassifier | None = None
+        self.pii_head: piihead.PiiBranch | None = None
         if cfg.pii.enabled and cfg.pii.model:
             self.pii_model = TokenClassifier(
                 cfg.pii.model, self.device, cfg.max_length, dtype, cfg.pii.model_threshold
             )
+        elif cfg.pii.enabled and cfg.pii.ner:
+            self.pii_head = self._load_pii_head(heads_dir)
+            if self.pii_head is not None:
+                self.depth = max(self.depth, self.pii_head.at)
+                self._encode_depth = None if self.depth == self.encoder.n_layers else self.depth
+
+    def _load_pii_head(self, heads_dir: Path | None) -> piihead.PiiBranch | None:
+        """The PII token head of ``heads_dir`` (else the shipped one), attached to the encoder."""
+        base = heads_dir if heads_dir and (heads_dir / f"{piihead.NAME}.json").exists() else None
+        branch = piihead.load(base or heads_mod.shipped_dir())
+        if branch is None:
+            log.warning("pii: no token head found; names and places are not detected")
+            return None
+        if branch.shape["hidden"] != self.encoder.hidden_size or branch.at > self.encoder.n_layers:
+            raise heads_mod.HeadError(
+                f"pii head expects {branch.shape['hidden']} features at layer {branch.at}, but the "
+                f"encoder gives {self.encoder.hidden_size} with {self.encoder.n_layers} layers; "
+                "retrain it for this encoder (python -m pointsman_lab.pii_train)"
+            )
+        if not self.encoder.attach_branch(branch):
+            log.warning("pii: the token head needs a BERT encoder; names and places not detected")
+            return None
+        return branch
+
+    def pii_types(self) -> list[str]:
+        """Entity types the configured PII model or token head finds (the patterns aside)."""
+        if self.pii_model is not None:
+            return sorted({lab.partition("-")[2] or lab for lab in self.pii_model.labels} - {"O"})
+        return list(MODEL_TYPES) if self.pii_head is not None else []
+
+    def _pii_spans(self, text: str, probs: npt.NDArray[np.float32], n_tokens: int) -> list[Finding]:
+        """Spans from the token head's tag probabilities of ``text``'s first window, plus those
+        of the windows beyond it when the text had more tokens than ``max_length``."""
+        assert self.pii_head is not None
+        threshold = self.cfg.pii.model_threshold
+        found: list[Finding] = []
+        # Column 0 is "O": a text whose every token is most likely "O" has no entity.
+        if bool((probs.argmax(axis=1) != 0).any()):
+            # Character offsets only for texts with a tag: most prompts have none.
+            enc = self.encoder.tokenizer(
+                self.encoder._clip([text]),
+                truncation=True,
+                max_length=self.encoder.max_length,
+                return_offsets_mapping=True,
+            )
+            offsets = [list(o) for o in enc["offset_mapping"][0]]
+            if len(offsets) == len(probs):
+                found = decode_tags(self.pii_head.labels, probs, offsets, threshold, text)
+        if n_tokens >= self.encoder.max_length or len(text) > 8 * self.encoder.max_length:
+            found = _union(found, self._pii_windows(text))
+        return found
+
+    @torch.inference_mode()
+    def _pii_windows(self, text: str) -> list[Finding]:
+        """The token head over windows 2.. of a long text (``max_length`` tokens each,
+        overlapping by :data:`WINDOW_STRIDE`): a pass through the trunk up to the head's layer."""
+        assert self.pii_head is not None and self.encoder.fast is not None
+        enc = self.encoder.tokenizer(
+            text,
+            truncation=True,
+            max_length=self.encoder.max_length,
+            stride=WINDOW_STRIDE,
+            return_overflowing_tokens=True,
+            return_offsets_mapping=True,
+            padding=True,
+            return_tensors="pt",
+        )
+        ids, mask = enc["input_ids"][1:], enc["attention_mask"][1:]
+        if not len(ids):
+            return []
+        dev = self.device
+        # Only the PII branch reads these windows: the safety branch is left out.
+        _, side = self.encoder.fast.run(
+            ids.to(dev), mask.to(dev), self.pii_head.at, masked=True, safety=False
+        )
+        assert side is not None
+        probs = side.float().cpu().numpy()
+        threshold = self.cfg.pii.model_threshold
+        found: list[Finding] = []
+        for w in range(len(ids)):
+            n = int(mask[w].sum())
+            offsets = [list(o) for o in enc["offset_mapping"][w + 1][:n].tolist()]
+            found = _union(
+                found, decode_tags(self.pii_head.labels, probs[w, :n], offsets, threshold, text)
+            )
+        return found
 
     def _depth(self) -> int:
         """How many encoder layers a request needs: the deepest one a head reads, or all of them
@@ -292,7 +477,7 @@ class Engine:
                 wanted += [i if i >= 0 else n + 1 + i for i in head.layers]
         if self.encoder.branch is not None:
             wanted.append(self.encoder.branch.start)
-        return max(wanted)
+        return max(wanted)  # the PII head's layer is added when it is attached
 
     @property
     def name(self) -> str:
@@ -392,6 +577,9 @@ class Engine:
         if self.pii_model is not None:
             for o, found in zip(outs, self.pii_model.find(texts), strict=True):
                 o.pii = found
+        elif self.pii_head is not None and feats.side is not None:
+            for i, o in enumerate(outs):
+                o.pii = self._pii_spans(texts[i], feats.side[i], feats.tokens[i])
         stats = {
             "batches": 1.0,
             "items": float(len(texts)),

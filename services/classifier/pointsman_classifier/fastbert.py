@@ -12,11 +12,18 @@ It reuses the loaded model's own embedding, LayerNorm and Linear modules (only t
 key and value matrices are new), so the weights are those of the checkpoint; a unit test checks
 that its features equal ``BertModel``'s. :func:`supports` says which configurations it covers;
 anything else runs through the Hugging Face forward.
+
+Two branches can hang off the trunk, both computed in the same pass (CPU and GPU alike): the
+safety branch (:class:`SafetyBranch`, fine-tuned copies of the upper layers), whose pooled output
+is one more row of the pooled features, and the PII token head (``piihead.PiiBranch``), whose
+per-token output :meth:`PooledBert.run` returns beside them. Both use :class:`Layer` and
+:func:`bert_layer`, as the trunk does.
 """
 
 from __future__ import annotations
 
 import json
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
@@ -40,27 +47,52 @@ def supports(model: Any) -> bool:
     )
 
 
-class BranchLayer(nn.Module):
-    """One BERT layer with its own weights (a fine-tuned copy), computed as :class:`PooledBert`
-    computes the trunk's layers."""
+class Layer(nn.Module):
+    """The modules of one BERT layer, with one fused query/key/value matrix (:func:`bert_layer`)."""
 
-    def __init__(self, hidden: int, inter: int, heads: int, eps: float) -> None:
+    def __init__(self, hidden: int, intermediate: int, eps: float) -> None:
         super().__init__()
-        self.heads = heads
         self.qkv = nn.Linear(hidden, 3 * hidden)
         self.attn_out = nn.Linear(hidden, hidden)
         self.attn_norm = nn.LayerNorm(hidden, eps=eps)
-        self.ffn_in = nn.Linear(hidden, inter)
-        self.ffn_out = nn.Linear(inter, hidden)
+        self.ffn_in = nn.Linear(hidden, intermediate)
+        self.ffn_out = nn.Linear(intermediate, hidden)
         self.ffn_norm = nn.LayerNorm(hidden, eps=eps)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
-        b, t, _ = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        x = self.attn_norm(self.attn_out(a.transpose(1, 2).reshape(b, t, -1)) + x)
-        out: torch.Tensor = self.ffn_norm(self.ffn_out(F.gelu(self.ffn_in(x))) + x)
+    @classmethod
+    def from_hf(cls, layer: Any, copy: bool = False) -> Layer:
+        """A Hugging Face ``BertLayer`` as a :class:`Layer`: its own modules (``copy``: copies of
+        them, to fine-tune); the fused query/key/value matrix is always new."""
+        s = layer.attention.self
+        hidden = int(s.query.weight.shape[1])
+        norm = layer.attention.output.LayerNorm
+        out = cls.__new__(cls)
+        nn.Module.__init__(out)
+        fused = nn.Linear(hidden, 3 * hidden, device=s.query.weight.device)
+        with torch.no_grad():
+            fused.weight.copy_(torch.cat([s.query.weight, s.key.weight, s.value.weight]))
+            fused.bias.copy_(torch.cat([s.query.bias, s.key.bias, s.value.bias]))
+        out.qkv = fused.to(s.query.weight.dtype)
+        parts = {
+            "attn_out": layer.attention.output.dense,
+            "attn_norm": norm,
+            "ffn_in": layer.intermediate.dense,
+            "ffn_out": layer.output.dense,
+            "ffn_norm": layer.output.LayerNorm,
+        }
+        for name, mod in parts.items():
+            setattr(out, name, deepcopy(mod) if copy else mod)
         return out
+
+
+def bert_layer(x: torch.Tensor, attn_mask: torch.Tensor | None, heads: int, m: Any) -> torch.Tensor:
+    """One post-LayerNorm BERT layer (``attn_mask``: boolean ``[batch, 1, 1, tokens]`` or none)."""
+    b, t, _ = x.shape
+    q, k, v = m.qkv(x).view(b, t, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+    x = m.attn_norm(m.attn_out(a.transpose(1, 2).reshape(b, t, -1)) + x)
+    out: torch.Tensor = m.ffn_norm(m.ffn_out(F.gelu(m.ffn_in(x))) + x)
+    return out
 
 
 class SafetyBranch(nn.Module):
@@ -82,17 +114,13 @@ class SafetyBranch(nn.Module):
         self.meta: dict[str, Any] = meta
         self.start = int(meta["start_layer"])
         self.labels: list[str] = [str(x) for x in meta["labels"]]
+        self.heads = int(cfg.num_attention_heads)
         n = int(cfg.num_hidden_layers) - self.start
         if not 0 <= self.start <= int(cfg.num_hidden_layers):
             raise ValueError(f"safety branch {path}: start layer {self.start} does not fit")
         weights = load_file(str(path))
         self.layers = nn.ModuleList(
-            BranchLayer(
-                int(cfg.hidden_size),
-                int(cfg.intermediate_size),
-                int(cfg.num_attention_heads),
-                float(cfg.layer_norm_eps),
-            )
+            Layer(int(cfg.hidden_size), int(cfg.intermediate_size), float(cfg.layer_norm_eps))
             for _ in range(n)
         )
         state = {k: v.float() for k, v in weights.items() if k.startswith("layers.")}
@@ -110,7 +138,7 @@ class SafetyBranch(nn.Module):
         self, x: torch.Tensor, m: torch.Tensor, count: torch.Tensor, attn_mask: torch.Tensor | None
     ) -> torch.Tensor:
         for layer in self.layers:
-            x = layer(x, attn_mask)
+            x = bert_layer(x, attn_mask, self.heads, layer)
         out: torch.Tensor = (x * m).sum(dim=1, dtype=torch.float32) / count
         return out
 
@@ -122,14 +150,14 @@ class PooledBert(nn.Module):
 
     With a :class:`SafetyBranch` attached, one more row follows: the branch's pooled output,
     computed from the trunk's hidden state after ``branch.start`` layers (``depth`` must be at
-    least that)."""
+    least that). With a PII branch (:attr:`pii_branch`), :meth:`run` also returns its per-token
+    output, from the same pass."""
 
     def __init__(self, model: Any, branch: SafetyBranch | None = None) -> None:
         super().__init__()
         if not supports(model):
             raise ValueError("PooledBert needs a BERT encoder with absolute positions and gelu")
         cfg = model.config
-        hidden = int(cfg.hidden_size)
         self.heads = int(cfg.num_attention_heads)
         emb = model.embeddings
         self.word = emb.word_embeddings
@@ -137,25 +165,12 @@ class PooledBert(nn.Module):
         self.position = emb.position_embeddings
         self.token_type = emb.token_type_embeddings
         self.emb_norm = emb.LayerNorm
-        self.qkv = nn.ModuleList()
-        self.attn_out = nn.ModuleList()
-        self.attn_norm = nn.ModuleList()
-        self.ffn_in = nn.ModuleList()
-        self.ffn_out = nn.ModuleList()
-        self.ffn_norm = nn.ModuleList()
-        for layer in model.encoder.layer:
-            s = layer.attention.self
-            fused = nn.Linear(hidden, 3 * hidden, device=s.query.weight.device)
-            with torch.no_grad():
-                fused.weight.copy_(torch.cat([s.query.weight, s.key.weight, s.value.weight]))
-                fused.bias.copy_(torch.cat([s.query.bias, s.key.bias, s.value.bias]))
-            self.qkv.append(fused.to(s.query.weight.dtype))
-            self.attn_out.append(layer.attention.output.dense)
-            self.attn_norm.append(layer.attention.output.LayerNorm)
-            self.ffn_in.append(layer.intermediate.dense)
-            self.ffn_out.append(layer.output.dense)
-            self.ffn_norm.append(layer.output.LayerNorm)
+        self.layers = nn.ModuleList(Layer.from_hf(layer) for layer in model.encoder.layer)
+        #: The safety branch: its pooled output is one more row of the pooled features.
         self.branch = branch
+        #: The PII token head (``piihead.PiiBranch``, set by ``Encoder.attach_branch``) on the
+        #: token states of layer ``pii_branch.at``, or none.
+        self.pii_branch: Any = None
         self.eval()
 
     def forward(
@@ -165,13 +180,30 @@ class PooledBert(nn.Module):
         depth: int | None = None,
         masked: bool = False,
     ) -> torch.Tensor:
-        """``depth``: run only the first ``depth`` transformer layers (``None``: all of them).
+        """The pooled layers alone (see :meth:`run`)."""
+        return self.run(ids, mask, depth, masked)[0]
+
+    def run(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        depth: int | None = None,
+        masked: bool = False,
+        safety: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Pooled layers ``[batch, depth + 1 (+ 1 with the safety branch), hidden]`` and the PII
+        branch's per-token output (``None`` without one, or when ``depth`` stops below its layer).
+
+        ``depth``: run only the first ``depth`` transformer layers (``None``: all of them).
 
         ``masked``: always give the attention the mask, also when nothing is padded. The GPU
         path sets it: a CUDA graph cannot branch on the data, and the same attention kernel for
         every batch keeps a prompt's features independent of its neighbours.
+
+        ``safety``: run the safety branch (when attached); off for a pass that only the PII
+        branch reads (a long prompt's further PII windows), which may then stop below its start.
         """
-        b, t = ids.shape
+        t = ids.shape[1]
         # Token type 0 everywhere, as the encoder is called with one segment.
         x = self.word(ids) + self.position.weight[:t] + self.token_type.weight[0]
         x = self.emb_norm(x)
@@ -182,29 +214,23 @@ class PooledBert(nn.Module):
         # Without padding (one prompt, or equal lengths) attention needs no mask at all.
         dense = not masked and bool(mask.all())
         attn_mask = None if dense else mask[:, None, None, :].to(torch.bool)
-        layers = zip(
-            self.qkv,
-            self.attn_out,
-            self.attn_norm,
-            self.ffn_in,
-            self.ffn_out,
-            self.ffn_norm,
-            strict=True,
-        )
-        start = self.branch.start if self.branch is not None else -1
-        if self.branch is not None and depth is not None and depth < start:
+        safety_branch = self.branch if safety else None
+        start = safety_branch.start if safety_branch is not None else -1
+        if safety_branch is not None and depth is not None and depth < start:
             raise ValueError(f"depth {depth} is below the safety branch's start layer {start}")
+        pii = self.pii_branch
+        at = int(pii.at) if pii is not None else -1
+        side: torch.Tensor | None = None
         fork = x if start == 0 else None
-        for i, (qkv, attn_out, attn_norm, ffn_in, ffn_out, ffn_norm) in enumerate(
-            list(layers)[:depth]
-        ):
-            q, k, v = qkv(x).view(b, t, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-            x = attn_norm(attn_out(a.transpose(1, 2).reshape(b, t, -1)) + x)
-            x = ffn_norm(ffn_out(F.gelu(ffn_in(x))) + x)
+        if at == 0 and pii is not None:
+            side = pii(x, attn_mask)
+        for i, layer in enumerate(list(self.layers)[:depth]):
+            x = bert_layer(x, attn_mask, self.heads, layer)
             pooled.append((x * m).sum(dim=1, dtype=torch.float32) / count)
             if i + 1 == start:
                 fork = x
-        if self.branch is not None and fork is not None:
-            pooled.append(self.branch(fork, m, count, attn_mask))
-        return torch.stack(pooled, dim=1)
+            if i + 1 == at and pii is not None:
+                side = pii(x, attn_mask)
+        if safety_branch is not None and fork is not None:
+            pooled.append(safety_branch(fork, m, count, attn_mask))
+        return torch.stack(pooled, dim=1), side

@@ -27,9 +27,9 @@ classifier README has the table). What this module does:
   (15.8 ms per 128 prompts against 14.5 ms for Hugging Face's unmasked pass).
 
 The module wraps ``fastbert.PooledBert``: any encoder it supports runs here, with the safety
-branch when one is attached (its layers are part of each captured graph; a long prompt's further
-windows are more rows of the batch). The GPU time of
-each batch is measured with CUDA events (``device_s``), for the benchmark's busy share.
+branch and the PII token head when attached (their layers are part of each captured graph; a long
+prompt's further safety windows are more rows of the batch). The GPU time of each batch is
+measured with CUDA events (``device_s``), for the benchmark's busy share.
 """
 
 from __future__ import annotations
@@ -127,7 +127,8 @@ class Launched:
     """A batch whose work is enqueued on the device: :meth:`GpuRunner.collect` waits for it."""
 
     n: int
-    parts: list[tuple[list[int], torch.Tensor]]  # (batch positions, pinned host features)
+    #: (batch positions, pinned host features, pinned host branch output or None)
+    parts: list[tuple[list[int], torch.Tensor, torch.Tensor | None]]
     tokens: list[int]
     start: torch.cuda.Event
     end: torch.cuda.Event
@@ -140,11 +141,13 @@ class _Graph:
     ids: torch.Tensor
     lens: torch.Tensor
     out: torch.Tensor
+    side: torch.Tensor | None
 
 
 class GpuRunner:
-    """Runs a pooled-features module (``module(ids, mask, depth) -> [rows, layers, hidden]``)
-    over tokenized batches on one CUDA device, through CUDA graphs where captured."""
+    """Runs a pooled-features module (``module.run(ids, mask, depth) -> ([rows, layers, hidden],
+    branch output or None)``, as ``fastbert.PooledBert``) over tokenized batches on one CUDA
+    device, through CUDA graphs where captured."""
 
     def __init__(
         self,
@@ -154,7 +157,7 @@ class GpuRunner:
         max_batch: int,
         graphs: bool = True,
     ) -> None:
-        self.module = module
+        self.module: Any = module
         self.vocab = int(getattr(module, "vocab_size", 100))
         self.device = device
         self.seq_buckets = list(seq_buckets)
@@ -192,11 +195,13 @@ class GpuRunner:
 
     # -- device side (one thread launches, another may collect) ------------------------------
 
-    def _forward(self, ids: torch.Tensor, lens: torch.Tensor, depth: int | None) -> torch.Tensor:
+    def _forward(
+        self, ids: torch.Tensor, lens: torch.Tensor, depth: int | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         t = ids.shape[1]
         mask = torch.arange(t, device=ids.device)[None, :] < lens[:, None]
-        out: torch.Tensor = self.module(ids, mask, depth, masked=True).float()
-        return out
+        out, side = self.module.run(ids, mask, depth, masked=True)
+        return out.float(), None if side is None else side.float()
 
     @torch.inference_mode()
     def capture(self, depth: int | None) -> float:
@@ -223,14 +228,14 @@ class GpuRunner:
                         self._pool = torch.cuda.graph_pool_handle()
                     g = torch.cuda.CUDAGraph()
                     with torch.cuda.graph(g, pool=self._pool):
-                        out = self._forward(ids, lens, depth)
-                    self._graphs[(depth, bb, tb)] = _Graph(g, ids, lens, out)
+                        out, side = self._forward(ids, lens, depth)
+                    self._graphs[(depth, bb, tb)] = _Graph(g, ids, lens, out, side)
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - start
 
     def launch(self, groups: list[Group], n: int, depth: int | None) -> Launched:
         """Enqueue a batch: copies in, replays (or eager passes), copies out. Returns at once."""
-        parts: list[tuple[list[int], torch.Tensor]] = []
+        parts: list[tuple[list[int], torch.Tensor, torch.Tensor | None]] = []
         tokens = [0] * n
         with torch.cuda.device(self.device), torch.inference_mode():
             stream = torch.cuda.current_stream()
@@ -244,27 +249,40 @@ class GpuRunner:
                     g.ids.copy_(grp.ids, non_blocking=True)
                     g.lens.copy_(grp.lens, non_blocking=True)
                     g.graph.replay()
-                    out = g.out
+                    out, side = g.out, g.side
                 else:
                     ids = grp.ids.to(self.device, non_blocking=True)
                     lens = grp.lens.to(self.device, non_blocking=True)
-                    out = self._forward(ids, lens, depth)
+                    out, side = self._forward(ids, lens, depth)
                 host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
                 host.copy_(out, non_blocking=True)
-                parts.append((grp.index, host))
+                host_side = None
+                if side is not None:
+                    host_side = torch.empty(side.shape, dtype=side.dtype, pin_memory=True)
+                    host_side.copy_(side, non_blocking=True)
+                parts.append((grp.index, host, host_side))
                 for i, t in zip(grp.index, grp.tokens, strict=True):
                     tokens[i] = t
             end.record(stream)
         return Launched(n, parts, tokens, start, end, groups)
 
-    def collect(self, launched: Launched) -> tuple[npt.NDArray[np.float32], float]:
-        """Wait for a launched batch: ``(pooled features [n, layers, hidden], GPU seconds)``."""
+    def collect(
+        self, launched: Launched
+    ) -> tuple[npt.NDArray[np.float32], list[npt.NDArray[np.float32]] | None, float]:
+        """Wait for a launched batch: ``(pooled features [n, layers, hidden], the branch's
+        output per text ([tokens, labels]) or None, GPU seconds)``."""
         launched.end.synchronize()
         first = launched.parts[0][1]
         layers = np.empty((launched.n, *first.shape[1:]), dtype=np.float32)
-        for index, host in launched.parts:
+        side: list[Any] | None = None
+        for index, host, host_side in launched.parts:
             layers[index] = host.numpy()[: len(index)]
-        return layers, launched.start.elapsed_time(launched.end) / 1e3
+            if host_side is not None:
+                side = side if side is not None else [None] * launched.n
+                arr = host_side.numpy()
+                for j, i in enumerate(index):
+                    side[i] = arr[j, : launched.tokens[i]]
+        return layers, side, launched.start.elapsed_time(launched.end) / 1e3
 
     def time_forward(self, rows: int, tokens: int, depth: int | None, reps: int = 20) -> float:
         """Seconds per forward pass at one captured shape (replays only, timed with events)."""

@@ -7,8 +7,9 @@ Entity type names follow Microsoft Presidio's (``CREDIT_CARD``, ``IBAN_CODE``, .
 by the PII data in ../shared/data and by the vLLM Semantic Router's PII models, so per-model
 policies can list the same names whichever detector found the entity.
 
-Names of people and organisations need a model: configure a token-classification model
-(``classifier.pii.model``) for those.
+Names of people, places (street addresses and their fragments too), organisations and dates need
+a model: the token head on the shared encoder finds :data:`MODEL_TYPES` (``piihead.py``), or a
+configured token-classification model (``classifier.pii.model``) its own labels.
 """
 
 from __future__ import annotations
@@ -26,6 +27,15 @@ SSN = "US_SSN"
 IP = "IP_ADDRESS"
 ADDRESS = "STREET_ADDRESS"
 URL = "DOMAIN_NAME"
+
+#: What the shipped token head finds (pointsman_classifier.piihead). LOCATION covers cities,
+#: regions, countries, street addresses and their fragments ("Apt. 595", a bare postcode); the
+#: address recogniser below reports what it matches as STREET_ADDRESS.
+PERSON = "PERSON"
+LOCATION = "LOCATION"
+ORGANIZATION = "ORGANIZATION"
+DATE_TIME = "DATE_TIME"
+MODEL_TYPES = (PERSON, LOCATION, ORGANIZATION, DATE_TIME)
 
 
 @dataclass(frozen=True, order=True)
@@ -230,6 +240,8 @@ RECOGNISERS: dict[str, Callable[[str], Iterable[Finding]]] = {
 
 #: The entity types the pattern set can find.
 PATTERN_TYPES = frozenset(RECOGNISERS)
+#: Every type the shipped detectors report: the names ``pii_allowed`` lists may use.
+KNOWN_TYPES = PATTERN_TYPES | frozenset(MODEL_TYPES)
 
 
 def find(text: str, types: Iterable[str] | None = None) -> list[Finding]:
@@ -248,9 +260,16 @@ def find(text: str, types: Iterable[str] | None = None) -> list[Finding]:
     return sorted(taken)
 
 
-def merge(a: list[Finding], b: list[Finding]) -> list[Finding]:
-    """Findings of two detectors; on overlap the first list (the patterns, checked) wins."""
-    out = list(a)
+def merge(
+    a: list[Finding], b: list[Finding], prefer: frozenset[str] = frozenset()
+) -> list[Finding]:
+    """Findings of two detectors; on overlap the first list (the patterns, checked) wins, except
+    its findings of a type in ``prefer``, which give way to an overlapping finding of ``b``."""
+    out = [
+        f
+        for f in a
+        if f.entity_type not in prefer or not any(f.start < g.end and g.start < f.end for g in b)
+    ]
     for f in b:
         if not any(f.start < t.end and t.start < f.end for t in out):
             out.append(f)

@@ -130,3 +130,27 @@ def test_the_engine_process_pipeline_keeps_each_batch_with_its_caller(gpu: Any) 
         assert stats["device_s"] > 0
     finally:
         proc.close()
+
+
+PII_PROMPTS = [
+    "Send the contract to Maria Keller at 221 Baker Street, London; she works for Siemens.",
+    "Please deliver it to Apt. 595 before March 3, 2024.",
+    "What is 2+2?",
+    "The weather was fine and the meeting went well. " * 60 + "Please call Maria Keller.",
+]
+
+
+def test_the_pii_head_finds_on_the_gpu_what_it_finds_on_the_cpu() -> None:
+    from pointsman_classifier.engine import Engine
+
+    on = {"pii": {"enabled": True}}
+    gpu_engine = Engine(_cfg(**on))
+    gpu_engine.warm_up()  # the head is captured in the CUDA graphs with the trunk
+    cpu = Engine(_cfg(device="cpu", dtype="float32", quantize="none", **on))
+    assert gpu_engine.pii_head is not None
+    for text, g, c in zip(
+        PII_PROMPTS, gpu_engine.run(PII_PROMPTS), cpu.run(PII_PROMPTS), strict=True
+    ):
+        assert [(f.start, f.end, f.entity_type) for f in g.pii] == [
+            (f.start, f.end, f.entity_type) for f in c.pii
+        ], text

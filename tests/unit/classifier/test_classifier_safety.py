@@ -59,6 +59,24 @@ def test_scores_do_not_depend_on_batch_neighbours(quantize: str) -> None:
         assert again[i] == pytest.approx(a, abs=1e-3)
 
 
+def test_the_pii_head_shares_the_pass_and_leaves_the_scores_alone(eng: Engine) -> None:
+    # Both branches fork off the same trunk pass: the PII head must not change the safety
+    # branch's scores, and both answer in one run (a long prompt included: further windows).
+    texts = [*PROMPTS, "Send the contract to Maria Keller in London."]
+    assert eng.pii_head is not None and eng.encoder.branch is not None
+    without = _engine(pii={"ner": False})
+    assert without.pii_head is None
+    both = eng.run(texts)
+    alone = without.run(texts)
+    for b, a in zip(both, alone, strict=True):
+        assert b.jailbreak is not None and a.jailbreak is not None
+        assert b.jailbreak == pytest.approx(a.jailbreak, abs=1e-5)
+        np.testing.assert_array_equal(list(b.categories.values()), list(a.categories.values()))
+    found = {(f.entity_type, texts[-1][f.start : f.end]) for f in both[-1].pii}
+    assert {("PERSON", "Maria Keller"), ("LOCATION", "London")} <= found
+    assert not both[0].pii and alone[-1].pii == [f for f in alone[-1].pii if f.source != "model"]
+
+
 def test_attacks_score_above_greetings(eng: Engine) -> None:
     outs = eng.run(PROMPTS)
     scores = [o.jailbreak or 0.0 for o in outs]

@@ -1,0 +1,354 @@
+"""The PII token head: tags to spans, the entity-level metric, the shipped head on real text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from pointsman_classifier import core, pii  # noqa: E402
+from pointsman_classifier.config import ClassifierConfig  # noqa: E402
+from pointsman_classifier.engine import spans_from_tokens  # noqa: E402
+from pointsman_lab.pii_eval import Span, matches, normalise, score  # noqa: E402
+
+
+def _words(text: str) -> list[list[int]]:
+    """Whitespace-token offsets, with a special token at each end as the real tokenizer has."""
+    out, pos = [[0, 0]], 0
+    for w in text.split(" "):
+        out.append([pos, pos + len(w)])
+        pos += len(w) + 1
+    return [*out, [0, 0]]
+
+
+def test_bio_tags_decode_back_to_the_gold_spans_adjacent_ones_too() -> None:
+    from pointsman_classifier.piihead import LABELS
+    from pointsman_lab.pii_train import bio_tags
+
+    text = "Mail 637 Strojírenská 1006 Apt. 5 to Ana Lima in Oslo"
+    gold = [
+        Span(5, 8, "LOCATION"),  # 637: the building number, its own span
+        Span(9, 26, "LOCATION"),  # Strojírenská 1006, right after it
+        Span(27, 33, "LOCATION"),  # Apt. 5
+        Span(37, 45, "PERSON"),
+        Span(49, 53, "LOCATION"),
+    ]
+    offsets = _words(text)
+    tags = bio_tags([(s, e) for s, e in offsets], gold, LABELS)
+    assert tags[0] == tags[-1] == -100  # special tokens carry no loss
+    labels = [LABELS[t] if t >= 0 else "O" for t in tags]
+    assert labels[1:5] == ["O", "B-LOCATION", "B-LOCATION", "I-LOCATION"]
+    found = spans_from_tokens(labels, [0.9] * len(labels), offsets, 0.5)
+    assert [(f.start, f.end, f.entity_type) for f in found] == [
+        (s.start, s.end, s.entity_type) for s in gold
+    ]
+    # With the text, spans of one type one space apart are one entity: the whole address.
+    whole = spans_from_tokens(labels, [0.9] * len(labels), offsets, 0.5, text)
+    assert [(text[f.start : f.end], f.entity_type) for f in whole] == [
+        ("637 Strojírenská 1006 Apt. 5", "LOCATION"),
+        ("Ana Lima", "PERSON"),
+        ("Oslo", "LOCATION"),
+    ]
+
+
+def test_decoding_drops_punctuation_and_escaped_newlines() -> None:
+    text = "Name:\\nAna , Oslo"  # an escaped newline: backslash and n, as in JSON-ish prompts
+    offsets = [[0, 0], [0, 4], [4, 5], [5, 6], [6, 10], [11, 12], [13, 17], [0, 0]]
+    labels = ["O", "O", "O", "O", "B-PERSON", "B-LOCATION", "B-LOCATION", "O"]
+    found = spans_from_tokens(labels, [0.9] * 8, offsets, 0.5, text)
+    # "nAna" is one word to the tokenizer; the span starts after the escape. The lone comma goes.
+    assert [(text[f.start : f.end], f.entity_type) for f in found] == [
+        ("Ana", "PERSON"),
+        ("Oslo", "LOCATION"),
+    ]
+
+
+def test_word_pieces_take_the_entity_of_their_word() -> None:
+    text = "Fremont at Rikencorp"
+    # "Fre" "##mont" "at" "Riken" "##corp": pieces glued to the one before them.
+    offsets = [[0, 0], [0, 3], [3, 7], [8, 10], [11, 16], [16, 20], [0, 0]]
+    labels = ["O", "B-PERSON", "B-LOCATION", "O", "O", "I-ORGANIZATION", "O"]
+    found = spans_from_tokens(labels, [0.9] * 7, offsets, 0.5, text)
+    # The word's first piece decides: Fremont is one PERSON, Rikencorp (first piece O) nothing.
+    assert [(f.start, f.end, f.entity_type) for f in found] == [(0, 7, "PERSON")]
+    # Without the text (a configured model's output) the pieces stay as tagged.
+    raw = spans_from_tokens(labels, [0.9] * 7, offsets, 0.5)
+    assert [f.entity_type for f in raw] == ["PERSON", "LOCATION", "ORGANIZATION"]
+
+
+def test_low_scores_end_a_span() -> None:
+    text = "Ana Lima"
+    offsets = [[0, 0], [0, 3], [4, 8], [0, 0]]
+    found = spans_from_tokens(
+        ["O", "B-PERSON", "I-PERSON", "O"], [1, 0.9, 0.2, 1], offsets, 0.5, text
+    )
+    assert [(f.start, f.end) for f in found] == [(0, 3)]
+
+
+def test_types_are_normalised_to_the_reported_names() -> None:
+    assert normalise("GPE") == normalise("STREET_ADDRESS") == normalise("ZIP_CODE") == "LOCATION"
+    assert normalise("person") == "PERSON" and normalise("EMAIL_ADDRESS") == "EMAIL_ADDRESS"
+
+
+def test_overlap_rule_needs_half_of_the_longer_span() -> None:
+    gold = [Span(0, 3, "LOCATION"), Span(4, 21, "LOCATION")]
+    found = [Span(0, 21, "LOCATION")]  # one span over "637 Strojírenská 1006"
+    # 17 common characters of 21 match the street; the 3 of "637" do not.
+    assert matches(gold, found) == [(1, 0)]
+    assert matches(gold, found, "exact") == []
+    assert matches([Span(0, 10, "PERSON")], [Span(0, 4, "PERSON")]) == []  # 4 < 10 / 2
+    assert matches([Span(0, 10, "PERSON")], [Span(0, 5, "PERSON")]) == [(0, 0)]
+    assert matches([Span(0, 10, "PERSON")], [Span(0, 10, "LOCATION")]) == []  # type differs
+
+
+def test_each_span_matches_once() -> None:
+    gold = [Span(0, 10, "PERSON")]
+    found = [Span(0, 9, "PERSON"), Span(1, 10, "PERSON")]
+    r = score([gold], [found], ["PERSON"])
+    assert (r["precision"], r["recall"]) == (0.5, 1.0)
+    assert r["per_type"]["PERSON"] == pytest.approx(
+        {"precision": 0.5, "recall": 1.0, "f1": 2 / 3, "support": 1, "found": 2}
+    )
+
+
+def test_score_micro_averages_detected_types_and_lists_the_others() -> None:
+    gold = [
+        [Span(0, 5, "PERSON"), Span(10, 15, "GPE"), Span(20, 22, "AGE")],
+        [Span(0, 8, "ZIP_CODE")],
+    ]
+    found = [
+        [Span(0, 5, "PERSON"), Span(10, 15, "LOCATION"), Span(30, 35, "ORGANIZATION")],
+        [Span(0, 8, "STREET_ADDRESS")],  # the pattern recogniser's name: LOCATION as well
+    ]
+    r = score(gold, found, ["PERSON", "LOCATION", "ORGANIZATION"])
+    assert r["not_detected"] == {"AGE": 1}
+    assert r["support"] == 3
+    assert r["precision"] == pytest.approx(3 / 4) and r["recall"] == 1.0
+    assert r["per_type"]["ORGANIZATION"]["precision"] == 0.0
+    assert set(r["per_type"]) == {"PERSON", "LOCATION", "ORGANIZATION"}
+
+
+def test_allowed_types_cover_the_new_names() -> None:
+    cfg = ClassifierConfig.model_validate(
+        {
+            "models": {
+                "no-pii": {"pii_allowed": []},
+                "places": {"pii_allowed": ["LOCATION", "STREET_ADDRESS", "DATE_TIME"]},
+                "people": {"pii_allowed": ["PERSON", "ORGANIZATION"]},
+            }
+        }
+    )
+    found = frozenset({"PERSON", "ORGANIZATION"})
+    assert core.pii_allowed(cfg, "people", found)
+    assert not core.pii_allowed(cfg, "places", found)
+    assert not core.pii_allowed(cfg, "no-pii", frozenset({"DATE_TIME"}))
+    assert core.pii_allowed(cfg, "places", frozenset({"LOCATION", "DATE_TIME"}))
+    assert core.pii_allowed(cfg, "unlisted", found)  # default_allowed: *
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        {"models": {"m": {"pii_allowed": ["PERSONS"]}}},
+        {"pii": {"default_allowed": ["EMAIL_ADDRESS", "ADDRESS"]}},
+    ],
+)
+def test_unknown_allowed_types_fail_at_start_up(section: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="unknown PII type"):
+        ClassifierConfig.model_validate(section)
+
+
+def test_a_configured_model_may_use_its_own_labels() -> None:
+    cfg = ClassifierConfig.model_validate(
+        {"pii": {"model": "/some/dir"}, "models": {"m": {"pii_allowed": ["B-NAME"]}}}
+    )
+    assert cfg.models["m"].pii_allowed == ["B-NAME"]
+
+
+def test_known_types_include_the_model_types() -> None:
+    assert set(pii.MODEL_TYPES) <= pii.KNOWN_TYPES
+    assert pii.PATTERN_TYPES <= pii.KNOWN_TYPES
+
+
+def _tiny_bert() -> Any:
+    from transformers import BertConfig, BertModel
+
+    cfg = BertConfig(
+        vocab_size=200,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    return BertModel(cfg).eval()  # type: ignore[no-untyped-call]
+
+
+def test_branch_runs_in_the_same_pass_and_leaves_the_trunk_alone() -> None:
+    from pointsman_classifier.fastbert import PooledBert
+    from pointsman_classifier.piihead import PiiBranch
+
+    model = _tiny_bert()
+    fast = PooledBert(model)
+    ids = torch.randint(5, 200, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    with torch.inference_mode():
+        before = fast(ids, mask)
+        branch = PiiBranch.from_trunk(model, at=2, n_layers=1)
+        torch.nn.init.normal_(branch.out.weight)
+        fast.pii_branch = branch
+        pooled, side = fast.run(ids, mask)
+        hidden = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        want = branch(hidden.hidden_states[2], mask[:, None, None, :].bool())
+        _, shallow = fast.run(ids, mask, depth=1)  # stops below the branch's layer
+    torch.testing.assert_close(pooled, before)
+    assert side is not None and side.shape == (3, 9, len(branch.labels))
+    torch.testing.assert_close(side[0], want[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(side[1, :5], want[1, :5], rtol=1e-4, atol=1e-5)
+    assert shallow is None
+
+
+def test_branch_saves_and_loads(tmp_path: Path) -> None:
+    from pointsman_classifier.piihead import PiiBranch, load
+
+    branch = PiiBranch.from_trunk(_tiny_bert(), at=1, n_layers=1)
+    branch.meta = {"validation": {"f1": 0.5}}
+    branch.save(tmp_path)
+    again = load(tmp_path)
+    assert again is not None and again.at == 1 and again.labels == branch.labels
+    assert again.meta["validation"] == {"f1": 0.5}
+    x = torch.randn(2, 5, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(again(x, None), branch(x, None), rtol=1e-2, atol=1e-3)
+    assert load(tmp_path / "missing") is None
+
+
+# -- the shipped head, through the engine as the service runs it -----------------------------
+
+
+@pytest.fixture(scope="module")
+def engine() -> Any:
+    from pointsman_classifier.engine import Engine
+
+    return Engine(ClassifierConfig(threads=1))
+
+
+def _found(out: Any, text: str) -> set[tuple[str, str]]:
+    return {(f.entity_type, text[f.start : f.end]) for f in out.pii}
+
+
+def _covers(out: Any, text: str, etype: str, value: str) -> bool:
+    start = text.index(value)
+    return any(
+        f.entity_type == etype and f.start <= start and f.end >= start + len(value) for f in out.pii
+    )
+
+
+def test_shipped_head_finds_a_person_a_city_an_address_and_an_organisation(engine: Any) -> None:
+    text = "Send the contract to Maria Keller at 221 Baker Street, London; she works for Siemens."
+    [out] = engine.run([text])
+    assert _covers(out, text, "PERSON", "Maria Keller"), _found(out, text)
+    assert _covers(out, text, "LOCATION", "London"), _found(out, text)
+    assert _covers(out, text, "LOCATION", "Baker Street"), _found(out, text)
+    assert _covers(out, text, "ORGANIZATION", "Siemens"), _found(out, text)
+    assert all(f.source == "model" for f in out.pii)
+
+
+def test_shipped_head_finds_address_fragments_and_dates(engine: Any) -> None:
+    text = "Please deliver it to Apt. 595 before March 3, 2024."
+    [out] = engine.run([text])
+    assert _covers(out, text, "LOCATION", "595"), _found(out, text)
+    assert _covers(out, text, "DATE_TIME", "March 3, 2024"), _found(out, text)
+
+
+def test_shipped_head_leaves_plain_questions_alone(engine: Any) -> None:
+    texts = ["What is 2+2?", "Explain how photosynthesis works.", "Write a haiku about rain."]
+    assert [o.pii for o in engine.run(texts)] == [[], [], []]
+
+
+def test_long_prompts_are_read_in_windows(engine: Any) -> None:
+    text = "The weather was fine and the meeting went well. " * 60 + "Please call Maria Keller."
+    [out] = engine.run([text])
+    assert out.tokens == engine.encoder.max_length  # the shared pass stopped long before
+    assert _covers(out, text, "PERSON", "Maria Keller"), _found(out, text)
+
+
+def test_the_head_can_be_switched_off() -> None:
+    from pointsman_classifier.engine import Engine
+
+    eng = Engine(ClassifierConfig.model_validate({"threads": 1, "pii": {"ner": False}}))
+    assert eng.pii_head is None and eng.pii_types() == []
+    [out] = eng.run(["Send the contract to Maria Keller in London."])
+    assert out.pii == []
+
+
+def test_eval_cli_reports_per_type_and_json(tmp_path: Path, capsys: Any) -> None:
+    from pointsman_lab.pii_eval import main
+
+    text = "Maria Keller moved to London. Her email is maria@example.com"
+    rows = [
+        {
+            "full_text": text,
+            "spans": [
+                {"entity_type": "PERSON", "start_position": 0, "end_position": 12},
+                {"entity_type": "GPE", "start_position": 22, "end_position": 28},
+                {"entity_type": "EMAIL_ADDRESS", "start_position": 43, "end_position": 60},
+                {"entity_type": "AGE", "start_position": 0, "end_position": 1},
+            ],
+        }
+    ]
+    path = tmp_path / "pii.json"
+    path.write_text(json.dumps(rows), encoding="utf-8")
+    assert main([str(path), "--json", "--threads", "1"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    result = json.loads(last)
+    assert {"f1", "precision", "recall", "per_type"} <= set(result)
+    assert result["per_type"]["EMAIL_ADDRESS"]["recall"] == 1.0
+    assert result["per_type"]["PERSON"]["support"] == 1
+    assert result["not_detected"] == {"AGE": 1}
+    assert main([str(tmp_path / "missing.json")]) == 2
+
+
+def test_pointsman_eval_pii_runs_the_pii_evaluation(capsys: Any) -> None:
+    from pointsman.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "pii", "--help"])
+    assert exc.value.code == 0
+    assert "usage: pointsman eval pii" in capsys.readouterr().out
+
+
+def test_a_token_scores_its_entitys_probability_not_its_tags() -> None:
+    import numpy as np
+
+    from pointsman_classifier.engine import decode_tags
+    from pointsman_classifier.piihead import LABELS
+
+    text = "Baker Street"
+    offsets = [[0, 0], [0, 5], [6, 12], [0, 0]]
+    probs = np.zeros((4, len(LABELS)), dtype=np.float32)
+    probs[[0, 3], 0] = 1.0
+    b, i = LABELS.index("B-LOCATION"), LABELS.index("I-LOCATION")
+    probs[1, [0, b, i]] = [0.3, 0.36, 0.34]  # B or I is a close call; LOCATION is not
+    probs[2, [0, b, i]] = [0.1, 0.1, 0.8]
+    [f] = decode_tags(LABELS, probs, offsets, 0.6, text)
+    assert (f.start, f.end, f.entity_type) == (0, 12, "LOCATION")
+    assert f.score == pytest.approx(0.7)
+    probs[1, [0, b, i]] = [0.5, 0.3, 0.2]  # "O" most likely: not an entity
+    [g] = decode_tags(LABELS, probs, offsets, 0.6, text)
+    assert (g.start, g.end) == (6, 12)
+
+
+def test_merge_lets_the_model_span_replace_the_address_patterns() -> None:
+    text = "Ship to 12 Elm Street Apt. 5, Springfield"
+    patterns = pii.find(text)
+    assert [f.entity_type for f in patterns] == ["STREET_ADDRESS"]
+    model = [pii.Finding(8, 41, "LOCATION", 0.9, "model")]
+    assert pii.merge(patterns, model) == patterns  # the checked patterns win by default
+    assert pii.merge(patterns, model, prefer=frozenset({"STREET_ADDRESS"})) == model
