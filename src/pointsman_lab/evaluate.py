@@ -1,6 +1,7 @@
-"""``pointsman eval {category,pii} FILE...``: measure a classifier on labelled data.
+"""``pointsman eval category FILE...``: measure a classifier on labelled data.
 
-(``pointsman eval jailbreak`` is :mod:`pointsman_lab.jailbreak_eval`.)
+(``pointsman eval jailbreak`` is :mod:`pointsman_lab.jailbreak_eval`, ``pointsman eval pii``
+:mod:`pointsman_lab.pii_eval`: the CLI sends those tasks there.)
 
 Runs the same engine the service runs (shipped heads by default, or what ``--config`` says:
 bring-your-own models, another encoder or heads directory) and prints accuracy, macro-F1, a
@@ -22,7 +23,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from pointsman_classifier import pii
 from pointsman_classifier.config import ClassifierConfig
 from pointsman_classifier.core import Outputs
 from pointsman_lab import data
@@ -150,84 +150,6 @@ def eval_category(args: argparse.Namespace, cfg: ClassifierConfig) -> dict[str, 
     return result
 
 
-def eval_pii(args: argparse.Namespace, cfg: ClassifierConfig) -> dict[str, Any]:
-    examples = [e for f in args.files for e in data.read_pii(f)][: args.limit or None]
-    texts = [e.text for e in examples]
-    found = [pii.find(t, cfg.pii.recognizers) for t in texts]
-    detector_types = set(pii.PATTERN_TYPES)
-    if cfg.pii.model:
-        from pointsman_classifier.encoder import pick_device
-        from pointsman_classifier.engine import TokenClassifier
-
-        tc = TokenClassifier(
-            cfg.pii.model,
-            pick_device(cfg.device),
-            cfg.max_length,
-            _torch_dtype(),
-            cfg.pii.model_threshold,
-        )
-        detector_types |= {lab.partition("-")[2] or lab for lab in tc.labels if lab != "O"}
-        for b in range(0, len(texts), args.batch_size):
-            chunk = tc.find(texts[b : b + args.batch_size])
-            for i, extra in enumerate(chunk):
-                found[b + i] = pii.merge(found[b + i], extra)
-    # Span level: a gold span is found when a finding of the same type overlaps it. The
-    # confusion matrix pairs each gold span with the type of the first overlapping finding.
-    gold_types = sorted({s.entity_type for e in examples for s in e.spans})
-    y_true: list[str] = []
-    y_pred: list[str] = []
-    for e, fs in zip(examples, found, strict=True):
-        for s in e.spans:
-            over = [f for f in fs if f.start < s.end and s.start < f.end]
-            same = [f for f in over if f.entity_type == s.entity_type]
-            y_true.append(s.entity_type)
-            y_pred.append(s.entity_type if same else (over[0].entity_type if over else NONE))
-        for f in fs:
-            if not any(f.start < s.end and s.start < f.end for s in e.spans):
-                y_true.append(NONE)
-                y_pred.append(f.entity_type)
-    labels = [*sorted(set(y_true) | set(y_pred) - {NONE}), NONE]
-    table, cm = per_class(y_true, y_pred, labels)
-    table.pop(NONE)
-    covered = [t for t in gold_types if t in detector_types]
-    tp = sum(cm[labels.index(t), labels.index(t)] for t in covered)
-    n_gold = sum(cm[labels.index(t)].sum() for t in covered)
-    n_pred = sum(cm[:, labels.index(t)].sum() for t in labels if t in detector_types)
-    prec = tp / n_pred if n_pred else 0.0
-    rec = tp / n_gold if n_gold else 0.0
-    f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-    # Request level: would a policy that refuses PII have caught this prompt?
-    has_gold = [any(s.entity_type in detector_types for s in e.spans) for e in examples]
-    has_found = [bool(fs) for fs in found]
-    acc = float(np.mean([a == b for a, b in zip(has_gold, has_found, strict=True)]))
-    print_table(table, "entity type")
-    missing = [t for t in gold_types if t not in detector_types]
-    print(f"\ntypes the detectors find: {', '.join(sorted(covered))}")
-    if missing:
-        print(f"types no configured detector finds (configure pii.model): {', '.join(missing)}")
-    print(f"span level over those types: precision {prec:.4f}  recall {rec:.4f}  F1 {f1:.4f}")
-    print(f"request level (any PII of those types present vs found): accuracy {acc:.4f}")
-    result = {
-        "task": "pii",
-        "rows": len(examples),
-        "precision": prec,
-        "recall": rec,
-        "f1": f1,
-        "macro_f1": macro_f1(table, covered),
-        "accuracy": acc,
-        "covered_types": covered,
-        "per_class": table,
-    }
-    _png(args, cm, labels, f"pii spans: F1 {f1:.3f} on {len(covered)} types", result)
-    return result
-
-
-def _torch_dtype() -> Any:
-    import torch
-
-    return torch.float32
-
-
 def _png(
     args: argparse.Namespace,
     cm: npt.NDArray[np.int64],
@@ -245,7 +167,7 @@ def _png(
 
 def _parser(prog: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0] if __doc__ else "")
-    p.add_argument("task", choices=["category", "pii"])
+    p.add_argument("task", choices=["category"])
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument(
         "--config",
@@ -291,7 +213,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     cfg = cfg.model_copy(update=over)
     t0 = time.monotonic()
     try:
-        fn = {"category": eval_category, "pii": eval_pii}[args.task]
+        fn = {"category": eval_category}[args.task]
         result = fn(args, cfg)
     except data.DataError as exc:
         print(f"{prog or 'eval'}: {exc}", file=sys.stderr)
