@@ -119,23 +119,27 @@ def merged(urls: list[str], name: str) -> dict[float, float]:
     return out
 
 
+def random_snapshot(rng: random.Random, collector: str = "bench") -> PoolSnapshot:
+    """A snapshot of the bench pool with random load, scraped now (also ``pick_cpu``'s)."""
+    now = time.time()
+    eps = [
+        EndpointMetrics(
+            address=a,
+            scraped_at=now,
+            waiting=rng.randrange(0, 4),
+            running=rng.randrange(5, 40),
+            kv_usage=rng.uniform(0.1, 0.7),
+        )
+        for a in ENDPOINTS
+    ]
+    return PoolSnapshot(pool=POOL, collector=collector, published_at=now, endpoints=eps)
+
+
 async def feed_snapshots(nc: Any, stop: asyncio.Event) -> None:
     """Publish a snapshot of the bench pool every 50 ms, as a collector would, until ``stop``."""
     rng = random.Random(3)
     while not stop.is_set():
-        now = time.time()
-        eps = [
-            EndpointMetrics(
-                address=a,
-                scraped_at=now,
-                waiting=rng.randrange(0, 4),
-                running=rng.randrange(5, 40),
-                kv_usage=rng.uniform(0.1, 0.7),
-            )
-            for a in ENDPOINTS
-        ]
-        snap = PoolSnapshot(pool=POOL, collector="bench", published_at=now, endpoints=eps)
-        await nc.publish(subjects.metrics(POOL), encode(snap))
+        await nc.publish(subjects.metrics(POOL), encode(random_snapshot(rng)))
         await asyncio.sleep(0.05)
 
 

@@ -21,13 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.scheduling.decision import ENDPOINTS, pct
-from pointsman.v1 import CompletionEvent, EndpointMetrics, PickRequest, PoolSnapshot
+from bench.scheduling.decision import ENDPOINTS, POOL, pct, random_snapshot
+from pointsman.v1 import CompletionEvent, PickRequest
 from pointsman_picker.config import PickerConfig
 from pointsman_picker.scheduler import Scheduler
 from pointsman_picker.telemetry import Telemetry
-
-POOL = "bench-model"
 
 
 def run(profile: str, picks: int, seed: int = 7) -> dict[str, Any]:
@@ -39,18 +37,7 @@ def run(profile: str, picks: int, seed: int = 7) -> dict[str, Any]:
     ]
 
     def snapshot() -> None:
-        now = time.time()
-        eps = [
-            EndpointMetrics(
-                address=a,
-                scraped_at=now,
-                waiting=rng.randrange(0, 4),
-                running=rng.randrange(5, 40),
-                kv_usage=rng.uniform(0.1, 0.7),
-            )
-            for a in ENDPOINTS
-        ]
-        s.on_snapshot(PoolSnapshot(pool=POOL, collector="b", published_at=now, endpoints=eps))
+        s.on_snapshot(random_snapshot(rng, collector="b"))
 
     snapshot()
     pick_ms: list[float] = []
