@@ -208,6 +208,38 @@ async def test_a_request_that_cannot_make_its_deadline_is_shed_at_once() -> None
     assert b.shed == {"deadline": 1, "queue_full": 0}
 
 
+async def test_answers_later_than_predicted_make_admission_stricter() -> None:
+    # The pace says 1 s per batch. A request admitted with 60 s to spare is answered; then the
+    # batcher learns that answers arrive 100 s later than predicted (a stalled event loop, say):
+    # a request with 60 s to spare is now refused at once, and one with 600 s still waits.
+    run, gate, entered = _held()
+    b: Batcher[int, int] = Batcher(run, max_batch=4, max_wait_s=0.0)
+    b.pace.record(4, handed=0.0, done=1.0)
+    b.start()
+    try:
+        first = asyncio.create_task(b.submit(0))
+        assert await asyncio.to_thread(entered.wait, 5)  # a batch is in the model
+        admitted = asyncio.create_task(b.submit(1, deadline=time.monotonic() + 60))
+        await asyncio.sleep(0)
+        assert b.depth() == 1 and not admitted.done()
+        for _ in range(20):
+            b.pace.delivered(100.0)
+        assert b.pace.late_s > 90.0
+        with pytest.raises(Overloaded) as refused:
+            await b.submit(2, deadline=time.monotonic() + 60)
+        assert refused.value.reason == "deadline"
+        patient = asyncio.create_task(b.submit(3, deadline=time.monotonic() + 600))
+        gate.set()
+        assert list(await asyncio.gather(first, admitted, patient)) == [0, 1, 3]
+    finally:
+        gate.set()
+        b.stop()
+    # Answers on time (negative misses) bring the margin back down.
+    for _ in range(60):
+        b.pace.delivered(-1.0)
+    assert b.pace.late_s < 0.01
+
+
 async def test_an_idle_batcher_runs_a_request_whatever_the_estimate() -> None:
     # The estimate learns only from batches that run: with nothing queued or running, a request
     # goes to the model even when an old, slow figure says it would be late.
