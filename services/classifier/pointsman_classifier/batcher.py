@@ -351,9 +351,7 @@ class Batcher(Generic[T, R]):
             self._on_batch(BatchStats(len(items), wait, end - start))
 
 
-def _resolve_all(
-    pairs: list[tuple[asyncio.Future[R], R]], pace: Pace, predicted: float
-) -> None:
+def _resolve_all(pairs: list[tuple[asyncio.Future[R], R]], pace: Pace, predicted: float) -> None:
     if predicted:
         pace.delivered(time.monotonic() - predicted)
     for fut, value in pairs:
