@@ -358,7 +358,8 @@ def test_every_api_path_reaches_the_shim_through_envoy(stack: Stack) -> None:
         httpx.delete(f"{g}/v1/responses/resp_nope"),
     ]
     for r in answered:
-        assert r.status_code == 404 and r.headers["x-pointsman-error"] == "response_not_found"
+        assert r.status_code == 404, r.text
+        assert r.headers["x-pointsman-error"] == "response_not_found"
 
 
 def test_translations_and_usage_are_counted(stack: Stack) -> None:
