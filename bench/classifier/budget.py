@@ -3,15 +3,19 @@
     python -m bench.classifier.budget [--reps 200] [--threads 0]
 
 One prompt at a time (low load), through ``Engine.run`` (tokenization, the encoder, the category
-head, the jailbreak check) plus the PII pattern recognisers, as the service runs them. Three
-configurations, measured in the same run, prompt by prompt in turn (so the machine's load at
-any moment falls on all three alike):
+head, the jailbreak check, the PII token head) plus the PII pattern recognisers, as the service
+runs them. Five configurations, measured in the same run, prompt by prompt in turn (so the
+machine's load at any moment falls on all of them alike). Every configuration but
+``category_only`` runs the PII pattern recognisers, and the PII token head (``pii.ner``) unless
+named otherwise:
 
 * ``before``: the frozen-feature jailbreak head this project shipped until issue 13 (a linear
   head on the pooled layers 1-4; the encoder runs 4 of the MiniLM's 6 layers). Its weights are
   random here: the arithmetic, hence the time, is that of the old head;
 * ``after``: the shipped safety branch (trunk layers 1-4, the branch's copies of layers 5-6, its
   head), long prompts in windows;
+* ``category_only``: the category head alone (no jailbreak check, no PII at all): the floor;
+* ``after_no_pii_head``: ``after`` without the PII token head (patterns only);
 * ``after_full_trunk``: the same with every trunk layer computed (what a head on the last layer
   needs: the semantic cache's embedding, a token-classification head on the trunk's output).
 
@@ -82,10 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-budget-"))
     base = {"device": "cpu", "threads": args.threads, "engine_process": False}
     engines: dict[str, Engine] = {
+        "category_only": Engine(
+            ClassifierConfig.model_validate(
+                {**base, "jailbreak": {"enabled": False}, "pii": {"enabled": False}}
+            )
+        ),
         "before": Engine(
             ClassifierConfig.model_validate({**base, "heads_dir": str(_old_heads(tmp))})
         ),
         "after": Engine(ClassifierConfig.model_validate(base)),
+        "after_no_pii_head": Engine(
+            ClassifierConfig.model_validate({**base, "pii": {"ner": False}})
+        ),
         "after_full_trunk": Engine(ClassifierConfig.model_validate(base)),
     }
     full = engines["after_full_trunk"]
@@ -107,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, eng in engines.items():
                 start = time.perf_counter()
                 [res] = eng.run([text])
-                pii.find(text, recognizers)
+                if name != "category_only":
+                    pii.find(text, recognizers)
                 times[set_name][name].append((time.perf_counter() - start) * 1e3)
                 if name == "after":
                     tokens[set_name].append(res.tokens)
