@@ -122,11 +122,19 @@ def test_deep_records_hold_their_attack_where_the_span_says() -> None:
     assert {r["split"] for r in extra} <= {"train", "calib"}
     inj = [r for r in extra if r["label"] == "injection"]
     assert 90 <= len(inj) <= 100 and all("span" in r for r in inj)
-    attacks = set(safety_data._bipia_attacks(plain)) | set(safety_data.INJECTED)
-    for r in inj:
+    twins = 0
+    for i, r in enumerate(extra):
+        if r["label"] != "injection":
+            continue
         a, b = (int(x) for x in r["span"].split(","))
-        inserted = r["text"][a:b]
-        assert inserted.strip() and len(inserted) == b - a
+        assert r["text"][a:b].strip()
+        twin = extra[i + 1] if i + 1 < len(extra) else None
+        if twin is not None and twin["source"] == "synthetic:train:deep-benign":
+            # The benign twin is the same record with a note (or nothing) where the attack is.
+            assert twin["text"].startswith(r["text"][:a]) and twin["text"].endswith(r["text"][b:])
+            assert twin["split"] == r["split"]
+            twins += 1
+    assert twins >= 0.9 * len(inj)
     # The attacks taken from BIPIA come from its training rows (table, code contexts): the
     # validation rows (e-mail contexts) add none. (BIPIA's text attacks are one set for e-mail
     # and table contexts, so the same sentences are in the shipped training rows as well.)
