@@ -613,7 +613,9 @@ def _deep(rows: Sequence[Row], rng: random.Random, n: int) -> Iterator[Row]:
     # languages, a P3 passage under two templates, garak's clean twins of a validation class):
     # such documents are not used here.
     val_text = "\n".join(r["text"] for r in rows if r["split"] == "validation")
-    val_heads = {r["text"][:80] for r in rows if r["split"] == "validation" and len(r["text"]) >= 80}
+    val_heads = {
+        r["text"][:80] for r in rows if r["split"] == "validation" and len(r["text"]) >= 80
+    }
     docs = [
         r["text"]
         for r in rows
