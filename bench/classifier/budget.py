@@ -20,7 +20,8 @@ named otherwise:
   needs: the semantic cache's embedding, a token-classification head on the trunk's output).
 
 Two prompt sets: MMLU-Pro validation questions at their real lengths, and the same padded to
-exactly 256 tokens (the budget's upper end). Prints a table; writes JSON to
+exactly 256 tokens (the budget's upper end; cut with the tokenizer, so that no prompt is scored
+in two windows). Prints a table; writes JSON to
 ``bench/results/classifier-budget-cpu.json`` (``--out``).
 """
 
@@ -60,6 +61,27 @@ def _old_heads(tmp: Path) -> Path:
         "b_out": np.zeros(2, np.float32),
     }
     Head("jailbreak", ["benign", "jailbreak"], [1, 2, 3, 4], w).save(out)
+    return out
+
+
+def _cut(texts: list[str], tokens: int) -> list[str]:
+    """Each text cut to exactly ``tokens`` tokens with the special ones: the longest prompt that
+    is still one window (a longer one is scored in windows, a cost the budget does not cover)."""
+    from tokenizers import Tokenizer
+
+    from pointsman_classifier.encoder import default_model_path
+
+    tok = Tokenizer.from_file(str(default_model_path() / "tokenizer.json"))
+    tok.no_truncation()
+    tok.no_padding()
+    out = []
+    for text, enc in zip(texts, tok.encode_batch(texts), strict=True):
+        words = [
+            o
+            for o, special in zip(enc.offsets, enc.special_tokens_mask, strict=True)
+            if not special
+        ]
+        out.append(text[: words[tokens - 3][1]] if len(words) > tokens - 2 else text)
     return out
 
 
@@ -107,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     source = Path(args.prompts) if args.prompts else DATA / "mmlu_pro" / "validation.jsonl"
     sets = {
         "mmlu_pro" if source.exists() else "synthetic": prompts(args.reps, None, source),
-        "256_tokens": prompts(args.reps, 256, source),
+        "256_tokens": _cut(prompts(args.reps, 256, source), 256),
     }
     for eng in engines.values():
         for _ in range(5):
