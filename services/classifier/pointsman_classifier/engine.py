@@ -119,7 +119,8 @@ def spans_from_tokens(
     With ``text``, whole words: a word piece glued to the previous one (no space, letters or
     digits on both sides) takes that piece's entity, so a span never ends inside a word; spans
     of one type with at most one space between them are one entity ("909 Pod Strání 954": the
-    house number and the street); a span without a letter or digit is dropped, and the ``n`` of
+    house number and the street), and so are spans of any types glued together (nothing, "-" or
+    "." between: "Patterson-Fletcher", "S.L.U.", the first span's type); a span without a letter or digit is dropped, and the ``n`` of
     an escaped newline (``\\n``, two characters) does not start one.
     """
     if text is not None:
@@ -156,12 +157,16 @@ def _tidy(found: list[Finding], text: str) -> list[Finding]:
         if not any(c.isalnum() for c in text[start : f.end]):
             continue
         last = out[-1] if out else None
-        if (
-            last is not None
-            and last.entity_type == f.entity_type
-            and text[last.end : start] in ("", " ")
+        gap = text[last.end : start] if last is not None and last.end <= start else None
+        if last is not None and (
+            (last.entity_type == f.entity_type and gap in ("", " ")) or gap in ("", "-", ".")
         ):
-            out[-1] = Finding(last.start, f.end, f.entity_type, min(last.score, f.score), f.source)
+            # One entity: same type with at most a space between, or any two spans glued
+            # together ("Patterson-Fletcher", "S.L.U.", a date's pieces): a word holds one
+            # entity, the first span's type.
+            out[-1] = Finding(
+                last.start, f.end, last.entity_type, min(last.score, f.score), f.source
+            )
         else:
             out.append(Finding(start, f.end, f.entity_type, f.score, f.source))
     return out

@@ -80,6 +80,44 @@ def test_word_pieces_take_the_entity_of_their_word() -> None:
     assert [f.entity_type for f in raw] == ["PERSON", "LOCATION", "ORGANIZATION"]
 
 
+def test_spans_glued_together_are_one_entity_of_the_first_type() -> None:
+    pieces = [
+        ("Patterson", "B-ORGANIZATION"),
+        ("-", "I-ORGANIZATION"),
+        ("Fletcher", "B-PERSON"),
+        (" and", "O"),
+        (" Minería", "B-ORGANIZATION"),
+        (" S.L", "I-ORGANIZATION"),
+        (".", "I-ORGANIZATION"),
+        ("U", "B-PERSON"),
+        (". on", "O"),
+        (" 2018", "B-DATE_TIME"),
+        ("-", "I-DATE_TIME"),
+        ("03", "B-DATE_TIME"),
+        ("-09", "I-DATE_TIME"),
+    ]
+    text, offsets, labels = "", [[0, 0]], ["O"]
+    for piece, label in pieces:
+        lead = len(piece) - len(piece.lstrip(" "))
+        offsets.append([len(text) + lead, len(text) + len(piece)])
+        labels.append(label)
+        text += piece
+    offsets.append([0, 0])
+    labels.append("O")
+    found = spans_from_tokens(labels, [0.9] * len(labels), offsets, 0.5, text)
+    assert [(text[f.start : f.end], f.entity_type) for f in found] == [
+        ("Patterson-Fletcher", "ORGANIZATION"),  # "-" between: one word, one entity
+        ("Minería S.L.U", "ORGANIZATION"),  # "U" glued after "." joins the organisation
+        ("2018-03-09", "DATE_TIME"),
+    ]
+    # A space between spans of different types keeps them apart.
+    offsets = [[0, 0], [0, 3], [4, 8], [0, 0]]
+    apart = spans_from_tokens(
+        ["O", "B-PERSON", "B-LOCATION", "O"], [0.9] * 4, offsets, 0.5, "Ana Oslo"
+    )
+    assert [f.entity_type for f in apart] == ["PERSON", "LOCATION"]
+
+
 def test_low_scores_end_a_span() -> None:
     text = "Ana Lima"
     offsets = [[0, 0], [0, 3], [4, 8], [0, 0]]
