@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import statistics
@@ -168,11 +169,12 @@ def _start_vllm(python: str, model: Path, work: Path, replicas: int) -> list[Chi
         child.extra["address"] = f"127.0.0.1:{port}"
         children.append(child)
     for child in children:
-        address = str(child.extra["address"])
-        wait_ready(
-            child, lambda a=address: _get(f"http://{a}/health", 5)[0] == 200, 900, child.name
-        )
+        wait_ready(child, functools.partial(_healthy, str(child.extra["address"])), 900, child.name)
     return children
+
+
+def _healthy(address: str) -> bool:
+    return _get(f"http://{address}/health", 5)[0] == 200
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -260,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         r: delta("pointsman_collector_marked_unhealthy_total", reason=r)
         for r in ("failures", "connect")
     }
-    probes = {}
+    probes: dict[str, dict[str, Any]] = {}
     for address, lat in prober.latencies.items():
         probes[address] = {
             "n": len(lat),
