@@ -69,10 +69,12 @@ class Call:
     status: int
     error: str = ""
     route: str = ""
+    #: The client hung up on purpose (``disconnect_every``): neither failed nor served.
+    disconnected: bool = False
 
     @property
     def failed(self) -> bool:
-        return self.status != 200 or bool(self.error)
+        return not self.disconnected and (self.status != 200 or bool(self.error))
 
 
 class SteadyLoad:
@@ -85,11 +87,15 @@ class SteadyLoad:
         rate: float = 10.0,
         stream_every: int = 3,
         timeout_s: float = 30.0,
+        disconnect_every: int = 0,
     ) -> None:
+        """``disconnect_every`` N > 0: every Nth request the client hangs up early (a streamed
+        one after its first chunk, a plain one 5 ms after it was sent)."""
         self.url = f"{gateway_url}/v1/chat/completions"
         self.models = models
         self.rate = rate
         self.stream_every = stream_every
+        self.disconnect_every = disconnect_every
         self.timeout_s = timeout_s
         self.calls: list[Call] = []
         self.pending: dict[int, float] = {}  # id -> start
@@ -147,7 +153,11 @@ class SteadyLoad:
             "stream": stream,
         }
         call = Call(start, 0.0, model, stream, 0)
+        every = self.disconnect_every
         try:
+            if every > 0 and n % every == every - 1:
+                await self._hang_up(session, body, call)
+                return
             async with session.post(self.url, json=body) as response:
                 call.status = response.status
                 call.route = response.headers.get("x-pointsman-route", "")
@@ -158,10 +168,35 @@ class SteadyLoad:
                     call.error = text[:200]
         except Exception as exc:
             call.error = f"{type(exc).__name__}: {exc}"[:200]
-        call.end = time.monotonic()
-        with self._lock:
-            self.calls.append(call)
-            del self.pending[n]
+        finally:
+            call.end = time.monotonic()
+            with self._lock:
+                self.calls.append(call)
+                del self.pending[n]
+
+    async def _hang_up(
+        self, session: aiohttp.ClientSession, body: dict[str, Any], call: Call
+    ) -> None:
+        """A client that leaves: after the first chunk of a stream, or 5 ms into a plain
+        request (mostly before its answer, often before the routing decision)."""
+        call.disconnected = True
+
+        async def streamed() -> None:
+            async with session.post(self.url, json=body) as response:
+                call.status = response.status
+                await response.content.readany()
+                response.close()  # drop the connection mid-answer
+
+        async def plain() -> None:
+            async with session.post(self.url, json=body) as response:
+                call.status = response.status
+                await response.read()
+
+        if call.stream:
+            await streamed()
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(plain(), 0.005)
 
 
 @dataclass

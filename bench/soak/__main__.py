@@ -19,8 +19,11 @@ import os
 import statistics
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.chaos.scenario import SteadyLoad
 from pointsman.stack import Stack, StackOptions
@@ -47,6 +50,23 @@ def growing(series: list[int], growth_pct: float) -> bool:
     steps = list(itertools.pairwise(half))
     rising = sum(1 for a, b in steps if b > a) >= 0.8 * len(steps)
     return rising and half[-1] > half[0] * (1 + growth_pct / 100)
+
+
+def shim_streams(metrics_url: str) -> dict[str, float]:
+    """The shim's ext_proc streams open now and those Envoy reset, from its ``/metrics``."""
+    out = {"active": 0.0, "reset_decision": 0.0, "reset_observer": 0.0}
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return out
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "pointsman_shim_active_streams":
+                out["active"] = sample.value
+            elif sample.name == "pointsman_shim_streams_reset_total":
+                out[f"reset_{sample.labels.get('stream', '')}"] = sample.value
+    return out
 
 
 class OpsProbe:
@@ -90,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--stream-every", type=int, default=3, help="every Nth request streams (default 3)"
     )
+    p.add_argument(
+        "--disconnect-every",
+        type=int,
+        default=0,
+        help="every Nth request the client hangs up early: a stream after its first chunk, a "
+        "plain request 5 ms after it was sent (default 0: never)",
+    )
     p.add_argument("--sample-s", type=float, default=60.0, help="sample interval (default 60 s)")
     p.add_argument(
         "--growth-pct",
@@ -120,7 +147,13 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
         models = [*stack.pools, *(["auto"] if args.classifier else [])]
-        load = SteadyLoad(stack.gateway_url, models, rate=args.rate, stream_every=args.stream_every)
+        load = SteadyLoad(
+            stack.gateway_url,
+            models,
+            rate=args.rate,
+            stream_every=args.stream_every,
+            disconnect_every=args.disconnect_every,
+        )
         load.start()
         ops.start()
         began = time.monotonic()
@@ -130,12 +163,15 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(max(0.0, t0 + args.sample_s - time.monotonic()))
                 t1 = time.monotonic()
                 calls = load.calls_between(t0, t1)
-                lat = sorted((c.end - c.start) * 1000 for c in calls if not c.failed)
+                lat = sorted(
+                    (c.end - c.start) * 1000 for c in calls if not (c.failed or c.disconnected)
+                )
                 rss = {n: rss_kib(c.pid) for n, c in stack.children.items()}
                 sample: dict[str, Any] = {
                     "t_s": round(t1 - began),
                     "sent": len(calls),
                     "failed": sum(1 for c in calls if c.failed),
+                    "disconnected": sum(1 for c in calls if c.disconnected),
                     "p50_ms": round(statistics.median(lat), 1) if lat else None,
                     "p99_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.99))], 1)
                     if lat
@@ -145,12 +181,18 @@ def main(argv: list[str] | None = None) -> int:
                         :5
                     ],
                     "ops_slowest_ms": ops.take(),
+                    "shim_streams": shim_streams(
+                        f"http://127.0.0.1:{stack.ports['shim_http']}/metrics"
+                    ),
                 }
                 samples.append(sample)
                 print(
                     f"{sample['t_s']:>5}s sent {sample['sent']:>5} failed {sample['failed']:>3} "
                     f"p50 {sample['p50_ms']} ms p99 {sample['p99_ms']} ms "
-                    f"shim RSS {rss.get('shim', 0) / 1024:.1f} MiB",
+                    f"shim RSS {rss.get('shim', 0) / 1024:.1f} MiB "
+                    f"disconnected {sample['disconnected']} "
+                    f"streams reset {sample['shim_streams']['reset_decision']:.0f}"
+                    f"+{sample['shim_streams']['reset_observer']:.0f}",
                     flush=True,
                 )
                 t0 = t1
@@ -178,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                     "minutes": args.minutes,
                     "rate": args.rate,
                     "stream_every": args.stream_every,
+                    "disconnect_every": args.disconnect_every,
                     "sample_s": args.sample_s,
                     "classifier": args.classifier,
                     "cpus": os.cpu_count(),

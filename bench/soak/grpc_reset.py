@@ -4,7 +4,11 @@
 ``closed``: the client half-closes and waits for the server's status (the shim ends the stream
 itself). ``reset``: the client half-closes, the server answers nothing and the client resets
 the stream a moment later, as Envoy does with an observer stream its server leaves open after
-``deferred_close_timeout``. The server runs in a process of its own; its RSS is read before
+``deferred_close_timeout``. ``decision-reset``: one message and its answer, then the client
+half-closes and resets at once while the server still reads, as Envoy's ``close()`` does with a
+decision stream when its request ends. ``decision-closed``: the server ends the stream after its
+answer and the client resets it only after the status came (Envoy's order once the shim ends
+its decision streams itself). The server runs in a process of its own; its RSS is read before
 and after N streams, after a warm-up. The ``reset`` case keeps several hundred bytes per stream
 (grpc/grpc#43360); the shim therefore closes observer streams itself (docs/reliability.md).
 """
@@ -27,10 +31,13 @@ from bench.soak.__main__ import rss_kib
 
 class _Observer(pbg.ExternalProcessorServicer):  # type: ignore[misc]
     async def Process(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        decision = dict(context.invocation_metadata()).get("decision")
         async for _ in requests:
-            pass
-        return
-        yield  # an async generator that answers nothing, as an observer
+            if decision is None:
+                continue  # an observer: answers nothing
+            yield pb.ProcessingResponse()
+            if decision == "close":
+                return  # the shim now: nothing more is needed, the server ends the stream
 
 
 async def _serve() -> None:
@@ -47,6 +54,8 @@ async def _streams(port: int, pid: int, mode: str, n: int) -> tuple[int, int]:
         stub = pbg.ExternalProcessorStub(channel)
 
         async def one() -> None:
+            if mode.startswith("decision"):
+                return await decision()
             call = stub.Process()
             await call.write(pb.ProcessingRequest())
             await call.done_writing()
@@ -55,6 +64,19 @@ async def _streams(port: int, pid: int, mode: str, n: int) -> tuple[int, int]:
                 call.cancel()
             else:
                 await call.code()
+
+        async def decision() -> None:
+            # Envoy's decision stream: one message, one answer; then Envoy's close() (half-close
+            # and reset at once, the server still reading) or the server ends it first.
+            kind = "close" if mode == "decision-closed" else "wait"
+            call = stub.Process(metadata=(("decision", kind),))
+            await call.write(pb.ProcessingRequest())
+            await call.read()
+            if kind == "close":
+                await call.code()
+            else:
+                await call.done_writing()
+            call.cancel()
 
         async def batch(k: int) -> None:
             await asyncio.gather(*(one() for _ in range(k)), return_exceptions=True)
@@ -79,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         asyncio.run(_serve())
         return 0
-    print(f"{'case':<8} {'streams':>8} {'RSS before KiB':>15} {'after KiB':>10} {'B/stream':>9}")
-    for mode in ("closed", "reset"):
+    print(f"{'case':<16} {'streams':>8} {'RSS before KiB':>15} {'after KiB':>10} {'B/stream':>9}")
+    for mode in ("closed", "reset", "decision-reset", "decision-closed"):
         server = subprocess.Popen(
             [sys.executable, "-m", "bench.soak.grpc_reset", "--serve"],
             stdout=subprocess.PIPE,
@@ -94,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             server.kill()
             server.wait()
         per = (after - before) * 1024 / args.streams
-        print(f"{mode:<8} {args.streams:>8} {before:>15} {after:>10} {per:>9.0f}")
+        print(f"{mode:<16} {args.streams:>8} {before:>15} {after:>10} {per:>9.0f}")
     return 0
 
 

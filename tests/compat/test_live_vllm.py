@@ -14,24 +14,30 @@ event order), so the simulator is checked against the live server, not only agai
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 import yaml
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from pointsman.stack import Stack, StackOptions
 from pointsman.stack.gateway import GatewayConfig
 from pointsman.stack.procs import free_port
+from pointsman_collector.config import CollectorConfig
 from tests.compat import capture_vllm
 from tests.compat.fixtures import typed_events
 from tests.compat.test_compat_sim_apis import shape, typed_paths
@@ -284,3 +290,136 @@ def _collapsed(stream: bytes) -> list[str]:
         if not out or out[-1] != name:
             out.append(name)
     return out
+
+
+# -- issue 12: one slow /metrics answer does not evict a serving replica ------------------------
+
+
+class SlowMetricsProxy:
+    """A reverse proxy in front of real vLLM (requests and streams pass through as they come)
+    that can hold back ``/metrics`` answers: while ``slow_every`` is N > 0, every Nth one waits
+    ``delay_s`` first, past the collector's ``timeout_ms``, as vLLM's own did under load
+    (300-600 ms on two busy cores, more on a busier machine). Runs its own event loop in a
+    thread."""
+
+    def __init__(self, upstream: str, delay_s: float) -> None:
+        self.upstream = upstream
+        self.delay_s = delay_s
+        self.slow_every = 0
+        self.metrics_asked = 0
+        self.held = 0
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(30)
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    async def _start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300))
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._forward)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def _stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        assert self._session is not None
+        if request.path == "/metrics":
+            self.metrics_asked += 1
+            if self.slow_every and self.metrics_asked % self.slow_every == 0:
+                self.held += 1
+                await asyncio.sleep(self.delay_s)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        async with self._session.request(
+            request.method,
+            f"http://{self.upstream}{request.path_qs}",
+            headers=headers,
+            data=await request.read(),
+        ) as upstream:
+            out = web.StreamResponse(
+                status=upstream.status,
+                headers={k: v for k, v in upstream.headers.items() if k.lower() not in _HOP},
+            )
+            await out.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await out.write(chunk)
+            await out.write_eof()
+            return out
+
+
+_HOP = {"host", "content-length", "transfer-encoding", "connection", "keep-alive"}
+
+
+@pytest.fixture(scope="module")
+def slow_stack(
+    vllm: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Stack, SlowMetricsProxy]]:
+    """The stack with the collector's defaults in front of vLLM behind :class:`SlowMetricsProxy`."""
+    proxy = SlowMetricsProxy(vllm, delay_s=CollectorConfig().timeout_ms / 1000 + 0.5)
+    proxy.start()
+    work = tmp_path_factory.mktemp("slow-stack")
+    config = work / "pointsman.yaml"
+    config.write_text(
+        yaml.safe_dump({"pools": {MODEL: [proxy.address]}, "debug": {"report_endpoint": True}})
+    )
+    options = StackOptions(
+        simulate=False, config=config, gateway_port=0, workdir=work, ready_timeout=120
+    )
+    try:
+        with Stack(options) as s:
+            yield s, proxy
+    finally:
+        proxy.stop()
+
+
+def test_slow_scrapes_do_not_evict_a_serving_replica(
+    slow_stack: tuple[Stack, SlowMetricsProxy],
+) -> None:
+    """Issue 12: behind real vLLM, every third /metrics answer slower than the collector's
+    timeout (its defaults: timeout_ms 1000, unhealthy_after 3) never takes the replica out:
+    bursts of requests sent meanwhile are all served by it, picked (not failing open)."""
+    stack, proxy = slow_stack
+    collector = f"http://127.0.0.1:{stack.ports['collector_http']}/metrics"
+    eventually(
+        lambda: metric(collector, "pointsman_collector_scrapes_total", result="ok") > 0,
+        "the collector scrapes vLLM",
+        timeout=120,
+    )
+    timeouts = metric(collector, "pointsman_collector_scrapes_total", result="timeout")
+    proxy.slow_every = 3
+    served: list[tuple[int, str, str]] = []
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+    def ask(client: httpx.Client) -> tuple[int, str, str]:
+        r = client.post(stack.gateway_url + CHAT, json=body)
+        route, endpoint = r.headers.get("x-pointsman-route"), r.headers.get("x-pointsman-endpoint")
+        return r.status_code, route or "", endpoint or ""
+
+    def timed_out() -> float:
+        return metric(collector, "pointsman_collector_scrapes_total", result="timeout")
+
+    deadline = time.monotonic() + 300
+    with httpx.Client(timeout=120) as client, ThreadPoolExecutor(4) as pool:
+        while timed_out() < timeouts + 4:  # bursts of 4 while the held answers time out
+            assert time.monotonic() < deadline, "the held /metrics answers never timed out"
+            served += pool.map(lambda _: ask(client), range(4))
+    proxy.slow_every = 0
+    assert proxy.held >= 4
+    assert served and all(s == (200, "picked", proxy.address) for s in served), served
+    assert metric(collector, "pointsman_collector_marked_unhealthy_total") == 0

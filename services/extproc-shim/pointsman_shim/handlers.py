@@ -37,6 +37,7 @@ Two more steps serve the APIs that keep state or get translated (see docs/apis.m
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -137,6 +138,21 @@ class Stream:
     capture: ResponseReader | None = None
     #: Wall clock of the response's first non-empty body chunk (the first token of a stream).
     first_chunk_at: float | None = None
+    #: The decision asked Envoy for the response (``_watch``) and it has not all come yet.
+    watching: bool = False
+    #: Answered for good (an immediate response, or a passthrough that skips the rest).
+    answered: bool = False
+
+    def ended(self) -> bool:
+        """Envoy will send nothing more that this stream needs: the shim closes it (see
+        :meth:`Processor.process`)."""
+        if self.answered:
+            return True
+        if self.observer:
+            return self.routed is None or self.done
+        if self.inline:  # the stream reads the response until its end
+            return self.done
+        return self.routed is not None and not self.watching  # decided; nothing to translate
 
 
 class Processor:
@@ -191,13 +207,21 @@ class Processor:
                     return
                 for response in responses:
                     yield response
-                if stream.observer and (stream.routed is None or stream.done):
-                    # Nothing more to observe: close the stream now (OK status) instead of
-                    # waiting for Envoy, which resets an observer stream its server leaves open
-                    # (deferred_close_timeout, 5 s). Each reset stream leaks native memory in
+                if stream.ended():
+                    # Nothing more to do: close the stream now (OK status) instead of waiting
+                    # for Envoy, which resets every ext_proc stream its server leaves open: a
+                    # decision stream when its request ends, an observer stream after
+                    # deferred_close_timeout (5 s). Each reset stream leaks native memory in
                     # grpcio's asyncio server (grpc/grpc#43360): the shim's RSS grew ~0.45 MiB
-                    # a minute at 25 req/s (docs/reliability.md, soak).
+                    # a minute at 25 req/s (docs/reliability.md, soak). Envoy takes a server's
+                    # close as "no more processing for this request".
                     break
+        except asyncio.CancelledError:
+            # Envoy reset the stream while the shim still expected messages on it: the request
+            # ended early (client gone, upstream reset, message_timeout) or Envoy closed it
+            # after an immediate answer. Counted: each reset keeps native memory (see above).
+            metrics.STREAMS_RESET.labels("observer" if stream.observer else "decision").inc()
+            raise
         finally:
             metrics.STREAMS.dec()
             if stream.routed is not None and not stream.done and (stream.inline or stream.observer):
@@ -297,7 +321,9 @@ class Processor:
             return [self._reject(stream, error)]
         if stream.full_duplex:
             return []  # the headers response waits for the end of the body (see _route)
-        return [envoy.request_headers(envoy.common(remove=stream.strip), mode=self._watch(stream))]
+        watch = self._watch(stream)
+        stream.watching = watch is not None
+        return [envoy.request_headers(envoy.common(remove=stream.strip), mode=watch)]
 
     def _watch(self, stream: Stream) -> envoy.ProcessingMode | None:
         """Ask for the response headers of a request whose answer may need translating, when
@@ -615,6 +641,7 @@ class Processor:
     def _decided(self, stream: Stream, decision: Answer | Passthrough) -> envoy.ProcessingResponse:
         """Count a decision that routes nothing, and turn it into Envoy's answer."""
         self._count(decision)
+        stream.answered = True
         if isinstance(decision, Passthrough):
             return envoy.request_headers(envoy.common(remove=stream.strip), mode=envoy.SKIP_BODIES)
         return envoy.immediate(
@@ -670,6 +697,8 @@ class Processor:
             # A whole JSON answer is buffered, so that a failed translation can still change
             # the status; an event stream is translated as it streams.
             mode = envoy.watch_response(stream.body_mode, _PM.STREAMED if sse else _PM.BUFFERED)
+        else:
+            stream.watching = False  # no body to translate: the watch ends here
         return envoy.response_headers(envoy.common(set_headers=out, remove=remove), mode=mode)
 
     def _translator(self, stream: Stream, request: envoy.ProcessingRequest) -> Translating | None:
@@ -730,6 +759,7 @@ class Processor:
             if body.end_of_stream:
                 out += translator.finish()
                 stream.translator = None
+                stream.watching = False
                 self._translated(stream, translator)
                 if translator.status is not None:  # still possible: the JSON was buffered
                     headers = {":status": str(translator.status), h.ERROR: "translation_failed"}

@@ -33,6 +33,7 @@ from pointsman_collector.core.endpoints import Endpoint, merge
 from pointsman_collector.core.prom import ParseError
 from pointsman_collector.core.shard import owner
 from pointsman_collector.core.snapshot import (
+    CONNECT_FAILED,
     EndpointState,
     build_snapshots,
     record_error,
@@ -298,6 +299,7 @@ class Collector:
     ) -> None:
         """Turn one fetch's outcome into the endpoint's state."""
         result = "ok"
+        was_healthy = st.healthy
         if body is None:
             result = "timeout" if error == "timeout" else "error"
             record_error(
@@ -318,6 +320,12 @@ class Collector:
                 record_ok(st, reading, time.time(), (time.perf_counter() - started) * 1000)
         self.telemetry.result(result).inc()
         self.telemetry.scrape_seconds.observe(time.perf_counter() - started)
+        if was_healthy and not st.healthy:
+            reason = "connect" if (st.error or "").startswith(CONNECT_FAILED) else "failures"
+            self.telemetry.marked_unhealthy.labels(reason).inc()
+            log.warning(
+                "endpoint %s marked unhealthy (%s: %s)", st.endpoint.address, reason, st.error
+            )
 
     def _on_raw(self, token: Any, body: bytes | None, error: str | None, started: float) -> None:
         st, tick_no, started_perf = token

@@ -110,8 +110,11 @@ class CollectorConfig(_Strict):
     http_host: str = "0.0.0.0"
     http_port: int = Field(default=9104, ge=0, lt=65536)
     interval_ms: int = Field(default=50, gt=0)
-    #: Per-scrape timeout: real vLLM under load took 300-600 ms to answer ``/metrics``.
-    timeout_ms: int = Field(default=1000, gt=0)
+    #: Per-scrape timeout. Real vLLM on two busy cores answered ``/metrics`` in 180-270 ms at
+    #: the median, 1.0-1.4 s at p99, up to 4 s, and up to four answers in a row took over 1 s
+    #: (1000 ms evicted a serving replica); never two over 2 s in a row
+    #: (``python -m bench.collector.vllm_scrape``, docs/reliability.md).
+    timeout_ms: int = Field(default=2000, gt=0)
     #: Failed scrapes in a row that mark an endpoint unhealthy (a refused connection: at once).
     unhealthy_after: int = Field(default=3, ge=1)
     #: Accepted for compatibility and unused: the raw client keeps one connection per

@@ -29,6 +29,14 @@ class Telemetry:
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=r,
         )
+        self.marked_unhealthy = Counter(
+            "pointsman_collector_marked_unhealthy_total",
+            "Healthy endpoints marked unhealthy (taken out of routing until a scrape succeeds), "
+            "by reason: failures (unhealthy_after failed scrapes in a row), connect (a refused "
+            "or failed connection, at once).",
+            ["reason"],
+            registry=r,
+        )
         self.publishes = Counter(
             "pointsman_collector_publishes_total",
             "Pool snapshots published.",

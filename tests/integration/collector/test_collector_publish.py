@@ -177,6 +177,13 @@ async def test_slow_endpoint_does_not_delay_the_others(
         await runner.cleanup()
 
 
+def marked(collector: Collector, reason: str) -> float:
+    """``pointsman_collector_marked_unhealthy_total{reason}`` of ``collector``."""
+    registry = collector.telemetry.registry
+    name = "pointsman_collector_marked_unhealthy_total"
+    return registry.get_sample_value(name, {"reason": reason}) or 0.0
+
+
 async def test_one_slow_scrape_keeps_a_replica_a_refused_connection_does_not(
     nats_url: str, fleet: object, unique: str
 ) -> None:
@@ -206,6 +213,7 @@ async def test_one_slow_scrape_keeps_a_replica_a_refused_connection_does_not(
         )
         since = watcher.snaps.index(timed_out)
         assert all(s.endpoints[0].healthy for s in watcher.snaps[since:])
+        assert marked(collector, "failures") == 0
 
         await runner.cleanup()  # nothing listens any more: refused
         refused = await watcher.wait_for(
@@ -219,6 +227,8 @@ async def test_one_slow_scrape_keeps_a_replica_a_refused_connection_does_not(
             if (s.endpoints and (s.endpoints[0].error or "").startswith("connect failed"))
         )
         assert not first.endpoints[0].healthy and not refused.endpoints[0].healthy
+        assert marked(collector, "connect") == 1
+        assert marked(collector, "failures") == 0
     finally:
         await collector.stop()
         await nc.close()

@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import nats
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pointsman.stack import Stack, StackOptions
 from pointsman.v1 import CompletionEvent, PoolSnapshot, decode, subjects
@@ -144,3 +145,50 @@ def post_and_collect_completions(
         return ours(), responses
 
     return asyncio.run(run())
+
+
+def shim_streams(stack: Stack) -> dict[str, float]:
+    """The shim's open ext_proc streams (``active``) and those Envoy reset, by kind."""
+    text = httpx.get(f"http://127.0.0.1:{stack.ports['shim_http']}/metrics", timeout=10).text
+    out = {"active": 0.0, "decision": 0.0, "observer": 0.0}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "pointsman_shim_active_streams":
+                out["active"] = s.value
+            elif s.name == "pointsman_shim_streams_reset_total":
+                out[s.labels["stream"]] = s.value
+    return out
+
+
+def streams_reset_by(stack: Stack, send: Callable[[], None]) -> dict[str, float]:
+    """The ext_proc streams Envoy reset while ``send`` ran, by kind, once every stream it
+    opened has ended (waits for no open stream, 60 s at most: Envoy keeps none between
+    requests)."""
+    before = shim_streams(stack)
+    send()
+    deadline = time.monotonic() + 60
+    while (now := shim_streams(stack))["active"] > 0:
+        assert time.monotonic() < deadline, f"ext_proc streams still open: {now}"
+        time.sleep(0.05)
+    return {k: now[k] - before[k] for k in ("decision", "observer")}
+
+
+def mixed_requests(stack: Stack, n: int = 6) -> None:
+    """Plain and streamed chat completions to both pools, and Messages API requests (the
+    decision stream translates their answers back), to every pool, all answered 200."""
+    models = list(stack.pools)
+    with httpx.Client(timeout=60) as client:
+        for i in range(n):
+            model = models[i % len(models)]
+            stream = i % 3 == 2
+            chat = {
+                "model": model,
+                "messages": [{"role": "user", "content": f"stream hygiene {i}"}],
+                "max_tokens": 6,
+                "stream": stream,
+            }
+            r = client.post(f"{stack.gateway_url}/v1/chat/completions", json=chat)
+            assert r.status_code == 200, r.text
+            messages = {**chat, "messages": [{"role": "user", "content": f"messages {i}"}]}
+            r = client.post(f"{stack.gateway_url}/v1/messages", json=messages)
+            assert r.status_code == 200, r.text

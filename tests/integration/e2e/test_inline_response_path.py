@@ -11,7 +11,12 @@ import openai
 import pytest
 
 from pointsman.stack import Stack
-from tests.integration.e2e.conftest import make_stack, post_and_collect_completions
+from tests.integration.e2e.conftest import (
+    make_stack,
+    mixed_requests,
+    post_and_collect_completions,
+    streams_reset_by,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -82,3 +87,14 @@ def test_translation_and_state_inline(which: str, request: pytest.FixtureRequest
     assert first.usage is not None and second.usage is not None
     assert second.usage.input_tokens > first.usage.input_tokens
     assert responses.retrieve(second.id).output_text == second.output_text
+
+
+@pytest.mark.parametrize("which", ["inline_stack", "full_duplex_inline"])
+def test_the_shim_closes_inline_streams_itself(which: str, request: pytest.FixtureRequest) -> None:
+    """The inline decision stream ends when the response has (see the observer layout's test
+    in test_request_path.py): Envoy resets none of them."""
+    stack: Stack = request.getfixturevalue(which)
+    assert streams_reset_by(stack, lambda: mixed_requests(stack)) == {
+        "decision": 0,
+        "observer": 0,
+    }

@@ -9,7 +9,12 @@ import httpx
 import pytest
 
 from pointsman.stack import Stack
-from tests.integration.e2e.conftest import post_and_collect_completions, queue_filled
+from tests.integration.e2e.conftest import (
+    mixed_requests,
+    post_and_collect_completions,
+    queue_filled,
+    streams_reset_by,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -216,3 +221,15 @@ def test_observer_publishes_completions_off_the_response_path(stack: Stack) -> N
         assert e.completion_tokens == 3 and e.prompt_tokens
         # a client cannot forge a report header: no classifier ran, so there is none at all
         assert "x-pointsman-category" not in r.headers
+
+
+def test_the_shim_closes_every_ext_proc_stream_itself(stack: Stack) -> None:
+    """Issue 12: Envoy resets an ext_proc stream its server leaves open (a decision stream when
+    the request ends, an observer stream after deferred_close_timeout), and grpcio's asyncio
+    server keeps native memory for each reset stream: the shim's RSS grew in the soak. The
+    shim ends each stream as soon as nothing more is needed on it (routed, translated,
+    observed), so requests that complete leave no reset stream."""
+    assert streams_reset_by(stack, lambda: mixed_requests(stack)) == {
+        "decision": 0,
+        "observer": 0,
+    }
