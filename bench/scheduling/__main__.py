@@ -52,6 +52,8 @@ from bench.scheduling.routers import ROUTERS, Skipped, prefix_counters, start_ro
 from bench.scheduling.workloads import MODEL, Req
 
 RESULTS = Path("bench/results")
+#: The picker's histogram of predicted / measured TTFT (the latency predictor's accuracy).
+PREDICTION_RATIO = "pointsman_picker_latency_ttft_prediction_ratio"
 DEFAULT_ROUTERS = [
     "round-robin",
     "vllm-router-cache-aware",
@@ -251,8 +253,12 @@ def measure(
         q0, h0 = prefix_counters(running.endpoints)
         before = merged(running.picker_metrics, "pointsman_picker_decision_seconds") if (
             running.picker_metrics) else {}  # fmt: skip
+        ratio0 = merged(running.picker_metrics, PREDICTION_RATIO) if (
+            running.picker_metrics) else {}  # fmt: skip
         out = asyncio.run(replay(f"{running.url}/v1/chat/completions", reqs, extra_headers or {}))
         after = merged(running.picker_metrics, "pointsman_picker_decision_seconds") if (
+            running.picker_metrics) else {}  # fmt: skip
+        ratio1 = merged(running.picker_metrics, PREDICTION_RATIO) if (
             running.picker_metrics) else {}  # fmt: skip
         q1, h1 = prefix_counters(running.endpoints)
     row = {
@@ -266,6 +272,10 @@ def measure(
     if before or after:
         row["decision_p50_ms"] = hist_quantile(before, after, 0.5) * 1000
         row["decision_p99_ms"] = hist_quantile(before, after, 0.99) * 1000
+    if ratio1:
+        # the latency predictor's accuracy: predicted / measured TTFT of the run's requests
+        for q in (10, 50, 90):
+            row[f"ttft_pred_ratio_p{q}"] = hist_quantile(ratio0, ratio1, q / 100)
     if workload == "auto":
         ok = sum(row["model_mix"].values()) or 1
         moved = row["model_mix"].get(SECOND, 0) / ok
@@ -322,7 +332,7 @@ def plan(
                 if wl == "auto" and not router.startswith("pointsman"):
                     continue  # only Pointsman resolves model: auto
                 runs.append(
-                    (wl, router, rate, reqs, None, slo if router == "pointsman-slo" else {})
+                    (wl, router, rate, reqs, None, slo if router.startswith("pointsman-slo") else {})
                 )
     return runs
 

@@ -38,6 +38,11 @@ class ProfileEntry(_Strict):
 class SaturationConfig(_Strict):
     queue_depth_threshold: int = Field(default=5, ge=0)
     kv_cache_util_threshold: float = Field(default=0.8, ge=0, le=1)
+    #: An endpoint with this many requests in flight (picked, not completed, every picker
+    #: replica's) is full: flow control holds requests while every endpoint is, and a pick goes
+    #: to one that is not. Set to the engines' batch (vLLM ``--max-num-seqs``) to keep the queue
+    #: in the picker, where flow control orders it, instead of in the engine. 0: no such bound.
+    max_in_flight: int = Field(default=0, ge=0)
 
 
 class ObjectiveConfig(_Strict):

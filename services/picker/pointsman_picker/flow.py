@@ -219,9 +219,11 @@ class FlowControl:
             if waiter.future.done():
                 continue
             reply = self._serve(waiter.pick, pool, waiter.tenant)
+            waited = self._clock() - waiter.enqueued_at
+            self._s.note_wait(waiter.pick.request_id, waited)
             waiter.future.set_result(reply)
             self.metrics.dispatched.labels(pool).inc()
-            self.metrics.wait_seconds.labels(pool).observe(self._clock() - waiter.enqueued_at)
+            self.metrics.wait_seconds.labels(pool).observe(waited)
             served += 1
         return served
 

@@ -257,3 +257,37 @@ async def test_auto_with_a_free_second_pool_does_not_wait() -> None:
         request_id="a2", model="best", prompt="x" * 40, max_wait_ms=10_000, candidates=ranked
     )
     assert isinstance(fc.try_pick(pick2), Waiter)
+
+
+async def test_max_in_flight_holds_requests_in_the_picker_and_picks_an_endpoint_with_room() -> None:
+    config = PickerConfig.model_validate(
+        {"replica_id": "t", "saturation": {"max_in_flight": 2}}
+    )
+    s = Scheduler(config, Telemetry(), clock=time.time)
+    fc = FlowControl(s, config.flow_control)
+    now = time.time()
+    s.on_snapshot(
+        PoolSnapshot(
+            pool="m", collector="t", published_at=now,
+            endpoints=[EndpointMetrics(address=a, scraped_at=now) for a in ("a:1", "b:1")],
+        )
+    )  # fmt: skip
+    # No engine queue shows yet (the snapshot says idle), but four in flight fill both batches.
+    first = [fc.try_pick(_pick(f"h{i}", "heavy")) for i in range(4)]
+    assert all(not isinstance(r, Waiter) and r.status is PickStatus.OK for r in first)
+    by_endpoint = [r.endpoints[0] for r in first if not isinstance(r, Waiter)]
+    assert sorted(by_endpoint) == ["a:1", "a:1", "b:1", "b:1"]
+    assert s.saturated("m") is True
+    held = fc.try_pick(_pick("h9", "heavy"))
+    light = fc.try_pick(_pick("l1", "light"))
+    assert isinstance(held, Waiter) and isinstance(light, Waiter)
+    # One completes on b:1: the slot goes to the next request by VTC order, and to b:1.
+    done = next(r for r in first if not isinstance(r, Waiter) and r.endpoints[0] == "b:1")
+    rid = next(f"h{i}" for i, r in enumerate(first) if r is done)
+    event = CompletionEvent(request_id=rid, model="m", endpoint="b:1", status_code=200,
+                            stream=True, prompt_tokens=100, completion_tokens=10)  # fmt: skip
+    s.on_completion(event)  # the handler's order: the scheduler, then flow control
+    fc.on_completion(event)
+    served = [w for w in (held, light) if w.future.done()]
+    assert len(served) == 1 and served[0].future.result().endpoints[0] == "b:1"
+    assert fc.queued("m") == 1
