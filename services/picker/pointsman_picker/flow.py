@@ -209,7 +209,7 @@ class FlowControl:
         while queues and self._sizes.get(pool):
             if self._s.saturated(pool):
                 break
-            heads = [core.Head(p, t, q[0].seq) for (p, t), q in queues.items() if q]
+            heads = [core.Head(p, t, q[0].seq, len(q)) for (p, t), q in queues.items() if q]
             view = self.counters.view(pool, {h.tenant for h in heads})
             head = core.next_head(heads, view)
             if head is None:  # pragma: no cover - sizes and queues agree

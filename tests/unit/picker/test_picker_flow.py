@@ -32,6 +32,14 @@ def test_lowest_counter_first_within_a_band_then_oldest() -> None:
     assert flow.next_head([], {}) is None
 
 
+def test_a_tie_goes_to_the_shorter_queue_then_the_oldest() -> None:
+    heavy, light = Head(0, "heavy", 1, queued=40), Head(0, "light", 9, queued=1)
+    assert flow.next_head([heavy, light], {"heavy": 500.0, "light": 500.0}) == light
+    assert flow.next_head([heavy, light], {"heavy": 500.0, "light": 501.0}) == heavy
+    older = Head(0, "other", 3, queued=40)
+    assert flow.next_head([heavy, older], {}) == heavy
+
+
 def test_unknown_tenant_counts_as_zero() -> None:
     assert flow.next_head([Head(0, "a", 1), Head(0, "new", 2)], {"a": 1.0}) == Head(0, "new", 2)
 
