@@ -332,7 +332,14 @@ def plan(
                 if wl == "auto" and not router.startswith("pointsman"):
                     continue  # only Pointsman resolves model: auto
                 runs.append(
-                    (wl, router, rate, reqs, None, slo if router.startswith("pointsman-slo") else {})
+                    (
+                        wl,
+                        router,
+                        rate,
+                        reqs,
+                        None,
+                        slo if router.startswith("pointsman-slo") else {},
+                    )
                 )
     return runs
 

@@ -15,9 +15,11 @@ render paths answer as vLLM 0.32's do: vllm-router's ``cache_aware`` needs them)
   engines (``saturation.queue_depth_threshold: 1`` and ``max_in_flight`` = the engines'
   ``--max-num-seqs``: an endpoint whose batch is full gets nothing more): flow control's
   fairness then decides who gets each engine slot as it frees;
-* ``pointsman-slo``: ``picker.profile: slo`` (the latency predictor's profile);
-  ``pointsman-slo-strict``: ``slo-strict`` (adds the headroom filter and the admission step);
-  skipped, saying so, when this checkout's picker has no such profile.
+* ``pointsman-slo``: ``picker.profile: slo`` (the latency predictor's profile) with
+  ``flow_control.slo_hold``: a request no endpoint is predicted to serve within its TTFT
+  objective waits in the picker for one that will (429 ``slo_unattainable`` once the objective
+  has passed); ``pointsman-slo-strict``: the same with ``slo-strict`` (adds the headroom filter
+  and the admission step); skipped, saying so, when this checkout's picker has no such profile.
 
 Every vllm-router row and the Envoy rows sit behind the same kind of Envoy listener as
 Pointsman, so each path has one proxy hop more than the fleet.
@@ -342,6 +344,12 @@ def start_router(
             why = slo_profile_exists(profile)
             if why is not None:
                 raise Skipped(why)
+            # a request no endpoint is predicted to serve in time waits for one that will
+            extra = {**(extra or {})}
+            extra["picker"] = {
+                **extra.get("picker", {}),
+                "flow_control": {"ttl_ms": 30_000, "slo_hold": True},
+            }
         with contextlib.contextmanager(_pointsman)(
             work, replicas, sim_args, pickers=2 if name == "pointsman-2" else 1,
             profile=profile, models=models, extra=extra or {},

@@ -130,6 +130,11 @@ class FlowControlConfig(_Strict):
     input_token_weight: float = Field(default=1.0, ge=0)
     #: Weight of one generated token in a tenant's counter.
     output_token_weight: float = Field(default=2.0, ge=0)
+    #: A request with a TTFT objective that no endpoint with room is predicted to meet (the
+    #: latency predictor) waits here until one is, rather than going to an endpoint where it
+    #: would be late; it leaves with 429 ``slo_unattainable`` once its objective has passed.
+    #: Off: such a request is served at once (or refused by ``slo-admission``).
+    slo_hold: bool = False
     #: With ``shared_state.redis_url``: how often the tenant counters are exchanged in Redis.
     sync_interval_ms: float = Field(default=50.0, gt=0)
 

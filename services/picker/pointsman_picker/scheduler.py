@@ -31,7 +31,7 @@ from pointsman_picker.core.objectives import Objectives
 from pointsman_picker.core.pipeline import Decision, has_room, saturated, schedule, usable
 from pointsman_picker.core.plugins.latency import SLO_UNATTAINABLE
 from pointsman_picker.core.request import to_request
-from pointsman_picker.core.slo import feature_vector, meets
+from pointsman_picker.core.slo import feature_vector, meets, predictions
 from pointsman_picker.core.types import Endpoint, Request
 from pointsman_picker.plan import Plans, build_plans
 from pointsman_picker.state import (
@@ -222,6 +222,22 @@ class Scheduler:
             views = [stale_view(m, pending(pool, m.address, m.scraped_at), now) for m in metrics]
             if any(v.healthy for v in views):
                 self.telemetry.stale_picks.labels(pool).inc()
+        cycle = self._cycle(req, now)
+        plan = self.plans.for_pool(pool)
+        if plan.saturation.max_in_flight > 0:
+            # endpoints whose in-flight requests fill them are left out while one has room
+            in_flight = self._in_flight_of(pool)
+            roomy = [v for v in views if has_room(v, now, plan, in_flight)]
+            if roomy:
+                views = roomy
+        decision = schedule(plan, cycle, views)
+        return _Outcome(
+            decision, cycle, views,
+            weigh and saturated(views, now, plan, self._in_flight_of(pool)),
+        )  # fmt: skip
+
+    def _cycle(self, req: Request, now: float) -> Cycle:
+        pool = req.pool
         affinity = self.affinity
         cycle = Cycle(
             request=req,
@@ -237,18 +253,27 @@ class Scheduler:
             cycle.backlog = lambda address: backlog.at(
                 pool, address, now, model.prefill_rate(pool) or DEFAULT_RATE
             )
+        return cycle
+
+    def best_ttft(self, pick: PickRequest) -> tuple[float | None, float | None]:
+        """(the request's TTFT objective, the lowest TTFT predicted for it on an endpoint of its
+        pool with room), ``None`` where unknown (no objective, no predictor, no sample yet, or no
+        endpoint with room). Nothing is remembered: flow control asks it to hold a request
+        with an SLO while no endpoint is predicted to meet it (``flow_control.slo_hold``)."""
+        req = self._request(pick)
+        slo = req.slo_ttft_ms
+        metrics = self.store.metrics(req.pool)
+        if slo is None or self.latency is None or metrics is None:
+            return slo, None
+        pool, now = req.pool, self._clock()
         plan = self.plans.for_pool(pool)
-        if plan.saturation.max_in_flight > 0:
-            # endpoints whose in-flight requests fill them are left out while one has room
-            in_flight = self._in_flight_of(pool)
-            roomy = [v for v in views if has_room(v, now, plan, in_flight)]
-            if roomy:
-                views = roomy
-        decision = schedule(plan, cycle, views)
-        return _Outcome(
-            decision, cycle, views,
-            weigh and saturated(views, now, plan, self._in_flight_of(pool)),
-        )  # fmt: skip
+        pending, in_flight = self.in_flight.pending, self._in_flight_of(pool)
+        views = [endpoint_view(m, pending(pool, m.address, m.scraped_at)) for m in metrics]
+        roomy = [v for v in views if has_room(v, now, plan, in_flight)]
+        known = [
+            p.ttft_ms for p in predictions(self._cycle(req, now), roomy) if p.ttft_ms is not None
+        ]
+        return slo, min(known, default=None)
 
     def _commit(self, req: Request, outcome: _Outcome) -> Decision:
         """Remember the decision (local state, the shared-state sink, the predictor's features)

@@ -12,6 +12,7 @@ from pointsman.v1 import CompletionEvent, EndpointMetrics, PickRequest, PickStat
 from pointsman_picker.config import FlowControlConfig, PickerConfig
 from pointsman_picker.core import flow
 from pointsman_picker.core.flow import Head, Weights
+from pointsman_picker.core.latency import LatencySample, features
 from pointsman_picker.flow import Counters, FlowControl, Waiter
 from pointsman_picker.scheduler import Scheduler
 from pointsman_picker.telemetry import Telemetry
@@ -268,9 +269,7 @@ async def test_auto_with_a_free_second_pool_does_not_wait() -> None:
 
 
 async def test_max_in_flight_holds_requests_in_the_picker_and_picks_an_endpoint_with_room() -> None:
-    config = PickerConfig.model_validate(
-        {"replica_id": "t", "saturation": {"max_in_flight": 2}}
-    )
+    config = PickerConfig.model_validate({"replica_id": "t", "saturation": {"max_in_flight": 2}})
     s = Scheduler(config, Telemetry(), clock=time.time)
     fc = FlowControl(s, config.flow_control)
     now = time.time()
@@ -299,3 +298,58 @@ async def test_max_in_flight_holds_requests_in_the_picker_and_picks_an_endpoint_
     served = [w for w in (held, light) if w.future.done()]
     assert len(served) == 1 and served[0].future.result().endpoints[0] == "b:1"
     assert fc.queued("m") == 1
+
+
+def _slo_flow() -> tuple[Scheduler, FlowControl]:
+    config = PickerConfig.model_validate(
+        {"replica_id": "t", "profile": "slo", "latency": {"forgetting": 0.9},
+         "flow_control": {"slo_hold": True}}
+    )  # fmt: skip
+    s = Scheduler(config, Telemetry(), clock=time.time)
+    s.on_snapshot(_snapshot(0))
+    return s, FlowControl(s, config.flow_control)
+
+
+def _teach(s: Scheduler, ttft_ms: float, n: int) -> None:
+    assert s.latency is not None
+    x = features(prompt_tokens=100, cached_tokens=0, queue=0, running=0, kv_usage=0.0)
+    for _ in range(n):
+        s.latency.learn(LatencySample("m", "10.0.0.1:8000", x, ttft_ms, 10.0))
+
+
+def _slo_pick(rid: str, slo_ms: float, *, wait_ms: float = 10_000) -> PickRequest:
+    return PickRequest(
+        request_id=rid, model="m", prompt="x" * 400, max_wait_ms=wait_ms,
+        headers={"x-pointsman-tenant": "a", "x-pointsman-slo-ttft-ms": f"{slo_ms:g}"},
+    )  # fmt: skip
+
+
+async def test_slo_hold_waits_for_an_endpoint_predicted_to_meet_the_objective() -> None:
+    s, fc = _slo_flow()
+    _teach(s, 900.0, 50)
+    # an objective the endpoint meets: served at once
+    got = fc.try_pick(_slo_pick("ok", 2000))
+    assert not isinstance(got, Waiter) and got.status is PickStatus.OK
+    # one it would miss: held (not sent to be late), then served once the endpoint is faster
+    held = fc.try_pick(_slo_pick("held", 600))
+    assert isinstance(held, Waiter) and fc.queued("m") == 1
+    fc.dispatch_all()
+    assert not held.future.done()
+    _teach(s, 100.0, 200)
+    fc.dispatch_all()
+    assert held.future.done() and held.future.result().status is PickStatus.OK
+
+
+async def test_slo_hold_refuses_with_the_reason_once_the_objective_has_passed() -> None:
+    s, fc = _slo_flow()
+    _teach(s, 900.0, 50)
+    late = fc.try_pick(_slo_pick("late", 50))
+    assert isinstance(late, Waiter) and late.ttl_s == pytest.approx(0.05)
+    reply = await fc.wait(late)
+    assert reply.status is PickStatus.SHED and reply.reason == "slo_unattainable"
+    assert fc.queued("m") == 0
+    # without slo_hold the same request is served at once (late)
+    s2, fc2 = _flow()
+    s2.on_snapshot(_snapshot(0))
+    got = fc2.try_pick(_slo_pick("late", 50))
+    assert not isinstance(got, Waiter) and got.status is PickStatus.OK

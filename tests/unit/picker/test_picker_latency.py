@@ -368,15 +368,14 @@ def test_scheduler_learns_ttft_without_the_flow_control_wait_and_counts_its_erro
     samples = [u for u in sent if isinstance(u, LatencySample)]
     assert {round(v.ttft_ms or 0) for v in samples} == {80}
     # each completion after the first was predicted before it was learnt: one ratio each
-    ratio = s.telemetry.ttft_prediction_ratio
-    assert s.telemetry.registry.get_sample_value(
-        "pointsman_picker_latency_ttft_prediction_ratio_count"
-    ) == 29
-    assert ratio is not None
-    # the last predictions are exact (bucket 1.0 holds them)
-    assert s.telemetry.registry.get_sample_value(
-        "pointsman_picker_latency_ttft_prediction_ratio_bucket", {"le": "1.11"}
-    ) == 29
+    name = "pointsman_picker_latency_ttft_prediction_ratio"
+    value = s.telemetry.registry.get_sample_value
+    assert value(f"{name}_count") == 29
+    # once learnt, the predictions are within 10% (the 0.9-1.11 buckets)
+    near = (value(f"{name}_bucket", {"le": "1.11"}) or 0) - (
+        value(f"{name}_bucket", {"le": "0.8"}) or 0
+    )
+    assert near >= 25
 
 
 def test_picks_fill_the_backlog_feature_of_their_endpoint() -> None:

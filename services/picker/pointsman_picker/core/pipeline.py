@@ -138,7 +138,9 @@ def has_room(
         usable(e, now, plan.stale_after_s)
         and e.queue < sat.queue_depth_threshold
         and e.kv_usage < sat.kv_cache_util_threshold
-        and (sat.max_in_flight <= 0 or in_flight is None or in_flight(e.address) < sat.max_in_flight)
+        and (
+            sat.max_in_flight <= 0 or in_flight is None or in_flight(e.address) < sat.max_in_flight
+        )
     )
 
 
