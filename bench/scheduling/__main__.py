@@ -328,7 +328,8 @@ def plan(
                              "pointsman-slo (unloaded)", slo))  # fmt: skip
             else:
                 raise SystemExit(f"unknown workload '{wl}' ({', '.join(workloads.WORKLOADS)})")
-            for router in routers:
+            chosen = args.routers_for.get(f"{wl}@{rate:g}") or args.routers_for.get(wl)
+            for router in [r.strip() for r in chosen.split(",")] if chosen else routers:
                 if wl == "auto" and not router.startswith("pointsman"):
                     continue  # only Pointsman resolves model: auto
                 runs.append(
@@ -357,6 +358,11 @@ def main(argv: list[str] | None = None) -> int:
         "--rate-for", action="append", default=[], metavar="WORKLOAD=RATES",
         help="rates of one workload, e.g. azure=24 or tenants=6,8 (repeatable)",
     )  # fmt: skip
+    p.add_argument(
+        "--routers-for", action="append", default=[], metavar="WORKLOAD[@RATE]=ROUTERS",
+        help="routers of one workload (or of one of its rates), e.g. azure@26=pointsman,"
+        "pointsman-slo (repeatable; default: --routers)",
+    )  # fmt: skip
     p.add_argument("--duration", type=float, default=20.0, help="seconds of arrivals per run")
     p.add_argument("--replicas", type=int, default=4, help="simulated vLLM replicas per model")
     p.add_argument("--groups", type=int, default=16, help="shared-prefix: prompt groups")
@@ -383,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sim_arg is None:
         args.sim_arg = ["--prefill-tokens-per-s=8000"]
     args.rate_for = dict(item.split("=", 1) for item in args.rate_for)
+    args.routers_for = dict(item.split("=", 1) for item in args.routers_for)
     RESULTS.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="pointsman-bench-scheduling-"))
     rows: list[dict[str, Any]] = []
