@@ -224,10 +224,12 @@ class Scheduler:
                 self.telemetry.stale_picks.labels(pool).inc()
         cycle = self._cycle(req, now)
         plan = self.plans.for_pool(pool)
-        if plan.saturation.max_in_flight > 0:
-            # endpoints whose in-flight requests fill them are left out while one has room
-            in_flight = self._in_flight_of(pool)
-            roomy = [v for v in views if has_room(v, now, plan, in_flight)]
+        bound = plan.saturation.max_in_flight
+        if bound > 0:
+            # endpoints whose in-flight requests fill them are left out while one is not full
+            # (only this bound: the queue and KV thresholds decide saturation, not the pick)
+            count = self.in_flight.count
+            roomy = [v for v in views if count(pool, v.address) < bound]
             if roomy:
                 views = roomy
         decision = schedule(plan, cycle, views)

@@ -353,3 +353,20 @@ async def test_slo_hold_refuses_with_the_reason_once_the_objective_has_passed() 
     s2.on_snapshot(_snapshot(0))
     got = fc2.try_pick(_slo_pick("late", 50))
     assert not isinstance(got, Waiter) and got.status is PickStatus.OK
+
+
+async def test_max_in_flight_filters_picks_by_that_bound_alone() -> None:
+    # The queue and KV thresholds decide saturation, not which endpoint a pick may go to.
+    config = PickerConfig.model_validate({"replica_id": "t", "saturation": {"max_in_flight": 1}})
+    s = Scheduler(config, Telemetry(), clock=time.time)
+    now = time.time()
+    s.on_snapshot(
+        PoolSnapshot(
+            pool="m", collector="t", published_at=now,
+            endpoints=[EndpointMetrics(address="a:1", scraped_at=now, kv_usage=0.85),
+                       EndpointMetrics(address="b:1", scraped_at=now, kv_usage=0.0)],
+        )
+    )  # fmt: skip
+    assert s.pick(_pick("r0", "t")).endpoints[0] == "b:1"  # the emptier KV cache
+    # b:1 is full (one in flight); a:1, over the KV threshold, is still not full: it gets it
+    assert s.pick(_pick("r1", "t")).endpoints[0] == "a:1"

@@ -136,11 +136,13 @@ class Prediction:
 
 
 class _Pair:
-    __slots__ = ("tpot", "ttft")
+    __slots__ = ("rate", "tpot", "ttft")
 
     def __init__(self, lam: float) -> None:
         self.ttft = RLS(lam=lam)
         self.tpot = RLS(lam=lam)
+        #: the smoothed prefill speed (thousand tokens/s), see :meth:`LatencyModel.prefill_rate`
+        self.rate: float | None = None
 
 
 class _Scale:
@@ -226,6 +228,8 @@ class LatencyModel:
                 setattr(off, f"{target}_pred", was + rate * (pred - was))
             model.update(x, value)
             used = True
+            if target == "ttft":
+                _smooth_rate(pool)
         if used:
             off.n += 1
             self.samples += 1
@@ -257,12 +261,7 @@ class LatencyModel:
         """Thousands of uncached prompt tokens per second the pool's TTFT model implies (the
         inverse of its slope on ``new_prompt_ktokens``); ``None`` before it learnt a slope."""
         pair = self._pools.get(pool)
-        if pair is None or pair.ttft.n == 0:
-            return None
-        ms_per_ktoken = pair.ttft.w[1]
-        if not math.isfinite(ms_per_ktoken) or ms_per_ktoken <= 1e-3:
-            return None
-        return min(max(1000.0 / ms_per_ktoken, MIN_RATE), MAX_RATE)
+        return None if pair is None else pair.rate
 
     def forget_endpoint(self, pool: str, endpoint: str) -> None:
         self._scales.pop((pool, endpoint), None)
@@ -270,6 +269,22 @@ class LatencyModel:
 
 #: Bounds and the start value of a pool's prefill speed (thousand tokens/s) for :class:`Backlog`.
 MIN_RATE, MAX_RATE, DEFAULT_RATE = 0.1, 1000.0, 8.0
+#: Weight of one sample in the smoothed prefill speed: the backlog is sensitive to it (a speed
+#: 10 % off costs much of the feature's worth, ``bench.scheduling.predictor_fit``), and the
+#: regression's slope moves with every sample, so it is averaged over about 100.
+RATE_SMOOTHING = 0.01
+
+
+#: Samples before the slope is trusted for the prefill speed (the first fits are wild).
+RATE_WARMUP = 32
+
+
+def _smooth_rate(pair: _Pair) -> None:
+    ms_per_ktoken = pair.ttft.w[1]
+    if pair.ttft.n < RATE_WARMUP or not math.isfinite(ms_per_ktoken) or ms_per_ktoken <= 1e-3:
+        return
+    now = min(max(1000.0 / ms_per_ktoken, MIN_RATE), MAX_RATE)
+    pair.rate = now if pair.rate is None else pair.rate + RATE_SMOOTHING * (now - pair.rate)
 
 
 class Backlog:
