@@ -26,7 +26,7 @@ import argparse
 import heapq
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +60,6 @@ class _Req:
     predicted: dict[str, float | None]
     ttft: float | None = None
     seq: Seq | None = None
-    done: bool = False
-    learnt: bool = field(default=False)
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -116,7 +114,7 @@ def run(
                 eng.sent_since_scrape = 0
             continue
         if kind == 1:
-            at, prompt, out = arrivals[n]
+            _, prompt, out = arrivals[n]
             e = n % replicas
             eng = engines[e]
             waiting, running, kv = eng.scraped
