@@ -145,12 +145,10 @@ class FlowControl:
         wait_ms = min(cfg.ttl_ms, pick.max_wait_ms or 0.0)
         busy = s.saturated(pool)
         slo_ms: float | None = None
-        if cfg.slo_hold and wait_ms > 0 and busy is False:
-            slo, best = s.best_ttft(pick)
-            if slo is not None:
-                slo_ms = slo
-                if best is not None and best > slo:
-                    busy = True  # no endpoint meets it now: wait for one that will
+        if cfg.slo_hold and wait_ms > 0 and busy is not None:
+            slo_ms, best = s.best_ttft(pick)
+            if busy is False and slo_ms is not None and best is not None and best > slo_ms:
+                busy = True  # no endpoint meets it now: wait for one that will
         # model: auto with the classifier's candidates (PickRequest.candidates, issue 17 item 3)
         candidates = getattr(pick, "candidates", None) or []
         if (

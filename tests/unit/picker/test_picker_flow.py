@@ -370,3 +370,15 @@ async def test_max_in_flight_filters_picks_by_that_bound_alone() -> None:
     assert s.pick(_pick("r0", "t")).endpoints[0] == "b:1"  # the emptier KV cache
     # b:1 is full (one in flight); a:1, over the KV threshold, is still not full: it gets it
     assert s.pick(_pick("r1", "t")).endpoints[0] == "a:1"
+
+
+async def test_slo_hold_also_bounds_a_wait_for_a_saturated_pool() -> None:
+    s, fc = _slo_flow()
+    _teach(s, 100.0, 50)
+    s.on_snapshot(_snapshot(9))  # saturated: it waits whatever the prediction
+    waiter = fc.try_pick(_slo_pick("w", 40))
+    assert (
+        isinstance(waiter, Waiter) and waiter.slo_ms == 40 and waiter.ttl_s == pytest.approx(0.04)
+    )
+    reply = await fc.wait(waiter)
+    assert reply.status is PickStatus.SHED and reply.reason == "slo_unattainable"
