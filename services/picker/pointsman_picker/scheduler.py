@@ -260,8 +260,12 @@ class Scheduler:
     def best_ttft(self, pick: PickRequest) -> tuple[float | None, float | None]:
         """(the request's TTFT objective, the lowest TTFT predicted for it on an endpoint of its
         pool with room), ``None`` where unknown (no objective, no predictor, no sample yet, or no
-        endpoint with room). Nothing is remembered: flow control asks it to hold a request
-        with an SLO while no endpoint is predicted to meet it (``flow_control.slo_hold``)."""
+        endpoint with room) and where an endpoint with room has nothing in flight: serving is
+        the only way its prediction is refreshed (a model that learnt a slow spell would
+        otherwise hold every request, and learn nothing new, for ever), and an idle endpoint
+        is the best chance the request has. Nothing is remembered: flow control asks it to
+        hold a request with an SLO while no endpoint is predicted to meet it
+        (``flow_control.slo_hold``)."""
         req = self._request(pick)
         slo = req.slo_ttft_ms
         metrics = self.store.metrics(req.pool)
@@ -272,6 +276,8 @@ class Scheduler:
         pending, in_flight = self.in_flight.pending, self._in_flight_of(pool)
         views = [endpoint_view(m, pending(pool, m.address, m.scraped_at)) for m in metrics]
         roomy = [v for v in views if has_room(v, now, plan, in_flight)]
+        if any(in_flight(v.address) == 0 for v in roomy):
+            return slo, None
         known = [
             p.ttft_ms for p in predictions(self._cycle(req, now), roomy) if p.ttft_ms is not None
         ]

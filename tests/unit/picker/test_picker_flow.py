@@ -343,6 +343,7 @@ async def test_slo_hold_waits_for_an_endpoint_predicted_to_meet_the_objective() 
 async def test_slo_hold_refuses_with_the_reason_once_the_objective_has_passed() -> None:
     s, fc = _slo_flow()
     _teach(s, 900.0, 50)
+    fc.try_pick(_pick("busy", "a"))  # the endpoint has one in flight: no longer idle
     late = fc.try_pick(_slo_pick("late", 50))
     assert isinstance(late, Waiter) and late.ttl_s == pytest.approx(0.05)
     reply = await fc.wait(late)
@@ -382,3 +383,14 @@ async def test_slo_hold_also_bounds_a_wait_for_a_saturated_pool() -> None:
     )
     reply = await fc.wait(waiter)
     assert reply.status is PickStatus.SHED and reply.reason == "slo_unattainable"
+
+
+async def test_slo_hold_serves_an_idle_endpoint_whatever_the_prediction() -> None:
+    # A predictor that learnt a slow spell would hold (and refuse) every request for ever, and
+    # learn nothing new: while an endpoint has nothing in flight, the request goes there.
+    s, fc = _slo_flow()
+    _teach(s, 900.0, 50)
+    probe = fc.try_pick(_slo_pick("probe", 600))
+    assert not isinstance(probe, Waiter) and probe.status is PickStatus.OK
+    held = fc.try_pick(_slo_pick("held", 600))  # the endpoint now has one in flight
+    assert isinstance(held, Waiter)

@@ -257,7 +257,8 @@ def test_scheduler_learns_from_completions_and_shares_samples() -> None:
 
 def test_scheduler_refuses_an_slo_no_endpoint_meets() -> None:
     s, _ = _scheduler(profile="slo-strict")
-    s.on_snapshot(_snap("m", 1000.0, **{"a-1": 0}))
+    # scraped a second ago: r1, picked now, counts as pending (the endpoint is not idle after it)
+    s.on_snapshot(_snap("m", 999.0, **{"a-1": 0}))
     assert s.latency is not None
     x = features(prompt_tokens=100, cached_tokens=0, queue=0, running=0, kv_usage=0.0)
     for _ in range(10):
