@@ -122,6 +122,10 @@ def plot(rows: list[dict[str, Any]], path: Any, title: str) -> bool:
     return True
 
 
+#: A cache-aware rival this far (share) below our prefix-hit rate was degraded: no verdict.
+DEGRADED_HIT = 0.05
+
+
 def _row(rows: list[dict[str, Any]], workload: str, router: str) -> dict[str, Any] | None:
     for r in rows:
         if r["workload"] == workload and r["router"] == router and not r.get("skipped"):
@@ -156,6 +160,16 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     f"({best['router']}, hit {100 * best['prefix_hit_rate']:.0f}%) = {ratio:.2f}x; "
                     f"tok/s {tok:.4f}x; our hit {100 * me['prefix_hit_rate']:.0f}%"
                 )
+                cache = [r for r in rivals if "cache-aware" in r["router"]]
+                top = max((r["prefix_hit_rate"] for r in cache), default=float("nan"))
+                if top < me["prefix_hit_rate"] - DEGRADED_HIT:
+                    # the rival's cache-aware policy did not reach our hit rate: degraded
+                    # (starved of CPU, or its routing key broken), so no verdict
+                    ok = None
+                    figures += (
+                        f"; void: vllm-router cache_aware reached {100 * top:.0f}% prefix hits "
+                        f"against our {100 * me['prefix_hit_rate']:.0f}% (degraded rival)"
+                    )
             out.append({
                 "target": f"{wl}: {ours} TTFT p90 <= 0.8x best vllm-router, tok/s >= 1.0x",
                 "verdict": _verdict(ok), "figures": figures,
