@@ -52,6 +52,8 @@ from bench.scheduling.routers import ROUTERS, Skipped, prefix_counters, start_ro
 from bench.scheduling.workloads import MODEL, Req
 
 RESULTS = Path("bench/results")
+#: The picker's histogram of predicted / measured TTFT (the latency predictor's accuracy).
+PREDICTION_RATIO = "pointsman_picker_latency_ttft_prediction_ratio"
 DEFAULT_ROUTERS = [
     "round-robin",
     "vllm-router-cache-aware",
@@ -251,8 +253,12 @@ def measure(
         q0, h0 = prefix_counters(running.endpoints)
         before = merged(running.picker_metrics, "pointsman_picker_decision_seconds") if (
             running.picker_metrics) else {}  # fmt: skip
+        ratio0 = merged(running.picker_metrics, PREDICTION_RATIO) if (
+            running.picker_metrics) else {}  # fmt: skip
         out = asyncio.run(replay(f"{running.url}/v1/chat/completions", reqs, extra_headers or {}))
         after = merged(running.picker_metrics, "pointsman_picker_decision_seconds") if (
+            running.picker_metrics) else {}  # fmt: skip
+        ratio1 = merged(running.picker_metrics, PREDICTION_RATIO) if (
             running.picker_metrics) else {}  # fmt: skip
         q1, h1 = prefix_counters(running.endpoints)
     row = {
@@ -266,6 +272,10 @@ def measure(
     if before or after:
         row["decision_p50_ms"] = hist_quantile(before, after, 0.5) * 1000
         row["decision_p99_ms"] = hist_quantile(before, after, 0.99) * 1000
+    if ratio1:
+        # the latency predictor's accuracy: predicted / measured TTFT of the run's requests
+        for q in (10, 50, 90):
+            row[f"ttft_pred_ratio_p{q}"] = hist_quantile(ratio0, ratio1, q / 100)
     if workload == "auto":
         ok = sum(row["model_mix"].values()) or 1
         moved = row["model_mix"].get(SECOND, 0) / ok
@@ -318,11 +328,19 @@ def plan(
                              "pointsman-slo (unloaded)", slo))  # fmt: skip
             else:
                 raise SystemExit(f"unknown workload '{wl}' ({', '.join(workloads.WORKLOADS)})")
-            for router in routers:
+            chosen = args.routers_for.get(f"{wl}@{rate:g}") or args.routers_for.get(wl)
+            for router in [r.strip() for r in chosen.split(",")] if chosen else routers:
                 if wl == "auto" and not router.startswith("pointsman"):
                     continue  # only Pointsman resolves model: auto
                 runs.append(
-                    (wl, router, rate, reqs, None, slo if router == "pointsman-slo" else {})
+                    (
+                        wl,
+                        router,
+                        rate,
+                        reqs,
+                        None,
+                        slo if router.startswith("pointsman-slo") else {},
+                    )
                 )
     return runs
 
@@ -339,6 +357,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--rate-for", action="append", default=[], metavar="WORKLOAD=RATES",
         help="rates of one workload, e.g. azure=24 or tenants=6,8 (repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "--routers-for", action="append", default=[], metavar="WORKLOAD[@RATE]=ROUTERS",
+        help="routers of one workload (or of one of its rates), e.g. azure@26=pointsman,"
+        "pointsman-slo (repeatable; default: --routers)",
     )  # fmt: skip
     p.add_argument("--duration", type=float, default=20.0, help="seconds of arrivals per run")
     p.add_argument("--replicas", type=int, default=4, help="simulated vLLM replicas per model")
@@ -366,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sim_arg is None:
         args.sim_arg = ["--prefill-tokens-per-s=8000"]
     args.rate_for = dict(item.split("=", 1) for item in args.rate_for)
+    args.routers_for = dict(item.split("=", 1) for item in args.routers_for)
     RESULTS.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="pointsman-bench-scheduling-"))
     rows: list[dict[str, Any]] = []

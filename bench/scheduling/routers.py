@@ -12,10 +12,14 @@ render paths answer as vLLM 0.32's do: vllm-router's ``cache_aware`` needs them)
 * ``pointsman``: Envoy + ext_proc -> shim -> NATS -> picker, today's default profile (queue 2,
   KV 2, prefix 3) with flow control; ``pointsman-2``: two pickers sharing state in Redis;
 * ``pointsman-flow``: the default profile with the queue held in the picker rather than in the
-  engines (``saturation.queue_depth_threshold: 1``): flow control's fairness then decides who
-  gets each engine slot as it frees;
-* ``pointsman-slo``: the same with ``picker.profile: slo`` (the latency predictor's profile);
-  skipped, saying so, when this checkout's picker has no ``slo`` profile.
+  engines (``saturation.queue_depth_threshold: 1`` and ``max_in_flight`` = the engines'
+  ``--max-num-seqs``: an endpoint whose batch is full gets nothing more): flow control's
+  fairness then decides who gets each engine slot as it frees;
+* ``pointsman-slo``: ``picker.profile: slo`` (the latency predictor's profile) with
+  ``flow_control.slo_hold``: a request no endpoint is predicted to serve within its TTFT
+  objective waits in the picker for one that will (429 ``slo_unattainable`` once the objective
+  has passed); ``pointsman-slo-strict``: the same with ``slo-strict`` (adds the headroom filter
+  and the admission step); skipped, saying so, when this checkout's picker has no such profile.
 
 Every vllm-router row and the Envoy rows sit behind the same kind of Envoy listener as
 Pointsman, so each path has one proxy hop more than the fleet.
@@ -57,6 +61,7 @@ ROUTERS = [
     "pointsman-2",
     "pointsman-flow",
     "pointsman-slo",
+    "pointsman-slo-strict",
 ]
 
 #: vllm-router ``cache_aware`` settings per workload, from the SGLang/SMG router's tuning guide
@@ -225,16 +230,26 @@ def _redis(work: Path) -> Iterator[str]:
         child.stop()
 
 
-def slo_profile_exists() -> str | None:
-    """``None`` when the picker builds a ``slo`` profile, else why not."""
+def slo_profile_exists(profile: str = "slo") -> str | None:
+    """``None`` when the picker builds ``profile``, else why not."""
     try:
         from pointsman_picker.config import PickerConfig
         from pointsman_picker.plan import build_plans
 
-        build_plans(PickerConfig(profile="slo"))
+        build_plans(PickerConfig(profile=profile))
     except Exception as exc:  # unknown profile, or the picker package missing
-        return f"no 'slo' picker profile in this checkout ({str(exc).splitlines()[0]})"
+        return f"no '{profile}' picker profile in this checkout ({str(exc).splitlines()[0]})"
     return None
+
+
+def engine_batch(sim_args: list[str]) -> int:
+    """The simulated engines' ``--max-num-seqs`` (the simulator's default 256 when not set)."""
+    for i, arg in enumerate(sim_args):
+        if arg == "--max-num-seqs" and i + 1 < len(sim_args):
+            return int(sim_args[i + 1])
+        if arg.startswith("--max-num-seqs="):
+            return int(arg.split("=", 1)[1])
+    return 256
 
 
 def _pointsman(
@@ -313,19 +328,28 @@ def start_router(
             finally:
                 child.stop()
         return
-    if name in ("pointsman", "pointsman-2", "pointsman-flow", "pointsman-slo"):
+    if name in ("pointsman", "pointsman-2", "pointsman-flow", "pointsman-slo",
+                "pointsman-slo-strict"):  # fmt: skip
         profile = None
         if name == "pointsman-flow":
             extra = {**(extra or {})}
             extra["picker"] = {
                 **extra.get("picker", {}),
-                "saturation": {"queue_depth_threshold": 1},
-            }
-        if name == "pointsman-slo":
-            why = slo_profile_exists()
+                "saturation": {
+                    "queue_depth_threshold": 1, "max_in_flight": engine_batch(sim_args),
+                },
+            }  # fmt: skip
+        if name.startswith("pointsman-slo"):
+            profile = name.removeprefix("pointsman-")
+            why = slo_profile_exists(profile)
             if why is not None:
                 raise Skipped(why)
-            profile = "slo"
+            # a request no endpoint is predicted to serve in time waits for one that will
+            extra = {**(extra or {})}
+            extra["picker"] = {
+                **extra.get("picker", {}),
+                "flow_control": {"ttl_ms": 30_000, "slo_hold": True},
+            }
         with contextlib.contextmanager(_pointsman)(
             work, replicas, sim_args, pickers=2 if name == "pointsman-2" else 1,
             profile=profile, models=models, extra=extra or {},

@@ -38,6 +38,11 @@ class ProfileEntry(_Strict):
 class SaturationConfig(_Strict):
     queue_depth_threshold: int = Field(default=5, ge=0)
     kv_cache_util_threshold: float = Field(default=0.8, ge=0, le=1)
+    #: An endpoint with this many requests in flight (picked, not completed, every picker
+    #: replica's) is full: flow control holds requests while every endpoint is, and a pick goes
+    #: to one that is not. Set to the engines' batch (vLLM ``--max-num-seqs``) to keep the queue
+    #: in the picker, where flow control orders it, instead of in the engine. 0: no such bound.
+    max_in_flight: int = Field(default=0, ge=0)
 
 
 class ObjectiveConfig(_Strict):
@@ -125,6 +130,11 @@ class FlowControlConfig(_Strict):
     input_token_weight: float = Field(default=1.0, ge=0)
     #: Weight of one generated token in a tenant's counter.
     output_token_weight: float = Field(default=2.0, ge=0)
+    #: A request with a TTFT objective that no endpoint with room is predicted to meet (the
+    #: latency predictor) waits here until one is, rather than going to an endpoint where it
+    #: would be late; it leaves with 429 ``slo_unattainable`` once its objective has passed.
+    #: Off: such a request is served at once (or refused by ``slo-admission``).
+    slo_hold: bool = False
     #: With ``shared_state.redis_url``: how often the tenant counters are exchanged in Redis.
     sync_interval_ms: float = Field(default=50.0, gt=0)
 

@@ -41,12 +41,15 @@ from typing import Any
 from pointsman.v1 import CompletionEvent, PickReply, PickRequest, PickStatus
 from pointsman_picker.config import FlowControlConfig
 from pointsman_picker.core import flow as core
+from pointsman_picker.core.plugins.latency import SLO_UNATTAINABLE
 from pointsman_picker.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 
 #: Requests remembered for the completion's charge (prompt estimate corrected, output added).
 _MAX_CHARGED = 100_000
+#: Waiters of one queue looked at for one that meets its objective (``slo_hold``).
+_SLO_SCAN = 8
 
 
 class Counters:
@@ -101,6 +104,8 @@ class Waiter:
     enqueued_at: float
     ttl_s: float
     future: asyncio.Future[PickReply] = field(repr=False)
+    #: Its TTFT objective when held for it (``slo_hold``): it then leaves when that has passed.
+    slo_ms: float | None = None
 
 
 class FlowControl:
@@ -139,6 +144,11 @@ class FlowControl:
         tenant = core.tenant_of(pick.headers, cfg.tenant_header, cfg.default_tenant)
         wait_ms = min(cfg.ttl_ms, pick.max_wait_ms or 0.0)
         busy = s.saturated(pool)
+        slo_ms: float | None = None
+        if cfg.slo_hold and wait_ms > 0 and busy is not None:
+            slo_ms, best = s.best_ttft(pick)
+            if busy is False and slo_ms is not None and best is not None and best > slo_ms:
+                busy = True  # no endpoint meets it now: wait for one that will
         # model: auto with the classifier's candidates (PickRequest.candidates, issue 17 item 3)
         candidates = getattr(pick, "candidates", None) or []
         if (
@@ -163,9 +173,11 @@ class FlowControl:
             return self._drop(pool, PickStatus.SHED, reason)
         if not self._tenant_sizes.get((pool, tenant)):
             self._lift(pool, tenant)
+        if slo_ms is not None:
+            wait_ms = min(wait_ms, slo_ms)  # later than its objective it is no use
         waiter = Waiter(
             pick, pool, req.priority, tenant, next(self._seq), self._clock(), wait_ms / 1000,
-            asyncio.get_running_loop().create_future(),
+            asyncio.get_running_loop().create_future(), slo_ms,
         )  # fmt: skip
         self._queues.setdefault(pool, {}).setdefault((req.priority, tenant), deque()).append(waiter)
         self._sizes[pool] = self._sizes.get(pool, 0) + 1
@@ -183,6 +195,8 @@ class FlowControl:
             if waiter.future.done():
                 return waiter.future.result()
             self._remove(waiter)
+            if waiter.slo_ms is not None:
+                return self._drop(waiter.pool, PickStatus.SHED, SLO_UNATTAINABLE)
             return self._drop(waiter.pool, PickStatus.DROPPED, core.TTL_EXPIRED)
         finally:
             if not waiter.future.done():  # cancelled (the bus is stopping): leave the queue
@@ -209,19 +223,29 @@ class FlowControl:
         while queues and self._sizes.get(pool):
             if self._s.saturated(pool):
                 break
-            heads = [core.Head(p, t, q[0].seq) for (p, t), q in queues.items() if q]
+            heads = [core.Head(p, t, q[0].seq, len(q)) for (p, t), q in queues.items() if q]
             view = self.counters.view(pool, {h.tenant for h in heads})
             head = core.next_head(heads, view)
             if head is None:  # pragma: no cover - sizes and queues agree
                 break
-            waiter = queues[(head.priority, head.tenant)].popleft()
+            queue = queues[(head.priority, head.tenant)]
+            found = self._fitting(queue) if self.config.slo_hold else queue[0]
+            if found is None:
+                break  # no waiter with an objective is predicted to meet it yet
+            waiter = found
+            if waiter is queue[0]:
+                queue.popleft()
+            else:
+                queue.remove(waiter)
             self._forget(waiter)
             if waiter.future.done():
                 continue
             reply = self._serve(waiter.pick, pool, waiter.tenant)
+            waited = self._clock() - waiter.enqueued_at
+            self._s.note_wait(waiter.pick.request_id, waited)
             waiter.future.set_result(reply)
             self.metrics.dispatched.labels(pool).inc()
-            self.metrics.wait_seconds.labels(pool).observe(self._clock() - waiter.enqueued_at)
+            self.metrics.wait_seconds.labels(pool).observe(waited)
             served += 1
         return served
 
@@ -259,6 +283,18 @@ class FlowControl:
             if len(self._charged) > _MAX_CHARGED:
                 self._charged.popitem(last=False)
         return reply
+
+    def _fitting(self, queue: deque[Waiter]) -> Waiter | None:
+        """The oldest of the first :data:`_SLO_SCAN` waiters that has no objective or is
+        predicted to meet what is left of it on an endpoint with room."""
+        now = self._clock()
+        for w in itertools.islice(queue, _SLO_SCAN):
+            if w.slo_ms is None or w.future.done():
+                return w
+            _, best = self._s.best_ttft(w.pick)
+            if best is None or best <= w.slo_ms - (now - w.enqueued_at) * 1000:
+                return w
+        return None
 
     def _lift(self, pool: str, tenant: str) -> None:
         waiting = {t for (_, t), q in self._queues.get(pool, {}).items() if q and t != tenant}

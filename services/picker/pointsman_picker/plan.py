@@ -144,7 +144,7 @@ def _build_profile(
 
 
 def _saturation(s: SaturationConfig) -> Saturation:
-    return Saturation(s.queue_depth_threshold, s.kv_cache_util_threshold)
+    return Saturation(s.queue_depth_threshold, s.kv_cache_util_threshold, s.max_in_flight)
 
 
 def build_plans(cfg: PickerConfig) -> Plans:

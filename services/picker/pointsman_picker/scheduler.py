@@ -26,12 +26,12 @@ from pointsman.v1.policy import InferencePolicy
 from pointsman_picker.config import PickerConfig
 from pointsman_picker.core import joint
 from pointsman_picker.core.framework import Cycle, Update
-from pointsman_picker.core.latency import LatencyModel, LatencySample
+from pointsman_picker.core.latency import DEFAULT_RATE, Backlog, LatencyModel, LatencySample
 from pointsman_picker.core.objectives import Objectives
-from pointsman_picker.core.pipeline import Decision, saturated, schedule, usable
+from pointsman_picker.core.pipeline import Decision, has_room, saturated, schedule, usable
 from pointsman_picker.core.plugins.latency import SLO_UNATTAINABLE
 from pointsman_picker.core.request import to_request
-from pointsman_picker.core.slo import feature_vector, meets
+from pointsman_picker.core.slo import feature_vector, meets, predictions
 from pointsman_picker.core.types import Endpoint, Request
 from pointsman_picker.plan import Plans, build_plans
 from pointsman_picker.state import (
@@ -88,8 +88,10 @@ class Scheduler:
             if lat.enabled
             else None
         )
-        #: request id -> (pool, endpoint, features) of our picks awaiting their completion.
-        self._tracked: OrderedDict[str, tuple[str, str, tuple[float, ...]]] = OrderedDict()
+        #: request id -> (pool, endpoint, features, seconds it waited in flow control) of our
+        #: picks awaiting their completion.
+        self._tracked: OrderedDict[str, tuple[str, str, tuple[float, ...], float]] = OrderedDict()
+        self._backlog = Backlog()
         self._slos = config.objective_slos()
         j = config.joint
         self._penalties = joint.Penalties(
@@ -112,8 +114,16 @@ class Scheduler:
             return
         if event.ttft_ms is None and event.tpot_ms is None:
             return
-        pool, endpoint, x = tracked
-        sample = LatencySample(pool, endpoint, x, event.ttft_ms, event.tpot_ms)
+        pool, endpoint, x, waited_s = tracked
+        ttft = event.ttft_ms
+        if ttft is not None:
+            # The shim times TTFT from the request's arrival: what it waited in flow control
+            # before this pick is not the endpoint's doing (the features were seen after it).
+            ttft = max(0.0, ttft - waited_s * 1000.0)
+            predicted = self.latency.predict(pool, endpoint, x).ttft_ms
+            if predicted is not None and ttft > 0:
+                self.telemetry.ttft_prediction_ratio.observe(predicted / ttft)
+        sample = LatencySample(pool, endpoint, x, ttft, event.tpot_ms)
         if self.latency.learn(sample):
             self.telemetry.latency_samples.inc()
             self.sink([sample])
@@ -140,6 +150,7 @@ class Scheduler:
             self.affinity.forget_endpoint(pool, address)
             if self.latency is not None:
                 self.latency.forget_endpoint(pool, address)
+                self._backlog.forget_endpoint(pool, address)
         self.affinity.expire(now)
         self.telemetry.in_flight.set(len(self.in_flight))
         for pool, _, metrics in self.store.pools():
@@ -166,7 +177,11 @@ class Scheduler:
         ]
         if not any(usable(v, now, plan.stale_after_s) for v in views):
             return False
-        return saturated(views, now, plan)
+        return saturated(views, now, plan, self._in_flight_of(pool))
+
+    def _in_flight_of(self, pool: str) -> Callable[[str], int]:
+        count = self.in_flight.count
+        return lambda address: count(pool, address)
 
     def pick(self, pick: PickRequest) -> PickReply:
         now = self._clock()
@@ -207,6 +222,24 @@ class Scheduler:
             views = [stale_view(m, pending(pool, m.address, m.scraped_at), now) for m in metrics]
             if any(v.healthy for v in views):
                 self.telemetry.stale_picks.labels(pool).inc()
+        cycle = self._cycle(req, now)
+        plan = self.plans.for_pool(pool)
+        bound = plan.saturation.max_in_flight
+        if bound > 0:
+            # endpoints whose in-flight requests fill them are left out while one is not full
+            # (only this bound: the queue and KV thresholds decide saturation, not the pick)
+            count = self.in_flight.count
+            roomy = [v for v in views if count(pool, v.address) < bound]
+            if roomy:
+                views = roomy
+        decision = schedule(plan, cycle, views)
+        return _Outcome(
+            decision, cycle, views,
+            weigh and saturated(views, now, plan, self._in_flight_of(pool)),
+        )  # fmt: skip
+
+    def _cycle(self, req: Request, now: float) -> Cycle:
+        pool = req.pool
         affinity = self.affinity
         cycle = Cycle(
             request=req,
@@ -216,9 +249,39 @@ class Scheduler:
             sessions=lambda sid: affinity.session(pool, sid),
             latency=self.latency,
         )
+        model = self.latency
+        if model is not None:
+            backlog = self._backlog
+            cycle.backlog = lambda address: backlog.at(
+                pool, address, now, model.prefill_rate(pool) or DEFAULT_RATE
+            )
+        return cycle
+
+    def best_ttft(self, pick: PickRequest) -> tuple[float | None, float | None]:
+        """(the request's TTFT objective, the lowest TTFT predicted for it on an endpoint of its
+        pool with room), ``None`` where unknown (no objective, no predictor, no sample yet, or no
+        endpoint with room) and where an endpoint with room has nothing in flight: serving is
+        the only way its prediction is refreshed (a model that learnt a slow spell would
+        otherwise hold every request, and learn nothing new, for ever), and an idle endpoint
+        is the best chance the request has. Nothing is remembered: flow control asks it to
+        hold a request with an SLO while no endpoint is predicted to meet it
+        (``flow_control.slo_hold``)."""
+        req = self._request(pick)
+        slo = req.slo_ttft_ms
+        metrics = self.store.metrics(req.pool)
+        if slo is None or self.latency is None or metrics is None:
+            return slo, None
+        pool, now = req.pool, self._clock()
         plan = self.plans.for_pool(pool)
-        decision = schedule(plan, cycle, views)
-        return _Outcome(decision, cycle, views, weigh and saturated(views, now, plan))
+        pending, in_flight = self.in_flight.pending, self._in_flight_of(pool)
+        views = [endpoint_view(m, pending(pool, m.address, m.scraped_at)) for m in metrics]
+        roomy = [v for v in views if has_room(v, now, plan, in_flight)]
+        if any(in_flight(v.address) == 0 for v in roomy):
+            return slo, None
+        known = [
+            p.ttft_ms for p in predictions(self._cycle(req, now), roomy) if p.ttft_ms is not None
+        ]
+        return slo, min(known, default=None)
 
     def _commit(self, req: Request, outcome: _Outcome) -> Decision:
         """Remember the decision (local state, the shared-state sink, the predictor's features)
@@ -243,10 +306,22 @@ class Scheduler:
         for view in outcome.views:
             if view.address == address:
                 x = feature_vector(outcome.cycle, view)
-                self._tracked[req.request_id] = (req.pool, address, x)
+                self._tracked[req.request_id] = (req.pool, address, x, 0.0)
                 if len(self._tracked) > self.config.latency.max_tracked:
                     self._tracked.popitem(last=False)
+                rate = (self.latency.prefill_rate(req.pool) if self.latency else None) or (
+                    DEFAULT_RATE
+                )
+                # its uncached prompt joins the endpoint's backlog
+                self._backlog.add(req.pool, address, x[1], outcome.cycle.now, rate)
                 return
+
+    def note_wait(self, request_id: str, waited_s: float) -> None:
+        """Flow control held this (just picked) request ``waited_s`` before its pick: the
+        shim's TTFT counts that wait, the endpoint's prediction must not (see on_completion)."""
+        found = self._tracked.get(request_id)
+        if found is not None:
+            self._tracked[request_id] = (*found[:3], max(waited_s, 0.0))
 
     def _pick_joint(self, pick: PickRequest, first: Request, now: float) -> PickReply:
         """Schedule the request in every candidate model's pool and keep the best trade of

@@ -110,6 +110,10 @@ class InFlight:
                 del self._by_endpoint[(entry.pool, entry.endpoint)]
         return True
 
+    def count(self, pool: str, endpoint: str) -> int:
+        """Assignments to ``endpoint`` not yet completed."""
+        return len(self._by_endpoint.get((pool, endpoint), ()))
+
     def pending(self, pool: str, endpoint: str, since: float) -> int:
         """Assignments to ``endpoint`` made after ``since`` (its last scrape)."""
         per = self._by_endpoint.get((pool, endpoint))

@@ -14,6 +14,7 @@ _LATENCY_BUCKETS = (
 )  # fmt: skip
 
 
+_RATIO_BUCKETS = (0.25, 0.5, 0.67, 0.8, 0.9, 1.0, 1.11, 1.25, 1.5, 2.0, 4.0)
 _WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -114,6 +115,12 @@ class Telemetry:
             "Completed requests the latency predictor learnt from (this replica's and shared).",
             registry=r,
         )
+        self.ttft_prediction_ratio = Histogram(
+            "pointsman_picker_latency_ttft_prediction_ratio",
+            "Predicted / measured TTFT of completed requests, predicted before learning from "
+            "them, measured by the shim less the wait in flow control (1 = exact).",
+            buckets=_RATIO_BUCKETS, registry=r,
+        )  # fmt: skip
         self.model_choice = Counter(
             "pointsman_picker_model_choice",
             "Joint model and endpoint decisions (model: auto with candidates), by the rank of "

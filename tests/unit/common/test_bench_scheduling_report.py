@@ -59,3 +59,20 @@ def test_azure_mixes_conversation_and_code_lengths() -> None:
     lengths = {r.prompt_tokens for r in reqs}
     assert max(lengths) > 2000 and min(lengths) < 1000  # code prompts are the long ones
     assert all(json.loads(r.body)["max_tokens"] <= 64 for r in reqs)
+
+
+def _row(router: str, p90: float, hit: float) -> dict[str, object]:
+    return {"workload": "shared-prefix", "router": router, "ttft_p90_ms": p90,
+            "output_tokens_per_s": 100.0, "prefix_hit_rate": hit}  # fmt: skip
+
+
+def test_no_verdict_against_a_rival_whose_cache_routing_degraded() -> None:
+    def verdict(rival_hit: float) -> str:
+        rows = [_row("vllm-router-cache-aware", 1000.0, rival_hit), _row("pointsman", 500.0, 0.92)]
+        found = [
+            t for t in report.targets(rows) if t["target"].startswith("shared-prefix: pointsman ")
+        ]
+        return str(found[0]["verdict"])
+
+    assert verdict(0.91) == "met"  # 0.5x, a working rival
+    assert verdict(0.50) == "n/a"  # a rival at 50 % hits was starved or broken: no comparison

@@ -12,6 +12,7 @@ from pointsman.v1 import CompletionEvent, EndpointMetrics, PickRequest, PickStat
 from pointsman_picker.config import FlowControlConfig, PickerConfig
 from pointsman_picker.core import flow
 from pointsman_picker.core.flow import Head, Weights
+from pointsman_picker.core.latency import LatencySample, features
 from pointsman_picker.flow import Counters, FlowControl, Waiter
 from pointsman_picker.scheduler import Scheduler
 from pointsman_picker.telemetry import Telemetry
@@ -30,6 +31,14 @@ def test_lowest_counter_first_within_a_band_then_oldest() -> None:
     assert flow.next_head(heads, {"a": 300.0, "b": 100.0, "c": 100.0}) == Head(0, "c", 7)
     assert flow.next_head(heads, {"a": 50.0, "b": 100.0, "c": 100.0}) == Head(0, "a", 5)
     assert flow.next_head([], {}) is None
+
+
+def test_a_tie_goes_to_the_shorter_queue_then_the_oldest() -> None:
+    heavy, light = Head(0, "heavy", 1, queued=40), Head(0, "light", 9, queued=1)
+    assert flow.next_head([heavy, light], {"heavy": 500.0, "light": 500.0}) == light
+    assert flow.next_head([heavy, light], {"heavy": 500.0, "light": 501.0}) == heavy
+    older = Head(0, "other", 3, queued=40)
+    assert flow.next_head([heavy, older], {}) == heavy
 
 
 def test_unknown_tenant_counts_as_zero() -> None:
@@ -257,3 +266,131 @@ async def test_auto_with_a_free_second_pool_does_not_wait() -> None:
         request_id="a2", model="best", prompt="x" * 40, max_wait_ms=10_000, candidates=ranked
     )
     assert isinstance(fc.try_pick(pick2), Waiter)
+
+
+async def test_max_in_flight_holds_requests_in_the_picker_and_picks_an_endpoint_with_room() -> None:
+    config = PickerConfig.model_validate({"replica_id": "t", "saturation": {"max_in_flight": 2}})
+    s = Scheduler(config, Telemetry(), clock=time.time)
+    fc = FlowControl(s, config.flow_control)
+    now = time.time()
+    s.on_snapshot(
+        PoolSnapshot(
+            pool="m", collector="t", published_at=now,
+            endpoints=[EndpointMetrics(address=a, scraped_at=now) for a in ("a:1", "b:1")],
+        )
+    )  # fmt: skip
+    # No engine queue shows yet (the snapshot says idle), but four in flight fill both batches.
+    first = [fc.try_pick(_pick(f"h{i}", "heavy")) for i in range(4)]
+    assert all(not isinstance(r, Waiter) and r.status is PickStatus.OK for r in first)
+    by_endpoint = [r.endpoints[0] for r in first if not isinstance(r, Waiter)]
+    assert sorted(by_endpoint) == ["a:1", "a:1", "b:1", "b:1"]
+    assert s.saturated("m") is True
+    held = fc.try_pick(_pick("h9", "heavy"))
+    light = fc.try_pick(_pick("l1", "light"))
+    assert isinstance(held, Waiter) and isinstance(light, Waiter)
+    # One completes on b:1: the slot goes to the next request by VTC order, and to b:1.
+    done = next(r for r in first if not isinstance(r, Waiter) and r.endpoints[0] == "b:1")
+    rid = next(f"h{i}" for i, r in enumerate(first) if r is done)
+    event = CompletionEvent(request_id=rid, model="m", endpoint="b:1", status_code=200,
+                            stream=True, prompt_tokens=100, completion_tokens=10)  # fmt: skip
+    s.on_completion(event)  # the handler's order: the scheduler, then flow control
+    fc.on_completion(event)
+    served = [w for w in (held, light) if w.future.done()]
+    assert len(served) == 1 and served[0].future.result().endpoints[0] == "b:1"
+    assert fc.queued("m") == 1
+
+
+def _slo_flow() -> tuple[Scheduler, FlowControl]:
+    config = PickerConfig.model_validate(
+        {"replica_id": "t", "profile": "slo", "latency": {"forgetting": 0.9},
+         "flow_control": {"slo_hold": True}}
+    )  # fmt: skip
+    s = Scheduler(config, Telemetry(), clock=time.time)
+    s.on_snapshot(_snapshot(0))
+    return s, FlowControl(s, config.flow_control)
+
+
+def _teach(s: Scheduler, ttft_ms: float, n: int) -> None:
+    assert s.latency is not None
+    x = features(prompt_tokens=100, cached_tokens=0, queue=0, running=0, kv_usage=0.0)
+    for _ in range(n):
+        s.latency.learn(LatencySample("m", "10.0.0.1:8000", x, ttft_ms, 10.0))
+
+
+def _slo_pick(rid: str, slo_ms: float, *, wait_ms: float = 10_000) -> PickRequest:
+    return PickRequest(
+        request_id=rid, model="m", prompt="x" * 400, max_wait_ms=wait_ms,
+        headers={"x-pointsman-tenant": "a", "x-pointsman-slo-ttft-ms": f"{slo_ms:g}"},
+    )  # fmt: skip
+
+
+async def test_slo_hold_waits_for_an_endpoint_predicted_to_meet_the_objective() -> None:
+    s, fc = _slo_flow()
+    _teach(s, 900.0, 50)
+    # an objective the endpoint meets: served at once
+    got = fc.try_pick(_slo_pick("ok", 2000))
+    assert not isinstance(got, Waiter) and got.status is PickStatus.OK
+    # one it would miss: held (not sent to be late), then served once the endpoint is faster
+    held = fc.try_pick(_slo_pick("held", 600))
+    assert isinstance(held, Waiter) and fc.queued("m") == 1
+    fc.dispatch_all()
+    assert not held.future.done()
+    _teach(s, 100.0, 200)
+    fc.dispatch_all()
+    assert held.future.done() and held.future.result().status is PickStatus.OK
+
+
+async def test_slo_hold_refuses_with_the_reason_once_the_objective_has_passed() -> None:
+    s, fc = _slo_flow()
+    _teach(s, 900.0, 50)
+    fc.try_pick(_pick("busy", "a"))  # the endpoint has one in flight: no longer idle
+    late = fc.try_pick(_slo_pick("late", 50))
+    assert isinstance(late, Waiter) and late.ttl_s == pytest.approx(0.05)
+    reply = await fc.wait(late)
+    assert reply.status is PickStatus.SHED and reply.reason == "slo_unattainable"
+    assert fc.queued("m") == 0
+    # without slo_hold the same request is served at once (late)
+    s2, fc2 = _flow()
+    s2.on_snapshot(_snapshot(0))
+    got = fc2.try_pick(_slo_pick("late", 50))
+    assert not isinstance(got, Waiter) and got.status is PickStatus.OK
+
+
+async def test_max_in_flight_filters_picks_by_that_bound_alone() -> None:
+    # The queue and KV thresholds decide saturation, not which endpoint a pick may go to.
+    config = PickerConfig.model_validate({"replica_id": "t", "saturation": {"max_in_flight": 1}})
+    s = Scheduler(config, Telemetry(), clock=time.time)
+    now = time.time()
+    s.on_snapshot(
+        PoolSnapshot(
+            pool="m", collector="t", published_at=now,
+            endpoints=[EndpointMetrics(address="a:1", scraped_at=now, kv_usage=0.85),
+                       EndpointMetrics(address="b:1", scraped_at=now, kv_usage=0.0)],
+        )
+    )  # fmt: skip
+    assert s.pick(_pick("r0", "t")).endpoints[0] == "b:1"  # the emptier KV cache
+    # b:1 is full (one in flight); a:1, over the KV threshold, is still not full: it gets it
+    assert s.pick(_pick("r1", "t")).endpoints[0] == "a:1"
+
+
+async def test_slo_hold_also_bounds_a_wait_for_a_saturated_pool() -> None:
+    s, fc = _slo_flow()
+    _teach(s, 100.0, 50)
+    s.on_snapshot(_snapshot(9))  # saturated: it waits whatever the prediction
+    waiter = fc.try_pick(_slo_pick("w", 40))
+    assert (
+        isinstance(waiter, Waiter) and waiter.slo_ms == 40 and waiter.ttl_s == pytest.approx(0.04)
+    )
+    reply = await fc.wait(waiter)
+    assert reply.status is PickStatus.SHED and reply.reason == "slo_unattainable"
+
+
+async def test_slo_hold_serves_an_idle_endpoint_whatever_the_prediction() -> None:
+    # A predictor that learnt a slow spell would hold (and refuse) every request for ever, and
+    # learn nothing new: while an endpoint has nothing in flight, the request goes there.
+    s, fc = _slo_flow()
+    _teach(s, 900.0, 50)
+    probe = fc.try_pick(_slo_pick("probe", 600))
+    assert not isinstance(probe, Waiter) and probe.status is PickStatus.OK
+    held = fc.try_pick(_slo_pick("held", 600))  # the endpoint now has one in flight
+    assert isinstance(held, Waiter)

@@ -18,7 +18,7 @@ from pointsman.v1 import (
 from pointsman_picker.config import PickerConfig
 from pointsman_picker.core import joint
 from pointsman_picker.core.framework import Update
-from pointsman_picker.core.latency import RLS, LatencyModel, LatencySample, features
+from pointsman_picker.core.latency import RLS, Backlog, LatencyModel, LatencySample, features
 from pointsman_picker.core.plugins.latency import (
     SLO_UNATTAINABLE,
     LatencyScorer,
@@ -257,7 +257,8 @@ def test_scheduler_learns_from_completions_and_shares_samples() -> None:
 
 def test_scheduler_refuses_an_slo_no_endpoint_meets() -> None:
     s, _ = _scheduler(profile="slo-strict")
-    s.on_snapshot(_snap("m", 1000.0, **{"a-1": 0}))
+    # scraped a second ago: r1, picked now, counts as pending (the endpoint is not idle after it)
+    s.on_snapshot(_snap("m", 999.0, **{"a-1": 0}))
     assert s.latency is not None
     x = features(prompt_tokens=100, cached_tokens=0, queue=0, running=0, kv_usage=0.0)
     for _ in range(10):
@@ -328,3 +329,72 @@ def test_scheduler_moves_auto_off_a_model_whose_slo_admission_refuses() -> None:
     tight = {"x-pointsman-slo-ttft-ms": "200"}
     reply = s.pick(PickRequest(request_id="r1", model="big", candidates=cands, headers=tight))
     assert (reply.status, reply.model, reply.model_reason) == (PickStatus.OK, "small", "slo")
+
+
+def test_backlog_is_a_fluid_queue_per_endpoint() -> None:
+    b = Backlog()
+    b.add("m", "a:1", 2.0, now=10.0, rate=4.0)  # 2000 tokens at 4000 tokens/s: 0.5 s of work
+    b.add("m", "a:1", 1.0, now=10.25, rate=4.0)  # 1.0 left + 1.0
+    assert b.at("m", "a:1", 10.25, 4.0) == pytest.approx(2.0)
+    assert b.at("m", "a:1", 10.5, 4.0) == pytest.approx(1.0)
+    assert b.at("m", "a:1", 20.0, 4.0) == 0.0
+    assert b.at("m", "b:1", 10.5, 4.0) == 0.0
+    b.forget_endpoint("m", "a:1")
+    assert b.at("m", "a:1", 10.25, 4.0) == 0.0
+
+
+def test_model_knows_the_pools_prefill_speed_from_its_slope() -> None:
+    model = LatencyModel()
+    assert model.prefill_rate("m") is None
+    rng = random.Random(3)
+    for _ in range(300):
+        x = _synthetic(rng)
+        model.learn(LatencySample("m", "a:1", x, _truth_ttft(x), _truth_tpot(x)))
+    # 150 ms per 1000 new tokens: about 6.7 thousand tokens a second
+    assert model.prefill_rate("m") == pytest.approx(1000 / 150, rel=0.1)
+
+
+def test_scheduler_learns_ttft_without_the_flow_control_wait_and_counts_its_error() -> None:
+    s, sent = _scheduler(profile="slo")
+    s.on_snapshot(_snap("m", 1000.0, **{"a-1": 0}))
+    for i in range(30):
+        assert s.pick(PickRequest(request_id=f"r{i}", model="m", prompt="x" * 400)).endpoints
+        s.note_wait(f"r{i}", 2.0)  # held 2 s in flow control before the pick
+        s.on_completion(
+            CompletionEvent(
+                request_id=f"r{i}", model="m", endpoint="a:1", status_code=200, stream=True,
+                ttft_ms=2080.0, tpot_ms=9.0,
+            )
+        )  # fmt: skip
+    samples = [u for u in sent if isinstance(u, LatencySample)]
+    assert {round(v.ttft_ms or 0) for v in samples} == {80}
+    # each completion after the first was predicted before it was learnt: one ratio each
+    name = "pointsman_picker_latency_ttft_prediction_ratio"
+    value = s.telemetry.registry.get_sample_value
+    assert value(f"{name}_count") == 29
+    # once learnt, the predictions are within 10% (the 0.9-1.11 buckets)
+    near = (value(f"{name}_bucket", {"le": "1.11"}) or 0) - (
+        value(f"{name}_bucket", {"le": "0.8"}) or 0
+    )
+    assert near >= 25
+
+
+def test_picks_fill_the_backlog_feature_of_their_endpoint() -> None:
+    s, sent = _scheduler(profile="slo")
+    s.on_snapshot(_snap("m", 1000.0, **{"a-1": 0}))
+    # distinct prompts (no prefix hit) of about 1000 tokens each
+    s.pick(PickRequest(request_id="r0", model="m", prompt="a" * 4000))
+    s.on_completion(
+        CompletionEvent(request_id="r0", model="m", endpoint="a:1", status_code=200,
+                        stream=True, ttft_ms=100.0, tpot_ms=9.0)
+    )  # fmt: skip
+    s.pick(PickRequest(request_id="r1", model="m", prompt="b" * 4000))
+    s.pick(PickRequest(request_id="r2", model="m", prompt="c" * 4000))
+    for rid in ("r1", "r2"):
+        s.on_completion(
+            CompletionEvent(request_id=rid, model="m", endpoint="a:1", status_code=200,
+                            stream=True, ttft_ms=100.0, tpot_ms=9.0)
+        )  # fmt: skip
+    backlog = [u.features[6] for u in sent if isinstance(u, LatencySample)]
+    # the clock stands still: r0, r1 and r2 each saw the uncached prompts picked before them
+    assert backlog == pytest.approx([0.0, 1.0, 2.0], rel=0.02)

@@ -14,6 +14,9 @@ next when capacity frees is decided here, from plain values:
 * **No banked credit.** A tenant that (re)joins the queue starts from at least the lowest
   counter of the tenants waiting (or, when nobody waits, the counter of the last tenant served):
   time away, or being new, does not buy a burst ahead of the others.
+* **Ties** (a returning tenant lifted to exactly the backlogged tenant's counter) go to the
+  tenant with fewer requests waiting, then the oldest: the tenant that just came back is served
+  next rather than after one more of the backlogged tenant's requests.
 
 Nothing here knows about asyncio, Redis or the bus: :mod:`pointsman_picker.flow` is the shell.
 """
@@ -46,6 +49,8 @@ class Head:
     tenant: str
     #: Arrival order in this replica (smaller = older).
     seq: int
+    #: Requests waiting in this (band, tenant) queue: the tie-break before age.
+    queued: int = 0
 
 
 def cost(prompt_tokens: float, completion_tokens: float, weights: Weights) -> float:
@@ -77,11 +82,12 @@ def lifted(own: float | None, waiting: Iterable[float], last_served: float | Non
 
 
 def next_head(heads: Sequence[Head], counters: Mapping[str, float]) -> Head | None:
-    """The request to dispatch: highest band, then lowest tenant counter, then oldest."""
+    """The request to dispatch: highest band, then lowest tenant counter, then the shorter
+    queue, then oldest."""
     best: Head | None = None
-    best_key: tuple[int, float, int] | None = None
+    best_key: tuple[int, float, int, int] | None = None
     for h in heads:
-        key = (-h.priority, counters.get(h.tenant, 0.0), h.seq)
+        key = (-h.priority, counters.get(h.tenant, 0.0), h.queued, h.seq)
         if best_key is None or key < best_key:
             best, best_key = h, key
     return best

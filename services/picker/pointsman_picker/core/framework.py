@@ -112,6 +112,9 @@ class Cycle:
     memo: dict[object, object] = field(default_factory=dict)
     #: The latency predictor (``None``: none kept; the latency plugins then stay neutral).
     latency: LatencyLookup | None = None
+    #: An endpoint's prefill backlog in thousands of tokens (``core/latency.py``'s
+    #: :class:`~pointsman_picker.core.latency.Backlog`), a feature of the predictor.
+    backlog: Callable[[str], float] = lambda _address: 0.0
 
 
 # --- the plugin contracts -----------------------------------------------------------------

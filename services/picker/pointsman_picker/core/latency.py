@@ -7,6 +7,10 @@ was picked*:
 * the prompt's tokens not expected in the prefix cache, and those expected in it (thousands);
 * the endpoint's queue (waiting plus pending assignments) and running requests;
 * its KV-cache use (0..1);
+* its prefill backlog: the uncached prompt tokens (thousands) this replica sent it and it has
+  not computed yet, as a fluid queue draining at the pool's learnt prefill speed
+  (:class:`Backlog`). The queue and running counts miss what decides TTFT when the engine's
+  batch has room: how much prompt work is ahead of the request in the same steps;
 * a constant;
 
 times, per endpoint, a running factor of how much slower or faster than the pool it is (see :class:`LatencyModel`). One
@@ -39,6 +43,7 @@ FEATURES: tuple[str, ...] = (
     "queue",
     "running",
     "kv_usage",
+    "backlog_ktokens",
 )
 N_FEATURES = len(FEATURES)
 #: Rough tokens per UTF-8 byte of prompt text (English and code average about 4 bytes a token).
@@ -63,6 +68,7 @@ def features(
     queue: int,
     running: int,
     kv_usage: float,
+    backlog_ktokens: float = 0.0,
 ) -> tuple[float, ...]:
     """The feature vector, in :data:`FEATURES` order."""
     cached = min(max(cached_tokens, 0.0), max(prompt_tokens, 0.0))
@@ -74,6 +80,7 @@ def features(
         float(queue),
         float(running),
         float(kv_usage),
+        max(float(backlog_ktokens), 0.0),
     )
 
 
@@ -129,11 +136,13 @@ class Prediction:
 
 
 class _Pair:
-    __slots__ = ("tpot", "ttft")
+    __slots__ = ("rate", "tpot", "ttft")
 
     def __init__(self, lam: float) -> None:
         self.ttft = RLS(lam=lam)
         self.tpot = RLS(lam=lam)
+        #: the smoothed prefill speed (thousand tokens/s), see :meth:`LatencyModel.prefill_rate`
+        self.rate: float | None = None
 
 
 class _Scale:
@@ -219,6 +228,8 @@ class LatencyModel:
                 setattr(off, f"{target}_pred", was + rate * (pred - was))
             model.update(x, value)
             used = True
+            if target == "ttft":
+                _smooth_rate(pool)
         if used:
             off.n += 1
             self.samples += 1
@@ -246,12 +257,69 @@ class LatencyModel:
             return None
         return {"ttft": list(pair.ttft.w), "tpot": list(pair.tpot.w)}
 
+    def prefill_rate(self, pool: str) -> float | None:
+        """Thousands of uncached prompt tokens per second the pool's TTFT model implies (the
+        inverse of its slope on ``new_prompt_ktokens``); ``None`` before it learnt a slope."""
+        pair = self._pools.get(pool)
+        return None if pair is None else pair.rate
+
     def forget_endpoint(self, pool: str, endpoint: str) -> None:
         self._scales.pop((pool, endpoint), None)
 
 
-#: The load features (queue, running, KV use): more of them never makes a request faster.
-_LOAD = (3, 4, 5)
+#: Bounds and the start value of a pool's prefill speed (thousand tokens/s) for :class:`Backlog`.
+MIN_RATE, MAX_RATE, DEFAULT_RATE = 0.1, 1000.0, 8.0
+#: Weight of one sample in the smoothed prefill speed: the backlog is sensitive to it (a speed
+#: 10 % off costs much of the feature's worth, ``bench.scheduling.predictor_fit``), and the
+#: regression's slope moves with every sample, so it is averaged over about 100.
+RATE_SMOOTHING = 0.01
+
+
+#: Samples before the slope is trusted for the prefill speed (the first fits are wild).
+RATE_WARMUP = 32
+
+
+def _smooth_rate(pair: _Pair) -> None:
+    ms_per_ktoken = pair.ttft.w[1]
+    if pair.ttft.n < RATE_WARMUP or not math.isfinite(ms_per_ktoken) or ms_per_ktoken <= 1e-3:
+        return
+    now = min(max(1000.0 / ms_per_ktoken, MIN_RATE), MAX_RATE)
+    pair.rate = now if pair.rate is None else pair.rate + RATE_SMOOTHING * (now - pair.rate)
+
+
+class Backlog:
+    """Per endpoint, the prompt work (thousands of uncached tokens) this replica sent it and it
+    has presumably not computed yet: a fluid queue that each pick adds its request's uncached
+    prompt to and that drains at ``rate`` (the pool's prefill speed, thousand tokens a second,
+    :meth:`LatencyModel.prefill_rate`). Only this replica's picks count (each replica sees its
+    share of the load; the predictor learns the slope from the same view). O(1) per call."""
+
+    __slots__ = ("_max", "_q")
+
+    def __init__(self, max_endpoints: int = 10_000) -> None:
+        self._q: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
+        self._max = max_endpoints
+
+    def at(self, pool: str, endpoint: str, now: float, rate: float) -> float:
+        found = self._q.get((pool, endpoint))
+        if found is None:
+            return 0.0
+        level, since = found
+        return max(0.0, level - rate * max(now - since, 0.0))
+
+    def add(self, pool: str, endpoint: str, ktokens: float, now: float, rate: float) -> None:
+        key = (pool, endpoint)
+        self._q[key] = (self.at(pool, endpoint, now, rate) + max(ktokens, 0.0), now)
+        self._q.move_to_end(key)
+        if len(self._q) > self._max:
+            self._q.popitem(last=False)
+
+    def forget_endpoint(self, pool: str, endpoint: str) -> None:
+        self._q.pop((pool, endpoint), None)
+
+
+#: The load features (queue, running, KV use, backlog): more never makes a request faster.
+_LOAD = (3, 4, 5, 6)
 
 
 def _monotone(w: Sequence[float], x: Sequence[float]) -> float:

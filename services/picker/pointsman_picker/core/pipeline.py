@@ -7,7 +7,7 @@ status and the state updates to remember out.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pointsman.v1 import PickStatus
@@ -52,10 +52,13 @@ class Profile:
 @dataclass(frozen=True, slots=True)
 class Saturation:
     """An endpoint is saturated at ``queue_depth_threshold`` waiting requests or at
-    ``kv_cache_util_threshold`` KV use; a pool, when every candidate is (or is stale)."""
+    ``kv_cache_util_threshold`` KV use, or (``max_in_flight`` > 0) once that many requests the
+    pickers sent it are in flight; a pool, when every candidate is (or is stale)."""
 
     queue_depth_threshold: int = 5
     kv_cache_util_threshold: float = 0.8
+    #: Requests in flight (assigned, not completed) that fill an endpoint; 0: no such bound.
+    max_in_flight: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,17 +118,30 @@ def usable(endpoint: Endpoint, now: float, stale_after_s: float) -> bool:
     return endpoint.healthy and now - endpoint.scraped_at <= stale_after_s
 
 
-def saturated(endpoints: Sequence[Endpoint], now: float, plan: PoolPlan) -> bool:
-    """True when no candidate has room: each is over a threshold, or unhealthy, or stale."""
+def saturated(
+    endpoints: Sequence[Endpoint],
+    now: float,
+    plan: PoolPlan,
+    in_flight: Callable[[str], int] | None = None,
+) -> bool:
+    """True when no candidate has room: each is over a threshold, or unhealthy, or stale.
+    ``in_flight`` (an endpoint's requests in flight) applies ``max_in_flight``."""
+    return not any(has_room(e, now, plan, in_flight) for e in endpoints)
+
+
+def has_room(
+    e: Endpoint, now: float, plan: PoolPlan, in_flight: Callable[[str], int] | None = None
+) -> bool:
+    """The endpoint is usable and under every saturation threshold."""
     sat = plan.saturation
-    for e in endpoints:
-        if (
-            usable(e, now, plan.stale_after_s)
-            and e.queue < sat.queue_depth_threshold
-            and e.kv_usage < sat.kv_cache_util_threshold
-        ):
-            return False
-    return True
+    return (
+        usable(e, now, plan.stale_after_s)
+        and e.queue < sat.queue_depth_threshold
+        and e.kv_usage < sat.kv_cache_util_threshold
+        and (
+            sat.max_in_flight <= 0 or in_flight is None or in_flight(e.address) < sat.max_in_flight
+        )
+    )
 
 
 def _role(e: Endpoint, label: str) -> str:

@@ -92,6 +92,7 @@ def feature_vector(cycle: Cycle, endpoint: Endpoint) -> tuple[float, ...]:
         queue=endpoint.queue,
         running=endpoint.load,
         kv_usage=endpoint.kv_usage,
+        backlog_ktokens=cycle.backlog(endpoint.address),
     )
 
 
