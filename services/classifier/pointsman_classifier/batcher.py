@@ -124,10 +124,17 @@ class Pace:
                 self.per_item_s = 0.8 * self.per_item_s + 0.2 * sample
                 self._ref_size = max(self._ref_size, size)
 
-    def delivered(self, miss: float) -> None:
+    def delivered(self, miss: float, size: int) -> None:
         """Record a batch's worst miss (delivery minus the prediction made at admission, on the
-        event loop; negative when early)."""
-        self.late_s = 0.8 * self.late_s + 0.2 * max(miss, 0.0)
+        event loop; negative when early). As with ``per_item_s``, only batches of at least half
+        ``max_batch`` (a saturated engine, where the queue runs up to the deadline) may raise
+        the figure; smaller ones may only lower it. At low load one slow answer on a busy CPU
+        would otherwise make the batcher refuse requests it could serve in time: with this
+        rule, a batcher that never saw a full batch admits exactly as it did before.
+        """
+        sample = max(miss, 0.0)
+        if size >= self.max_batch // 2 or sample < self.late_s:
+            self.late_s = 0.8 * self.late_s + 0.2 * sample
 
     def finish_time(self, now: float, queued: int) -> float:
         """When a request arriving now, behind ``queued`` others, would be answered: the queue
@@ -345,15 +352,17 @@ class Batcher(Generic[T, R]):
         # The earliest prediction of the batch: its miss is the batch's worst.
         predicted = min((it.predicted for it in items if it.predicted), default=0.0)
         for loop, pairs in by_loop.items():
-            loop.call_soon_threadsafe(_resolve_all, pairs, self.pace, predicted)
+            loop.call_soon_threadsafe(_resolve_all, pairs, self.pace, predicted, len(items))
         if self._on_batch is not None:
             wait = max(start - it.enqueued for it in items)
             self._on_batch(BatchStats(len(items), wait, end - start))
 
 
-def _resolve_all(pairs: list[tuple[asyncio.Future[R], R]], pace: Pace, predicted: float) -> None:
+def _resolve_all(
+    pairs: list[tuple[asyncio.Future[R], R]], pace: Pace, predicted: float, size: int
+) -> None:
     if predicted:
-        pace.delivered(time.monotonic() - predicted)
+        pace.delivered(time.monotonic() - predicted, size)
     for fut, value in pairs:
         if not fut.done():
             fut.set_result(value)

@@ -222,8 +222,10 @@ async def test_answers_later_than_predicted_make_admission_stricter() -> None:
         admitted = asyncio.create_task(b.submit(1, deadline=time.monotonic() + 60))
         await asyncio.sleep(0)
         assert b.depth() == 1 and not admitted.done()
+        b.pace.delivered(100.0, 1)  # a lone answer's miss: not a saturated engine's
+        assert b.pace.late_s == 0.0
         for _ in range(20):
-            b.pace.delivered(100.0)
+            b.pace.delivered(100.0, 4)  # full batches
         assert b.pace.late_s > 90.0
         with pytest.raises(Overloaded) as refused:
             await b.submit(2, deadline=time.monotonic() + 60)
@@ -236,7 +238,7 @@ async def test_answers_later_than_predicted_make_admission_stricter() -> None:
         b.stop()
     # Answers on time (negative misses) bring the margin back down.
     for _ in range(60):
-        b.pace.delivered(-1.0)
+        b.pace.delivered(-1.0, 1)
     assert b.pace.late_s < 0.01
 
 
