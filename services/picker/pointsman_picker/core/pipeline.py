@@ -51,8 +51,9 @@ class Profile:
 
 @dataclass(frozen=True, slots=True)
 class Saturation:
-    """An endpoint is saturated at ``queue_depth_threshold`` waiting requests or at
-    ``kv_cache_util_threshold`` KV use; a pool, when every candidate is (or is stale)."""
+    """An endpoint is saturated at ``queue_depth_threshold`` waiting requests (its
+    :attr:`~pointsman_picker.core.types.Endpoint.backlog`) or at ``kv_cache_util_threshold`` KV
+    use; a pool, when every candidate is (or is stale)."""
 
     queue_depth_threshold: int = 5
     kv_cache_util_threshold: float = 0.8
@@ -121,7 +122,7 @@ def saturated(endpoints: Sequence[Endpoint], now: float, plan: PoolPlan) -> bool
     for e in endpoints:
         if (
             usable(e, now, plan.stale_after_s)
-            and e.queue < sat.queue_depth_threshold
+            and e.backlog < sat.queue_depth_threshold
             and e.kv_usage < sat.kv_cache_util_threshold
         ):
             return False
