@@ -169,9 +169,11 @@ class Scheduler:
             return False
         return saturated(views, now, plan)
 
-    def pick(self, pick: PickRequest) -> PickReply:
+    def pick(self, pick: PickRequest, req: Request | None = None) -> PickReply:
+        """The decision for ``pick``; ``req``: its :meth:`request`, when the caller has it."""
         now = self._clock()
-        req = self._request(pick)
+        if req is None:
+            req = self._request(pick)
         if pick.candidates and len(pick.candidates) > 1:
             return self._pick_joint(pick, req, now)
         outcome = self._schedule(req, now)
