@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pointsman.v1 import EndpointMetrics, PoolSnapshot
 from pointsman_picker.core.framework import Assigned, PrefixStored, Session, SessionBound, Update
@@ -184,16 +184,7 @@ def stale_view(m: EndpointMetrics, pending: int, now: float) -> Endpoint:
     true any more), and as fresh (``scraped_at`` = ``now``) so that the pipeline considers it.
     What still holds is scored: the prefix index, sessions, and ``pending``, the assignments
     made since its last scrape and not completed (the in-flight load this replica knows)."""
-    return Endpoint(
-        address=m.address,
-        healthy=m.healthy,
-        scraped_at=now,
-        pending=pending,
-        labels=m.labels,
-        lora_running=tuple(m.lora_running),
-        lora_waiting=tuple(m.lora_waiting),
-        max_lora=m.max_lora,
-    )
+    return replace(endpoint_view(m, pending), scraped_at=now, waiting=0, running=0, kv_usage=0.0)
 
 
 class Affinity:
