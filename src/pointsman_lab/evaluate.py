@@ -218,7 +218,13 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     except data.DataError as exc:
         print(f"{prog or 'eval'}: {exc}", file=sys.stderr)
         return 2
-    result["seconds"] = round(time.monotonic() - t0, 2)
+    return finish(result, args, t0)
+
+
+def finish(result: dict[str, Any], args: argparse.Namespace, started: float) -> int:
+    """An evaluation's end: its time and files added to ``result``, printed as one JSON line
+    with ``--json``; the exit status."""
+    result["seconds"] = round(time.monotonic() - started, 2)
     result["files"] = [str(f) for f in args.files]
     if args.json:
         print(json.dumps(result, sort_keys=True))

@@ -270,7 +270,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     name = prog or "eval jailbreak"
     from pointsman import configfile
     from pointsman_classifier.config import ClassifierConfig
-    from pointsman_lab.evaluate import run_engine
+    from pointsman_lab.evaluate import finish, run_engine
 
     try:
         cfg = configfile.section(configfile.read(args.config), "classifier", ClassifierConfig)
@@ -312,11 +312,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                 f.write(
                     json.dumps({"kind": r.kind, "source": r.source, "tokens": t, "score": s}) + "\n"
                 )
-    result["seconds"] = round(time.monotonic() - t0, 2)
-    result["files"] = [str(f) for f in args.files]
-    if args.json:
-        print(json.dumps(result, sort_keys=True))
-    return 0
+    return finish(result, args, t0)
 
 
 if __name__ == "__main__":
