@@ -65,6 +65,7 @@ from pointsman_shim.core.dialects.base import (
     LLMRequest,
     Translating,
     TranslatingDialect,
+    UpstreamAnswer,
     UsageReading,
 )
 from pointsman_shim.core.dialects.registry import DIALECTS, Registry
@@ -680,14 +681,10 @@ class Processor:
         dialect = _translating(stream.dialect)
         if dialect is None or stream.llm is None or request.response_headers.end_of_stream:
             return None
-        return dialect.response_translator(
-            stream.llm,
-            status=stream.status,
-            sse=_is_sse(request),
-            translated=stream.translated,
-            nonce=self._nonce(),
-            created=int(stream.started),
+        answer = UpstreamAnswer(
+            stream.status, _is_sse(request), stream.translated, self._nonce(), int(stream.started)
         )
+        return dialect.response_translator(stream.llm, answer)
 
     async def _read_response_headers(
         self, stream: Stream, request: envoy.ProcessingRequest
