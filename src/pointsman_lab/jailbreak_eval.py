@@ -239,8 +239,9 @@ def print_report(result: dict[str, Any]) -> None:
 
 def _parser(prog: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0] if __doc__ else "")
-    p.add_argument("files", nargs="+", type=Path)
-    p.add_argument("--config", default=None, help="Pointsman config file (classifier section)")
+    from pointsman_lab.evaluate import engine_args
+
+    engine_args(p, png="PR-curve path (default bench/results/eval-jailbreak-pr.png; '' = none)")
     p.add_argument("--threshold", type=float, default=None, help="overrides jailbreak.threshold")
     p.add_argument("--split", default=None, help="only rows whose 'split' column is this")
     p.add_argument(
@@ -249,19 +250,7 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
         default=0,
         help="group sources by their first N ':'-separated parts (0: whole)",
     )
-    p.add_argument("--device", default=None, help="auto, cpu, cuda")
-    p.add_argument("--quantize", default=None, choices=["auto", "none", "int8"])
-    p.add_argument("--heads-dir", default=None, help="heads / safety branch directory")
-    p.add_argument("--limit", type=int, default=0, help="first N rows of each file only")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument(
-        "--png",
-        default=None,
-        help="PR-curve path (default bench/results/eval-jailbreak-pr.png; '' = none)",
-    )
     p.add_argument("--scores", default=None, help="also write each row's score here (JSONL)")
-    p.add_argument("--json", action="store_true", help="last line: one JSON object of metrics")
     return p
 
 
