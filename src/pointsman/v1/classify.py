@@ -85,6 +85,11 @@ class AnswerText(msgspec.Struct, kw_only=True):
     model: str = ""
 
 
+def answer_text(answer: AnswerText) -> dict[str, Any]:
+    """The :class:`AnswerText` fields of ``answer`` (of any subclass), by name."""
+    return {name: getattr(answer, name) for name in AnswerText.__struct_fields__}
+
+
 class CachedAnswer(AnswerText, kw_only=True):
     """A semantic-cache hit: the stored answer, which the shim renders in the format of the API
     the client spoke (JSON or an event stream, chat or completion, or another API's dialect).
