@@ -52,6 +52,7 @@ from faststream import BaseMiddleware
 from faststream.exceptions import IncorrectState
 from faststream.middlewares import AckPolicy
 from faststream.nats import NatsBroker
+from faststream.nats.message import NatsMessage
 from pydantic import BaseModel, ConfigDict, Field
 
 from pointsman import natsauth
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
     from faststream.message import StreamMessage
     from faststream.security import BaseSecurity
     from nats.aio.client import Client
+    from nats.aio.msg import Msg
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +265,28 @@ class RouteCodec(StructCodec):
             return Received(None, str(exc), msg.headers, subject, raw)
 
 
+async def _parse(
+    message: Msg, original: Callable[[Msg], Awaitable[StreamMessage[Msg]]]
+) -> StreamMessage[Msg]:
+    """FastStream's NATS core parser without its per-message extras that no Pointsman handler
+    reads: no subject path match (no route has path parameters) and no random correlation id
+    (``uuid4``, a ``getrandom`` system call per message): the reply inbox, unique per request,
+    or the subject stands for it. A message a FastStream publisher sent (its headers carry a
+    correlation id: the in-memory test broker's) goes to FastStream's own parser."""
+    headers = message.header or {}
+    if "correlation_id" in headers:
+        return await original(message)
+    message._ackd = True  # core NATS: nothing to acknowledge (as FastStream's core parser)
+    return NatsMessage(
+        raw_message=message,
+        body=message.data,
+        reply_to=message.reply,
+        headers=headers,
+        content_type=headers.get("content-type", ""),
+        correlation_id=message.reply or message.subject,
+    )
+
+
 class _HandlerTimer(BaseMiddleware):
     """Times one request from its arrival to the end of its handling (the reply sent), for the
     subjects a service names: what ``pointsman_picker_decision_seconds`` and
@@ -356,11 +380,16 @@ class ServiceBus:
             subject or route.subject,
             queue=route.queue,
             codec=RouteCodec(route),
+            parser=_parse,
             no_reply=True,
             ack_policy=AckPolicy.MANUAL,
             max_workers=max_workers,
             pending_msgs_limit=pending_msgs_limit,
         )
+        # FastStream rebuilds the subscriber's subject (an Address, by regular expressions) for
+        # every message only to label log lines, and the broker logs nothing: label them once.
+        log_context = {"subject": subject or route.subject, "queue": route.queue or ""}
+        subscriber.get_log_context = lambda _message: log_context
 
         def declare(handler: Callable[[Received[Any]], Awaitable[Any]]) -> Any:
             if route.reply is None:

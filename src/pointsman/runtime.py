@@ -6,6 +6,7 @@ Shared as a library, not a service: it knows nothing of any service's messages o
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import concurrent.futures
 import contextlib
@@ -42,6 +43,23 @@ class _JsonFormatter(logging.Formatter):
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False)
+
+
+def service_parser(prog: str, description: str, section: str) -> argparse.ArgumentParser:
+    """The command line every service takes (``--config``, ``--log-level``, ``--json-logs``);
+    ``section`` names the part of the config file it reads."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument(
+        "--config",
+        default=None,
+        help="the Pointsman YAML config file (default: $POINTSMAN_CONFIG); "
+        f"reads its '{section}' section and nats.url ($NATS_URL wins)",
+    )
+    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    p.add_argument(
+        "--json-logs", action="store_true", help="log one JSON object per line, with the trace id"
+    )
+    return p
 
 
 def setup_logging(level: str = "INFO", *, json_logs: bool = False) -> None:

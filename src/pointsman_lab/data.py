@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,46 +76,49 @@ def pick(row: dict[str, object], keys: tuple[str, ...]) -> str | None:
     return None
 
 
-def read_labelled(path: str | Path) -> list[Example]:
-    """Rows with a text and a label column (category data; also jailbreak CSVs)."""
+def _examples(
+    path: str | Path, label_of: Callable[[Path, dict[str, object]], str]
+) -> list[Example]:
+    """The rows of ``path`` that have a text column, each with its label (``label_of``)."""
     p = Path(path)
     out = []
     for row in rows(p):
         text = pick(row, TEXT_KEYS)
-        label = pick(row, LABEL_KEYS)
-        if text is None:
-            continue
-        if label is None:
-            raise DataError(f"{p}: a row has no label column (one of {', '.join(LABEL_KEYS)})")
-        out.append(Example(text, label.strip()))
+        if text is not None:
+            out.append(Example(text, label_of(p, row)))
     if not out:
         raise DataError(f"{p}: no rows with a text column (one of {', '.join(TEXT_KEYS)})")
     return out
+
+
+def read_labelled(path: str | Path) -> list[Example]:
+    """Rows with a text and a label column (category data; also jailbreak CSVs)."""
+
+    def label_of(p: Path, row: dict[str, object]) -> str:
+        label = pick(row, LABEL_KEYS)
+        if label is None:
+            raise DataError(f"{p}: a row has no label column (one of {', '.join(LABEL_KEYS)})")
+        return label.strip()
+
+    return _examples(path, label_of)
 
 
 def read_jailbreak(path: str | Path) -> list[Example]:
     """Binary benign/jailbreak examples from any of the jailbreak formats (see module doc)."""
-    p = Path(path)
-    out = []
-    for row in rows(p):
-        text = pick(row, TEXT_KEYS)
-        if text is None:
-            continue
-        if "type" in row:
-            label = BENIGN if str(row["type"]).strip().lower() == BENIGN else JAILBREAK
-        elif "jailbreak" in row:
-            flag = str(row["jailbreak"]).strip().lower()
-            label = JAILBREAK if flag in {"true", "1", "yes", JAILBREAK} else BENIGN
-        elif "label" in row:
-            flag = str(row["label"]).strip().lower()
-            label = BENIGN if flag in {BENIGN, "0", "false", "safe"} else JAILBREAK
-        else:
-            # A question set without safety labels (MMLU-Pro): every row is a benign prompt.
-            label = BENIGN
-        out.append(Example(text, label))
-    if not out:
-        raise DataError(f"{p}: no rows with a text column (one of {', '.join(TEXT_KEYS)})")
-    return out
+    return _examples(path, _jailbreak_label)
+
+
+def _jailbreak_label(_path: Path, row: dict[str, object]) -> str:
+    if "type" in row:
+        return BENIGN if str(row["type"]).strip().lower() == BENIGN else JAILBREAK
+    if "jailbreak" in row:
+        flag = str(row["jailbreak"]).strip().lower()
+        return JAILBREAK if flag in {"true", "1", "yes", JAILBREAK} else BENIGN
+    if "label" in row:
+        flag = str(row["label"]).strip().lower()
+        return BENIGN if flag in {BENIGN, "0", "false", "safe"} else JAILBREAK
+    # A question set without safety labels (MMLU-Pro): every row is a benign prompt.
+    return BENIGN
 
 
 def read_pii(path: str | Path) -> list[PiiExample]:

@@ -168,28 +168,33 @@ def _png(
 def _parser(prog: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0] if __doc__ else "")
     p.add_argument("task", choices=["category"])
+    p.add_argument("--encoder", default=None, help="encoder model directory")
+    engine_args(p, png="confusion matrix path (default bench/results/eval-TASK.png; '' = none)")
+    return p
+
+
+def engine_args(p: argparse.ArgumentParser, *, png: str) -> None:
+    """The options every evaluation takes: its files, the engine it runs (config, heads,
+    device, quantization, threads, batch), how many rows, the figure (``png``: its help) and
+    the JSON line."""
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument(
         "--config",
         default=None,
         help="Pointsman config file: its classifier section picks models and heads",
     )
-    p.add_argument("--heads-dir", default=None, help="heads directory (default: shipped)")
-    p.add_argument("--encoder", default=None, help="encoder model directory")
+    p.add_argument(
+        "--heads-dir", default=None, help="heads (and safety branch) directory (default: shipped)"
+    )
     p.add_argument("--device", default=None, help="auto, cpu, cuda")
     p.add_argument(
         "--quantize", default=None, choices=["auto", "none", "int8"], help="encoder quantization"
     )
-    p.add_argument("--limit", type=int, default=0, help="first N rows of each set only")
+    p.add_argument("--limit", type=int, default=0, help="first N rows of each file only")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument(
-        "--png",
-        default=None,
-        help="confusion matrix path (default bench/results/eval-TASK.png; '' = none)",
-    )
+    p.add_argument("--png", default=None, help=png)
     p.add_argument("--json", action="store_true", help="last line: one JSON object of metrics")
-    return p
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
@@ -218,7 +223,13 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     except data.DataError as exc:
         print(f"{prog or 'eval'}: {exc}", file=sys.stderr)
         return 2
-    result["seconds"] = round(time.monotonic() - t0, 2)
+    return finish(result, args, t0)
+
+
+def finish(result: dict[str, Any], args: argparse.Namespace, started: float) -> int:
+    """An evaluation's end: its time and files added to ``result``, printed as one JSON line
+    with ``--json``; the exit status."""
+    result["seconds"] = round(time.monotonic() - started, 2)
     result["files"] = [str(f) for f in args.files]
     if args.json:
         print(json.dumps(result, sort_keys=True))

@@ -239,8 +239,9 @@ def print_report(result: dict[str, Any]) -> None:
 
 def _parser(prog: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0] if __doc__ else "")
-    p.add_argument("files", nargs="+", type=Path)
-    p.add_argument("--config", default=None, help="Pointsman config file (classifier section)")
+    from pointsman_lab.evaluate import engine_args
+
+    engine_args(p, png="PR-curve path (default bench/results/eval-jailbreak-pr.png; '' = none)")
     p.add_argument("--threshold", type=float, default=None, help="overrides jailbreak.threshold")
     p.add_argument("--split", default=None, help="only rows whose 'split' column is this")
     p.add_argument(
@@ -249,19 +250,7 @@ def _parser(prog: str | None) -> argparse.ArgumentParser:
         default=0,
         help="group sources by their first N ':'-separated parts (0: whole)",
     )
-    p.add_argument("--device", default=None, help="auto, cpu, cuda")
-    p.add_argument("--quantize", default=None, choices=["auto", "none", "int8"])
-    p.add_argument("--heads-dir", default=None, help="heads / safety branch directory")
-    p.add_argument("--limit", type=int, default=0, help="first N rows of each file only")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument(
-        "--png",
-        default=None,
-        help="PR-curve path (default bench/results/eval-jailbreak-pr.png; '' = none)",
-    )
     p.add_argument("--scores", default=None, help="also write each row's score here (JSONL)")
-    p.add_argument("--json", action="store_true", help="last line: one JSON object of metrics")
     return p
 
 
@@ -270,7 +259,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     name = prog or "eval jailbreak"
     from pointsman import configfile
     from pointsman_classifier.config import ClassifierConfig
-    from pointsman_lab.evaluate import run_engine
+    from pointsman_lab.evaluate import finish, run_engine
 
     try:
         cfg = configfile.section(configfile.read(args.config), "classifier", ClassifierConfig)
@@ -312,11 +301,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
                 f.write(
                     json.dumps({"kind": r.kind, "source": r.source, "tokens": t, "score": s}) + "\n"
                 )
-    result["seconds"] = round(time.monotonic() - t0, 2)
-    result["files"] = [str(f) for f in args.files]
-    if args.json:
-        print(json.dumps(result, sort_keys=True))
-    return 0
+    return finish(result, args, t0)
 
 
 if __name__ == "__main__":

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
 from pointsman import bus, configfile, redisconf, tracing
-from pointsman.runtime import run, setup_logging
+from pointsman.runtime import run, service_parser, setup_logging
 from pointsman_classifier.config import ClassifierConfig
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="pointsman-classifier", description="Pointsman classifier: model selection and safety."
-    )
-    p.add_argument(
-        "--config", default=None, help="the Pointsman YAML config file (default: $POINTSMAN_CONFIG)"
-    )
-    p.add_argument("--log-level", default="INFO")
-    p.add_argument(
-        "--json-logs", action="store_true", help="log one JSON object per line, with the trace id"
+    p = service_parser(
+        "pointsman-classifier", "Pointsman classifier: model selection and safety.", "classifier"
     )
     args = p.parse_args(argv)
     setup_logging(args.log_level, json_logs=args.json_logs)

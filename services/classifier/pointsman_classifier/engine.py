@@ -35,22 +35,38 @@ log = logging.getLogger(__name__)
 SAFETY_BRANCH = "safety"
 
 
-class SequenceClassifier:
-    """A local Hugging Face ``AutoModelForSequenceClassification`` directory."""
+class _LocalModel:
+    """A local Hugging Face model directory of one ``AutoModelFor...`` kind (``task``: its name
+    in errors), with its tokenizer and its labels in index order."""
 
-    def __init__(self, path: str, device: torch.device, max_length: int, dtype: torch.dtype):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    def __init__(
+        self, auto: Any, task: str, path: str, device: torch.device, max_length: int,
+        dtype: torch.dtype,
+    ) -> None:  # fmt: skip
+        from transformers import AutoTokenizer
 
         self.path = Path(path)
         if not self.path.is_dir():
-            raise FileNotFoundError(f"sequence-classification model directory {path} not found")
+            raise FileNotFoundError(f"{task} model directory {path} not found")
         self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
-        model: Any = AutoModelForSequenceClassification.from_pretrained(path)
+        model: Any = auto.from_pretrained(path)
         self.model: Any = model.to(device, dtype=dtype).eval()
         self.device = device
         self.max_length = max_length
         id2label = self.model.config.id2label
         self.labels = [str(id2label[i]) for i in range(len(id2label))]
+
+
+class SequenceClassifier(_LocalModel):
+    """A local Hugging Face ``AutoModelForSequenceClassification`` directory."""
+
+    def __init__(self, path: str, device: torch.device, max_length: int, dtype: torch.dtype):
+        from transformers import AutoModelForSequenceClassification
+
+        super().__init__(
+            AutoModelForSequenceClassification, "sequence-classification", path, device,
+            max_length, dtype,
+        )  # fmt: skip
 
     @torch.inference_mode()
     def probs(self, texts: list[str]) -> npt.NDArray[np.float32]:
@@ -62,24 +78,19 @@ class SequenceClassifier:
         return out
 
 
-class TokenClassifier:
+class TokenClassifier(_LocalModel):
     """A local ``AutoModelForTokenClassification`` directory (BIO or plain labels) for PII."""
 
     def __init__(
         self, path: str, device: torch.device, max_length: int, dtype: torch.dtype, threshold: float
     ):
-        from transformers import AutoModelForTokenClassification, AutoTokenizer
+        from transformers import AutoModelForTokenClassification
 
-        if not Path(path).is_dir():
-            raise FileNotFoundError(f"token-classification model directory {path} not found")
-        self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
-        model: Any = AutoModelForTokenClassification.from_pretrained(path)
-        self.model: Any = model.to(device, dtype=dtype).eval()
-        self.device = device
-        self.max_length = max_length
+        super().__init__(
+            AutoModelForTokenClassification, "token-classification", path, device, max_length,
+            dtype,
+        )  # fmt: skip
         self.threshold = threshold
-        id2label = self.model.config.id2label
-        self.labels = [str(id2label[i]) for i in range(len(id2label))]
 
     @torch.inference_mode()
     def find(self, texts: list[str]) -> list[list[Finding]]:

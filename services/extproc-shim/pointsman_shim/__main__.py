@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 
 from pointsman import configfile, tracing
-from pointsman.runtime import run, setup_logging
+from pointsman.runtime import run, service_parser, setup_logging
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "pointsman-shim") -> int:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Pointsman extproc-shim: Envoy ext_proc server that routes LLM requests.",
+    parser = service_parser(
+        prog, "Pointsman extproc-shim: Envoy ext_proc server that routes LLM requests.", "shim"
     )
-    parser.add_argument(
-        "--config", help=f"Pointsman YAML config file (default: ${configfile.ENV_CONFIG})"
-    )
-    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
-    parser.add_argument("--json-logs", action="store_true", help="log one JSON object per line")
     args = parser.parse_args(argv)
     setup_logging(args.log_level, json_logs=args.json_logs)
 

@@ -42,12 +42,12 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import msgspec
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import Span, SpanKind
 
 from pointsman import debug, tracing
 from pointsman.v1 import CompletionEvent, ModelCandidate, ModelsReply, PickReply
@@ -66,6 +66,7 @@ from pointsman_shim.core.dialects.base import (
     LLMRequest,
     Translating,
     TranslatingDialect,
+    UpstreamAnswer,
     UsageReading,
 )
 from pointsman_shim.core.dialects.registry import DIALECTS, Registry
@@ -75,6 +76,8 @@ from pointsman_shim.core.policy import Answer, Passthrough, Refused, Route, Unav
 from pointsman_shim.state import ResponsesState, StateUnavailable
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _PM = envoy.ProcessingMode
 _ATTR_NS = "envoy.filters.http.ext_proc"
@@ -580,19 +583,11 @@ class Processor:
             llm, model, stream.headers, stream.request_id, stream.subset, self.config, session,
             debug=stream.debug, candidates=candidates,
         )  # fmt: skip
-        started = time.perf_counter()
+        timeout_s = (self.config.pick_timeout_ms + self.config.queue_wait_ms) / 1000
         with _tracer.start_as_current_span("pointsman.pick", kind=SpanKind.CLIENT) as span:
-            try:
-                reply = await self.bus.pick(
-                    request, (self.config.pick_timeout_ms + self.config.queue_wait_ms) / 1000
-                )
-            except BusTooLarge as exc:
-                raise _too_large_for_bus(exc) from None
-            except BusUnavailable as exc:
-                span.set_attribute("pointsman.bus_failure", exc.kind)
-                return self._bus_failed(exc.service, exc.kind)
-            finally:
-                metrics.BUS_SECONDS.labels("picker").observe(time.perf_counter() - started)
+            reply = await self._ask("picker", span, self.bus.pick(request, timeout_s))
+            if isinstance(reply, Unavailable):
+                return reply
             span.set_attribute("pointsman.pick_status", str(reply.status.value))
             span.set_attribute("pointsman.endpoints", reply.endpoints)
             return reply
@@ -605,17 +600,12 @@ class Processor:
             llm, stream.headers, stream.request_id, session, debug=stream.debug,
             budget_ms=timeout_ms,
         )  # fmt: skip
-        started = time.perf_counter()
         with _tracer.start_as_current_span("pointsman.classify", kind=SpanKind.CLIENT) as span:
-            try:
-                reply = await self.bus.classify(request, timeout_ms / 1000)
-            except BusTooLarge as exc:
-                raise _too_large_for_bus(exc) from None
-            except BusUnavailable as exc:
-                span.set_attribute("pointsman.bus_failure", exc.kind)
-                return self._bus_failed(exc.service, exc.kind)
-            finally:
-                metrics.BUS_SECONDS.labels("classifier").observe(time.perf_counter() - started)
+            reply = await self._ask(
+                "classifier", span, self.bus.classify(request, timeout_ms / 1000)
+            )
+            if isinstance(reply, Unavailable):
+                return reply
             if reply.error is not None:  # e.g. overloaded: no decision, same policy as a timeout
                 span.set_attribute("pointsman.bus_failure", reply.error)
                 return self._bus_failed("classifier", reply.error)
@@ -661,6 +651,21 @@ class Processor:
         if isinstance(decision, Route) and decision.endpoints:
             metrics.PICKS.labels(decision.model, decision.endpoints[0]).inc()
 
+    async def _ask(self, service: str, span: Span, call: Awaitable[T]) -> T | Unavailable:
+        """One bus request to ``service``, timed (``pointsman_shim_bus_seconds``); a bus that
+        cannot answer is :class:`Unavailable` (marked on ``span``), a request too large for it
+        the client's error."""
+        started = time.perf_counter()
+        try:
+            return await call
+        except BusTooLarge as exc:
+            raise _too_large_for_bus(exc) from None
+        except BusUnavailable as exc:
+            span.set_attribute("pointsman.bus_failure", exc.kind)
+            return self._bus_failed(exc.service, exc.kind)
+        finally:
+            metrics.BUS_SECONDS.labels(service).observe(time.perf_counter() - started)
+
     def _bus_failed(self, service: str, kind: str) -> Unavailable:
         metrics.BUS_FAILURES.labels(service, kind).inc()
         log.warning("bus call failed: %s: %s", service, kind)
@@ -705,14 +710,10 @@ class Processor:
         dialect = _translating(stream.dialect)
         if dialect is None or stream.llm is None or request.response_headers.end_of_stream:
             return None
-        return dialect.response_translator(
-            stream.llm,
-            status=stream.status,
-            sse=_is_sse(request),
-            translated=stream.translated,
-            nonce=self._nonce(),
-            created=int(stream.started),
+        answer = UpstreamAnswer(
+            stream.status, _is_sse(request), stream.translated, self._nonce(), int(stream.started)
         )
+        return dialect.response_translator(stream.llm, answer)
 
     async def _read_response_headers(
         self, stream: Stream, request: envoy.ProcessingRequest

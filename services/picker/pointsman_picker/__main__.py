@@ -2,37 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import gc
 import sys
 from collections.abc import Sequence
 
 from pointsman import bus, configfile, redisconf, tracing
 from pointsman.debug import DebugConfig
-from pointsman.runtime import run, setup_logging
+from pointsman.runtime import run, service_parser, setup_logging
 from pointsman_picker.config import PickerConfig
 
 
-def _parser(prog: str | None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog or "pointsman-picker",
-        description="Pointsman endpoint picker: answers pick requests over NATS.",
-    )
-    p.add_argument(
-        "--config",
-        default=None,
-        help="the Pointsman YAML config file (default: $POINTSMAN_CONFIG); "
-        "reads its 'picker' section and nats.url ($NATS_URL wins)",
-    )
-    p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
-    p.add_argument(
-        "--json-logs", action="store_true", help="log one JSON object per line, with the trace id"
-    )
-    return p
-
-
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    args = _parser(prog).parse_args(argv)
+    args = service_parser(
+        prog or "pointsman-picker",
+        "Pointsman endpoint picker: answers pick requests over NATS.",
+        "picker",
+    ).parse_args(argv)
     setup_logging(args.log_level, json_logs=args.json_logs)
     from pointsman_picker.plan import build_plans
 

@@ -42,6 +42,7 @@ from pointsman.v1 import CompletionEvent, PickReply, PickRequest, PickStatus
 from pointsman_picker.config import FlowControlConfig
 from pointsman_picker.core import flow as core
 from pointsman_picker.core.plugins.latency import SLO_UNATTAINABLE
+from pointsman_picker.core.types import Request
 from pointsman_picker.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -160,11 +161,11 @@ class FlowControl:
         ):
             # another candidate's pool has room: the joint decision moves the request to a good
             # second model at once, no waiting
-            return self._serve(pick, pool, tenant)
+            return self._serve(pick, pool, tenant, req)
         if busy is None or (not busy and not self._sizes.get(pool)) or wait_ms <= 0:
             # Unknown pool, or room and nobody waiting, or a shim that will not wait (it gets
             # the scheduler's answer: low priorities shed when saturated, as without flow).
-            return self._serve(pick, pool, tenant)
+            return self._serve(pick, pool, tenant, req)
         reason = core.admit(
             self._sizes.get(pool, 0), cfg.max_queued,
             self._tenant_sizes.get((pool, tenant), 0), cfg.max_queued_per_tenant,
@@ -270,8 +271,10 @@ class FlowControl:
 
     # --- internals -----------------------------------------------------------------------------
 
-    def _serve(self, pick: PickRequest, pool: str, tenant: str) -> PickReply:
-        reply = self._s.pick(pick)
+    def _serve(
+        self, pick: PickRequest, pool: str, tenant: str, req: Request | None = None
+    ) -> PickReply:
+        reply = self._s.pick(pick, req)
         chosen = getattr(reply, "model", None)
         if chosen:  # the joint decision chose another model: charge its pool
             pool = self._s.config.adapters.get(chosen, chosen)

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 from opentelemetry.trace import SpanKind
 
@@ -30,11 +30,13 @@ from pointsman.v1 import (
     routes,
 )
 from pointsman.v1.policy import InferencePolicy
+from pointsman.v1.routes import Route
 from pointsman_picker.core.request import DEBUG_HEADER
 from pointsman_picker.flow import FlowControl, Waiter
 from pointsman_picker.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 _tracer = tracing.tracer("pointsman_picker")
 
 
@@ -144,26 +146,26 @@ class Handlers:
         return self._s.models()
 
     async def snapshot(self, msg: Received[PoolSnapshot]) -> None:
-        if msg.body is None:
-            self._t.bad_messages.labels(routes.SNAPSHOTS.subject).inc()
-            log.warning("bad snapshot on %s: %s", msg.subject, msg.error)
+        if (snap := self._body(msg, routes.SNAPSHOTS, "snapshot")) is None:
             return
-        self._s.on_snapshot(msg.body)
+        self._s.on_snapshot(snap)
         if self._flow is not None:
-            self._flow.on_snapshot(msg.body.pool)
+            self._flow.on_snapshot(snap.pool)
 
     async def policy(self, msg: Received[InferencePolicy]) -> None:
-        if msg.body is None:
-            self._t.bad_messages.labels(routes.POLICY.subject).inc()
-            log.warning("bad policy message: %s", msg.error)
-            return
-        self._s.on_policy(msg.body)
+        if (policy := self._body(msg, routes.POLICY, "policy message")) is not None:
+            self._s.on_policy(policy)
 
     async def completion(self, msg: Received[CompletionEvent]) -> None:
-        if msg.body is None:
-            self._t.bad_messages.labels(routes.COMPLETIONS.subject).inc()
-            log.warning("bad completion event: %s", msg.error)
+        if (event := self._body(msg, routes.COMPLETIONS, "completion event")) is None:
             return
-        self._s.on_completion(msg.body)
+        self._s.on_completion(event)
         if self._flow is not None:
-            self._flow.on_completion(msg.body)
+            self._flow.on_completion(event)
+
+    def _body(self, msg: Received[T], route: Route[Any, Any], what: str) -> T | None:
+        """The event's body; ``None`` for one that did not decode (counted and logged)."""
+        if msg.body is None:
+            self._t.bad_messages.labels(route.subject).inc()
+            log.warning("bad %s on %s: %s", what, msg.subject, msg.error)
+        return msg.body

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from pointsman.v1 import (
     CompletionEvent,
+    EndpointMetrics,
     ModelsReply,
     PickReply,
     PickRequest,
@@ -105,8 +106,9 @@ class Scheduler:
         self.telemetry.snapshots.labels(snap.pool).inc()
 
     def on_completion(self, event: CompletionEvent) -> None:
-        released = self.in_flight.release(event.request_id)
-        self.in_flight.release(f"{event.request_id}#prefill")
+        now = self._clock()
+        released = self.in_flight.release(event.request_id, now)
+        self.in_flight.release(f"{event.request_id}#prefill", now)
         if released:
             self.telemetry.completions.inc()
         tracked = self._tracked.pop(event.request_id, None)
@@ -148,6 +150,7 @@ class Scheduler:
             self.telemetry.expired.inc(expired)
         for pool, address in self.store.forget_old(now):
             self.affinity.forget_endpoint(pool, address)
+            self.in_flight.forget_endpoint(pool, address)
             if self.latency is not None:
                 self.latency.forget_endpoint(pool, address)
                 self._backlog.forget_endpoint(pool, address)
@@ -172,9 +175,7 @@ class Scheduler:
             return None
         now = self._clock()
         plan = self.plans.for_pool(pool)
-        views = [
-            endpoint_view(m, self.in_flight.pending(pool, m.address, m.scraped_at)) for m in metrics
-        ]
+        views = self._views(pool, metrics)
         if not any(usable(v, now, plan.stale_after_s) for v in views):
             return False
         return saturated(views, now, plan, self._in_flight_of(pool))
@@ -183,9 +184,11 @@ class Scheduler:
         count = self.in_flight.count
         return lambda address: count(pool, address)
 
-    def pick(self, pick: PickRequest) -> PickReply:
+    def pick(self, pick: PickRequest, req: Request | None = None) -> PickReply:
+        """The decision for ``pick``; ``req``: its :meth:`request`, when the caller has it."""
         now = self._clock()
-        req = self._request(pick)
+        if req is None:
+            req = self._request(pick)
         if pick.candidates and len(pick.candidates) > 1:
             return self._pick_joint(pick, req, now)
         outcome = self._schedule(req, now)
@@ -206,6 +209,19 @@ class Scheduler:
             slos=self._slos,
         )
 
+    def _views(self, pool: str, metrics: list[EndpointMetrics]) -> list[Endpoint]:
+        """The endpoints as the core sees them: their last metrics, plus the assignments made
+        and the completions seen since."""
+        flight = self.in_flight
+        return [
+            endpoint_view(
+                m,
+                flight.pending(pool, m.address, m.scraped_at),
+                flight.freed(pool, m.address, m.scraped_at),
+            )
+            for m in metrics
+        ]
+
     def _schedule(self, req: Request, now: float, *, weigh: bool = False) -> _Outcome | None:
         """The decision in ``req``'s pool, nothing remembered yet; ``None``: no such pool.
         The flag says whether the pool is saturated (worked out only when ``weigh``: a joint decision)."""
@@ -215,7 +231,7 @@ class Scheduler:
         pool = req.pool
         pending = self.in_flight.pending
         if any(m.healthy and now - m.scraped_at <= self._stale_after_s for m in metrics):
-            views = [endpoint_view(m, pending(pool, m.address, m.scraped_at)) for m in metrics]
+            views = self._views(pool, metrics)
         else:
             # No fresh metrics at all (the collectors are gone, or cannot reach the pool): serve
             # from the last known healthy endpoints, scored only on what is still true.

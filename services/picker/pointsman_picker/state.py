@@ -7,8 +7,9 @@ which feeds remote updates into these same structures.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pointsman.v1 import EndpointMetrics, PoolSnapshot
 from pointsman_picker.core.framework import Assigned, PrefixStored, Session, SessionBound, Update
@@ -81,14 +82,21 @@ class InFlight:
 
     Released by completion events; an entry older than ``ttl_s`` is dropped so a lost event
     cannot leak load forever. Only assignments newer than an endpoint's last scrape count as
-    ``pending`` (older ones are already in its metrics).
+    ``pending`` (older ones are already in its metrics); the completions since that scrape of
+    the older ones are ``freed`` (they left the load the scrape counted).
     """
+
+    #: Completions remembered per endpoint for :meth:`freed` (the newest; a scrape comes every
+    #: few tens of milliseconds, so only the last few matter).
+    MAX_RELEASES = 1024
 
     def __init__(self, ttl_s: float = 300.0) -> None:
         self._ttl_s = ttl_s
         self._by_request: dict[str, _Assignment] = {}
         # Insertion-ordered (about time-ordered): pending() walks from the newest end.
         self._by_endpoint: dict[tuple[str, str], dict[str, float]] = {}
+        #: (pool, endpoint) -> (completed at, assigned at) of the latest completions, oldest first.
+        self._released: dict[tuple[str, str], deque[tuple[float, float]]] = {}
 
     def __len__(self) -> int:
         return len(self._by_request)
@@ -99,15 +107,23 @@ class InFlight:
         self._by_request[request_id] = _Assignment(pool, endpoint, at)
         self._by_endpoint.setdefault((pool, endpoint), {})[request_id] = at
 
-    def release(self, request_id: str) -> bool:
+    def release(self, request_id: str, at: float | None = None) -> bool:
+        """Forget a request; ``at``: when it completed (remembered for :meth:`freed`; ``None``
+        for one dropped without completing)."""
         entry = self._by_request.pop(request_id, None)
         if entry is None:
             return False
-        per = self._by_endpoint.get((entry.pool, entry.endpoint))
+        key = (entry.pool, entry.endpoint)
+        per = self._by_endpoint.get(key)
         if per is not None:
             per.pop(request_id, None)
             if not per:
-                del self._by_endpoint[(entry.pool, entry.endpoint)]
+                del self._by_endpoint[key]
+        if at is not None:
+            done = self._released.get(key)
+            if done is None:
+                done = self._released[key] = deque(maxlen=self.MAX_RELEASES)
+            done.append((at, entry.at))
         return True
 
     def count(self, pool: str, endpoint: str) -> int:
@@ -126,6 +142,19 @@ class InFlight:
             count += 1
         return count
 
+    def freed(self, pool: str, endpoint: str, since: float) -> int:
+        """Requests assigned to ``endpoint`` up to ``since`` (its last scrape, so counted in its
+        metrics) that completed after it: load the scrape counted and that has left since."""
+        done = self._released.get((pool, endpoint))
+        if not done:
+            return 0
+        while done and done[0][0] <= since:  # older than the scrape: never asked for again
+            done.popleft()
+        return sum(1 for _, assigned in done if assigned <= since)
+
+    def forget_endpoint(self, pool: str, endpoint: str) -> None:
+        self._released.pop((pool, endpoint), None)
+
     def expire(self, now: float) -> int:
         cutoff = now - self._ttl_s
         old = [rid for rid, a in self._by_request.items() if a.at < cutoff]
@@ -134,8 +163,9 @@ class InFlight:
         return len(old)
 
 
-def endpoint_view(m: EndpointMetrics, pending: int) -> Endpoint:
-    """The core's frozen view of an endpoint's metrics plus its pending assignments."""
+def endpoint_view(m: EndpointMetrics, pending: int, freed: int = 0) -> Endpoint:
+    """The core's frozen view of an endpoint's metrics plus its pending assignments (and the
+    completions since its scrape, ``freed``)."""
     return Endpoint(
         address=m.address,
         healthy=m.healthy,
@@ -144,6 +174,7 @@ def endpoint_view(m: EndpointMetrics, pending: int) -> Endpoint:
         running=m.running,
         kv_usage=m.kv_usage,
         pending=pending,
+        freed=freed,
         labels=m.labels,
         lora_running=tuple(m.lora_running),
         lora_waiting=tuple(m.lora_waiting),
@@ -157,16 +188,7 @@ def stale_view(m: EndpointMetrics, pending: int, now: float) -> Endpoint:
     true any more), and as fresh (``scraped_at`` = ``now``) so that the pipeline considers it.
     What still holds is scored: the prefix index, sessions, and ``pending``, the assignments
     made since its last scrape and not completed (the in-flight load this replica knows)."""
-    return Endpoint(
-        address=m.address,
-        healthy=m.healthy,
-        scraped_at=now,
-        pending=pending,
-        labels=m.labels,
-        lora_running=tuple(m.lora_running),
-        lora_waiting=tuple(m.lora_waiting),
-        max_lora=m.max_lora,
-    )
+    return replace(endpoint_view(m, pending), scraped_at=now, waiting=0, running=0, kv_usage=0.0)
 
 
 class Affinity:

@@ -670,33 +670,19 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         default="fail-open",
         help="what happens when the picker or the shim is down (default: fail-open)",
     )
-    classifier = p.add_mutually_exclusive_group()
-    classifier.add_argument(
+    p.add_argument(
         "--classifier",
-        dest="classifier",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="start the classifier (model selection for 'auto', jailbreak and PII checks)",
+        help="start the classifier (model selection for 'auto', jailbreak and PII checks); "
+        "--no-classifier: do not, 'auto' goes to the first model (default: when installed)",
     )
-    classifier.add_argument(
-        "--no-classifier",
-        dest="classifier",
-        action="store_false",
-        help="do not start the classifier: 'auto' goes to the first model",
-    )
-    redis = p.add_mutually_exclusive_group()
-    redis.add_argument(
+    p.add_argument(
         "--redis",
-        dest="redis",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
-        help="start redis-server (the Responses API's state, sessions); default: when installed",
-    )
-    redis.add_argument(
-        "--no-redis",
-        dest="redis",
-        action="store_false",
-        help="do not start redis-server: stateful Responses calls answer 503",
+        help="start redis-server (the Responses API's state, sessions); --no-redis: do not, "
+        "stateful Responses calls answer 503 (default: when installed)",
     )
     p.add_argument(
         "--nats-tls",

@@ -73,13 +73,9 @@ class ImmediateAnswer(msgspec.Struct, kw_only=True):
     content_type: str = "application/json"
 
 
-class CachedAnswer(msgspec.Struct, kw_only=True):
-    """A semantic-cache hit: the stored answer, which the shim renders in the format of the API
-    the client spoke (JSON or an event stream, chat or completion, or another API's dialect).
-
-    ``model`` is the model that produced it; ``similarity`` the cosine similarity of the prompt
-    to the stored prompt (also reported in the ``x-pointsman-cache-similarity`` header).
-    """
+class AnswerText(msgspec.Struct, kw_only=True):
+    """One model answer as the semantic cache keeps and serves it: its text, how it ended, its
+    token usage, and ``model``, the model that produced it."""
 
     content: str
     role: str = "assistant"
@@ -87,6 +83,21 @@ class CachedAnswer(msgspec.Struct, kw_only=True):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     model: str = ""
+
+
+def answer_text(answer: AnswerText) -> dict[str, Any]:
+    """The :class:`AnswerText` fields of ``answer`` (of any subclass), by name."""
+    return {name: getattr(answer, name) for name in AnswerText.__struct_fields__}
+
+
+class CachedAnswer(AnswerText, kw_only=True):
+    """A semantic-cache hit: the stored answer, which the shim renders in the format of the API
+    the client spoke (JSON or an event stream, chat or completion, or another API's dialect).
+
+    ``similarity`` is the cosine similarity of the prompt to the stored prompt (also reported in
+    the ``x-pointsman-cache-similarity`` header).
+    """
+
     similarity: float = 0.0
 
 

@@ -152,6 +152,27 @@ async def test_saturated_pool_queues_then_dispatches_fairly_when_room_comes() ->
     assert fc.queued("m") == 6
 
 
+async def test_fast_engine_whose_answers_come_back_does_not_queue() -> None:
+    """Six requests in flight at once: all sent since the scrape and none back is a burst (the
+    pool is full at five); the same six when as many have come back since the scrape (the
+    engine answers as fast as it gets them) is not."""
+    s, fc = _flow()
+    s.on_snapshot(_snapshot(0))
+    first = [fc.try_pick(_pick(f"a{i}", "t")) for i in range(5)]
+    assert all(not isinstance(r, Waiter) for r in first)
+    assert isinstance(fc.try_pick(_pick("burst", "t")), Waiter)  # 5 pending: full
+    s.on_snapshot(_snapshot(0))  # a new scrape: the five are in its metrics (running)
+    for i in range(5):
+        s.on_completion(
+            CompletionEvent(request_id=f"a{i}", model="m", endpoint="10.0.0.1:8000",
+                            status_code=200, stream=False)
+        )  # fmt: skip
+    fc.dispatch("m")
+    assert fc.queued("m") == 0
+    again = [fc.try_pick(_pick(f"b{i}", "t")) for i in range(4)]
+    assert all(not isinstance(r, Waiter) for r in again)  # 6 pending, 5 freed: backlog 1
+
+
 async def test_newcomer_joining_a_busy_queue_cannot_bank_credit() -> None:
     s, fc = _flow()
     s.on_snapshot(_snapshot(0))

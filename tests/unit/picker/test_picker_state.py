@@ -59,6 +59,22 @@ def test_pending_counts_only_after_scrape() -> None:
     assert fl.pending("m", "a", since=1.5) == 1
 
 
+def test_freed_counts_completions_since_the_scrape_of_older_assignments() -> None:
+    fl = InFlight(ttl_s=60)
+    for i, at in enumerate((1.0, 1.2, 1.4, 3.0)):
+        fl.add(f"r{i}", "m", "a", at=at)
+    assert fl.release("r0", at=1.45)  # before the scrape at 2.0: the scrape did not count it
+    assert fl.release("r1", at=2.5)  # counted by the scrape, gone since
+    assert fl.release("r3", at=3.5)  # sent after the scrape: pending, not freed
+    assert fl.release("r2")  # dropped without a completion (TTL): not freed
+    assert fl.freed("m", "a", since=2.0) == 1
+    assert fl.freed("m", "b", since=2.0) == 0
+    assert fl.freed("m", "a", since=3.0) == 1  # r3, seen by a scrape at 3.0, gone since
+    assert fl.freed("m", "a", since=4.0) == 0  # a newer scrape counts nothing of these
+    fl.forget_endpoint("m", "a")
+    assert fl.freed("m", "a", since=0.0) == 0
+
+
 def test_in_flight_expires_after_ttl() -> None:
     fl = InFlight(ttl_s=10)
     fl.add("r1", "m", "a", at=0.0)

@@ -15,7 +15,7 @@ from anthropic.lib.streaming._messages import accumulate_event
 
 from pointsman.v1.classify import CachedAnswer
 from pointsman_shim.core.dialects import anthropic, anthropic_answer
-from pointsman_shim.core.dialects.base import BodyChanges, LLMRequest, Translating
+from pointsman_shim.core.dialects.base import BodyChanges, LLMRequest, Translating, UpstreamAnswer
 from pointsman_shim.core.errors import RequestError
 from tests.compat.fixtures import raw, sse_json
 from tests.unit.shim.test_sse_chat_answer import GOLDEN, events_of
@@ -319,11 +319,7 @@ def test_server_tools_cannot_be_translated() -> None:
 def translator(stream: bool, status: int = 200, **fields: Any) -> Translating | None:
     return MESSAGES.response_translator(
         parse(stream=stream, **fields),
-        status=status,
-        sse=stream,
-        translated=True,
-        nonce="n1",
-        created=1,
+        UpstreamAnswer(status, stream, True, "n1", 1),
     )
 
 
@@ -484,9 +480,7 @@ def test_a_stream_that_breaks_ends_with_an_error_event(upstream: bytes) -> None:
 def test_engine_and_gateway_errors_become_anthropic_errors(
     body: bytes, status: int, kind: str, message: str
 ) -> None:
-    t = MESSAGES.response_translator(
-        parse(), status=status, sse=False, translated=False, nonce="n", created=1
-    )
+    t = MESSAGES.response_translator(parse(), UpstreamAnswer(status, False, False, "n", 1))
     out = json.loads(translate(t, body))
     assert (
         out["type"] == "error"
@@ -496,12 +490,7 @@ def test_engine_and_gateway_errors_become_anthropic_errors(
 
 
 def test_a_native_success_passes_untouched() -> None:
-    assert (
-        MESSAGES.response_translator(
-            parse(), status=200, sse=True, translated=False, nonce="n", created=1
-        )
-        is None
-    )
+    assert MESSAGES.response_translator(parse(), UpstreamAnswer(200, True, False, "n", 1)) is None
 
 
 def test_count_tokens_by_a_one_token_chat_completion() -> None:
@@ -520,14 +509,14 @@ def test_count_tokens_by_a_one_token_chat_completion() -> None:
         "max_tokens": 1,
     }
     t = anthropic.COUNT_TOKENS.response_translator(
-        request, status=200, sse=False, translated=True, nonce="n", created=1
+        request, UpstreamAnswer(200, False, True, "n", 1)
     )
     counted = json.loads(translate(t, raw("chat.json")))
     assert counted == {
         "input_tokens": json.loads(raw("messages_count_tokens.json"))["input_tokens"]
     }
     broken = anthropic.COUNT_TOKENS.response_translator(
-        request, status=200, sse=False, translated=True, nonce="n", created=1
+        request, UpstreamAnswer(200, False, True, "n", 1)
     )
     assert json.loads(translate(broken, b'{"choices": [{"message": {}}]}'))["type"] == "error"
     assert broken is not None and broken.status == 502

@@ -18,7 +18,7 @@ from openai.types.responses import ResponseStreamEvent
 
 from pointsman.v1.classify import CachedAnswer
 from pointsman_shim.core.dialects import openai_responses, responses_answer
-from pointsman_shim.core.dialects.base import BodyChanges, LLMRequest, Translating
+from pointsman_shim.core.dialects.base import BodyChanges, LLMRequest, Translating, UpstreamAnswer
 from pointsman_shim.core.errors import RequestError
 from tests.compat.fixtures import raw, sse_json
 from tests.unit.shim.test_sse_chat_answer import GOLDEN, events_of
@@ -290,11 +290,7 @@ def test_what_chat_completions_cannot_say_is_a_400(fields: dict[str, Any], reaso
 def translator(stream: bool, **fields: Any) -> Translating | None:
     return RESPONSES.response_translator(
         parse(stream=stream, **fields),
-        status=200,
-        sse=stream,
-        translated=True,
-        nonce="n1",
-        created=7,
+        UpstreamAnswer(200, stream, True, "n1", 7),
     )
 
 
@@ -452,7 +448,7 @@ def test_errors_and_native_answers_pass_untouched() -> None:
     for status, translated in [(404, True), (200, False), (500, False)]:
         assert (
             RESPONSES.response_translator(
-                request, status=status, sse=False, translated=translated, nonce="n", created=1
+                request, UpstreamAnswer(status, False, translated, "n", 1)
             )
             is None
         )

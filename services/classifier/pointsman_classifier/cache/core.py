@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from pointsman.v1.classify import ClassifyReply, ClassifyRequest
+from pointsman.v1.classify import AnswerText, ClassifyReply, ClassifyRequest
 from pointsman_classifier.cache.config import CacheConfig
 
 H_CACHE = "x-pointsman-cache"
@@ -41,15 +41,10 @@ KEY_PARAMS = (
 _enc = msgspec.json.Encoder(order="sorted")
 
 
-class StoredAnswer(msgspec.Struct, kw_only=True):
-    """What the cache keeps of one answer (the Redis value, msgspec JSON)."""
+class StoredAnswer(AnswerText, kw_only=True):
+    """What the cache keeps of one answer (the Redis value, msgspec JSON): the answer, and whose
+    it is."""
 
-    content: str
-    role: str = "assistant"
-    finish_reason: str | None = "stop"
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    model: str = ""
     category: str | None = None
     tenant: str = ""
     partition: str = ""

@@ -33,7 +33,7 @@ from pointsman.bus import Received, ServiceBus
 from pointsman.redisconf import RedisSecurity
 from pointsman.v1 import routes
 from pointsman.v1.cache import CacheEvent, CacheStore
-from pointsman.v1.classify import CachedAnswer, ClassifyReply, ClassifyRequest
+from pointsman.v1.classify import CachedAnswer, ClassifyReply, ClassifyRequest, answer_text
 from pointsman_classifier.cache.config import CacheConfig
 from pointsman_classifier.cache.core import (
     H_CACHE,
@@ -330,15 +330,7 @@ class SemanticCache:
 
     def _hit(self, reply: ClassifyReply, a: StoredAnswer, key: str, sim: float) -> None:
         """The stored answer goes to the shim as it is; the shim renders it for the client."""
-        reply.cached = CachedAnswer(
-            content=a.content,
-            role=a.role,
-            finish_reason=a.finish_reason,
-            prompt_tokens=a.prompt_tokens,
-            completion_tokens=a.completion_tokens,
-            model=a.model,
-            similarity=sim,
-        )
+        reply.cached = CachedAnswer(**answer_text(a), similarity=sim)
         reply.headers[H_CACHE] = "hit"
         reply.headers[H_SIMILARITY] = f"{sim:.4f}"
         # LRU: a hit makes the entry recent again; written in batches, off the request's path.

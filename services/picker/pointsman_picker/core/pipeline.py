@@ -51,9 +51,10 @@ class Profile:
 
 @dataclass(frozen=True, slots=True)
 class Saturation:
-    """An endpoint is saturated at ``queue_depth_threshold`` waiting requests or at
-    ``kv_cache_util_threshold`` KV use, or (``max_in_flight`` > 0) once that many requests the
-    pickers sent it are in flight; a pool, when every candidate is (or is stale)."""
+    """An endpoint is saturated at ``queue_depth_threshold`` waiting requests (its
+    :attr:`~pointsman_picker.core.types.Endpoint.backlog`) or at ``kv_cache_util_threshold`` KV
+    use, or (``max_in_flight`` > 0) once that many requests the pickers sent it are in flight; a
+    pool, when every candidate is (or is stale)."""
 
     queue_depth_threshold: int = 5
     kv_cache_util_threshold: float = 0.8
@@ -136,7 +137,7 @@ def has_room(
     sat = plan.saturation
     return (
         usable(e, now, plan.stale_after_s)
-        and e.queue < sat.queue_depth_threshold
+        and e.backlog < sat.queue_depth_threshold
         and e.kv_usage < sat.kv_cache_util_threshold
         and (
             sat.max_in_flight <= 0 or in_flight is None or in_flight(e.address) < sat.max_in_flight

@@ -16,7 +16,8 @@ class Endpoint:
 
     ``waiting``, ``running`` and ``kv_usage`` come from the endpoint's last snapshot;
     ``pending`` counts the requests pickers assigned to it *after* that snapshot was scraped
-    (not yet visible in its metrics), so scorers can correct stale numbers.
+    (not yet visible in its metrics), so scorers can correct stale numbers; ``freed`` counts the
+    requests assigned *before* it that completed since (in its metrics, but gone).
     """
 
     address: str
@@ -26,6 +27,7 @@ class Endpoint:
     running: int = 0
     kv_usage: float = 0.0
     pending: int = 0
+    freed: int = 0
     labels: Mapping[str, str] = field(default_factory=dict)
     lora_running: tuple[str, ...] = ()
     lora_waiting: tuple[str, ...] = ()
@@ -35,6 +37,14 @@ class Endpoint:
     def queue(self) -> int:
         """Waiting requests, counting the pending ones as queued (the pessimistic guess)."""
         return self.waiting + self.pending
+
+    @property
+    def backlog(self) -> int:
+        """The queue as saturation reads it: the scrape's waiting requests, plus those sent since,
+        less those that have completed since (each made room for one), as if the engine were
+        full at the scrape. A fast engine whose answers come back as quickly as requests are
+        sent stays unsaturated; a burst onto it counts whole."""
+        return max(0, self.waiting + self.pending - self.freed)
 
     @property
     def load(self) -> int:

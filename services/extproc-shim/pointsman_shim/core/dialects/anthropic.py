@@ -45,6 +45,7 @@ from pointsman_shim.core.dialects.base import (
     Rendered,
     Translating,
     Upstream,
+    UpstreamAnswer,
 )
 from pointsman_shim.core.dialects.sse import event
 from pointsman_shim.core.errors import RequestError, invalid
@@ -73,19 +74,14 @@ class _Anthropic:
         return anthropic_answer.error_body(message, status)
 
     def response_translator(
-        self,
-        request: LLMRequest,
-        *,
-        status: int,
-        sse: bool,
-        translated: bool,
-        nonce: str,
-        created: int,
+        self, request: LLMRequest, answer: UpstreamAnswer
     ) -> Translating | None:
         """Errors always speak Anthropic; a translated success is translated back."""
-        if status >= 400:
-            return anthropic_answer.ErrorTranslator(status)
-        return self._translator(request, sse=sse, nonce=nonce) if translated else None
+        if answer.status >= 400:
+            return anthropic_answer.ErrorTranslator(answer.status)
+        if not answer.translated:
+            return None
+        return self._translator(request, sse=answer.sse, nonce=answer.nonce)
 
     def _translator(self, request: LLMRequest, *, sse: bool, nonce: str) -> Translating:
         raise NotImplementedError

@@ -163,35 +163,19 @@ class JsonTranslator(WholeAnswer):
         return _encoder.encode(body)
 
 
-class StreamTranslator:
+class StreamTranslator(chat.StreamTranslation):
     """A chat completions SSE stream -> Anthropic's message events, as it streams."""
 
     def __init__(self, mid: str, model: str, stops: list[str]) -> None:
+        super().__init__()
         self.mid = mid
         self.model = model
         self.stops = stops
-        self.failed = False
-        self.status: int | None = None
-        self._stream = chat.ChatStream()
-        self._started = False
-        self._ended = False
         #: the open block: ("text" | "thinking" | "tool", tool index), and its index
         self._open: tuple[str, int] | None = None
         self._index = -1
         self._tool_blocks: dict[int, int] = {}
-        self._finish: str | None = None
         self._stop_reason: Any = None
-        self._usage: tuple[int | None, int | None] = (None, None)
-
-    @property
-    def result(self) -> dict[str, Any] | None:
-        return None
-
-    def feed(self, data: bytes) -> bytes:
-        return self._events(self._stream.feed(data))
-
-    def finish(self) -> bytes:
-        return self._events(self._stream.finish())
 
     def _events(self, events: list[chat.Event]) -> bytes:
         out: list[bytes] = []

@@ -97,6 +97,19 @@ class Upstream:
     speaks: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class UpstreamAnswer:
+    """What the response path knows of an upstream answer when it starts: its HTTP ``status``,
+    whether it is an event stream (``sse``), whether the request went upstream ``translated``;
+    and what the translation of it takes: ``nonce`` makes ids unique, ``created`` is Unix time."""
+
+    status: int
+    sse: bool
+    translated: bool
+    nonce: str
+    created: int
+
+
 @dataclass(slots=True)
 class Rendered:
     """A response body the shim sends the client itself, with its content type."""
@@ -262,16 +275,7 @@ class TranslatingDialect(Dialect, Protocol):
     generates: bool
 
     def response_translator(
-        self,
-        request: LLMRequest,
-        *,
-        status: int,
-        sse: bool,
-        translated: bool,
-        nonce: str,
-        created: int,
+        self, request: LLMRequest, answer: UpstreamAnswer
     ) -> Translating | None:
-        """The translator of one upstream answer (``status``, event stream or not, and whether
-        the request went upstream translated), or ``None`` when it passes untouched. ``nonce``
-        makes ids unique, ``created`` is Unix time."""
+        """The translator of one upstream answer, or ``None`` when it passes untouched."""
         ...

@@ -315,3 +315,32 @@ class ChatStream:
         if isinstance(arguments, str) and arguments:
             out.append(ToolArguments(index, arguments))
         return None
+
+
+class StreamTranslation:
+    """What a translator of a chat completions event stream into another API's events keeps
+    whatever the API (:class:`~pointsman_shim.core.dialects.base.Translating`): the parsed
+    stream, whether it started, ended or failed, how it finished and its usage. A subclass turns
+    the stream's :class:`Event` s into its API's bytes in :meth:`_events`."""
+
+    def __init__(self) -> None:
+        self.failed = False
+        self.status: int | None = None
+        self._stream = ChatStream()
+        self._started = False
+        self._ended = False
+        self._finish: str | None = None
+        self._usage: tuple[int | None, int | None] = (None, None)
+
+    @property
+    def result(self) -> dict[str, Any] | None:
+        return None
+
+    def feed(self, data: bytes) -> bytes:
+        return self._events(self._stream.feed(data))
+
+    def finish(self) -> bytes:
+        return self._events(self._stream.finish())
+
+    def _events(self, events: list[Event]) -> bytes:
+        raise NotImplementedError

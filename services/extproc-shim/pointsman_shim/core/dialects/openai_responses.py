@@ -40,6 +40,7 @@ from pointsman_shim.core.dialects.base import (
     Rendered,
     Translating,
     Upstream,
+    UpstreamAnswer,
 )
 from pointsman_shim.core.errors import RequestError, invalid
 
@@ -150,20 +151,12 @@ class OpenAIResponses:
         return openai.error_body(message, type=type, code=code, param=param)
 
     def response_translator(
-        self,
-        request: LLMRequest,
-        *,
-        status: int,
-        sse: bool,
-        translated: bool,
-        nonce: str,
-        created: int,
+        self, request: LLMRequest, answer: UpstreamAnswer
     ) -> Translating | None:
-        if status >= 400 or not translated:
+        if answer.status >= 400 or not answer.translated:
             return None  # chat completions' errors are already in this API's format
-        if sse:
-            return responses_answer.StreamTranslator(request, nonce=nonce, created=created)
-        return responses_answer.JsonTranslator(request, nonce=nonce, created=created)
+        kind = responses_answer.StreamTranslator if answer.sse else responses_answer.JsonTranslator
+        return kind(request, nonce=answer.nonce, created=answer.created)
 
 
 DIALECT = OpenAIResponses()

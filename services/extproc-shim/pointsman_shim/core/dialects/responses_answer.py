@@ -172,19 +172,15 @@ class JsonTranslator(WholeAnswer):
         return _encoder.encode(self._result)
 
 
-class StreamTranslator:
+class StreamTranslator(chat.StreamTranslation):
     """A chat completions SSE stream -> the Responses API's typed events, as it streams."""
 
     def __init__(self, request: LLMRequest, *, nonce: str, created: int) -> None:
+        super().__init__()
         self.request = request
         self.nonce = nonce
         self.created = created
-        self.failed = False
-        self.status: int | None = None
-        self._stream = chat.ChatStream()
         self._seq = 0
-        self._started = False
-        self._ended = False
         self._model = request.model
         #: finished output items, in order
         self._output: list[dict[str, Any]] = []
@@ -193,19 +189,11 @@ class StreamTranslator:
         self._text: list[str] = []
         self._call: dict[str, Any] = {}
         self._calls: set[int] = set()
-        self._finish: str | None = None
-        self._usage: tuple[int | None, int | None] = (None, None)
         self._result: dict[str, Any] | None = None
 
     @property
     def result(self) -> dict[str, Any] | None:
         return self._result
-
-    def feed(self, data: bytes) -> bytes:
-        return self._events(self._stream.feed(data))
-
-    def finish(self) -> bytes:
-        return self._events(self._stream.finish())
 
     def _emit(self, kind: str, fields: dict[str, Any]) -> bytes:
         fields["type"] = kind

@@ -17,8 +17,8 @@ from typing import Annotated
 
 from pydantic import Field
 
-from pointsman_picker.core.framework import Category, Cycle
-from pointsman_picker.core.plugins._base import PARAMS
+from pointsman_picker.core.framework import Cycle
+from pointsman_picker.core.plugins._base import PARAMS, Distribution
 from pointsman_picker.core.slo import headroom, meets, predictions
 from pointsman_picker.core.types import Endpoint
 
@@ -27,7 +27,7 @@ SLO_UNATTAINABLE = "slo_unattainable"
 
 
 @dataclass(frozen=True, slots=True)
-class LatencyScorer:
+class LatencyScorer(Distribution):
     """``latency-scorer``: with an SLO, the relative headroom under it (the smaller of TTFT's and
     TPOT's, clamped to [0, 1]); without one, or when no candidate has headroom, the cheapest
     predicted cost ``ttft + tpot_tokens * tpot`` divided by the candidate's (cheapest -> 1,
@@ -37,10 +37,6 @@ class LatencyScorer:
     __pydantic_config__ = PARAMS
     #: Output tokens the TPOT prediction is weighed with when there is no SLO.
     tpot_tokens: Annotated[float, Field(ge=0)] = 32.0
-
-    @property
-    def category(self) -> Category:
-        return Category.DISTRIBUTION
 
     def score(self, cycle: Cycle, candidates: Sequence[Endpoint]) -> list[float]:
         preds = predictions(cycle, candidates)

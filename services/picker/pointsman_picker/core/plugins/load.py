@@ -9,48 +9,36 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pointsman_picker.core.framework import Category, Cycle
-from pointsman_picker.core.plugins._base import PARAMS, min_max_inverted
+from pointsman_picker.core.framework import Cycle
+from pointsman_picker.core.plugins._base import PARAMS, Distribution, min_max_inverted
 from pointsman_picker.core.types import Endpoint
 
 
 @dataclass(frozen=True, slots=True)
-class QueueScorer:
+class QueueScorer(Distribution):
     """``queue-scorer``: min-max normalised waiting queue, shortest -> 1."""
 
     __pydantic_config__ = PARAMS
-
-    @property
-    def category(self) -> Category:
-        return Category.DISTRIBUTION
 
     def score(self, cycle: Cycle, candidates: Sequence[Endpoint]) -> list[float]:
         return min_max_inverted([e.queue for e in candidates])
 
 
 @dataclass(frozen=True, slots=True)
-class KVCacheUtilizationScorer:
+class KVCacheUtilizationScorer(Distribution):
     """``kv-cache-utilization-scorer``: 1 - KV-cache use."""
 
     __pydantic_config__ = PARAMS
-
-    @property
-    def category(self) -> Category:
-        return Category.DISTRIBUTION
 
     def score(self, cycle: Cycle, candidates: Sequence[Endpoint]) -> list[float]:
         return [1.0 - min(max(e.kv_usage, 0.0), 1.0) for e in candidates]
 
 
 @dataclass(frozen=True, slots=True)
-class RunningRequestsSizeScorer:
+class RunningRequestsSizeScorer(Distribution):
     """``running-requests-size-scorer``: min-max normalised running requests, fewest -> 1."""
 
     __pydantic_config__ = PARAMS
-
-    @property
-    def category(self) -> Category:
-        return Category.DISTRIBUTION
 
     def score(self, cycle: Cycle, candidates: Sequence[Endpoint]) -> list[float]:
         return min_max_inverted([e.load for e in candidates])

@@ -8,13 +8,13 @@ from typing import Annotated
 
 from pydantic import Field
 
-from pointsman_picker.core.framework import Category, Cycle
-from pointsman_picker.core.plugins._base import PARAMS
+from pointsman_picker.core.framework import Cycle
+from pointsman_picker.core.plugins._base import PARAMS, Affinity
 from pointsman_picker.core.types import Endpoint
 
 
 @dataclass(frozen=True, slots=True)
-class LoraAffinityScorer:
+class LoraAffinityScorer(Affinity):
     """Adapter loaded (running or waiting) -> 1; room to load it -> ``room_score``; else 0.
 
     An endpoint that does not report its adapter limit (``max_lora`` 0) counts as having room.
@@ -23,10 +23,6 @@ class LoraAffinityScorer:
 
     __pydantic_config__ = PARAMS
     room_score: Annotated[float, Field(ge=0, le=1)] = 0.5
-
-    @property
-    def category(self) -> Category:
-        return Category.AFFINITY
 
     def score(self, cycle: Cycle, candidates: Sequence[Endpoint]) -> list[float]:
         adapter = cycle.request.adapter

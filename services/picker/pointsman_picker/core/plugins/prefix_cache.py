@@ -8,14 +8,14 @@ from typing import Annotated
 
 from pydantic import Field
 
-from pointsman_picker.core.framework import Category, Cycle, PrefixStored, Update
-from pointsman_picker.core.plugins._base import PARAMS
+from pointsman_picker.core.framework import Cycle, PrefixStored, Update
+from pointsman_picker.core.plugins._base import PARAMS, Affinity
 from pointsman_picker.core.prefix import block_hashes
 from pointsman_picker.core.types import Endpoint
 
 
 @dataclass(frozen=True, slots=True)
-class PrefixCacheScorer:
+class PrefixCacheScorer(Affinity):
     """Score = leading prompt blocks the endpoint likely caches / the prompt's blocks.
 
     ``block_size`` is in bytes of UTF-8 prompt text (about 4 per token for English);
@@ -27,10 +27,6 @@ class PrefixCacheScorer:
     block_size: Annotated[int, Field(gt=0)] = 64
     max_prefix_blocks_to_match: Annotated[int, Field(gt=0)] = 256
     lru_capacity_per_server: Annotated[int, Field(gt=0)] = 31250
-
-    @property
-    def category(self) -> Category:
-        return Category.AFFINITY
 
     def hashes(self, cycle: Cycle) -> tuple[int, ...]:
         key = ("prefix-hashes", self.block_size, self.max_prefix_blocks_to_match)

@@ -9,13 +9,13 @@ from typing import Annotated
 
 from pydantic import Field
 
-from pointsman_picker.core.framework import Category, Cycle, SessionBound, Update
-from pointsman_picker.core.plugins._base import PARAMS
+from pointsman_picker.core.framework import Cycle, SessionBound, Update
+from pointsman_picker.core.plugins._base import PARAMS, Affinity
 from pointsman_picker.core.types import Endpoint
 
 
 @dataclass(frozen=True, slots=True)
-class SessionAffinityScorer:
+class SessionAffinityScorer(Affinity):
     """1 for the endpoint the session was last routed to (within ``ttl_s``), 0 for the others.
 
     The binding is refreshed on every routed request, so an active session never expires; if
@@ -24,10 +24,6 @@ class SessionAffinityScorer:
 
     __pydantic_config__ = PARAMS
     ttl_s: Annotated[float, Field(gt=0)] = 600.0
-
-    @property
-    def category(self) -> Category:
-        return Category.AFFINITY
 
     def score(self, cycle: Cycle, candidates: Sequence[Endpoint]) -> list[float]:
         sid = cycle.request.session
