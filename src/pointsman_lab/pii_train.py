@@ -59,6 +59,16 @@ def bio_tags(
     return tags
 
 
+def tag_weights(labels: tuple[str, ...], type_weights: dict[str, float]) -> torch.Tensor:
+    """Loss weight per tag: a type's ``B-``/``I-`` tags take its weight, other tags 1."""
+    unknown = set(type_weights) - {lab.split("-", 1)[1] for lab in labels if "-" in lab}
+    if unknown:
+        raise ValueError(f"no tags of type {', '.join(sorted(unknown))}")
+    return torch.tensor(
+        [type_weights.get(lab.split("-", 1)[1], 1.0) if "-" in lab else 1.0 for lab in labels]
+    )
+
+
 class Prepared:
     """Token ids, offsets and tags of a set of sentences, and the trunk's states at ``at``."""
 
@@ -187,10 +197,7 @@ def train_branch(
     branch = PiiBranch.from_trunk(model, at, layers)
     branch.dropout = dropout
     branch.to(device)
-    weight = torch.tensor(
-        [(type_weights or {}).get(lab.split("-", 1)[-1], 1.0) for lab in branch.labels],
-        device=device,
-    )
+    weight = tag_weights(branch.labels, type_weights or {}).to(device)
     head_params = list(branch.out.parameters())
     body_params = [p for n, p in branch.named_parameters() if not n.startswith("out.")]
     opt = torch.optim.AdamW(
