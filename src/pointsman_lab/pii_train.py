@@ -59,6 +59,16 @@ def bio_tags(
     return tags
 
 
+def tag_weights(labels: tuple[str, ...], type_weights: dict[str, float]) -> torch.Tensor:
+    """Loss weight per tag: a type's ``B-``/``I-`` tags take its weight, other tags 1."""
+    unknown = set(type_weights) - {lab.split("-", 1)[1] for lab in labels if "-" in lab}
+    if unknown:
+        raise ValueError(f"no tags of type {', '.join(sorted(unknown))}")
+    return torch.tensor(
+        [type_weights.get(lab.split("-", 1)[1], 1.0) if "-" in lab else 1.0 for lab in labels]
+    )
+
+
 class Prepared:
     """Token ids, offsets and tags of a set of sentences, and the trunk's states at ``at``."""
 
@@ -93,6 +103,7 @@ class Prepared:
             model.encoder.layer = full
 
     def _states(self, model: Any, at: int, batch: int) -> None:
+        device = next(model.parameters()).device
         order = sorted(range(len(self.ids)), key=lambda i: len(self.ids[i]))
         states: list[torch.Tensor | None] = [None] * len(self.ids)
         for k in range(0, len(order), batch):
@@ -103,8 +114,10 @@ class Prepared:
             for r, i in enumerate(idx):
                 ids[r, : len(self.ids[i])] = torch.tensor(self.ids[i])
                 mask[r, : len(self.ids[i])] = 1
-            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-            h = out.hidden_states[at]
+            out = model(
+                input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True
+            )
+            h = out.hidden_states[at].cpu()
             for r, i in enumerate(idx):
                 states[i] = h[r, : len(self.ids[i])].to(torch.float16).clone()
         self.states = [s for s in states if s is not None]
@@ -138,13 +151,14 @@ def predict(branch: Any, prep: Prepared, threshold: float, batch: int = 64) -> l
     """Decoded spans per sentence, with the service's decoding (``engine.decode_tags``)."""
     from pointsman_classifier.engine import decode_tags
 
+    device = next(branch.parameters()).device
     branch.eval()
     out: list[list[Span]] = [[] for _ in prep.ids]
     order = sorted(range(len(prep.ids)), key=lambda i: len(prep.ids[i]))
     for k in range(0, len(order), batch):
         idx = order[k : k + batch]
         x, mask, _ = _pad(prep, idx, with_tags=False)
-        probs = branch(x, mask[:, None, None, :]).numpy()
+        probs = branch(x.to(device), mask[:, None, None, :].to(device)).cpu().numpy()
         for r, i in enumerate(idx):
             n = len(prep.ids[i])
             found = decode_tags(
@@ -170,7 +184,11 @@ def train_branch(
     threshold: float,
     dropout: float = 0.1,
     log: Any = print,
+    device: str = "cpu",
+    type_weights: dict[str, float] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
+    """Fine-tune a branch on ``train``'s states; ``type_weights`` scale the loss of a type's
+    ``B-``/``I-`` tags (1.0 for the others and ``O``)."""
     from pointsman_classifier.pii import MODEL_TYPES
     from pointsman_classifier.piihead import PiiBranch
 
@@ -178,6 +196,8 @@ def train_branch(
     rng = random.Random(seed)
     branch = PiiBranch.from_trunk(model, at, layers)
     branch.dropout = dropout
+    branch.to(device)
+    weight = tag_weights(branch.labels, type_weights or {}).to(device)
     head_params = list(branch.out.parameters())
     body_params = [p for n, p in branch.named_parameters() if not n.startswith("out.")]
     opt = torch.optim.AdamW(
@@ -196,11 +216,15 @@ def train_branch(
         losses = []
         for idx in _batches([len(x) for x in train.ids], 32, rng):
             x, mask, y = _pad(train, idx)
+            x, mask, y = x.to(device), mask.to(device), y.to(device)
             # Feature noise: the service's int8 trunk gives slightly different states.
             x = x + 0.02 * x.std() * torch.randn_like(x)
             logits = branch.logits(x, mask[:, None, None, :])
             loss = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100
+                logits.reshape(-1, logits.shape[-1]),
+                y.reshape(-1),
+                weight=weight,
+                ignore_index=-100,
             )
             opt.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
@@ -214,6 +238,7 @@ def train_branch(
             + "  ".join(f"{t} {v['f1']:.3f}" for t, v in res["per_type"].items())
             + f"  ({time.monotonic() - t0:.0f} s)"
         )
+    branch.to("cpu")
     return branch, {"history": history}
 
 
@@ -246,6 +271,16 @@ def main(argv: list[str]) -> int:
     t.add_argument("--dropout", type=float, default=0.1)
     t.add_argument("--limit", type=int, default=0, help="first N training sentences only")
     t.add_argument("--threads", type=int, default=1)
+    t.add_argument("--device", default="cpu", help="torch device for the states and the training")
+    t.add_argument("--encoder", type=Path, help="encoder directory (default: the MiniLM package)")
+    t.add_argument(
+        "--type-weight",
+        action="append",
+        default=[],
+        metavar="TYPE=W",
+        help="loss weight of a type's tags (repeatable; default 1)",
+    )
+    t.add_argument("--states-only", action="store_true", help="compute and cache the states")
     args = p.parse_args(argv)
     if args.cmd == "generate":
         if os.environ.get("PYTHONHASHSEED") != "0":
@@ -266,9 +301,10 @@ def main(argv: list[str]) -> int:
     from pointsman_classifier.pii import MODEL_TYPES
     from pointsman_classifier.piihead import LABELS
 
-    path = default_model_path()
+    path = args.encoder or default_model_path()
     tok = AutoTokenizer.from_pretrained(str(path))
-    model = AutoModel.from_pretrained(str(path)).eval()
+    # float32 whatever the stored weights are (the carried MiniLM is float16)
+    model = AutoModel.from_pretrained(str(path)).float().eval()
     rows = json.loads((args.data / "train.json").read_text(encoding="utf-8"))
     if args.limit:
         rows = random.Random(args.seed).sample(rows, min(args.limit, len(rows)))
@@ -285,10 +321,15 @@ def main(argv: list[str]) -> int:
     if cache.exists():
         train.states, val.states = torch.load(cache)
     else:
+        model.to(args.device)
         train.compute_states(model, args.at)
         val.compute_states(model, args.at)
+        model.to("cpu")
         torch.save((train.states, val.states), cache)
     print(f"trunk states of {len(rows)} + {len(vrows)} sentences in {time.monotonic() - t0:.0f} s")
+    if args.states_only:
+        return 0
+    weights = {k: float(v) for k, v in (w.split("=", 1) for w in args.type_weight)}
     branch, info = train_branch(
         model,
         train,
@@ -300,6 +341,8 @@ def main(argv: list[str]) -> int:
         args.seed,
         args.threshold,
         args.dropout,
+        device=args.device,
+        type_weights=weights,
     )
     res = score(val.gold, predict(branch, val, args.threshold), MODEL_TYPES)
     branch.meta = {
@@ -309,6 +352,7 @@ def main(argv: list[str]) -> int:
         "lr": args.lr,
         "seed": args.seed,
         "dropout": args.dropout,
+        **({"type_weights": weights} if weights else {}),
         "train_sentences": len(rows),
         "trained_on": [str(args.data / "train.json")],
         "validation": {

@@ -390,3 +390,14 @@ def test_merge_lets_the_model_span_replace_the_address_patterns() -> None:
     model = [pii.Finding(8, 41, "LOCATION", 0.9, "model")]
     assert pii.merge(patterns, model) == patterns  # the checked patterns win by default
     assert pii.merge(patterns, model, prefer=frozenset({"STREET_ADDRESS"})) == model
+
+
+def test_type_weights_scale_a_types_tags_only() -> None:
+    from pointsman_classifier.piihead import LABELS
+    from pointsman_lab.pii_train import tag_weights
+
+    w = dict(zip(LABELS, tag_weights(LABELS, {"LOCATION": 2.0}).tolist(), strict=True))
+    assert w["B-LOCATION"] == w["I-LOCATION"] == 2.0
+    assert w["O"] == w["B-PERSON"] == w["I-ORGANIZATION"] == 1.0
+    with pytest.raises(ValueError, match="CITY"):
+        tag_weights(LABELS, {"CITY": 2.0})
