@@ -86,6 +86,16 @@ def body(document: str, question: str, max_tokens: int, model: str = MODEL) -> b
     ).encode()
 
 
+def poisson_arrivals(rng: random.Random, rate: float, duration: float) -> list[float]:
+    """Arrival times of a Poisson process at ``rate``/s over ``duration`` s, drawn from ``rng``."""
+    times: list[float] = []
+    t = rng.expovariate(rate)
+    while t < duration:
+        times.append(t)
+        t += rng.expovariate(rate)
+    return times
+
+
 def shared_prefix(
     rate: float, duration: float, *, groups: int, prefix_tokens: int, question_tokens: int,
     max_tokens: int, seed: int,
@@ -93,20 +103,14 @@ def shared_prefix(
     rng = random.Random(seed)
     docs = [f"[group {g}] " + words(rng, prefix_tokens * 4) for g in range(groups)]
     reqs: list[Req] = []
-    t = 0.0
-    arrivals = random.Random(seed + 1)
-    i = 0
-    while True:
-        t += arrivals.expovariate(rate)
-        if t >= duration:
-            return reqs
+    for i, t in enumerate(poisson_arrivals(random.Random(seed + 1), rate, duration)):
         g = rng.randrange(groups)
         user = f"user {i}: " + words(rng, question_tokens * 4)
         reqs.append(
             Req(t, body(docs[g], user, max_tokens), g, prompt_tokens=prefix_tokens +
                 question_tokens, max_tokens=max_tokens)
         )  # fmt: skip
-        i += 1
+    return reqs
 
 
 def mooncake(rate: float, duration: float, *, max_tokens_cap: int, seed: int) -> list[Req]:
@@ -166,17 +170,11 @@ def azure(rate: float, duration: float, *, max_tokens_cap: int, seed: int) -> li
     every third request as in the traces' relative volume), Poisson arrivals at ``rate``."""
     conv, code = azure_lengths("conv"), azure_lengths("code")
     rng = random.Random(seed)
-    arrivals = random.Random(seed + 1)
     reqs: list[Req] = []
-    t = 0.0
-    i = 0
-    while True:
-        t += arrivals.expovariate(rate)
-        if t >= duration:
-            return reqs
+    for i, t in enumerate(poisson_arrivals(random.Random(seed + 1), rate, duration)):
         prompt, out = code[i // 3 % len(code)] if i % 3 == 2 else conv[i % len(conv)]
         reqs.append(_unique(rng, t, i, prompt, out, max_tokens_cap))
-        i += 1
+    return reqs
 
 
 def tenants(
@@ -190,12 +188,7 @@ def tenants(
     reqs: list[Req] = []
     i = 0
     for tenant, share in (("heavy", ratio / (ratio + 1)), ("light", 1 / (ratio + 1))):
-        arrivals = random.Random(f"{seed}-{tenant}")
-        t = 0.0
-        while True:
-            t += arrivals.expovariate(rate * share)
-            if t >= duration:
-                break
+        for t in poisson_arrivals(random.Random(f"{seed}-{tenant}"), rate * share, duration):
             prompt, out = conv[i % len(conv)]
             reqs.append(_unique(rng, t, i, prompt, out, max_tokens_cap, tenant=tenant))
             i += 1
@@ -207,14 +200,8 @@ def auto(rate: float, duration: float, *, max_tokens_cap: int, seed: int) -> lis
     """``model: auto`` requests with conversation lengths, Poisson arrivals."""
     conv = azure_lengths("conv")
     rng = random.Random(seed)
-    arrivals = random.Random(seed + 1)
     reqs: list[Req] = []
-    t = 0.0
-    i = 0
-    while True:
-        t += arrivals.expovariate(rate)
-        if t >= duration:
-            return reqs
+    for i, t in enumerate(poisson_arrivals(random.Random(seed + 1), rate, duration)):
         prompt, out = conv[i % len(conv)]
         reqs.append(_unique(rng, t, i, prompt, out, max_tokens_cap, model="auto"))
-        i += 1
+    return reqs
