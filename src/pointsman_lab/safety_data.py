@@ -435,17 +435,22 @@ def _fill(t: str, rng: random.Random) -> str:
     return t.replace("{email}", f"{user}@{dom}").replace("{url}", f"https://{rng.choice(DOMAINS)}")
 
 
-def _indirect(rows: Sequence[Row], rng: random.Random, n: int = 3000) -> Iterator[Row]:
-    """Pairs from training documents: the same chunk, task and place, once with an instruction to
-    the AI (``injection``) and once with an innocuous note (``benign``)."""
-    docs = [
+def _train_documents(rows: Sequence[Row], min_chars: int, sources: tuple[str, ...]) -> list[str]:
+    """The texts of benign training rows of at least ``min_chars`` from ``sources`` (prefixes)."""
+    return [
         r["text"]
         for r in rows
         if r["split"] == "train"
         and r["label"] == "benign"
-        and len(r["text"]) >= 300
-        and r["source"].startswith(DOC_SOURCES)
+        and len(r["text"]) >= min_chars
+        and r["source"].startswith(sources)
     ]
+
+
+def _indirect(rows: Sequence[Row], rng: random.Random, n: int = 3000) -> Iterator[Row]:
+    """Pairs from training documents: the same chunk, task and place, once with an instruction to
+    the AI (``injection``) and once with an innocuous note (``benign``)."""
+    docs = _train_documents(rows, 300, DOC_SOURCES)
     for j in range(min(n, 3 * len(docs))):
         text = docs[j % len(docs)] if j < len(docs) else rng.choice(docs)
         segs = [s for s in re.split(r"(?<=[.!?\n])\s+", text) if s.strip()]
@@ -617,14 +622,9 @@ def _deep(rows: Sequence[Row], rng: random.Random, n: int) -> Iterator[Row]:
         r["text"][:80] for r in rows if r["split"] == "validation" and len(r["text"]) >= 80
     }
     docs = [
-        r["text"]
-        for r in rows
-        if r["split"] == "train"
-        and r["label"] == "benign"
-        and len(r["text"]) >= 150
-        and r["source"].startswith(DEEP_DOC_SOURCES)
-        and r["text"][:80] not in val_text
-        and not any(h in r["text"] for h in val_heads)
+        text
+        for text in _train_documents(rows, 150, DEEP_DOC_SOURCES)
+        if text[:80] not in val_text and not any(h in text for h in val_heads)
     ]
     attacks = _bipia_attacks(rows) + INJECTED
     short_inj = [
