@@ -196,7 +196,8 @@ class SteadyLoad:
             await streamed()
         else:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(plain(), 0.005)
+                async with asyncio.timeout(0.005):
+                    await plain()
 
 
 @dataclass

@@ -65,7 +65,8 @@ async def bench_redis(url: str) -> dict[str, Any]:
         await pipe.execute()
         writes.append((time.perf_counter() - t) * 1000)
         await asyncio.sleep(0.002)
-    await asyncio.wait_for(task, 10)
+    async with asyncio.timeout(10):
+        await task
     prop = [(seen[i] - sent[i]) * 1000 for i in range(N)]
     await ps.aclose()  # type: ignore[no-untyped-call]
     await pub.aclose()
@@ -111,7 +112,8 @@ async def bench_jetstream_kv(url: str, per_block: bool = False) -> dict[str, Any
             await kv.put(f"prefix.pool.ep.{i % 50}", payload)
         writes.append((time.perf_counter() - t) * 1000)
         await asyncio.sleep(0.002)
-    await asyncio.wait_for(task, 10)
+    async with asyncio.timeout(10):
+        await task
     prop = [(seen[i] - sent[i]) * 1000 for i in range(N) if i in seen]
     await watcher.stop()  # type: ignore[no-untyped-call]
     await nc.close()

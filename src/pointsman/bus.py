@@ -471,13 +471,15 @@ class ServiceBus:
         wait on reconnects."""
         self._stopping = True
         try:
-            await asyncio.wait_for(self.broker.stop(), STOP_TIMEOUT_S * 2)
+            async with asyncio.timeout(STOP_TIMEOUT_S * 2):
+                await self.broker.stop()
         except Exception as exc:
             log.debug("NATS drain failed (%s); closing", exc)
             conn = self.client
             if conn is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(conn.close(), 1)
+                    async with asyncio.timeout(1):
+                        await conn.close()
 
     async def _on_error(self, exc: Exception) -> None:
         text = f"{type(exc).__name__}: {exc}"

@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 import prometheus_client
@@ -156,7 +156,8 @@ class OpsServer:
         if self._runner is not None:
             done = asyncio.run_coroutine_threadsafe(self._runner.cleanup(), loop)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.wrap_future(done), 5)
+                async with asyncio.timeout(5):
+                    await asyncio.wrap_future(done)
         loop.call_soon_threadsafe(loop.stop)
         await asyncio.to_thread(thread.join, 5)
 
@@ -267,7 +268,37 @@ async def retry(
             await asyncio.sleep(wait)
         else:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await stop.wait()
         if max_delay is not None:
             wait = min(wait * 2, max_delay)
     return None
+
+
+async def cancel_and_wait(
+    tasks: Iterable[asyncio.Future[Any]], *, every_s: float = 0.2, limit_s: float = 10.0
+) -> None:
+    """The one way Pointsman stops its background tasks: cancel them and wait until they end,
+    cancelling again every ``every_s`` seconds those still running, for at most ``limit_s``.
+
+    One cancel is not enough. A cancel that lands in the same loop iteration as the result a
+    task waits on can be dropped: by ``asyncio.wait_for`` on Python 3.11 (nats-py's request
+    uses it) and by nats-py's publish, which catches ``CancelledError`` while it flushes. The
+    task then runs on, and a plain ``await task`` after ``cancel()`` waits for ever (the
+    collector's stop hung a CI run this way). A task that outlives ``limit_s`` is logged and
+    left to the event loop's end. Exceptions of the tasks are consumed: they are stopping.
+    """
+    tasks = list(tasks)
+    pending = {t for t in tasks if not t.done()}
+    deadline = time.monotonic() + limit_s
+    while pending:
+        for task in pending:
+            task.cancel()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            log.warning("%d task(s) ignored cancellation: %s", len(pending), pending)
+            break
+        _, pending = await asyncio.wait(pending, timeout=min(every_s, left))
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: a stopping task's error is not news

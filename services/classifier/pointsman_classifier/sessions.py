@@ -125,7 +125,8 @@ class SessionStore:
                 aw.close()
             return _FAILED
         try:
-            return await asyncio.wait_for(aw, self.timeout)
+            async with asyncio.timeout(self.timeout):
+                return await aw
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning(
                 "sessions: Redis failed (%s); no stickiness for %.1fs",

@@ -104,7 +104,8 @@ async def serve(
                 await health.set(now)
                 last = now
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
+                async with asyncio.timeout(0.5):
+                    await stop.wait()
 
     tracker = asyncio.create_task(track_readiness())
     await stop.wait()

@@ -203,7 +203,8 @@ class ResponsesState:
             metrics.STORE.labels(op, "unavailable").inc()
             raise StateUnavailable("the response store is unavailable")
         try:
-            return await asyncio.wait_for(aw, self.timeout)
+            async with asyncio.timeout(self.timeout):
+                return await aw
         except (RedisError, OSError, TimeoutError) as exc:
             metrics.STORE.labels(op, "unavailable").inc()
             log.warning(

@@ -24,7 +24,7 @@ from typing import Any
 from nats.js.api import StorageType
 
 from pointsman.bus import NatsConfig, ServiceBus
-from pointsman.runtime import OpsServer
+from pointsman.runtime import OpsServer, cancel_and_wait
 from pointsman.v1 import routes, subjects
 from pointsman.v1.policy import InferencePolicy
 from pointsman_collector.config import CollectorConfig
@@ -191,11 +191,7 @@ class Collector:
     async def stop(self) -> None:
         if self._membership is not None:
             await self._membership.stop()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._tasks)
         if self._kv is not None:
             kv = self._kv
             keys = [
@@ -205,9 +201,8 @@ class Collector:
             ]
             # Best effort and bounded: the keys' TTL removes them anyway.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(
-                    asyncio.gather(*(kv.delete(k) for k in keys), return_exceptions=True), 2.0
-                )
+                async with asyncio.timeout(2.0):
+                    await asyncio.gather(*(kv.delete(k) for k in keys), return_exceptions=True)
         await self.bus.stop()
         if self._raw is not None:
             self._raw.close()
@@ -287,7 +282,8 @@ class Collector:
         every = self.cfg.kubernetes.policy.interval_s
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._policy_changed.wait(), every)
+                async with asyncio.timeout(every):
+                    await self._policy_changed.wait()
             self._policy_changed.clear()
             if self._policy is not None:
                 await self.bus.publish(routes.POLICY.subject, routes.POLICY.encode(self._policy))
@@ -359,7 +355,8 @@ class Collector:
             raw.start(key, st.endpoint.address, (st, self._tick_no, now))
         if self._pending > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._tick_done), self._wait_s)
+                async with asyncio.timeout(self._wait_s):
+                    await asyncio.shield(self._tick_done)
         self._tick_done = None
 
     async def publish(self) -> None:

@@ -9,12 +9,12 @@ replica that stops cleanly says it is leaving, and the others take its endpoints
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 
 from pointsman.bus import Received, ServiceBus
+from pointsman.runtime import cancel_and_wait
 from pointsman.v1 import CollectorAnnounce, routes
 from pointsman_collector.core.shard import Heartbeat, live_members
 
@@ -146,9 +146,7 @@ class Membership:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
         if self._announcing:
             self._announcing = False
             await self._announce(leaving=True)

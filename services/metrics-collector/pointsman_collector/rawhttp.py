@@ -259,10 +259,8 @@ class RawClient:
         loop = asyncio.get_running_loop()
         try:
             # Connecting may take longer than a scrape (a burst of new endpoints at start-up).
-            await asyncio.wait_for(
-                loop.create_connection(lambda: _Proto(conn), host, int(port)),
-                max(self.timeout_s, 1.0),
-            )
+            async with asyncio.timeout(max(self.timeout_s, 1.0)):
+                await loop.create_connection(lambda: _Proto(conn), host, int(port))
         except TimeoutError:
             conn.connecting = False
             conn.finish(None, "timeout")

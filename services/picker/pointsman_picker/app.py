@@ -17,7 +17,7 @@ import time
 
 from pointsman.bus import NatsConfig, Received, ServiceBus
 from pointsman.redisconf import RedisSecurity
-from pointsman.runtime import OpsServer
+from pointsman.runtime import OpsServer, cancel_and_wait
 from pointsman.v1 import PoolSnapshot, routes
 from pointsman_picker.config import PickerConfig
 from pointsman_picker.flow import CounterSync, FlowControl, tick
@@ -88,7 +88,8 @@ class PickerApp:
         if self.shared is not None:
             await self.shared.start(self.scheduler.on_remote)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._first_snapshot.wait(), self.config.warmup_ms / 1000)
+            async with asyncio.timeout(self.config.warmup_ms / 1000):
+                await self._first_snapshot.wait()
         for route, handler in (
             (routes.PICK, self.handlers.pick),
             (routes.MODELS, self.handlers.models),
@@ -128,11 +129,7 @@ class PickerApp:
 
     async def stop(self) -> None:
         self._serving = False
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
         await self.handlers.close()
         await self.bus.stop()

@@ -191,7 +191,8 @@ class FlowControl:
     async def wait(self, waiter: Waiter) -> PickReply:
         """The waiter's reply: dispatched, or ``dropped`` / ``ttl_expired`` after its TTL."""
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter.future), waiter.ttl_s)
+            async with asyncio.timeout(waiter.ttl_s):
+                return await asyncio.shield(waiter.future)
         except TimeoutError:
             if waiter.future.done():
                 return waiter.future.result()

@@ -19,6 +19,7 @@ from opentelemetry.trace import SpanKind
 
 from pointsman import tracing
 from pointsman.bus import Received, encode
+from pointsman.runtime import cancel_and_wait
 from pointsman.v1 import (
     CompletionEvent,
     ModelsReply,
@@ -100,11 +101,7 @@ class Handlers:
 
     async def close(self) -> None:
         """Give up on the requests still waiting (their shims fall back to their failure mode)."""
-        for task in list(self._later):
-            task.cancel()
-        for task in list(self._later):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(list(self._later))
 
     def _decide(self, req: PickRequest) -> PickReply | Waiter:
         return self._s.pick(req) if self._flow is None else self._flow.try_pick(req)

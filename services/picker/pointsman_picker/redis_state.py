@@ -27,7 +27,7 @@ from typing import Any
 import msgspec
 
 from pointsman.redisconf import RedisSecurity
-from pointsman.runtime import retry
+from pointsman.runtime import cancel_and_wait, retry
 from pointsman_picker.config import SharedStateConfig
 from pointsman_picker.core.framework import PrefixStored, SessionBound, Update
 from pointsman_picker.telemetry import Telemetry
@@ -91,7 +91,8 @@ class RedisSync:
         """Subscribe first, then load persisted state, so nothing falls between the two."""
         self._tasks.append(asyncio.create_task(self._listen()))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._subscribed.wait(), 5)
+            async with asyncio.timeout(5):
+                await self._subscribed.wait()
         try:
             load(await self._load())
         except Exception as exc:
@@ -102,11 +103,7 @@ class RedisSync:
     async def stop(self) -> None:
         with contextlib.suppress(Exception):
             await self._flush()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
         with contextlib.suppress(Exception):
             await self._redis.aclose()

@@ -11,8 +11,8 @@ each request has one future that the loop resolves when there is something to se
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
+from pointsman.runtime import cancel_and_wait
 from pointsman.sim.config import SimConfig
 from pointsman.sim.metrics import Metrics
 from pointsman.sim.scheduler import ABORTED, RUNNING, WAITING, Scheduler, Seq, Step
@@ -38,9 +38,7 @@ class Engine:
     async def stop(self) -> None:
         """Stop stepping and abort every request, so no handler waits on a dead engine."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait([self._task])
             self._task = None
         for seq in [*self.sched.running, *self.sched.waiting]:
             self.abort(seq)

@@ -53,7 +53,8 @@ class Watcher:
                     return snap
             self._event.clear()
             try:
-                await asyncio.wait_for(self._event.wait(), deadline - time.monotonic())
+                async with asyncio.timeout(deadline - time.monotonic()):
+                    await self._event.wait()
             except TimeoutError:
                 break
         last = self.snaps[-1] if self.snaps else None
@@ -276,3 +277,35 @@ async def test_big_pool_is_split_and_vanished_parts_are_emptied(
     finally:
         await collector.stop()
         await nc.close()
+
+
+async def test_a_stop_that_lands_with_a_scrape_answer_still_ends_the_tick_loop(
+    nats_url: str, fleet: object, unique: str
+) -> None:
+    """The cancel arrives in the same loop iteration as the answer the tick waits on.
+
+    Python 3.11's ``asyncio.wait_for`` returned that answer and dropped the cancel, so the tick
+    loop ran on and ``Collector.stop`` waited on it for ever (a CI run hung here for 300 s).
+    """
+    engine = await fleet.add()  # type: ignore[attr-defined]
+    collector = Collector(
+        config(unique, sharding={"enabled": False}), nats=NatsConfig(url=nats_url), sources=[]
+    )
+    await collector.start()
+    [ticks] = [t for t in collector._tasks if t.get_name() == "collector-ticks"]
+    assert collector._raw is not None
+    raw = collector._raw
+    answer = raw._on_result
+
+    def answer_then_cancel(*args: object) -> None:
+        answer(*args)  # type: ignore[arg-type]
+        ticks.cancel()
+
+    raw._on_result = answer_then_cancel
+    try:
+        collector.report("test", parse_pools({f"p-{unique}": [engine.address]}))
+        done, _ = await asyncio.wait([ticks], timeout=60)
+        assert done and ticks.cancelled(), "the tick loop ignored its cancel"
+    finally:
+        raw._on_result = answer
+        await collector.stop()

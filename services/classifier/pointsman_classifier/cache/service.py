@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 
 from pointsman.bus import Received, ServiceBus
 from pointsman.redisconf import RedisSecurity
+from pointsman.runtime import cancel_and_wait
 from pointsman.v1 import routes
 from pointsman.v1.cache import CacheEvent, CacheStore
 from pointsman.v1.classify import CachedAnswer, ClassifyReply, ClassifyRequest, answer_text
@@ -162,10 +163,7 @@ class SemanticCache:
         self._spawn(self._maintain())
 
     async def close(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=2)
+        await cancel_and_wait(list(self._tasks), limit_s=2)
         with contextlib.suppress(Exception):
             await self.redis.aclose()
 
@@ -193,7 +191,8 @@ class SemanticCache:
         but does not mark Redis down (the requests did not need it)."""
         touched, self._touched = self._touched, {}
         try:
-            await asyncio.wait_for(self.redis.zadd(self._lru, touched, xx=True), 1.0)
+            async with asyncio.timeout(1.0):
+                await self.redis.zadd(self._lru, touched, xx=True)
         except (RedisError, OSError, TimeoutError):
             self.metrics.redis_errors.labels("touch").inc()
 
@@ -207,7 +206,8 @@ class SemanticCache:
                 pipe = self.redis.pipeline(transaction=False)
                 for k in keys:
                     pipe.hmget(k, "p", "v", "x")
-                rows = await asyncio.wait_for(pipe.execute(), max(self.timeout, 2.0))
+                async with asyncio.timeout(max(self.timeout, 2.0)):
+                    rows = await pipe.execute()
                 for k, (part, vec, exp) in zip(keys, rows, strict=True):
                     if part is None or vec is None or exp is None or float(exp) <= now:
                         continue
@@ -236,10 +236,8 @@ class SemanticCache:
     async def _scan_pages(self) -> Any:
         cursor: int = 0
         while True:
-            cursor, keys = await asyncio.wait_for(
-                self.redis.scan(cursor, match=f"{self._entry}*", count=1000),
-                max(self.timeout, 2.0),
-            )
+            async with asyncio.timeout(max(self.timeout, 2.0)):
+                cursor, keys = await self.redis.scan(cursor, match=f"{self._entry}*", count=1000)
             if keys:
                 yield keys
             if cursor == 0:
@@ -261,7 +259,8 @@ class SemanticCache:
     async def _call(self, op: str, aw: Awaitable[T]) -> T:
         """``aw``'s result, or ``_FAILED`` (counted; Redis then rests ``redis_retry_s``)."""
         try:
-            return await asyncio.wait_for(aw, self.timeout)
+            async with asyncio.timeout(self.timeout):
+                return await aw
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(op, exc)
             result: T = _FAILED

@@ -18,7 +18,6 @@ same way, and hands the policy they make (:mod:`pointsman_collector.core.policy`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 
 from kubernetes_asyncio import client, config, watch
 
-from pointsman.runtime import retry
+from pointsman.runtime import cancel_and_wait, retry
 from pointsman.v1.policy import InferencePolicy
 from pointsman_collector.config import KubernetesConfig, KubernetesSource
 from pointsman_collector.core import policy as policy_core
@@ -130,9 +129,7 @@ class _SourceWatch:
         if wanted == self._current:
             return
         if self._pods_task is not None:
-            self._pods_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pods_task
+            await cancel_and_wait([self._pods_task])
             self._pods_task = None
         self._current = wanted
         self._set_pods({})
@@ -147,9 +144,7 @@ class _SourceWatch:
             await retry(f"watch of {self.name}", self._follow_pool_once, delay=self.retry_s)
         finally:
             if self._pods_task is not None:
-                self._pods_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._pods_task
+                await cancel_and_wait([self._pods_task])
 
     async def _follow_pool_once(self) -> None:
         """List the InferencePool, then watch it from that version, until the watch fails."""
@@ -373,9 +368,5 @@ class KubernetesDiscovery:
                     report(self.name, view)
                     last = view
         finally:
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
+            await cancel_and_wait(tasks)
             await api.close()
