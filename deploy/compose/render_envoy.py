@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pointsman import configfile
 from pointsman.debug import DebugConfig
+from pointsman.stack import message_timeout_ms
 from pointsman.stack.committed import write_or_check
 from pointsman.stack.envoy import EnvoyOptions, render_yaml
 from pointsman.stack.gateway import GatewayConfig
@@ -57,6 +58,7 @@ def render() -> str:
         failure_mode_allow=shim.get("failure_mode", "fail-open") == "fail-open",
         gateway=configfile.section(data, "gateway", GatewayConfig),
         report_endpoint=configfile.section(data, "debug", DebugConfig).report_endpoint,
+        message_timeout_ms=message_timeout_ms(shim),
     )
     return HEADER + render_yaml(options)
 

@@ -397,7 +397,7 @@ def _shim_deadline_ms(config: dict[str, Any]) -> float:
     from pointsman_shim.config import ShimConfig
 
     shim = ShimConfig.model_validate(config.get("shim") or {})
-    classifier = shim.classifier.timeout_ms if shim.classifier.enabled else 0
+    classifier = shim.classifier.longest_ms if shim.classifier.enabled else 0
     return classifier + shim.pick_timeout_ms
 
 

@@ -14,13 +14,13 @@ from typing import Any
 
 from pointsman import bus, configfile, redisconf
 from pointsman.debug import DebugConfig
-from pointsman.runtime import OpsServer
+from pointsman.runtime import OpsServer, cancel_and_wait
 from pointsman.v1 import routes
 from pointsman_classifier.batcher import Batcher
 from pointsman_classifier.cache.service import SemanticCache
-from pointsman_classifier.config import ClassifierConfig
+from pointsman_classifier.config import ClassifierConfig, long_lane
 from pointsman_classifier.core import Outputs
-from pointsman_classifier.handlers import ClassifyHandler
+from pointsman_classifier.handlers import ClassifyHandler, Infer
 from pointsman_classifier.metrics import Metrics
 from pointsman_classifier.sessions import SessionStore
 from pointsman_classifier.subproc import load_engine
@@ -48,6 +48,10 @@ class ClassifierApp:
         )
         self.bus: bus.ServiceBus | None = None
         self.batcher: Batcher[str, Outputs] | None = None
+        #: The long lane (``batching.long_prompt_chars``): its own batcher and engine.
+        self.long_batcher: Batcher[str, Outputs] | None = None
+        self._long_engine: Any = None
+        self._long_loading: asyncio.Task[None] | None = None
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self._models_ready = False
         self._engine: Any = None
@@ -67,18 +71,26 @@ class ClassifierApp:
         engine = await asyncio.to_thread(load_engine, self.cfg)
         self._engine = engine
         b = self.cfg.batching
-        self.batcher = Batcher(
-            engine.run,
-            max_batch=b.max_batch,
-            max_wait_s=b.max_wait_ms / 1e3,
-            queue_size=b.queue_size,
-            on_batch=self.metrics.on_batch,
-            name="classifier-batcher",
-            workers=engine.in_flight,
-            budget_s=b.budget_ms / 1e3,
+        self.batcher = self._batcher(engine, "classifier-batcher")
+        self.metrics.lanes.set(1)
+        infer: Infer = self.batcher.submit
+        long_chars = long_lane(b, _device_type(engine))
+        if long_chars:
+            # Loaded in the background: the replica serves at once, long prompts on the main
+            # lane until the long one is up.
+            self._long_loading = asyncio.create_task(self._start_long_lane())
+            main = self.batcher.submit
+
+            async def by_length(text: str, deadline: float | None = None) -> Outputs:
+                lane = self.long_batcher
+                if lane is not None and len(text) > long_chars:
+                    return await lane.submit(text, deadline)
+                return await main(text, deadline)
+
+            infer = by_length
+        self.metrics.watch_queue(
+            lambda: sum(x.depth() for x in (self.batcher, self.long_batcher) if x is not None)
         )
-        self.batcher.start()
-        self.metrics.watch_queue(self.batcher.depth)
         self.name = f"{self.name}/{engine.name}"
         served = served_models(self.data, self.cfg)
         if self.cfg.cache.enabled:
@@ -90,7 +102,7 @@ class ClassifierApp:
         debug = configfile.section(self.data, "debug", DebugConfig).enabled
         handler = ClassifyHandler(
             self.cfg,
-            self.batcher.submit,
+            infer,
             lambda: served,
             self.metrics,
             self.name,
@@ -131,11 +143,59 @@ class ClassifierApp:
             await self.cache.close()
         if self.sessions is not None:
             await self.sessions.close()
-        if self.batcher is not None:
-            await asyncio.to_thread(self.batcher.stop)
-        if self._engine is not None and hasattr(self._engine, "close"):
-            await asyncio.to_thread(self._engine.close)
+        if self._long_loading is not None:
+            await cancel_and_wait([self._long_loading])
+        for batcher in (self.batcher, self.long_batcher):
+            if batcher is not None:
+                await asyncio.to_thread(batcher.stop)
+        for engine in (self._engine, self._long_engine):
+            if engine is not None and hasattr(engine, "close"):
+                await asyncio.to_thread(engine.close)
         await self.http.stop()
+
+    async def _start_long_lane(self) -> None:
+        try:
+            engine = await asyncio.to_thread(load_engine, _long_lane_config(self.cfg))
+        except Exception:
+            log.exception("the long lane did not start; long prompts share the main lane")
+            return
+        self._long_engine = engine
+        self.long_batcher = self._batcher(engine, "classifier-long-batcher")
+        self.metrics.lanes.set(2)
+        log.info("long lane ready: prompts over %d characters", self.cfg.batching.long_prompt_chars)
+
+    def _batcher(self, engine: Any, name: str) -> Batcher[str, Outputs]:
+        b = self.cfg.batching
+        batcher: Batcher[str, Outputs] = Batcher(
+            engine.run,
+            max_batch=b.max_batch,
+            max_wait_s=b.max_wait_ms / 1e3,
+            queue_size=b.queue_size,
+            on_batch=self.metrics.on_batch,
+            name=name,
+            workers=engine.in_flight,
+            budget_s=b.budget_ms / 1e3,
+        )
+        batcher.start()
+        return batcher
+
+
+def _device_type(engine: Any) -> str:
+    """``cpu`` or ``cuda``, for the engine in a child process (``info`` a dict) or in this one."""
+    info = engine.info if isinstance(engine.info, dict) else engine.info()
+    return str(info["device"]).split(":")[0]
+
+
+def _long_lane_config(cfg: ClassifierConfig) -> ClassifierConfig:
+    """The long lane's engine: the same models; with ``threads: 0``, half the torch threads of
+    the main engine (both run at once), at least one."""
+    if cfg.threads:
+        return cfg
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return cfg.model_copy(update={"threads": max(1, (cores - 1) // 2)})
 
 
 async def run(data: dict[str, Any], cfg: ClassifierConfig, stop: asyncio.Event) -> None:

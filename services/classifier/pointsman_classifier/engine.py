@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -420,9 +421,16 @@ class Engine:
             return sorted({lab.partition("-")[2] or lab for lab in self.pii_model.labels} - {"O"})
         return list(MODEL_TYPES) if self.pii_head is not None else []
 
-    def _pii_spans(self, text: str, probs: npt.NDArray[np.float32], n_tokens: int) -> list[Finding]:
+    def _pii_spans(
+        self,
+        text: str,
+        probs: npt.NDArray[np.float32],
+        n_tokens: int,
+        further: Sequence[npt.NDArray[np.float32]] = (),
+    ) -> list[Finding]:
         """Spans from the token head's tag probabilities of ``text``'s first window, plus those
-        of the windows beyond it when the text had more tokens than ``max_length``."""
+        of the windows beyond it when the text had more tokens than ``max_length`` (``further``:
+        their tag probabilities from the batch's own pass, when it had them all)."""
         assert self.pii_head is not None
         threshold = self.cfg.pii.model_threshold
         found: list[Finding] = []
@@ -439,13 +447,21 @@ class Engine:
             if len(offsets) == len(probs):
                 found = decode_tags(self.pii_head.labels, probs, offsets, threshold, text)
         if n_tokens >= self.encoder.max_length or len(text) > 8 * self.encoder.max_length:
-            found = _union(found, self._pii_windows(text))
+            found = _union(found, self._pii_windows(text, further))
         return found
 
     @torch.inference_mode()
-    def _pii_windows(self, text: str) -> list[Finding]:
+    def _pii_windows(
+        self, text: str, further: Sequence[npt.NDArray[np.float32]] = ()
+    ) -> list[Finding]:
         """The token head over windows 2.. of a long text (``max_length`` tokens each,
-        overlapping by :data:`WINDOW_STRIDE`): a pass through the trunk up to the head's layer."""
+        overlapping by :data:`WINDOW_STRIDE`).
+
+        The safety branch's windows are the same windows (same tokenizer, length and stride), and
+        the batch's pass already ran the PII head on them: when it has every one of them
+        (``further``), only the offsets are computed here. That halved the time of a 7,000-
+        character prompt on the CPU (830 -> about 470 ms). Otherwise (more windows than
+        ``jailbreak.max_windows``) a pass through the trunk up to the head's layer."""
         assert self.pii_head is not None and self.encoder.fast is not None
         enc = self.encoder.tokenizer(
             text,
@@ -460,22 +476,41 @@ class Engine:
         ids, mask = enc["input_ids"][1:], enc["attention_mask"][1:]
         if not len(ids):
             return []
-        dev = self.device
-        # Only the PII branch reads these windows: the safety branch is left out.
-        _, side = self.encoder.fast.run(
-            ids.to(dev), mask.to(dev), self.pii_head.at, masked=True, safety=False
-        )
-        assert side is not None
-        probs = side.float().cpu().numpy()
+        counts = [int(mask[w].sum()) for w in range(len(ids))]
+        rows: Sequence[npt.NDArray[np.float32]]
+        if len(further) == len(ids) and all(
+            len(f) == n for f, n in zip(further, counts, strict=True)
+        ):
+            rows = further
+        else:
+            rows = self._pii_pass(ids, mask, counts)
         threshold = self.cfg.pii.model_threshold
         found: list[Finding] = []
-        for w in range(len(ids)):
-            n = int(mask[w].sum())
+        for w, n in enumerate(counts):
             offsets = [list(o) for o in enc["offset_mapping"][w + 1][:n].tolist()]
             found = _union(
-                found, decode_tags(self.pii_head.labels, probs[w, :n], offsets, threshold, text)
+                found, decode_tags(self.pii_head.labels, rows[w][:n], offsets, threshold, text)
             )
         return found
+
+    def _pii_pass(
+        self, ids: torch.Tensor, mask: torch.Tensor, counts: list[int]
+    ) -> list[npt.NDArray[np.float32]]:
+        """The PII head's tag probabilities of windows, through the trunk up to its layer (the
+        safety branch left out). With int8 weights each window runs alone, as in the encoder:
+        dynamic quantization scales a whole call's activations at once, and padded neighbours
+        changed the entities found (issue 13)."""
+        assert self.pii_head is not None and self.encoder.fast is not None
+        dev, at = self.device, self.pii_head.at
+        calls = [(ids, mask)]
+        if self.encoder.quantize == "int8":
+            calls = [(ids[w : w + 1, :n], mask[w : w + 1, :n]) for w, n in enumerate(counts)]
+        rows: list[npt.NDArray[np.float32]] = []
+        for i, m in calls:
+            _, side = self.encoder.fast.run(i.to(dev), m.to(dev), at, masked=True, safety=False)
+            assert side is not None
+            rows.extend(side.float().cpu().numpy())
+        return rows
 
     def _depth(self) -> int:
         """How many encoder layers a request needs: the deepest one a head reads, or all of them
@@ -594,8 +629,12 @@ class Engine:
             for o, found in zip(outs, self.pii_model.find(texts), strict=True):
                 o.pii = found
         elif self.pii_head is not None and feats.side is not None:
+            further: list[list[npt.NDArray[np.float32]]] = [[] for _ in texts]
+            if every.side is not None:
+                for j, i in enumerate(batch.encoded.owner):
+                    further[i].append(every.side[len(texts) + j])
             for i, o in enumerate(outs):
-                o.pii = self._pii_spans(texts[i], feats.side[i], feats.tokens[i])
+                o.pii = self._pii_spans(texts[i], feats.side[i], feats.tokens[i], further[i])
         stats = {
             "batches": 1.0,
             "items": float(len(texts)),

@@ -67,6 +67,11 @@ class Metrics:
             "Prompts waiting for a batch.",
             registry=r,
         )
+        self.lanes = Gauge(
+            "pointsman_classifier_lanes",
+            "Engines serving prompts: 1, or 2 once the long lane (batching.long_prompt_chars) is up.",
+            registry=r,
+        )
         self.decisions = Counter(
             "pointsman_classifier_decisions_total",
             "Routed requests by category and chosen model.",

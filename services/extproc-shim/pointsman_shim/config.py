@@ -26,8 +26,17 @@ class ClassifierCall(BaseModel):
 
     #: Ask the classifier at all. Off: ``auto`` names go to ``default_model``, no safety checks.
     enabled: bool = False
-    #: Deadline of one classify request-reply, in milliseconds.
+    #: Deadline of one classify request-reply for a prompt of up to 1,000 characters, in ms.
     timeout_ms: float = Field(default=150.0, gt=0)
+    #: Added to the deadline per 1,000 characters of prompt text beyond the first 1,000. The
+    #: safety checks read a long prompt window by window, so their time grows with its length:
+    #: on a 2-core CPU about 40-80 ms per 1,000 characters (services/classifier/README.md,
+    #: Long prompts). 0: every prompt gets ``timeout_ms``.
+    timeout_per_kchar_ms: float = Field(default=200.0, ge=0)
+    #: The longest deadline, whatever the prompt's length (the classifier reads at most its
+    #: ``prompt.max_chars``, 8,000 by default). Envoy's ext_proc ``message_timeout`` must be
+    #: longer than this plus the pick's wait.
+    max_timeout_ms: float = Field(default=2000.0, gt=0)
     #: What to do when the classifier does not answer in time or NATS is down.
     failure_mode: FailureMode = "fail-open"
     #: What to do then when the classifier blocks anything (``safety_blocks``): ``fail-closed``
@@ -38,6 +47,13 @@ class ClassifierCall(BaseModel):
     #: receive). ``None``: read from the config file's ``classifier`` section with the
     #: classifier's defaults (jailbreak blocking is on by default), see :func:`safety_blocks`.
     safety_blocks: bool | None = None
+
+    @property
+    def longest_ms(self) -> float:
+        """The longest the shim may wait for one classify answer."""
+        if self.timeout_per_kchar_ms <= 0:
+            return self.timeout_ms
+        return max(self.timeout_ms, self.max_timeout_ms)
 
 
 class ExtProcTls(BaseModel):

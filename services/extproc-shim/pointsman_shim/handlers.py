@@ -595,11 +595,11 @@ class Processor:
     async def _classify(
         self, stream: Stream, llm: LLMRequest, session: sessions.Session | None
     ) -> ClassifyReply | Unavailable:
-        timeout_ms = self.config.classifier.timeout_ms
         request = policy.classify_request(
-            llm, stream.headers, stream.request_id, session, debug=stream.debug,
-            budget_ms=timeout_ms,
-        )  # fmt: skip
+            llm, stream.headers, stream.request_id, session, debug=stream.debug
+        )
+        # The classifier admits only what it can answer within the shim's wait.
+        request.budget_ms = timeout_ms = policy.classify_timeout_ms(self.config.classifier, request)
         with _tracer.start_as_current_span("pointsman.classify", kind=SpanKind.CLIENT) as span:
             reply = await self._ask(
                 "classifier", span, self.bus.classify(request, timeout_ms / 1000)

@@ -499,7 +499,7 @@ class Stack:
             report_endpoint=configfile.section(self.config, "debug", DebugConfig).report_endpoint,
             shim_tls=_shim_tls(shim),
             # the shim may hold a request while it waits in the picker's flow control
-            message_timeout_ms=_message_timeout_ms(shim),
+            message_timeout_ms=message_timeout_ms(shim),
         )
         path = self.workdir / "envoy.yaml"
         path.write_text(render_yaml(options))
@@ -550,13 +550,17 @@ class Stack:
         self._start_service(service, int(index or 0))
 
 
-def _message_timeout_ms(shim: dict[str, Any]) -> int:
+def message_timeout_ms(shim: dict[str, Any]) -> int:
     """Envoy's ext_proc ``message_timeout``: above everything the shim may wait for before it
     answers the request body (classifier, pick, flow control's queue), at least 2 s."""
     classifier = shim.get("classifier") or {}
     waits = float(shim.get("pick_timeout_ms", 50)) + float(shim.get("queue_wait_ms", 700))
     if classifier.get("enabled"):
-        waits += float(classifier.get("timeout_ms", 150))
+        # The shim's ClassifierCall defaults: a long prompt may wait up to max_timeout_ms.
+        base = float(classifier.get("timeout_ms", 150))
+        if float(classifier.get("timeout_per_kchar_ms", 200)) > 0:
+            base = max(base, float(classifier.get("max_timeout_ms", 2000)))
+        waits += base
     return max(2000, int(waits) + 1000)
 
 

@@ -153,3 +153,35 @@ def _get(url: str) -> str:
 def test_health_endpoints(classifier: int) -> None:
     assert procs.http_ok(f"http://127.0.0.1:{classifier}/healthz")
     assert procs.http_ok(f"http://127.0.0.1:{classifier}/readyz")
+
+
+async def test_a_short_prompt_does_not_wait_behind_a_long_document(
+    nats_url: str, classifier: int
+) -> None:
+    """The long lane: a long document (about 10,000 characters, read in windows for the safety
+    checks) is classified by an engine of its own, so a greeting sent while it runs is answered
+    first instead of waiting for it (or being shed as overloaded)."""
+
+    def lanes() -> bool:
+        text = _get(f"http://127.0.0.1:{classifier}/metrics")
+        return "pointsman_classifier_lanes 2.0" in text
+
+    await asyncio.to_thread(procs.wait_until, lanes, 180, "the long lane")
+    report = (Path(__file__).parents[1] / "e2e" / "data" / "quarterly_report.txt").read_text()
+    nc = await nats.connect(nats_url)
+    order: list[str] = []
+    try:
+
+        async def send(name: str, text: str) -> ClassifyReply:
+            msg = await nc.request(CLASSIFY, encode(chat(text, rid=name)), timeout=60)
+            order.append(name)
+            return decode(msg.data, ClassifyReply)
+
+        long = asyncio.create_task(send("long", "Summarise this:\n" + report * 3))
+        await asyncio.sleep(0.05)  # the document is in the engine first
+        short = await send("short", "Hi, how are you?")
+        long_reply = await long
+    finally:
+        await nc.close()
+    assert short.error is None and long_reply.error is None
+    assert order == ["short", "long"]

@@ -317,6 +317,35 @@ def test_long_prompts_are_read_in_windows(engine: Any) -> None:
     assert _covers(out, text, "PERSON", "Maria Keller"), _found(out, text)
 
 
+def test_a_long_prompts_entities_do_not_depend_on_its_neighbours_or_on_the_window_cap(
+    engine: Any,
+) -> None:
+    """Every window's entities as if that window ran alone: reused from the batch's own pass
+    (every window there), or from a pass of their own when ``max_windows`` left some out."""
+    from pointsman_classifier.engine import Engine
+
+    filler = "The quarterly figures were reviewed by the team on Tuesday and next March. "
+    pii = " Call Maria Keller at 221 Baker Street, London, on 3 March 2024 about Siemens. "
+    texts = [
+        filler * 20 + pii + filler * 30 + pii,
+        pii + filler * 45,
+        "Is this short prompt fine?",
+    ]
+
+    def found(outs: list[Any]) -> list[set[tuple[str, int, int]]]:
+        return [{(f.entity_type, f.start, f.end) for f in o.pii} for o in outs]
+
+    together = found(engine.run(texts))
+    alone = [found(engine.run([t]))[0] for t in texts]
+    assert together == alone
+    assert all(_covers(o, texts[0], "PERSON", "Maria Keller") for o in engine.run(texts[:1]))
+    # Two safety windows at most: the PII windows then take their own pass, with the same result.
+    capped = Engine(
+        ClassifierConfig.model_validate({"threads": 1, "jailbreak": {"max_windows": 2}})
+    )
+    assert found(capped.run(texts)) == together
+
+
 def test_the_head_can_be_switched_off() -> None:
     from pointsman_classifier.engine import Engine
 

@@ -22,6 +22,7 @@ from pointsman_shim.core.policy import (
     Unavailable,
     choose,
     classify_request,
+    classify_timeout_ms,
     list_models,
     pick_request,
     reject,
@@ -392,6 +393,30 @@ def test_classify_request_of_a_completion() -> None:
     llm = openai_completions.DIALECT.parse(raw, max_bytes=1 << 20)
     sent = classify_request(llm, {}, "r")
     assert (sent.prompt, sent.messages, sent.params) == ("2+2=", [], {"max_tokens": 3})
+
+
+@pytest.mark.parametrize(
+    ("chars", "call", "expected"),
+    [
+        (10, {}, 150),
+        (1000, {}, 150),  # the first 1,000 characters are in timeout_ms
+        (3000, {}, 550),
+        (5500, {}, 1050),  # a 1,300-token document
+        (40_000, {}, 2000),  # capped
+        (40_000, {"timeout_per_kchar_ms": 0}, 150),
+        (3000, {"timeout_ms": 2500}, 2500),  # never below timeout_ms, even above the cap
+    ],
+)
+def test_a_long_prompt_gets_a_longer_classifier_deadline(
+    chars: int, call: dict[str, Any], expected: float
+) -> None:
+    config = ShimConfig.model_validate({"classifier": {"enabled": True, **call}})
+    turns = [
+        {"role": "system", "content": "s" * 100},
+        {"role": "user", "content": "u" * (chars - 100)},
+    ]
+    sent = classify_request(request("auto", messages=turns), {}, "r")
+    assert classify_timeout_ms(config.classifier, sent) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(

@@ -403,12 +403,17 @@ def test_ext_proc_over_mutual_tls_to_the_shim() -> None:
 def test_message_timeout_covers_the_shims_waits() -> None:
     """Envoy must not time out the shim while a request waits in the picker's flow control
     (and, before it, for the classifier)."""
-    from pointsman.stack import _message_timeout_ms
+    from pointsman.stack import message_timeout_ms
 
-    assert _message_timeout_ms({}) == 2000
-    assert _message_timeout_ms({"pick_timeout_ms": 200, "queue_wait_ms": 30_000}) == 31_200
+    assert message_timeout_ms({}) == 2000
+    assert message_timeout_ms({"pick_timeout_ms": 200, "queue_wait_ms": 30_000}) == 31_200
     with_classifier = {
         "pick_timeout_ms": 200, "queue_wait_ms": 30_000,
         "classifier": {"enabled": True, "timeout_ms": 2000},
     }  # fmt: skip
-    assert _message_timeout_ms(with_classifier) == 33_200
+    assert message_timeout_ms(with_classifier) == 33_200
+    # A long prompt may make the shim wait up to max_timeout_ms for the classifier.
+    with_classifier["classifier"] = {"enabled": True}
+    assert message_timeout_ms(with_classifier) == 33_200
+    with_classifier["classifier"] = {"enabled": True, "timeout_per_kchar_ms": 0}
+    assert message_timeout_ms(with_classifier) == 31_350

@@ -26,7 +26,7 @@ import msgspec
 
 from pointsman.v1 import ModelCandidate, ModelsReply, PickReply, PickRequest, PickStatus
 from pointsman.v1.classify import ClassifyReply, ClassifyRequest, Message
-from pointsman_shim.config import ShimConfig
+from pointsman_shim.config import ClassifierCall, ShimConfig
 from pointsman_shim.core import headers as h
 from pointsman_shim.core.dialects import openai_chat
 from pointsman_shim.core.dialects.base import (
@@ -193,6 +193,16 @@ def classify_request(
         follow_up=session.follow_up if session is not None else False,
         budget_ms=budget_ms,
     )
+
+
+def classify_timeout_ms(call: ClassifierCall, request: ClassifyRequest) -> float:
+    """How long to wait for the classifier's answer to ``request``: ``timeout_ms``, plus
+    ``timeout_per_kchar_ms`` per 1,000 characters beyond the first 1,000, at most
+    ``max_timeout_ms``. A fixed deadline made every long document fail its safety checks on a
+    CPU classifier (1,300 tokens took about 1 s against 150 ms): a 503 for ordinary use."""
+    chars = sum(len(m.content) for m in request.messages) + len(request.prompt or "")
+    extra = call.timeout_per_kchar_ms * max(0, chars - 1000) / 1000
+    return min(call.timeout_ms + extra, call.longest_ms)
 
 
 def pick_request(
