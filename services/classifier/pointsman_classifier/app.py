@@ -7,6 +7,8 @@ classify queue group and waits for NATS if it is not up yet. Ready = models load
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import os
 import socket
@@ -14,7 +16,7 @@ from typing import Any
 
 from pointsman import bus, configfile, redisconf
 from pointsman.debug import DebugConfig
-from pointsman.runtime import OpsServer, cancel_and_wait
+from pointsman.runtime import OpsServer, cancel_and_wait, retry
 from pointsman.v1 import routes
 from pointsman_classifier.batcher import Batcher
 from pointsman_classifier.cache.service import SemanticCache
@@ -23,7 +25,7 @@ from pointsman_classifier.core import Outputs
 from pointsman_classifier.handlers import ClassifyHandler, Infer
 from pointsman_classifier.metrics import Metrics
 from pointsman_classifier.sessions import SessionStore
-from pointsman_classifier.subproc import load_engine
+from pointsman_classifier.subproc import EngineDied, load_engine
 
 log = logging.getLogger("pointsman_classifier")
 
@@ -52,6 +54,7 @@ class ClassifierApp:
         self.long_batcher: Batcher[str, Outputs] | None = None
         self._long_engine: Any = None
         self._long_loading: asyncio.Task[None] | None = None
+        self._watching: asyncio.Task[None] | None = None
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self._models_ready = False
         self._engine: Any = None
@@ -61,6 +64,8 @@ class ClassifierApp:
     def ready(self) -> tuple[bool, str]:
         if not self._models_ready:
             return False, "loading models"
+        if not _alive(self._engine) and not _alive(self._long_engine):
+            return False, "restarting the engine process"
         if self.bus is None or not self.bus.connected:
             return False, "not connected to NATS"
         return True, "ok"
@@ -71,7 +76,7 @@ class ClassifierApp:
         engine = await asyncio.to_thread(load_engine, self.cfg)
         self._engine = engine
         b = self.cfg.batching
-        self.batcher = self._batcher(engine, "classifier-batcher")
+        self.batcher = self._batcher(engine, "main")
         self.metrics.lanes.set(1)
         infer: Infer = self.batcher.submit
         long_chars = long_lane(b, _device_type(engine))
@@ -79,15 +84,15 @@ class ClassifierApp:
             # Loaded in the background: the replica serves at once, long prompts on the main
             # lane until the long one is up.
             self._long_loading = asyncio.create_task(self._start_long_lane())
-            main = self.batcher.submit
 
             async def by_length(text: str, deadline: float | None = None) -> Outputs:
-                lane = self.long_batcher
-                if lane is not None and len(text) > long_chars:
-                    return await lane.submit(text, deadline)
-                return await main(text, deadline)
+                main, long = self.batcher, self.long_batcher
+                assert main is not None
+                lane = long if long is not None and len(text) > long_chars else main
+                return await lane.submit(text, deadline)
 
             infer = by_length
+        self._watching = asyncio.create_task(self._watch_engines())
         self.metrics.watch_queue(
             lambda: sum(x.depth() for x in (self.batcher, self.long_batcher) if x is not None)
         )
@@ -143,8 +148,7 @@ class ClassifierApp:
             await self.cache.close()
         if self.sessions is not None:
             await self.sessions.close()
-        if self._long_loading is not None:
-            await cancel_and_wait([self._long_loading])
+        await cancel_and_wait([t for t in (self._long_loading, self._watching) if t is not None])
         for batcher in (self.batcher, self.long_batcher):
             if batcher is not None:
                 await asyncio.to_thread(batcher.stop)
@@ -160,14 +164,56 @@ class ClassifierApp:
             log.exception("the long lane did not start; long prompts share the main lane")
             return
         self._long_engine = engine
-        self.long_batcher = self._batcher(engine, "classifier-long-batcher")
+        self.long_batcher = self._batcher(engine, "long")
         self.metrics.lanes.set(2)
         log.info("long lane ready: prompts over %d characters", self.cfg.batching.long_prompt_chars)
 
-    def _batcher(self, engine: Any, name: str) -> Batcher[str, Outputs]:
+    async def _watch_engines(self) -> None:
+        """Restart an engine process that died (killed, out of memory), so the replica heals
+        instead of answering "internal" for ever. Meanwhile the other lane, when there is one,
+        serves every prompt; without one the replica is not ready."""
+        while True:
+            await asyncio.sleep(0.5)
+            for lane in ("main", "long"):
+                engine = self._engine if lane == "main" else self._long_engine
+                if engine is None or _alive(engine):
+                    continue
+                log.error("the %s lane's engine process died; restarting it", lane)
+                self.metrics.engine_restarts.labels(lane).inc()
+                cfg = self.cfg if lane == "main" else _long_lane_config(self.cfg)
+                fresh = await retry(
+                    f"restart of the {lane} lane's engine",
+                    functools.partial(_load, cfg),
+                    max_delay=30,
+                )
+                if lane == "main":
+                    self._engine = fresh
+                else:
+                    self._long_engine = fresh
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(engine.close)
+                log.info("the %s lane's engine process is back", lane)
+
+    def _batcher(self, engine: Any, lane: str) -> Batcher[str, Outputs]:
+        """A batcher of ``lane`` that runs its batches on the lane's current engine (replaced
+        when its process dies)."""
         b = self.cfg.batching
+
+        def run(texts: list[str]) -> Any:
+            current, other = self._engine, self._long_engine
+            if lane != "main":
+                current, other = other, current
+            try:
+                return current.run(texts)
+            except EngineDied:
+                # The batch did not run: the other lane's engine runs it while this one restarts.
+                if not _alive(other):
+                    raise
+                return other.run(texts)
+
+        name = "classifier-batcher" if lane == "main" else "classifier-long-batcher"
         batcher: Batcher[str, Outputs] = Batcher(
-            engine.run,
+            run,
             max_batch=b.max_batch,
             max_wait_s=b.max_wait_ms / 1e3,
             queue_size=b.queue_size,
@@ -178,6 +224,15 @@ class ClassifierApp:
         )
         batcher.start()
         return batcher
+
+
+def _alive(engine: Any) -> bool:
+    """Whether ``engine`` serves: an engine in this process always does."""
+    return engine is not None and bool(getattr(engine, "alive", True))
+
+
+async def _load(cfg: ClassifierConfig) -> Any:
+    return await asyncio.to_thread(load_engine, cfg)
 
 
 def _device_type(engine: Any) -> str:

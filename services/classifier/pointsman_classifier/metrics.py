@@ -72,6 +72,12 @@ class Metrics:
             "Engines serving prompts: 1, or 2 once the long lane (batching.long_prompt_chars) is up.",
             registry=r,
         )
+        self.engine_restarts = Counter(
+            "pointsman_classifier_engine_restarts_total",
+            "Engine processes restarted after they died, by lane (main, long).",
+            ["lane"],
+            registry=r,
+        )
         self.decisions = Counter(
             "pointsman_classifier_decisions_total",
             "Routed requests by category and chosen model.",

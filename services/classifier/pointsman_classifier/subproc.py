@@ -36,6 +36,10 @@ from pointsman_classifier.core import ENGINE_STATS, Outputs
 log = logging.getLogger(__name__)
 
 
+class EngineDied(RuntimeError):
+    """The engine's child process is gone (killed, out of memory): its batch was not run."""
+
+
 class _Slot:
     """One batch in flight: the receiver thread fills ``reply`` and sets ``done``."""
 
@@ -96,17 +100,17 @@ class EngineProcess:
             slot = _Slot()
             with self._send_lock:  # the order of _pending is the order of the sends
                 if self._dead:
-                    raise RuntimeError(self._died())
+                    raise EngineDied(self._died())
                 self._pending.append(slot)
                 try:
                     self._req.send(texts)
                 except (EOFError, OSError) as exc:
                     self._pending.remove(slot)
-                    raise RuntimeError(self._died()) from exc
+                    raise EngineDied(self._died()) from exc
             slot.done.wait()
         status, payload = slot.reply[:2]
         if status == "died":
-            raise RuntimeError(self._died())
+            raise EngineDied(self._died())
         if status != "ok":
             raise RuntimeError(f"classifier engine failed: {payload}")
         out: list[Outputs] = payload
@@ -132,6 +136,11 @@ class EngineProcess:
         for slot in pending:
             slot.reply = ("died", None)
             slot.done.set()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the child still serves (``False`` once it died: killed, out of memory)."""
+        return not self._dead and self._proc.is_alive()
 
     def stats(self) -> dict[str, float]:
         """The engine's counters (``Engine.stats``), summed from its replies."""

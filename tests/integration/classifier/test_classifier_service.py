@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 import urllib.request
 from collections.abc import Iterator
@@ -48,6 +50,10 @@ CONFIG: dict[str, Any] = {
 }
 
 
+#: The classifier process's pid (for the test that kills its engine process).
+PIDS: dict[str, int] = {}
+
+
 @pytest.fixture(scope="module")
 def classifier(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """A classifier process; yields its HTTP port once /readyz answers 200."""
@@ -61,6 +67,7 @@ def classifier(nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         [sys.executable, "-m", "pointsman_classifier", "--config", str(path)],
         env={"HF_HUB_OFFLINE": "1", "NATS_URL": nats_url},
     )
+    PIDS["classifier"] = proc.pid
     try:
         procs.wait_until(
             lambda: procs.http_ok(f"http://127.0.0.1:{port}/readyz"), 180, "classifier", proc
@@ -185,3 +192,59 @@ async def test_a_short_prompt_does_not_wait_behind_a_long_document(
         await nc.close()
     assert short.error is None and long_reply.error is None
     assert order == ["short", "long"]
+
+
+def _engine_children(pid: int) -> list[int]:
+    """The classifier's engine processes (multiprocessing spawn children), oldest first."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid and b"spawn_main" in cmdline and " Z " not in stat[stat.rindex(")") :]:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def test_a_killed_engine_process_is_restarted_and_the_other_lane_serves_meanwhile(
+    nats_url: str, classifier: int
+) -> None:
+    """Kill the main lane's engine process (SIGKILL, as the OOM killer would): prompts are
+    answered by the long lane's engine at once, and the dead one is started again."""
+    metrics = f"http://127.0.0.1:{classifier}/metrics"
+
+    def two_lanes() -> bool:
+        return _metric(_get(metrics), "pointsman_classifier_lanes") == 2.0
+
+    await asyncio.to_thread(procs.wait_until, two_lanes, 180, "the long lane")
+    main = _engine_children(PIDS["classifier"])[0]  # the main lane's engine started first
+    os.kill(main, signal.SIGKILL)
+    await asyncio.to_thread(
+        procs.wait_until, lambda: main not in _engine_children(PIDS["classifier"]), 60, "the kill"
+    )
+    replies = await ask(nats_url, [chat(f"What is {i} plus {i}?", rid=str(i)) for i in range(5)])
+    assert [r.error for r in replies] == [None] * 5
+
+    def restarted() -> bool:
+        text = _get(metrics)
+        return _metric(text, 'pointsman_classifier_engine_restarts_total{lane="main"}') == 1.0
+
+    await asyncio.to_thread(procs.wait_until, restarted, 180, "the engine's restart")
+    await asyncio.to_thread(
+        procs.wait_until, lambda: len(_engine_children(PIDS["classifier"])) == 2, 180, "2 engines"
+    )
+    [reply] = await ask(nats_url, [chat("Is the main lane back?", rid="back")])
+    assert reply.error is None
+    assert procs.http_ok(f"http://127.0.0.1:{classifier}/readyz")
