@@ -137,6 +137,11 @@ PII_PROMPTS = [
     "Please deliver it to Apt. 595 before March 3, 2024.",
     "What is 2+2?",
     "The weather was fine and the meeting went well. " * 60 + "Please call Maria Keller.",
+    # Several windows, entities in two of them: their tags come from the batch's own pass.
+    "The quarterly figures were reviewed by the team on Tuesday and next March. " * 20
+    + " Call Maria Keller at 221 Baker Street, London, on 3 March 2024 about Siemens. "
+    + "The quarterly figures were reviewed by the team on Tuesday and next March. " * 30
+    + " Call Maria Keller at 221 Baker Street, London, on 3 March 2024 about Siemens. ",
 ]
 
 
