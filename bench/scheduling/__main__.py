@@ -50,6 +50,7 @@ from bench.scheduling import report, workloads
 from bench.scheduling.decision import hist_quantile, merged
 from bench.scheduling.routers import ROUTERS, Skipped, prefix_counters, start_router
 from bench.scheduling.workloads import MODEL, Req
+from pointsman.runtime import cancel_and_wait
 
 RESULTS = Path("bench/results")
 #: The picker's histogram of predicted / measured TTFT (the latency predictor's accuracy).
@@ -142,9 +143,7 @@ async def replay(
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(_one(session, url, req, out, extra)))
         _, pending = await asyncio.wait(tasks, timeout=drain_s)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+        await cancel_and_wait(pending)
     for res in out.results:
         if not res.status:
             res.status = "unfinished"

@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pointsman.runtime import cancel_and_wait
 from pointsman.sim import SimConfig, start_servers
 from tests.compat.fixtures import Captured, headers, raw, replay, sse_json
 
@@ -131,9 +132,7 @@ async def _busy_metrics(session: aiohttp.ClientSession, base: str) -> Captured:
                     return page
                 await asyncio.sleep(0.01)
     finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
 
 
 def _value(text: str, name: str) -> float:

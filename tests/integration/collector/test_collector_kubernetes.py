@@ -15,6 +15,7 @@ from collector_fake_kube import (  # type: ignore[import-not-found]
     pod,
 )
 
+from pointsman.runtime import cancel_and_wait
 from pointsman_collector.config import KubernetesConfig
 from pointsman_collector.core.endpoints import Endpoint
 from pointsman_collector.discovery.kubernetes import KubernetesDiscovery
@@ -49,9 +50,7 @@ async def discovery(cfg: KubernetesConfig, view: View) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait([task])  # cancels again if a cancel is dropped
 
 
 async def test_label_selector_follows_ready_pods(kube: FakeKube) -> None:

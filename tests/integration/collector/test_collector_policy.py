@@ -4,7 +4,6 @@ a fake API server: real HTTP, real API JSON, list + watch, 410 Gone) and publish
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -15,6 +14,7 @@ import pytest
 from collector_fake_kube import FakeKube  # type: ignore[import-not-found]
 
 from pointsman.bus import NatsConfig
+from pointsman.runtime import cancel_and_wait
 from pointsman.v1 import routes
 from pointsman.v1.policy import InferencePolicy, ModelRewrite, Objective, RewriteTarget
 from pointsman_collector.app import Collector, build_sources
@@ -146,9 +146,7 @@ async def test_list_watch_and_relist_after_410(kube: FakeKube) -> None:
         await until(lambda: len(seen[-1].objectives) == 4, "good objectives kept")
         assert "bad" not in {o.name for o in seen[-1].objectives}
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait([task])  # cancels again if a cancel is dropped
 
 
 async def test_collector_publishes_the_policy_on_the_bus(kube: FakeKube, nats_url: str) -> None:

@@ -15,6 +15,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
+from pointsman.runtime import cancel_and_wait
 from pointsman.v1 import (
     CompletionEvent,
     EndpointMetrics,
@@ -50,9 +51,7 @@ async def publishing(nc: NATS, pool: str) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait([task])  # cancels again if a cancel is dropped
 
 
 async def pick(nc: NATS, pool: str, prompt: str) -> PickReply:
