@@ -160,8 +160,8 @@ class ClassifierApp:
     async def _start_long_lane(self) -> None:
         try:
             engine = await asyncio.to_thread(load_engine, _long_lane_config(self.cfg))
-        except Exception:
-            log.exception("the long lane did not start; long prompts share the main lane")
+        except Exception as exc:
+            log.warning("the long lane did not start (%s); long prompts share the main lane", exc)
             return
         self._long_engine = engine
         self.long_batcher = self._batcher(engine, "long")

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import multiprocessing as mp
 import queue
+import signal
 import threading
 from collections import deque
 from multiprocessing.connection import Connection
@@ -176,6 +177,9 @@ def load_engine(cfg: ClassifierConfig) -> Any:
 
 
 def _serve(req: Connection, res: Connection, cfg_data: dict[str, Any]) -> None:
+    # Ctrl-C in a terminal reaches the whole process group: the parent stops this child itself
+    # (``close``), after the batches in flight, so the child does not die under it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         from pointsman_classifier.engine import Engine
 
