@@ -293,7 +293,8 @@ async def _parse(
 class _HandlerTimer(BaseMiddleware):
     """Times one request from its arrival to the end of its handling (the reply sent), for the
     subjects a service names: what ``pointsman_picker_decision_seconds`` and
-    ``pointsman_classifier_request_seconds`` measure, FastStream's own work included. Only
+    ``pointsman_classifier_request_seconds`` measure, on FastStream's own path (the direct path,
+    :func:`_direct`, times the same span itself). Only
     messages that ask for a reply count (FastStream also runs broker middlewares on the replies
     of the process's own requests)."""
 
