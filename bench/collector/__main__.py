@@ -29,6 +29,7 @@ import nats
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.common.proc import cpu_seconds
 from pointsman.stack.procs import Child, spawn
 from pointsman.v1 import PoolSnapshot, subjects
 from pointsman_collector.core import engines, prom
@@ -38,7 +39,6 @@ ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "tests" / "unit" / "collector" / "fixtures" / "vllm_0.32_real.txt"
 RESULTS = ROOT / "bench" / "results"
 BIN = Path(sys.executable).parent
-TICK = os.sysconf("SC_CLK_TCK")
 POOL_SIZE = 100
 
 
@@ -83,14 +83,6 @@ def bench_parsing(repeat: int) -> dict[str, Any]:
 
 
 # ----- fleet runs ---------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 class View:

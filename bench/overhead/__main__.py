@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 
 from bench.common.load import Result, closed_loop, open_loop, warm
+from bench.common.proc import cpu_seconds
 from pointsman.stack import Stack, StackOptions
 from pointsman.stack.envoy import EnvoyOptions, render_yaml
 from pointsman.stack.procs import binary, free_port, http_status, spawn, wait_ready
@@ -196,16 +197,6 @@ def run_params(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
 
 def ready_check(url: str) -> Callable[[], bool]:
     return lambda: http_status(url) == 200
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc), 0 when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
 
 
 def main(argv: list[str] | None = None) -> int:

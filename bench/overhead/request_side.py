@@ -3,13 +3,15 @@
 One real nats-server and one real picker process (fed a snapshot of 8 endpoints every 50 ms);
 in this process, the same pick requests go, open loop at a fixed rate, alternately through
 
-* **faststream**: the shim's own :class:`pointsman_shim.bus.Bus` (FastStream's request API on
-  the shared :class:`pointsman.bus.ServiceBus`), and
-* **nats-py**: a raw ``nats.aio.client.Client.request`` with the same payload and reply decode,
+* **faststream**: FastStream's request API (``NatsBroker.request``) on the shim's own
+  :class:`pointsman.bus.ServiceBus` connection, and
+* **nats-py**: a raw ``nats.aio.client.Client.request`` with the same payload and reply decode
+  (what :class:`pointsman_shim.bus.Bus` does),
 
 in rounds (nats-py, faststream, nats-py, ...), so drift on a busy machine hits both. Reports the
-round trip p50/p90/p99 of each and the difference. The shim uses FastStream's request API only
-if the difference at p50 is at most 0.1 ms (issue 10).
+round trip p50/p90/p99 of each and the difference, and the CPU per request of this process
+(the client) and of the picker. The shim would use FastStream's request API only if it cost at
+most 0.1 ms more at p50 (issue 10); it uses nats-py, which costs less CPU on both sides.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 import nats
 import yaml
 
+from bench.common.proc import cpu_seconds
 from bench.scheduling.decision import POOL, feed_snapshots, pct
 from pointsman.bus import NatsConfig
 from pointsman.stack.procs import (
@@ -88,7 +91,9 @@ async def _measure(nats_url: str, args: argparse.Namespace) -> dict[str, Any]:
         return routes.PICK.decode_reply(msg.data).status
 
     async def via_faststream(req: PickRequest) -> PickStatus:
-        return (await shim.pick(req, 2)).status
+        payload = routes.PICK.encode(req)
+        msg: Any = await shim.service.broker.request(payload, routes.PICK.subject, timeout=2)
+        return routes.PICK.decode_reply(msg.body).status
 
     clients = {"nats-py": via_nats_py, "faststream": via_faststream}
     try:
@@ -99,10 +104,16 @@ async def _measure(nats_url: str, args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(0.05)
         for call in clients.values():  # warm both paths
             await _phase(call, args.rate, 1.0)
-        results: dict[str, dict[str, Any]] = {n: {"rtt_ms": [], "errors": 0} for n in clients}
+        results: dict[str, dict[str, Any]] = {
+            n: {"rtt_ms": [], "errors": 0, "client_cpu_s": 0.0, "picker_cpu_s": 0.0}
+            for n in clients
+        }
         for _ in range(args.rounds):
             for name, call in clients.items():
+                cpu, picker_cpu = time.process_time(), cpu_seconds(args.picker_pid)
                 rtts, errors = await _phase(call, args.rate, args.seconds)
+                results[name]["client_cpu_s"] += time.process_time() - cpu
+                results[name]["picker_cpu_s"] += cpu_seconds(args.picker_pid) - picker_cpu
                 results[name]["rtt_ms"] += rtts
                 results[name]["errors"] += errors
     finally:
@@ -118,6 +129,8 @@ async def _measure(nats_url: str, args: argparse.Namespace) -> dict[str, Any]:
             "requests": len(data),
             "errors": r["errors"],
             **{f"p{q}_ms": pct(data, q) for q in (50, 90, 99)},
+            "client_cpu_us": 1e6 * r["client_cpu_s"] / max(1, len(data)),
+            "picker_cpu_us": 1e6 * r["picker_cpu_s"] / max(1, len(data)),
         }
     out["faststream_minus_nats_py_ms"] = {
         f"p{q}": out["faststream"][f"p{q}_ms"] - out["nats-py"][f"p{q}_ms"] for q in (50, 90, 99)
@@ -146,6 +159,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         children.append(picker)
         ready = f"http://127.0.0.1:{hport}/readyz"
         wait_ready(picker, lambda: http_status(ready) == 200, 30, "picker")
+        args.picker_pid = picker.popen.pid
         try:
             import uvloop
 
@@ -170,12 +184,16 @@ def report(result: dict[str, Any], out: Path) -> None:
         f"\nbench/overhead --request-side: pick round trip through a real picker, open loop "
         f"{p['rate']:g}/s, {p['rounds']} alternating rounds of {p['seconds']:g} s per client"
     )
-    print(f"{'client':<12}{'ok':>8}{'err':>5}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}")
+    print(
+        f"{'client':<12}{'ok':>8}{'err':>5}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
+        f"{'client us':>11}{'picker us':>11}"
+    )
     for name in ("nats-py", "faststream"):
         r = result[name]
         print(
             f"{name:<12}{r['requests']:>8}{r['errors']:>5}"
             f"{r['p50_ms']:>9.3f}{r['p90_ms']:>9.3f}{r['p99_ms']:>9.3f}"
+            f"{r['client_cpu_us']:>11.0f}{r['picker_cpu_us']:>11.0f}"
         )
     d = result["faststream_minus_nats_py_ms"]
     print(f"{'difference':<12}{'':>13}{d['p50']:>9.3f}{d['p90']:>9.3f}{d['p99']:>9.3f}")

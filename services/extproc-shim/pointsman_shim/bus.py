@@ -3,8 +3,11 @@
 Every route comes from :mod:`pointsman.v1.routes` (the services subscribe to the same
 declarations), and the connection from the shared shell :class:`pointsman.bus.ServiceBus`: the
 shim starts without NATS (it must serve, fail-open, without one) and connects when it appears.
-Requests go through FastStream's request API: ``python -m bench.overhead --request-side``
-measured it against raw nats-py in one run, alternating (see the README's "Bus" section).
+Requests go out on the connection's nats-py client (``Client.request``), not FastStream's
+request API: that one adds a correlation id and a content-type header to every pick, which
+sends the picker's message down FastStream's full parser, and its own publish and response
+machinery in the shim (issue 10, item 3: the measurement is in the README, beside the
+``--request-side`` comparison). The shim's subscriber (policies) is FastStream's.
 
 Every failure to get an answer becomes one :class:`BusUnavailable` with a short ``kind``
 (``timeout``, ``no_responders``, ``disconnected``, ``bad_reply``), which the handlers turn into the
@@ -16,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import msgspec
 import nats.errors
@@ -92,9 +95,12 @@ class Bus:
         limit = self.max_payload
         if limit and len(payload) > limit:
             raise BusTooLarge(service, len(payload), limit)
+        client = self.service.client
+        if client is None:
+            raise BusUnavailable(service, "disconnected")
         try:
-            msg: Any = await self.service.broker.request(
-                payload, route.subject, headers=headers or None, timeout=timeout
+            msg = await client.request(
+                route.subject, payload, timeout=timeout, headers=headers or None
             )
         except nats.errors.NoRespondersError:
             raise BusUnavailable(service, "no_responders") from None
@@ -109,7 +115,7 @@ class Bus:
         ) as exc:
             raise BusUnavailable(service, "disconnected", type(exc).__name__) from None
         try:
-            return route.decode_reply(msg.body)
+            return route.decode_reply(msg.data)
         except msgspec.DecodeError as exc:
             raise BusUnavailable(service, "bad_reply", str(exc)) from None
 
