@@ -383,6 +383,8 @@ class ServiceBus:
         self._last_error = ""
         self._stopping = False
         self._refused: str | None = None
+        #: The subscribers are started and the server has their subscriptions (see ``start``).
+        self._subscribed = False
         self._start_task: asyncio.Future[Any] | None = None
         identity = service.partition("-")[0]
         options: dict[str, Any] = {
@@ -475,8 +477,10 @@ class ServiceBus:
 
     @property
     def connected(self) -> bool:
+        """Connected, with the subscribers started and known to the server: a service that says
+        it is ready on this gets the requests sent to it (no "no responders" in between)."""
         conn = self.client
-        return conn is not None and bool(conn.is_connected)
+        return self._subscribed and conn is not None and bool(conn.is_connected)
 
     async def start(self, stop: asyncio.Event | None = None) -> bool:
         """Connect (waiting for NATS) and start the subscribers declared so far. ``False`` when
@@ -502,6 +506,16 @@ class ServiceBus:
         if starting.cancelled():
             return False
         starting.result()
+        # The SUBs went out before this PING: its PONG means the server has them. Until then a
+        # request to this service could get "no responders" although /readyz said ready (seen
+        # once in CI, on a loaded machine).
+        conn = self.client
+        if conn is not None:
+            try:
+                await conn.flush(timeout=int(STOP_TIMEOUT_S * 2))
+            except Exception as exc:  # reconnecting: nats-py sends the SUBs again then
+                log.warning("NATS flush after subscribing failed: %s", exc)
+        self._subscribed = True
         self._last_error = ""
         log.info("connected to NATS at %s as %s", self.config.url, self.name)
         return True
