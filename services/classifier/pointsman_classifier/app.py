@@ -20,7 +20,7 @@ from pointsman.runtime import OpsServer, cancel_and_wait, retry
 from pointsman.v1 import routes
 from pointsman_classifier.batcher import Batcher
 from pointsman_classifier.cache.service import SemanticCache
-from pointsman_classifier.config import ClassifierConfig, long_lane
+from pointsman_classifier.config import ClassifierConfig, cpu_threads, long_lane
 from pointsman_classifier.core import Outputs
 from pointsman_classifier.handlers import ClassifyHandler, Infer
 from pointsman_classifier.metrics import Metrics
@@ -52,19 +52,19 @@ class ClassifierApp:
         self.batcher: Batcher[str, Outputs] | None = None
         #: The long lane (``batching.long_prompt_chars``): its own batcher and engine.
         self.long_batcher: Batcher[str, Outputs] | None = None
-        self._long_engine: Any = None
+        #: Each lane's current engine (``main``, and ``long`` once loaded); a dead one is replaced.
+        self._engines: dict[str, Any] = {}
         self._long_loading: asyncio.Task[None] | None = None
         self._watching: asyncio.Task[None] | None = None
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self._models_ready = False
-        self._engine: Any = None
         self.cache: SemanticCache | None = None
         self.sessions: SessionStore | None = None
 
     def ready(self) -> tuple[bool, str]:
         if not self._models_ready:
             return False, "loading models"
-        if not _alive(self._engine) and not _alive(self._long_engine):
+        if not any(_alive(e) for e in self._engines.values()):
             return False, "restarting the engine process"
         if self.bus is None or not self.bus.connected:
             return False, "not connected to NATS"
@@ -73,8 +73,7 @@ class ClassifierApp:
     async def start(self, stop: asyncio.Event | None = None) -> bool:
         """Serve; ``False`` when ``stop`` was set while waiting for NATS."""
         await self.http.start()
-        engine = await asyncio.to_thread(load_engine, self.cfg)
-        self._engine = engine
+        engine = self._engines["main"] = await _load(self._lane_config("main"))
         b = self.cfg.batching
         self.batcher = self._batcher(engine, "main")
         self.metrics.lanes.set(1)
@@ -152,18 +151,18 @@ class ClassifierApp:
         for batcher in (self.batcher, self.long_batcher):
             if batcher is not None:
                 await asyncio.to_thread(batcher.stop)
-        for engine in (self._engine, self._long_engine):
-            if engine is not None and hasattr(engine, "close"):
+        for engine in self._engines.values():
+            if hasattr(engine, "close"):
                 await asyncio.to_thread(engine.close)
         await self.http.stop()
 
     async def _start_long_lane(self) -> None:
         try:
-            engine = await asyncio.to_thread(load_engine, _long_lane_config(self.cfg))
+            engine = await _load(self._lane_config("long"))
         except Exception as exc:
             log.warning("the long lane did not start (%s); long prompts share the main lane", exc)
             return
-        self._long_engine = engine
+        self._engines["long"] = engine
         self.long_batcher = self._batcher(engine, "long")
         self.metrics.lanes.set(2)
         log.info("long lane ready: prompts over %d characters", self.cfg.batching.long_prompt_chars)
@@ -174,25 +173,27 @@ class ClassifierApp:
         serves every prompt; without one the replica is not ready."""
         while True:
             await asyncio.sleep(0.5)
-            for lane in ("main", "long"):
-                engine = self._engine if lane == "main" else self._long_engine
-                if engine is None or _alive(engine):
+            for lane, engine in list(self._engines.items()):
+                if _alive(engine):
                     continue
                 log.error("the %s lane's engine process died; restarting it", lane)
                 self.metrics.engine_restarts.labels(lane).inc()
-                cfg = self.cfg if lane == "main" else _long_lane_config(self.cfg)
-                fresh = await retry(
+                self._engines[lane] = await retry(
                     f"restart of the {lane} lane's engine",
-                    functools.partial(_load, cfg),
+                    functools.partial(_load, self._lane_config(lane)),
                     max_delay=30,
                 )
-                if lane == "main":
-                    self._engine = fresh
-                else:
-                    self._long_engine = fresh
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(engine.close)
                 log.info("the %s lane's engine process is back", lane)
+
+    def _lane_config(self, lane: str) -> ClassifierConfig:
+        """The config of ``lane``'s engine: the same models; for the long lane with
+        ``threads: 0``, half the torch threads of the main engine (both run at once), at least
+        one."""
+        if lane == "main" or self.cfg.threads:
+            return self.cfg
+        return self.cfg.model_copy(update={"threads": max(1, cpu_threads() // 2)})
 
     def _batcher(self, engine: Any, lane: str) -> Batcher[str, Outputs]:
         """A batcher of ``lane`` that runs its batches on the lane's current engine (replaced
@@ -200,14 +201,12 @@ class ClassifierApp:
         b = self.cfg.batching
 
         def run(texts: list[str]) -> Any:
-            current, other = self._engine, self._long_engine
-            if lane != "main":
-                current, other = other, current
             try:
-                return current.run(texts)
+                return self._engines[lane].run(texts)
             except EngineDied:
                 # The batch did not run: the other lane's engine runs it while this one restarts.
-                if not _alive(other):
+                other = self._engines.get("long" if lane == "main" else "main")
+                if other is None or not _alive(other):
                     raise
                 return other.run(texts)
 
@@ -239,18 +238,6 @@ def _device_type(engine: Any) -> str:
     """``cpu`` or ``cuda``, for the engine in a child process (``info`` a dict) or in this one."""
     info = engine.info if isinstance(engine.info, dict) else engine.info()
     return str(info["device"]).split(":")[0]
-
-
-def _long_lane_config(cfg: ClassifierConfig) -> ClassifierConfig:
-    """The long lane's engine: the same models; with ``threads: 0``, half the torch threads of
-    the main engine (both run at once), at least one."""
-    if cfg.threads:
-        return cfg
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return cfg.model_copy(update={"threads": max(1, (cores - 1) // 2)})
 
 
 async def run(data: dict[str, Any], cfg: ClassifierConfig, stop: asyncio.Event) -> None:

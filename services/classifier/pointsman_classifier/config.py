@@ -7,6 +7,7 @@ an auto name routed to ``default_model``. See services/classifier/README.md for 
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -81,6 +82,16 @@ def in_flight(batching: BatchingConfig, device_type: str) -> int:
     if batching.in_flight:
         return batching.in_flight
     return 3 if device_type == "cuda" else 2
+
+
+def cpu_threads() -> int:
+    """Torch threads on a CPU for ``threads: 0``: every core this process may use but one (see
+    ``encoder.default_threads`` for the measurements), at least one."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
 
 
 def long_lane(batching: BatchingConfig, device_type: str) -> int:

@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from pointsman_classifier.config import cpu_threads
 from pointsman_classifier.fastbert import PooledBert, SafetyBranch
 from pointsman_classifier.fastbert import supports as fastbert_supports
 from pointsman_classifier.gpu import GpuRunner, Launched
@@ -462,13 +463,7 @@ def default_threads(gpu: bool) -> int:
     OpenMP threads wait for each other at every operation, and one of them was descheduled),
     while on a quiet machine they were only about 15% faster than one thread.
     """
-    if gpu:
-        return 2
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
+    return 2 if gpu else cpu_threads()
 
 
 def quantize_mode(wanted: str, device: torch.device, dtype: torch.dtype) -> str:
