@@ -7,9 +7,11 @@ route's codec decodes the request and encodes the reply, as over a real nats-ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from faststream.nats import TestNatsBroker
@@ -172,8 +174,12 @@ async def test_model_failure_fails_the_batch_not_the_worker() -> None:
     assert [s.size for s in stats] == [1]
 
 
-def _held() -> tuple[Callable[[list[int]], list[int]], threading.Event, threading.Event]:
-    """A model that holds each batch until ``gate`` is set; ``entered`` says one arrived."""
+@contextlib.asynccontextmanager
+async def _busy(
+    **options: Any,
+) -> AsyncIterator[tuple[Batcher[int, int], threading.Event, asyncio.Task[int]]]:
+    """A started batcher whose pace says 1 s per batch of 4, with request 0 (``first``) held in
+    the model until ``gate`` is set; the batcher is stopped on the way out."""
     gate, entered = threading.Event(), threading.Event()
 
     def run(xs: list[int]) -> list[int]:
@@ -181,19 +187,22 @@ def _held() -> tuple[Callable[[list[int]], list[int]], threading.Event, threadin
         gate.wait(5)
         return xs
 
-    return run, gate, entered
-
-
-async def test_a_request_that_cannot_make_its_deadline_is_shed_at_once() -> None:
-    # The pace says a batch takes 1 s in the model. While a batch runs, a request due in 0.5 s
-    # is refused on the spot, one due in 60 s waits and is served; one without a deadline too.
-    run, gate, entered = _held()
-    b: Batcher[int, int] = Batcher(run, max_batch=4, max_wait_s=0.0)
+    b: Batcher[int, int] = Batcher(run, max_batch=4, max_wait_s=0.0, **options)
     b.pace.record(4, handed=0.0, done=1.0)
     b.start()
     try:
         first = asyncio.create_task(b.submit(0))
         assert await asyncio.to_thread(entered.wait, 5)  # a batch is in the model
+        yield b, gate, first
+    finally:
+        gate.set()
+        b.stop()
+
+
+async def test_a_request_that_cannot_make_its_deadline_is_shed_at_once() -> None:
+    # The pace says a batch takes 1 s in the model. While a batch runs, a request due in 0.5 s
+    # is refused on the spot, one due in 60 s waits and is served; one without a deadline too.
+    async with _busy() as (b, gate, first):
         now = time.monotonic()
         with pytest.raises(Overloaded) as refused:
             await b.submit(1, deadline=now + 0.5)
@@ -202,9 +211,6 @@ async def test_a_request_that_cannot_make_its_deadline_is_shed_at_once() -> None
         no_deadline = asyncio.create_task(b.submit(3))
         gate.set()
         assert list(await asyncio.gather(first, patient, no_deadline)) == [0, 2, 3]
-    finally:
-        gate.set()
-        b.stop()
     assert b.shed == {"deadline": 1, "queue_full": 0}
 
 
@@ -212,13 +218,7 @@ async def test_answers_later_than_predicted_make_admission_stricter() -> None:
     # The pace says 1 s per batch. A request admitted with 60 s to spare is answered; then the
     # batcher learns that answers arrive 100 s later than predicted (a stalled event loop, say):
     # a request with 60 s to spare is now refused at once, and one with 600 s still waits.
-    run, gate, entered = _held()
-    b: Batcher[int, int] = Batcher(run, max_batch=4, max_wait_s=0.0)
-    b.pace.record(4, handed=0.0, done=1.0)
-    b.start()
-    try:
-        first = asyncio.create_task(b.submit(0))
-        assert await asyncio.to_thread(entered.wait, 5)  # a batch is in the model
+    async with _busy() as (b, gate, first):
         admitted = asyncio.create_task(b.submit(1, deadline=time.monotonic() + 60))
         await asyncio.sleep(0)
         assert b.depth() == 1 and not admitted.done()
@@ -233,9 +233,6 @@ async def test_answers_later_than_predicted_make_admission_stricter() -> None:
         patient = asyncio.create_task(b.submit(3, deadline=time.monotonic() + 600))
         gate.set()
         assert list(await asyncio.gather(first, admitted, patient)) == [0, 1, 3]
-    finally:
-        gate.set()
-        b.stop()
     # Answers on time (negative misses) bring the margin back down.
     for _ in range(60):
         b.pace.delivered(-1.0, 1)
@@ -256,21 +253,12 @@ async def test_an_idle_batcher_runs_a_request_whatever_the_estimate() -> None:
 
 
 async def test_the_budget_applies_to_requests_without_a_deadline() -> None:
-    run, gate, entered = _held()
-    b: Batcher[int, int] = Batcher(run, max_batch=4, max_wait_s=0.0, budget_s=0.2)
-    b.pace.record(4, handed=0.0, done=1.0)
-    b.start()
-    try:
-        first = asyncio.create_task(b.submit(0))
-        assert await asyncio.to_thread(entered.wait, 5)
+    async with _busy(budget_s=0.2) as (b, gate, first):
         with pytest.raises(Overloaded):
             await b.submit(1)
         patient = asyncio.create_task(b.submit(2, deadline=time.monotonic() + 60))
         gate.set()
         assert list(await asyncio.gather(first, patient)) == [0, 2]
-    finally:
-        gate.set()
-        b.stop()
 
 
 async def test_a_request_whose_deadline_passes_in_the_queue_is_dropped_not_run() -> None:
