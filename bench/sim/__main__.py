@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import socket
 import sys
 import time
@@ -21,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.common.proc import cpu_seconds
 from pointsman.stack.procs import http_status, spawn, wait_ready
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -46,11 +46,6 @@ def _ports(count: int) -> int:
         if ok:
             return base
     raise RuntimeError("no free port block")
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -143,11 +138,11 @@ def main(argv: list[str] | None = None) -> int:
             url = f"http://{address}/health"
             wait_ready(proc, lambda u=url: http_status(u) == 200, 30, "simulator")  # type: ignore[misc]
         for rate in (float(r) for r in args.rates.split(",") if r.strip()):
-            cpu0 = _cpu_seconds(proc.popen.pid)
+            cpu0 = cpu_seconds(proc.popen.pid)
             row = asyncio.run(
                 _load(addresses, rate, args.duration, args.max_tokens, args.prompt_chars)
             )
-            row["sim_cpu_core_share"] = (_cpu_seconds(proc.popen.pid) - cpu0) / row["elapsed_s"]
+            row["sim_cpu_core_share"] = (cpu_seconds(proc.popen.pid) - cpu0) / row["elapsed_s"]
             rows.append(row)
     finally:
         proc.stop()
