@@ -88,9 +88,12 @@ class SteadyLoad:
         stream_every: int = 3,
         timeout_s: float = 30.0,
         disconnect_every: int = 0,
+        prompt: Callable[[int], str] | None = None,
     ) -> None:
         """``disconnect_every`` N > 0: every Nth request the client hangs up early (a streamed
-        one after its first chunk, a plain one 5 ms after it was sent)."""
+        one after its first chunk, a plain one 5 ms after it was sent). ``prompt``: the user
+        message of request N (default: a short line naming it)."""
+        self.prompt = prompt or (lambda n: f"chaos request {n}: say something")
         self.url = f"{gateway_url}/v1/chat/completions"
         self.models = models
         self.rate = rate
@@ -148,7 +151,7 @@ class SteadyLoad:
             self.pending[n] = start
         body: dict[str, Any] = {
             "model": model,
-            "messages": [{"role": "user", "content": f"chaos request {n}: say something"}],
+            "messages": [{"role": "user", "content": self.prompt(n)}],
             "max_tokens": 8,
             "stream": stream,
         }

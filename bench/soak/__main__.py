@@ -26,18 +26,9 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.chaos.scenario import SteadyLoad
+from bench.common.proc import rss_kib
 from pointsman.stack import Stack, StackOptions
 from pointsman.stack.procs import http_status
-
-
-def rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def growing(series: list[int], growth_pct: float) -> bool:

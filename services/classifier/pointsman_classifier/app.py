@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import socket
+import threading
 from typing import Any
 
 from pointsman import bus, configfile, redisconf
@@ -28,6 +29,11 @@ from pointsman_classifier.sessions import SessionStore
 from pointsman_classifier.subproc import EngineDied, load_engine
 
 log = logging.getLogger("pointsman_classifier")
+
+#: How much lower the spare engine's loading runs (``subproc._load``): loaded while the other
+#: engines serve, it must not take their CPU. A restart of a lane with no spare left is urgent
+#: and loads at the normal priority.
+SPARE_LOAD_NICE = 10
 
 
 def served_models(data: dict[str, Any], cfg: ClassifierConfig) -> frozenset[str]:
@@ -54,7 +60,14 @@ class ClassifierApp:
         self.long_batcher: Batcher[str, Outputs] | None = None
         #: Each lane's current engine (``main``, and ``long`` once loaded); a dead one is replaced.
         self._engines: dict[str, Any] = {}
-        self._long_loading: asyncio.Task[None] | None = None
+        #: The spare engine (``engine_spare``): loaded and idle until a lane's engine dies.
+        self._spare: Any = None
+        #: Engines that died and were replaced, closed by the watchdog.
+        self._retired: list[Any] = []
+        #: Guards ``_engines``, ``_spare`` and ``_retired``: the batchers' worker threads swap
+        #: the spare in, the event loop's watchdog restarts and reloads.
+        self._swap = threading.Lock()
+        self._extras_loading: asyncio.Task[None] | None = None
         self._watching: asyncio.Task[None] | None = None
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self._models_ready = False
@@ -79,10 +92,11 @@ class ClassifierApp:
         self.metrics.lanes.set(1)
         infer: Infer = self.batcher.submit
         long_chars = long_lane(b, _device_type(engine))
+        # Loaded in the background, one after the other (they share the cores with the main
+        # engine): the replica serves at once, long prompts on the main lane until the long one
+        # is up.
+        self._extras_loading = asyncio.create_task(self._start_extras(long_lane=bool(long_chars)))
         if long_chars:
-            # Loaded in the background: the replica serves at once, long prompts on the main
-            # lane until the long one is up.
-            self._long_loading = asyncio.create_task(self._start_long_lane())
 
             async def by_length(text: str, deadline: float | None = None) -> Outputs:
                 main, long = self.batcher, self.long_batcher
@@ -147,45 +161,117 @@ class ClassifierApp:
             await self.cache.close()
         if self.sessions is not None:
             await self.sessions.close()
-        await cancel_and_wait([t for t in (self._long_loading, self._watching) if t is not None])
+        await cancel_and_wait([t for t in (self._extras_loading, self._watching) if t is not None])
         for batcher in (self.batcher, self.long_batcher):
             if batcher is not None:
                 await asyncio.to_thread(batcher.stop)
-        for engine in self._engines.values():
+        with self._swap:
+            engines = [*self._engines.values(), self._spare, *self._retired]
+        for engine in engines:
             if hasattr(engine, "close"):
                 await asyncio.to_thread(engine.close)
         await self.http.stop()
 
-    async def _start_long_lane(self) -> None:
-        try:
-            engine = await _load(self._lane_config("long"))
-        except Exception as exc:
-            log.warning("the long lane did not start (%s); long prompts share the main lane", exc)
-            return
-        self._engines["long"] = engine
-        self.long_batcher = self._batcher(engine, "long")
-        self.metrics.lanes.set(2)
-        log.info("long lane ready: prompts over %d characters", self.cfg.batching.long_prompt_chars)
+    def _wants_spare(self) -> bool:
+        return self.cfg.engine_spare and self.cfg.engine_process
+
+    async def _start_extras(self, long_lane: bool) -> None:
+        """Load the long lane's engine (``long_lane``), then the spare (``engine_spare``)."""
+        if long_lane:
+            try:
+                engine = await _load(self._lane_config("long"))
+            except Exception as exc:
+                log.warning(
+                    "the long lane did not start (%s); long prompts share the main lane", exc
+                )
+            else:
+                with self._swap:
+                    self._engines["long"] = engine
+                self.long_batcher = self._batcher(engine, "long")
+                self.metrics.lanes.set(2)
+                log.info(
+                    "long lane ready: prompts over %d characters",
+                    self.cfg.batching.long_prompt_chars,
+                )
+        if self._wants_spare():
+            await self._load_spare()
+
+    async def _load_spare(self) -> None:
+        spare = await retry(
+            "the spare engine",
+            functools.partial(_load, self._lane_config("main"), SPARE_LOAD_NICE),
+            max_delay=30,
+        )
+        with self._swap:
+            self._spare = spare
+        self.metrics.spare_engines.set(1)
+        log.info("spare engine ready")
+
+    def _replace(self, lane: str, dead: Any) -> Any:
+        """The engine to run ``lane``'s batches now that ``dead`` died, or ``None``.
+
+        The spare, when one is loaded, takes the lane over for good (called from a batcher's
+        worker thread, the batch that failed is then run on it at once); otherwise the other
+        lane's engine runs the batch while the watchdog restarts this one.
+        """
+        with self._swap:
+            current = self._engines.get(lane)
+            if current is not dead and _alive(current):
+                return current  # another thread (or the watchdog) replaced it already
+            if _alive(self._spare):
+                self._engines[lane], self._spare = self._spare, None
+                self._retired.append(dead)
+                self.metrics.engine_restarts.labels(lane).inc()
+                self.metrics.spare_engines.set(0)
+                log.error("the %s lane's engine process died; the spare engine took over", lane)
+                return self._engines[lane]
+            other = self._engines.get("long" if lane == "main" else "main")
+            return other if _alive(other) else None
 
     async def _watch_engines(self) -> None:
-        """Restart an engine process that died (killed, out of memory), so the replica heals
-        instead of answering "internal" for ever. Meanwhile the other lane, when there is one,
-        serves every prompt; without one the replica is not ready."""
+        """Heal the replica: a lane whose engine died (killed, out of memory) gets the spare,
+        or else a restarted engine, so the replica does not answer "internal" for ever; a spare
+        that was used is loaded again. Until a dead lane's engine is back, the other lane, when
+        there is one, serves every prompt; without one the replica is not ready."""
         while True:
             await asyncio.sleep(0.5)
+            with self._swap:
+                if self._spare is not None and not _alive(self._spare):
+                    log.error("the spare engine process died; loading another")
+                    self._retired.append(self._spare)
+                    self._spare = None
+                    self.metrics.spare_engines.set(0)
             for lane, engine in list(self._engines.items()):
-                if _alive(engine):
+                if _alive(engine) or self._replace(lane, engine) is self._engines.get(lane):
                     continue
                 log.error("the %s lane's engine process died; restarting it", lane)
                 self.metrics.engine_restarts.labels(lane).inc()
-                self._engines[lane] = await retry(
+                fresh = await retry(
                     f"restart of the {lane} lane's engine",
                     functools.partial(_load, self._lane_config(lane)),
                     max_delay=30,
                 )
+                with self._swap:
+                    if self._engines.get(lane) is engine:
+                        self._engines[lane] = fresh
+                        self._retired.append(engine)
+                        log.info("the %s lane's engine process is back", lane)
+                    elif self._spare is None and self._wants_spare():
+                        self._spare = fresh  # a spare took the lane over meanwhile
+                        self.metrics.spare_engines.set(1)
+                    else:
+                        self._retired.append(fresh)
+            with self._swap:
+                retired, self._retired = self._retired, []
+            for engine in retired:
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(engine.close)
-                log.info("the %s lane's engine process is back", lane)
+            if (
+                self._wants_spare()
+                and self._spare is None
+                and (self._extras_loading is None or self._extras_loading.done())
+            ):
+                await self._load_spare()
 
     def _lane_config(self, lane: str) -> ClassifierConfig:
         """The config of ``lane``'s engine: the same models; for the long lane with
@@ -201,14 +287,15 @@ class ClassifierApp:
         b = self.cfg.batching
 
         def run(texts: list[str]) -> Any:
+            engine = self._engines[lane]
             try:
-                return self._engines[lane].run(texts)
+                return engine.run(texts)
             except EngineDied:
-                # The batch did not run: the other lane's engine runs it while this one restarts.
-                other = self._engines.get("long" if lane == "main" else "main")
-                if other is None or not _alive(other):
+                # The batch did not run: the spare (or the other lane's engine) runs it.
+                replacement = self._replace(lane, engine)
+                if replacement is None:
                     raise
-                return other.run(texts)
+                return replacement.run(texts)
 
         name = "classifier-batcher" if lane == "main" else "classifier-long-batcher"
         batcher: Batcher[str, Outputs] = Batcher(
@@ -230,8 +317,8 @@ def _alive(engine: Any) -> bool:
     return engine is not None and bool(getattr(engine, "alive", True))
 
 
-async def _load(cfg: ClassifierConfig) -> Any:
-    return await asyncio.to_thread(load_engine, cfg)
+async def _load(cfg: ClassifierConfig, load_nice: int = 0) -> Any:
+    return await asyncio.to_thread(load_engine, cfg, load_nice)
 
 
 def _device_type(engine: Any) -> str:

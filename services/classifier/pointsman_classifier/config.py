@@ -222,6 +222,12 @@ class ClassifierConfig(_Strict):
     #: Run the models in a child process (the bus and the model then never wait on each
     #: other's GIL; see pointsman_classifier/subproc.py). ``false``: a thread of this process.
     engine_process: bool = True
+    #: With ``engine_process``: keep one more engine process loaded and idle. When a lane's
+    #: engine dies (killed, out of memory) the spare takes the lane over at once, the batch it
+    #: was running included, and a new spare loads in the background; without it the other lane
+    #: serves every prompt for the seconds a restart takes, short prompts behind long documents.
+    #: Costs one engine's memory (see the classifier README).
+    engine_spare: bool = True
     #: CPU threads for torch; 0 = every core but one on the CPU (the bus needs one), 2 with a
     #: GPU (the CPU only tokenizes there).
     threads: int = Field(default=0, ge=0)

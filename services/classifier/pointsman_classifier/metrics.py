@@ -72,9 +72,16 @@ class Metrics:
             "Engines serving prompts: 1, or 2 once the long lane (batching.long_prompt_chars) is up.",
             registry=r,
         )
+        self.spare_engines = Gauge(
+            "pointsman_classifier_spare_engines",
+            "Engine processes loaded and idle, ready to take over a lane whose engine dies "
+            "(engine_spare): 1, or 0 while none is loaded.",
+            registry=r,
+        )
         self.engine_restarts = Counter(
             "pointsman_classifier_engine_restarts_total",
-            "Engine processes restarted after they died, by lane (main, long).",
+            "Engine processes replaced after they died (by the spare, or restarted), by lane "
+            "(main, long).",
             ["lane"],
             registry=r,
         )

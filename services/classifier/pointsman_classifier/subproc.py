@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing as mp
+import os
 import queue
 import signal
 import threading
@@ -60,15 +61,21 @@ class EngineProcess:
     """
 
     def __init__(
-        self, cfg: ClassifierConfig, start_timeout: float = 600.0, in_flight: int | None = None
+        self,
+        cfg: ClassifierConfig,
+        start_timeout: float = 600.0,
+        in_flight: int | None = None,
+        load_nice: int = 0,
     ) -> None:
+        """``load_nice`` > 0: the child loads the models at that lower CPU priority (see
+        :func:`_load`), then serves at the normal one."""
         ctx = mp.get_context("spawn")
         # One pipe each way: the parent's callers send while its receiver thread reads.
         self._req_child, self._req = ctx.Pipe(duplex=False)
         self._res, self._res_child = ctx.Pipe(duplex=False)
         self._proc = ctx.Process(
             target=_serve,
-            args=(self._req_child, self._res_child, cfg.model_dump()),
+            args=(self._req_child, self._res_child, cfg.model_dump(), load_nice),
             name="classifier-engine",
             daemon=True,
         )
@@ -165,10 +172,11 @@ class EngineProcess:
         self._res.close()
 
 
-def load_engine(cfg: ClassifierConfig) -> Any:
-    """The engine, in a child process unless ``engine_process`` is off; warmed up."""
+def load_engine(cfg: ClassifierConfig, load_nice: int = 0) -> Any:
+    """The engine, in a child process unless ``engine_process`` is off; warmed up.
+    ``load_nice``: see :class:`EngineProcess` (a child process only)."""
     if cfg.engine_process:
-        return EngineProcess(cfg)
+        return EngineProcess(cfg, load_nice=load_nice)
     from pointsman_classifier.engine import Engine
 
     engine = Engine(cfg)
@@ -176,14 +184,53 @@ def load_engine(cfg: ClassifierConfig) -> Any:
     return engine
 
 
-def _serve(req: Connection, res: Connection, cfg_data: dict[str, Any]) -> None:
+def _load(cfg: ClassifierConfig, nice: int) -> Any:
+    """The engine, built (torch imported, models loaded and quantized) on a thread whose CPU
+    priority is lowered by ``nice`` when that is > 0.
+
+    A spare engine loads while the others serve: on the 2-core machine its 5 s of CPU (half
+    imports, half loading) took a core from the serving engines, and long documents missed their
+    deadlines for as long (``python -m bench.chaos.engine_kill``). On Linux a nice value belongs
+    to a thread, and the threads a thread starts inherit it: only this loading thread is
+    lowered, and it ends before the caller warms the engine up and starts the serving threads;
+    those, and the thread pools the warm-up starts (torch's, the tokenizer's), keep the normal
+    priority, without the privilege that raising a priority again would need. What the loading
+    thread started stays lowered and idle: tqdm's monitor, the thread pools of the libraries
+    imported meanwhile (SciPy's BLAS, for transformers' object-detection losses) and, with more
+    than one torch thread, that thread's own OpenMP workers (each thread that starts a parallel
+    region has its own). ``tests/integration/classifier`` checks that every thread that works
+    while the engine serves runs at the normal priority.
+    """
+    if nice <= 0:
+        from pointsman_classifier.engine import Engine
+
+        return Engine(cfg)
+    built: list[Any] = []
+    failed: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)  # 0: this thread (Linux)
+            from pointsman_classifier.engine import Engine
+
+            built.append(Engine(cfg))
+        except BaseException as exc:
+            failed.append(exc)
+
+    loader = threading.Thread(target=build, name="classifier-engine-load")
+    loader.start()
+    loader.join()
+    if failed:
+        raise failed[0]
+    return built[0]
+
+
+def _serve(req: Connection, res: Connection, cfg_data: dict[str, Any], load_nice: int) -> None:
     # Ctrl-C in a terminal reaches the whole process group: the parent stops this child itself
     # (``close``), after the batches in flight, so the child does not die under it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        from pointsman_classifier.engine import Engine
-
-        engine = Engine(ClassifierConfig.model_validate(cfg_data))
+        engine = _load(ClassifierConfig.model_validate(cfg_data), load_nice)
         engine.warm_up()
         info = engine.info()
     except BaseException as exc:

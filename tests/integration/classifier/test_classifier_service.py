@@ -15,6 +15,7 @@ import nats
 import pytest
 import yaml
 
+from bench.common.proc import spawned_children, thread_stats
 from pointsman.stack.procs import free_port
 from pointsman.v1 import decode, encode
 from pointsman.v1.classify import CLASSIFY, ClassifyReply, ClassifyRequest, Message
@@ -194,23 +195,6 @@ async def test_a_short_prompt_does_not_wait_behind_a_long_document(
     assert order == ["short", "long"]
 
 
-def _engine_children(pid: int) -> list[int]:
-    """The classifier's engine processes (multiprocessing spawn children), oldest first."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == pid and b"spawn_main" in cmdline and " Z " not in stat[stat.rindex(")") :]:
-            found.append(int(entry.name))
-    return sorted(found)
-
-
 def _metric(text: str, name: str) -> float:
     for line in text.splitlines():
         if line.startswith(name + " ") or line.startswith(name + "{"):
@@ -218,33 +202,105 @@ def _metric(text: str, name: str) -> float:
     return 0.0
 
 
-async def test_a_killed_engine_process_is_restarted_and_the_other_lane_serves_meanwhile(
-    nats_url: str, classifier: int
-) -> None:
-    """Kill the main lane's engine process (SIGKILL, as the OOM killer would): prompts are
-    answered by the long lane's engine at once, and the dead one is started again."""
+async def _settled(classifier: int) -> None:
+    """Both lanes and the spare loaded: three engine processes."""
     metrics = f"http://127.0.0.1:{classifier}/metrics"
 
-    def two_lanes() -> bool:
-        return _metric(_get(metrics), "pointsman_classifier_lanes") == 2.0
+    def settled() -> bool:
+        text = _get(metrics)
+        return (
+            _metric(text, "pointsman_classifier_lanes") == 2.0
+            and _metric(text, "pointsman_classifier_spare_engines") == 1.0
+            and len(spawned_children(PIDS["classifier"])) == 3
+        )
 
-    await asyncio.to_thread(procs.wait_until, two_lanes, 180, "the long lane")
-    main = _engine_children(PIDS["classifier"])[0]  # the main lane's engine started first
+    await asyncio.to_thread(procs.wait_until, settled, 300, "two lanes and a spare engine")
+
+
+async def test_the_spare_engine_takes_over_a_killed_lane_at_once(
+    nats_url: str, classifier: int
+) -> None:
+    """Kill the main lane's engine process (SIGKILL, as the OOM killer would) while a long
+    document runs on the long lane: a greeting sent next is answered by the spare engine before
+    the document, instead of waiting behind it on the long lane's engine for the seconds a
+    restart takes; then a new spare is loaded."""
+    await _settled(classifier)
+    main = spawned_children(PIDS["classifier"])[0]  # the main lane's engine started first
     os.kill(main, signal.SIGKILL)
     await asyncio.to_thread(
-        procs.wait_until, lambda: main not in _engine_children(PIDS["classifier"]), 60, "the kill"
+        procs.wait_until, lambda: main not in spawned_children(PIDS["classifier"]), 60, "the kill"
     )
-    replies = await ask(nats_url, [chat(f"What is {i} plus {i}?", rid=str(i)) for i in range(5)])
-    assert [r.error for r in replies] == [None] * 5
+    report = (Path(__file__).parents[1] / "e2e" / "data" / "quarterly_report.txt").read_text()
+    nc = await nats.connect(nats_url)
+    order: list[str] = []
+    try:
+
+        async def send(name: str, text: str) -> ClassifyReply:
+            msg = await nc.request(CLASSIFY, encode(chat(text, rid=name)), timeout=60)
+            order.append(name)
+            return decode(msg.data, ClassifyReply)
+
+        long = asyncio.create_task(send("long", "Summarise this:\n" + report * 3))
+        await asyncio.sleep(0.05)  # the document is in the long lane's engine first
+        short = await send("short", "Hi, how are you?")
+        long_reply = await long
+    finally:
+        await nc.close()
+    assert short.error is None and long_reply.error is None
+    assert order == ["short", "long"]
+    text = _get(f"http://127.0.0.1:{classifier}/metrics")
+    assert _metric(text, 'pointsman_classifier_engine_restarts_total{lane="main"}') == 1.0
+
+    def spare_loading_lowered() -> bool:  # the new spare loads on a thread at nice 10
+        return any(
+            nice == 10
+            for pid in spawned_children(PIDS["classifier"])
+            for nice, _ in thread_stats(pid).values()
+        )
+
+    await asyncio.to_thread(procs.wait_until, spare_loading_lowered, 300, "a spare loading")
+    await _settled(classifier)  # the new spare, ready
+    # The engine now serving the main lane was loaded as a spare, at a lower priority: every
+    # thread that works while it serves runs at the normal one.
+    serving = [p for p in spawned_children(PIDS["classifier"]) if p != main][:2]
+    before = {pid: thread_stats(pid) for pid in serving}
+    await ask(nats_url, [chat(f"What is {i} times {i}?", rid=f"n{i}") for i in range(20)])
+    await ask(nats_url, [chat("Summarise this:\n" + report * 3, rid="doc")])
+    worked = {
+        (pid, tid): nice
+        for pid in serving
+        for tid, (nice, cpu) in thread_stats(pid).items()
+        if cpu > before[pid].get(tid, (0, 0))[1]
+    }
+    assert worked and set(worked.values()) == {0}, worked
+
+
+async def test_engines_killed_together_are_restarted(nats_url: str, classifier: int) -> None:
+    """Every engine process killed at once (both lanes and the spare): no engine is left to
+    take over, so the watchdog restarts each lane's engine and loads a new spare; the replica
+    is ready and answers again."""
+    metrics = f"http://127.0.0.1:{classifier}/metrics"
+    await _settled(classifier)
+    before = _get(metrics)
+    restarts = {
+        lane: _metric(before, f'pointsman_classifier_engine_restarts_total{{lane="{lane}"}}')
+        for lane in ("main", "long")
+    }
+    killed = spawned_children(PIDS["classifier"])
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
 
     def restarted() -> bool:
         text = _get(metrics)
-        return _metric(text, 'pointsman_classifier_engine_restarts_total{lane="main"}') == 1.0
+        return all(
+            _metric(text, f'pointsman_classifier_engine_restarts_total{{lane="{lane}"}}')
+            >= restarts[lane] + 1
+            for lane in restarts
+        )
 
-    await asyncio.to_thread(procs.wait_until, restarted, 180, "the engine's restart")
-    await asyncio.to_thread(
-        procs.wait_until, lambda: len(_engine_children(PIDS["classifier"])) == 2, 180, "2 engines"
-    )
-    [reply] = await ask(nats_url, [chat("Is the main lane back?", rid="back")])
-    assert reply.error is None
+    await asyncio.to_thread(procs.wait_until, restarted, 300, "the engines' restart")
+    await _settled(classifier)
+    assert not set(killed) & set(spawned_children(PIDS["classifier"]))
+    replies = await ask(nats_url, [chat(f"What is {i} plus {i}?", rid=str(i)) for i in range(5)])
+    assert [r.error for r in replies] == [None] * 5
     assert procs.http_ok(f"http://127.0.0.1:{classifier}/readyz")
