@@ -115,15 +115,8 @@ class _Anthropic:
         """The request as chat completions, with the decision applied (model, system prompt,
         ``body_set`` last so that the classifier's switch wins over the client's own)."""
         body = request.body
-        messages = chat_messages(body)
-        if changes.system_prompt is not None:
-            messages = openai_chat.with_system_prompt(
-                messages, changes.system_prompt, changes.system_prompt_mode
-            )
-        chat: dict[str, Any] = {"model": changes.model, "messages": messages}
-        tools = body.get("tools")
-        if tools:
-            chat["tools"] = [_chat_tool(t) for t in tools]
+        tools = body.get("tools") or ()
+        chat = openai_chat.translated(chat_messages(body), [_chat_tool(t) for t in tools], changes)
         choice = body.get("tool_choice")
         if isinstance(choice, dict):
             kind = choice.get("type")

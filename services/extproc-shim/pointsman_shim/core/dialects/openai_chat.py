@@ -40,6 +40,20 @@ class OpenAIChat(openai.OpenAIDialect):
 DIALECT = OpenAIChat()
 
 
+def translated(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]], changes: BodyChanges
+) -> dict[str, Any]:
+    """The start of a chat completions body translated from another API (Messages, Responses),
+    with the decision applied: its model, its system prompt (:func:`with_system_prompt`), and
+    the tools, already in chat form, when there are any."""
+    if changes.system_prompt is not None:
+        messages = with_system_prompt(messages, changes.system_prompt, changes.system_prompt_mode)
+    chat: dict[str, Any] = {"model": changes.model, "messages": messages}
+    if tools:
+        chat["tools"] = tools
+    return chat
+
+
 def with_system_prompt(
     messages: list[dict[str, Any]], prompt: str, mode: str
 ) -> list[dict[str, Any]]:
