@@ -7,8 +7,9 @@ and shell forms); it is not a general parser.
 from __future__ import annotations
 
 import json
+import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
@@ -55,6 +56,37 @@ class Dockerfile:
         for key, value in self.args.items():
             text = text.replace("${" + key + "}", value).replace("$" + key, value)
         return text
+
+    def built_with(self, build_args: dict[str, str]) -> Dockerfile:
+        """The file as one build sees it: every ``$NAME``, ``${NAME}`` and ``${NAME:?...}`` of an
+        ARG replaced by its value (the build's ``--build-arg``, else the ARG's default, else
+        empty); other variables (``$PATH``) are left as they are."""
+        values = {**self.args, **build_args}
+        stages = []
+        for stage in self.stages:
+            for arg in stage.all("ARG"):
+                key, _, default = arg.args.partition("=")
+                values.setdefault(key.strip(), default.strip())
+            stages.append(replace(stage, instructions=[]))
+            for i in stage.instructions:
+                text = i.args
+                for key, value in values.items():
+                    pattern = r"\$\{" + key + r"(:[?-][^}]*)?\}|\$" + key + r"\b"
+                    text = re.sub(pattern, lambda _, v=value: v, text)
+                stages[-1].instructions.append(Instruction(i.keyword, text))
+        return Dockerfile(path=self.path, args=values, stages=stages)
+
+    def arg(self, name: str) -> str:
+        """The value of an ARG (global or of any stage): its default, or a build's value after
+        :meth:`built_with`."""
+        if name in self.args:
+            return self.args[name]
+        for stage in self.stages:
+            for arg in stage.all("ARG"):
+                key, _, default = arg.args.partition("=")
+                if key.strip() == name:
+                    return default.strip()
+        raise KeyError(f"{self.path}: no ARG {name}")
 
 
 def logical_lines(text: str) -> list[str]:

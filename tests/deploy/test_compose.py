@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.deploy import test_images
 from tests.deploy.helpers import ROOT, config_errors, load_config
 
 COMPOSE = ROOT / "docker-compose.yml"
@@ -35,11 +36,13 @@ REQUIRED = {
     "prometheus",
     "grafana",
 }
-DOCKERFILES = {
-    "shim": "services/extproc-shim/Dockerfile",
-    "picker": "services/picker/Dockerfile",
-    "collector": "services/metrics-collector/Dockerfile",
-    "classifier": "services/classifier/Dockerfile",
+#: compose service -> the image (tests/deploy/test_images.py) it builds
+IMAGES = {
+    "shim": "pointsman-shim",
+    "credentials": "pointsman-shim",
+    "picker": "pointsman-picker",
+    "collector": "pointsman-collector",
+    "classifier": "pointsman-classifier",
 }
 HTTP_PORTS = {"shim": 9102, "picker": 9103, "collector": 9104, "classifier": 9105}
 
@@ -99,8 +102,10 @@ def test_images_and_builds(services: dict[str, dict[str, Any]]) -> None:
             assert (ROOT / build["context"] / build["dockerfile"]).is_file(), name
         elif ":" in service["image"]:
             assert not service["image"].endswith(":latest"), f"{name}: pin the image tag"
-    for name, dockerfile in DOCKERFILES.items():
-        assert services[name]["build"]["dockerfile"] == dockerfile
+    for name, image in IMAGES.items():
+        build, spec = services[name]["build"], test_images.IMAGES[image]
+        assert build["dockerfile"] == spec.dockerfile, name
+        assert build.get("args", {}) == spec.build_args, f"{name}: build args of {image}"
 
 
 def test_depends_on_and_healthchecks(services: dict[str, dict[str, Any]]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,39 +21,69 @@ from tests.deploy.dockerfile import Dockerfile, parse
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# image Dockerfile -> (extra it installs, module it runs, ports it exposes, package dir)
+
+@dataclass(frozen=True)
+class Image:
+    dockerfile: str
+    build_args: dict[str, str]
+    extra: str  # the pointsman extra it installs
+    module: str  # the module it runs
+    ports: set[int]  # the ports it exposes
+    package_dir: str
+
+
+#: One image per service, all from services/Dockerfile with the build args docker-compose.yml
+#: gives them (test_compose checks that it does); the GPU classifier and the simulator have their
+#: own files.
 IMAGES = {
-    "services/extproc-shim/Dockerfile": (
+    "pointsman-shim": Image(
+        "services/Dockerfile",
+        {"SERVICE": "shim", "HTTP_PORT": "9102", "PORTS": "9002 9003 9102"},
         "shim",
         "pointsman_shim",
         {9002, 9003, 9102},
         "services/extproc-shim/pointsman_shim",
     ),
-    "services/picker/Dockerfile": (
+    "pointsman-picker": Image(
+        "services/Dockerfile",
+        {"SERVICE": "picker", "HTTP_PORT": "9103", "PORTS": "9103"},
         "picker",
         "pointsman_picker",
         {9103},
         "services/picker/pointsman_picker",
     ),
-    "services/metrics-collector/Dockerfile": (
+    "pointsman-collector": Image(
+        "services/Dockerfile",
+        {"SERVICE": "collector", "HTTP_PORT": "9104", "PORTS": "9104"},
         "collector",
         "pointsman_collector",
         {9104},
         "services/metrics-collector/pointsman_collector",
     ),
-    "services/classifier/Dockerfile": (
+    "pointsman-classifier": Image(
+        "services/Dockerfile",
+        {
+            "SERVICE": "classifier",
+            "HTTP_PORT": "9105",
+            "PORTS": "9105",
+            "TORCH_INDEX_URL": "https://download.pytorch.org/whl/cpu",
+        },
         "classifier",
         "pointsman_classifier",
         {9105},
         "services/classifier/pointsman_classifier",
     ),
-    "services/classifier/Dockerfile.cuda": (
+    "pointsman-classifier-cuda": Image(
+        "services/classifier/Dockerfile.cuda",
+        {},
         "classifier",
         "pointsman_classifier",
         {9105},
         "services/classifier/pointsman_classifier",
     ),
-    "deploy/compose/sim.Dockerfile": ("sim", "pointsman.sim", {8000}, "src/pointsman/sim"),
+    "pointsman-sim": Image(
+        "deploy/compose/sim.Dockerfile", {}, "sim", "pointsman.sim", {8000}, "src/pointsman/sim"
+    ),
 }
 TORCHLESS = {"shim", "picker", "collector", "sim"}
 HEAVY = re.compile(r"^(torch|transformers|nvidia-|triton|sentence-transformers)", re.I)
@@ -102,11 +133,17 @@ def _in_context(rel: str) -> bool:
     return included
 
 
-@pytest.fixture(params=sorted(IMAGES), ids=lambda p: p.replace("/", "_"))
+def _built(name: str) -> Dockerfile:
+    """The image's Dockerfile with its build args applied."""
+    spec = IMAGES[name]
+    path = ROOT / spec.dockerfile
+    assert path.is_file(), f"{spec.dockerfile} is missing"
+    return parse(path).built_with(spec.build_args)
+
+
+@pytest.fixture(params=sorted(IMAGES))
 def image(request: pytest.FixtureRequest) -> tuple[str, Dockerfile]:
-    path = ROOT / request.param
-    assert path.is_file(), f"{request.param} is missing"
-    return request.param, parse(path)
+    return request.param, _built(request.param)
 
 
 def test_multi_stage_with_slim_runtime(image: tuple[str, Dockerfile]) -> None:
@@ -134,7 +171,7 @@ def test_runs_as_non_root(image: tuple[str, Dockerfile]) -> None:
 
 def test_installs_only_its_own_extra(image: tuple[str, Dockerfile]) -> None:
     name, df = image
-    extra, _, _, _ = IMAGES[name]
+    extra = IMAGES[name].extra
     assert extra in _pyproject()["project"]["optional-dependencies"], f"no extra {extra!r}"
     text = " ".join(i.args for s in df.stages for i in s.all("RUN"))
     installed = set(re.findall(r"pointsman\[([a-z,]+)\]", text))
@@ -142,38 +179,39 @@ def test_installs_only_its_own_extra(image: tuple[str, Dockerfile]) -> None:
     if extra in TORCHLESS:
         heavy = [d for d in _dependencies(extra) if HEAVY.match(d)]
         assert not heavy, f"pointsman[{extra}] pulls {heavy}: the {name} image must stay torchless"
-        assert "torch" not in text, f"{name} installs torch"
+        # The shared Dockerfile installs torch only for a build given TORCH_INDEX_URL.
+        torch = "torch" in text and ("TORCH_INDEX_URL" not in df.args or df.arg("TORCH_INDEX_URL"))
+        assert not torch, f"{name} installs torch"
 
 
 def test_classifier_variants_take_torch_from_the_right_index() -> None:
-    cpu = parse(ROOT / "services/classifier/Dockerfile")
-    cuda = parse(ROOT / "services/classifier/Dockerfile.cuda")
-
-    def index(df: Dockerfile) -> str:
-        for stage in df.stages:
-            for arg in stage.all("ARG"):
-                if arg.args.startswith("TORCH_INDEX_URL="):
-                    return arg.args.split("=", 1)[1]
-        raise AssertionError(f"{df.path}: no TORCH_INDEX_URL")
-
-    assert index(cpu).endswith("/whl/cpu")
-    assert re.search(r"/whl/cu\d+$", index(cuda))
+    cpu = _built("pointsman-classifier")
+    cuda = _built("pointsman-classifier-cuda")
+    assert cpu.arg("TORCH_INDEX_URL").endswith("/whl/cpu")
+    assert re.search(r"/whl/cu\d+$", cuda.arg("TORCH_INDEX_URL"))
     pinned = next(d for d in _dependencies("classifier") if d.startswith("torch"))
     version = pinned.split("==")[1]
     for df in (cpu, cuda):
-        args = [a.args for s in df.stages for a in s.all("ARG")]
-        assert f"TORCH_VERSION={version}" in args, f"{df.path}: TORCH_VERSION differs from {pinned}"
+        assert df.arg("TORCH_VERSION") == version, f"{df.path}: TORCH_VERSION differs from {pinned}"
     env = " ".join(e.args for e in cuda.final.all("ENV"))
     assert "NVIDIA_VISIBLE_DEVICES" in env
 
 
 def test_entrypoint_runs_the_service_module(image: tuple[str, Dockerfile]) -> None:
     name, df = image
-    _, module, _, package_dir = IMAGES[name]
+    module, package_dir = IMAGES[name].module, IMAGES[name].package_dir
     entry = df.final.last("ENTRYPOINT")
     assert entry is not None
     argv = entry.exec_form()
-    assert argv == ["python", "-m", module], f"{name}: ENTRYPOINT {argv}"
+    if argv == ["pointsman-service"]:
+        # The shared Dockerfile links pointsman-service to the service's own script.
+        runs = " ".join(i.args for s in df.stages for i in s.all("RUN"))
+        link = re.search(r'ln -s "?(pointsman-[a-z]+)"? /opt/pointsman/bin/pointsman-service', runs)
+        assert link, f"{name}: no pointsman-service link"
+        scripts = _pyproject()["project"]["scripts"]
+        assert scripts.get(link.group(1)) == f"{module}.__main__:main", f"{name}: {link.group(1)}"
+    else:
+        assert argv == ["python", "-m", module], f"{name}: ENTRYPOINT {argv}"
     assert (ROOT / package_dir).is_dir(), f"{package_dir} does not exist"
     cmd = df.final.last("CMD")
     assert cmd is not None and cmd.exec_form() is not None, f"{name}: CMD in exec form"
@@ -183,12 +221,16 @@ def test_entrypoint_runs_the_service_module(image: tuple[str, Dockerfile]) -> No
 
 def test_exposes_default_ports_and_checks_health(image: tuple[str, Dockerfile]) -> None:
     name, df = image
-    _, _, ports, _ = IMAGES[name]
+    ports = IMAGES[name].ports
     exposed = {int(p.split("/")[0]) for e in df.final.all("EXPOSE") for p in e.args.split()}
     assert exposed == ports, f"{name}: EXPOSE {sorted(exposed)}, want {sorted(ports)}"
     health = df.final.last("HEALTHCHECK")
     assert health is not None, f"{name}: no HEALTHCHECK"
     assert "/healthz" in health.args or "/health'" in health.args
+    if "POINTSMAN_HEALTH_PORT" in health.args:
+        env = " ".join(e.args for e in df.final.all("ENV"))
+        port = re.search(r"POINTSMAN_HEALTH_PORT=(\d+)", env)
+        assert port and int(port.group(1)) in ports, f"{name}: POINTSMAN_HEALTH_PORT in {env}"
 
 
 def test_copied_paths_exist_and_reach_the_context(image: tuple[str, Dockerfile]) -> None:

@@ -25,15 +25,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field
-from redis.exceptions import RedisError
 
 from pointsman.redisconf import RedisSecurity
+from pointsman.redisstore import RedisDown, RestingRedis
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +86,13 @@ class SessionStore:
 
     def __init__(self, cfg: SessionsConfig, security: RedisSecurity | None = None) -> None:
         self.cfg = cfg
-        self.timeout = cfg.redis_timeout_ms / 1000
-        self.redis: aioredis.Redis = (security or RedisSecurity()).client(
+        self._store = RestingRedis(
             cfg.redis_url,
-            socket_timeout=self.timeout,
-            socket_connect_timeout=max(self.timeout, 0.2),
+            security,
+            timeout_s=cfg.redis_timeout_ms / 1000,
+            retry_s=cfg.redis_retry_s,
         )
-        self._down_until = 0.0
+        self.redis: aioredis.Redis = self._store.redis
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _key(self, session: str) -> str:
@@ -120,20 +119,15 @@ class SessionStore:
         task.add_done_callback(self._tasks.discard)
 
     async def _call(self, aw: Any) -> Any:
-        if time.monotonic() < self._down_until:
-            with contextlib.suppress(AttributeError):
-                aw.close()
-            return _FAILED
         try:
-            async with asyncio.timeout(self.timeout):
-                return await aw
-        except (RedisError, OSError, TimeoutError) as exc:
-            log.warning(
-                "sessions: Redis failed (%s); no stickiness for %.1fs",
-                type(exc).__name__,
-                self.cfg.redis_retry_s,
-            )
-            self._down_until = time.monotonic() + self.cfg.redis_retry_s
+            return await self._store.call(aw)
+        except RedisDown as down:
+            if down.cause is not None:
+                log.warning(
+                    "sessions: Redis failed (%s); no stickiness for %.1fs",
+                    down.cause,
+                    self.cfg.redis_retry_s,
+                )
             return _FAILED
 
     async def close(self) -> None:

@@ -31,9 +31,9 @@ from typing import Any, TypeVar
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from pointsman.redisconf import RedisSecurity
+from pointsman.redisstore import RedisDown, RestingRedis
 from pointsman_shim import metrics
 from pointsman_shim.config import ResponsesStore
 from pointsman_shim.core.dialects.responses_answer import history_of
@@ -73,19 +73,19 @@ class ResponsesState:
     def __init__(self, config: ResponsesStore, security: RedisSecurity | None = None) -> None:
         """``security``: the ``redis:`` section (ACL user, password file, TLS)."""
         self.config = config
-        self.timeout = config.redis_timeout_ms / 1000
-        self.redis: aioredis.Redis | None = (
-            (security or RedisSecurity()).client(
+        self._store = (
+            RestingRedis(
                 config.redis_url,
-                socket_timeout=self.timeout,
-                socket_connect_timeout=max(self.timeout, 0.2),
+                security,
+                timeout_s=config.redis_timeout_ms / 1000,
+                retry_s=config.redis_retry_s,
             )
             if config.redis_url
             else None
         )
+        self.redis: aioredis.Redis | None = self._store.redis if self._store else None
         self._turns = f"{config.key_prefix}:t:"
         self._responses = f"{config.key_prefix}:r:"
-        self._down_until = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._encoder = msgspec.json.Encoder()
 
@@ -191,29 +191,26 @@ class ResponsesState:
 
     # -- Redis -----------------------------------------------------------------------------------
 
-    def _redis(self) -> aioredis.Redis:
-        if self.redis is None:
+    def _resting(self) -> RestingRedis:
+        if self._store is None:
             raise StateUnavailable("no response store is configured (shim.responses.redis_url)")
-        return self.redis
+        return self._store
+
+    def _redis(self) -> aioredis.Redis:
+        return self._resting().redis
 
     async def _call(self, op: str, aw: Awaitable[T]) -> T:
-        if time.monotonic() < self._down_until:
-            if asyncio.iscoroutine(aw):
-                aw.close()
-            metrics.STORE.labels(op, "unavailable").inc()
-            raise StateUnavailable("the response store is unavailable")
         try:
-            async with asyncio.timeout(self.timeout):
-                return await aw
-        except (RedisError, OSError, TimeoutError) as exc:
+            return await self._resting().call(aw)
+        except RedisDown as down:
             metrics.STORE.labels(op, "unavailable").inc()
-            log.warning(
-                "response store: Redis %s failed (%s); unavailable for %.1fs",
-                op,
-                type(exc).__name__,
-                self.config.redis_retry_s,
-            )
-            self._down_until = time.monotonic() + self.config.redis_retry_s
+            if down.cause is not None:
+                log.warning(
+                    "response store: Redis %s failed (%s); unavailable for %.1fs",
+                    op,
+                    down.cause,
+                    self.config.redis_retry_s,
+                )
             raise StateUnavailable("the response store is unavailable") from None
 
     async def close(self) -> None:

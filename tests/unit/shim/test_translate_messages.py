@@ -107,6 +107,30 @@ def test_bad_input_is_a_400_with_its_reason(fields: dict[str, Any], reason: str)
     assert caught.value.status == 400 and caught.value.reason == reason
 
 
+TEXT, IMAGE = {"type": "text", "text": "a"}, {"type": "image", "source": {}}
+
+
+@pytest.mark.parametrize(
+    ("content", "system", "tool_result"),
+    [
+        (None, "", ""),
+        ("plain", "plain", "plain"),
+        ([TEXT, {"type": "text", "text": "b"}], "a\nb", "a\nb"),
+        ([TEXT, IMAGE], None, "a"),  # a system prompt is text only; a tool's images are skipped
+        ([IMAGE], None, ""),
+        ([{"type": "text", "text": 1}], None, None),
+        ([{"text": "a"}], None, None),
+        (["a"], None, None),
+        ({"type": "text"}, None, None),
+    ],
+)
+def test_the_text_of_system_and_tool_result_content(
+    content: Any, system: str | None, tool_result: str | None
+) -> None:
+    assert anthropic.blocks_text(content, only_text=True) == system
+    assert anthropic.blocks_text(content, only_text=False) == tool_result
+
+
 def test_errors_speak_anthropic() -> None:
     body = json.loads(
         MESSAGES.error_body("nope", type="invalid_request_error", code="x", status=404)

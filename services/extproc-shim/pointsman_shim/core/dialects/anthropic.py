@@ -115,15 +115,8 @@ class _Anthropic:
         """The request as chat completions, with the decision applied (model, system prompt,
         ``body_set`` last so that the classifier's switch wins over the client's own)."""
         body = request.body
-        messages = chat_messages(body)
-        if changes.system_prompt is not None:
-            messages = openai_chat.with_system_prompt(
-                messages, changes.system_prompt, changes.system_prompt_mode
-            )
-        chat: dict[str, Any] = {"model": changes.model, "messages": messages}
-        tools = body.get("tools")
-        if tools:
-            chat["tools"] = [_chat_tool(t) for t in tools]
+        tools = body.get("tools") or ()
+        chat = openai_chat.translated(chat_messages(body), [_chat_tool(t) for t in tools], changes)
         choice = body.get("tool_choice")
         if isinstance(choice, dict):
             kind = choice.get("type")
@@ -288,24 +281,30 @@ def _max_tokens(value: Any) -> None:
 def _system_turns(system: Any) -> list[ChatTurn]:
     if system is None:
         return []
-    text = system_text(system)
+    text = blocks_text(system, only_text=True)
     if text is None:
         raise invalid("'system' must be a string or an array of text blocks", "system")
     return [ChatTurn("system", text)] if text else []
 
 
-def system_text(system: Any) -> str | None:
-    """The text of ``system`` (a string or text blocks, joined by newlines); ``None``: malformed."""
-    if system is None:
+def blocks_text(content: Any, *, only_text: bool) -> str | None:
+    """The text of a string or an array of content blocks (the text blocks' joined by newlines);
+    ``None``: malformed. ``only_text``: a block of another type makes it malformed (``system``);
+    otherwise such blocks are skipped (a ``tool_result``'s images)."""
+    if content is None:
         return ""
-    if isinstance(system, str):
-        return system
-    if not isinstance(system, list):
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
         return None
     parts = []
-    for block in system:
-        if not isinstance(block, dict) or block.get("type") != "text":
+    for block in content:
+        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
             return None
+        if block["type"] != "text":
+            if only_text:
+                return None
+            continue
         text = block.get("text")
         if not isinstance(text, str):
             return None
@@ -380,32 +379,13 @@ def _blocks(content: list[Any], role: str, i: int) -> list[str]:
                 raise _bad_block(i, j, "(tool_result) may only appear in a user message")
             if not isinstance(block.get("tool_use_id"), str):
                 raise _bad_block(i, j, "(tool_result) needs a string 'tool_use_id'")
-            text = tool_result_text(block.get("content"))
+            text = blocks_text(block.get("content"), only_text=False)
             if text is None:
                 raise _bad_block(i, j, "(tool_result) 'content' must be a string or blocks")
             texts.append(text)
         elif kind == "thinking" and not isinstance(block.get("thinking"), str):
             raise _bad_block(i, j, "(thinking) needs a string 'thinking'")
     return texts
-
-
-def tool_result_text(content: Any) -> str | None:
-    """The text of a ``tool_result``'s content (text blocks joined); ``None``: malformed."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        return None
-    parts = []
-    for block in content:
-        if not isinstance(block, dict) or not isinstance(block.get("type"), str):
-            return None
-        if block["type"] == "text":
-            if not isinstance(block.get("text"), str):
-                return None
-            parts.append(block["text"])
-    return "\n".join(parts)
 
 
 def _tools(tools: Any) -> list[dict[str, Any]]:
@@ -458,7 +438,7 @@ def _thinking(thinking: Any, max_tokens: Any) -> None:
 def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     """A checked Messages body's system prompt and messages as chat completions messages."""
     out: list[dict[str, Any]] = []
-    system = system_text(body.get("system"))
+    system = blocks_text(body.get("system"), only_text=True)
     if system:
         out.append({"role": "system", "content": system})
     for message in body["messages"]:
@@ -490,7 +470,7 @@ def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
                     {
                         "role": "tool",
                         "tool_call_id": block["tool_use_id"],
-                        "content": tool_result_text(block.get("content")) or "",
+                        "content": blocks_text(block.get("content"), only_text=False) or "",
                     }
                 )
         chat: dict[str, Any] = {"role": role}

@@ -64,11 +64,19 @@ def too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
 
 
 class OpenAIDialect:
-    """The methods both OpenAI dialects share; subclasses add ``parse``, ``rewrite`` and
-    ``render_cached`` (see :class:`~pointsman_shim.core.dialects.base.Dialect`)."""
+    """The methods both OpenAI dialects share; subclasses add ``parse`` and ``rewrite`` (see
+    :class:`~pointsman_shim.core.dialects.base.Dialect`)."""
 
     name: str
     paths: tuple[str, ...]
+    #: Chat completions (else the legacy completions): the shape of a cached answer's body.
+    chat: bool
+
+    def render_cached(
+        self, request: LLMRequest, answer: CachedAnswer, *, model: str, nonce: str, created: int
+    ) -> Rendered:
+        rid = f"{'chatcmpl' if self.chat else 'cmpl'}-cache-{nonce}"
+        return render(request, answer, chat=self.chat, rid=rid, model=model, created=created)
 
     def usage_reader(self, *, sse: bool) -> UsageReader:
         return UsageReader(sse=sse)

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from pointsman.v1.classify import CachedAnswer
 from pointsman_shim.core.dialects import openai
-from pointsman_shim.core.dialects.base import BodyChanges, ChatTurn, LLMRequest, Rendered, Upstream
+from pointsman_shim.core.dialects.base import BodyChanges, ChatTurn, LLMRequest, Upstream
 from pointsman_shim.core.errors import RequestError
 
 
 class OpenAIChat(openai.OpenAIDialect):
     name: str = "openai-chat"
     paths: tuple[str, ...] = ("/v1/chat/completions",)
+    chat: bool = True
 
     def parse(self, raw: bytes, *, max_bytes: int) -> LLMRequest:
         request = openai.decode(self.name, raw, max_bytes=max_bytes)
@@ -30,14 +30,22 @@ class OpenAIChat(openai.OpenAIDialect):
             )
         return openai.upstream(request, body)
 
-    def render_cached(
-        self, request: LLMRequest, answer: CachedAnswer, *, model: str, nonce: str, created: int
-    ) -> Rendered:
-        rid = f"chatcmpl-cache-{nonce}"
-        return openai.render(request, answer, chat=True, rid=rid, model=model, created=created)
-
 
 DIALECT = OpenAIChat()
+
+
+def translated(
+    messages: list[dict[str, Any]], tools: list[dict[str, Any]], changes: BodyChanges
+) -> dict[str, Any]:
+    """The start of a chat completions body translated from another API (Messages, Responses),
+    with the decision applied: its model, its system prompt (:func:`with_system_prompt`), and
+    the tools, already in chat form, when there are any."""
+    if changes.system_prompt is not None:
+        messages = with_system_prompt(messages, changes.system_prompt, changes.system_prompt_mode)
+    chat: dict[str, Any] = {"model": changes.model, "messages": messages}
+    if tools:
+        chat["tools"] = tools
+    return chat
 
 
 def with_system_prompt(

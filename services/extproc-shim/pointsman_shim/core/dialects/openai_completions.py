@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from pointsman.v1.classify import CachedAnswer
 from pointsman_shim.core.dialects import openai
-from pointsman_shim.core.dialects.base import BodyChanges, LLMRequest, Rendered, Upstream
+from pointsman_shim.core.dialects.base import BodyChanges, LLMRequest, Upstream
 from pointsman_shim.core.errors import RequestError
 
 
 class OpenAICompletions(openai.OpenAIDialect):
     name: str = "openai-completions"
     paths: tuple[str, ...] = ("/v1/completions",)
+    chat: bool = False
 
     def parse(self, raw: bytes, *, max_bytes: int) -> LLMRequest:
         request = openai.decode(self.name, raw, max_bytes=max_bytes)
@@ -23,12 +23,6 @@ class OpenAICompletions(openai.OpenAIDialect):
         """The model and ``body_set``; a system prompt has no place in a bare prompt."""
         body = openai.changed_body(request, changes)
         return openai.upstream(request, body)
-
-    def render_cached(
-        self, request: LLMRequest, answer: CachedAnswer, *, model: str, nonce: str, created: int
-    ) -> Rendered:
-        rid = f"cmpl-cache-{nonce}"
-        return openai.render(request, answer, chat=False, rid=rid, model=model, created=created)
 
 
 DIALECT = OpenAICompletions()

@@ -291,15 +291,9 @@ def _chat_body(
     *,
     stream: bool,
 ) -> dict[str, Any]:
-    messages = chat_messages(instructions, items)
-    if changes.system_prompt is not None:
-        messages = openai_chat.with_system_prompt(
-            messages, changes.system_prompt, changes.system_prompt_mode
-        )
-    chat: dict[str, Any] = {"model": changes.model, "messages": messages}
-    tools = body.get("tools")
-    if tools:
-        chat["tools"] = [_chat_tool(t) for t in tools]
+    messages = chat_messages(instructions, items)  # its errors first, then the tools'
+    tools = [_chat_tool(t) for t in body.get("tools") or ()]
+    chat = openai_chat.translated(messages, tools, changes)
     choice = body.get("tool_choice")
     if isinstance(choice, str):
         chat["tool_choice"] = choice
