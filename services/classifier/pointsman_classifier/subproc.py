@@ -195,7 +195,7 @@ def _load(cfg: ClassifierConfig, nice: int) -> Any:
     lowered, and it ends before the caller warms the engine up and starts the serving threads;
     those, and the thread pools the warm-up starts (torch's, the tokenizer's), keep the normal
     priority, without the privilege that raising a priority again would need. What the loading
-    thread started stays lowered and idle: tqdm's monitor, the thread pools of the libraries
+    thread started stays lowered and idle: the progress bar's monitor, the thread pools of the libraries
     imported meanwhile (SciPy's BLAS, for transformers' object-detection losses) and, with more
     than one torch thread, that thread's own OpenMP workers (each thread that starts a parallel
     region has its own). ``tests/integration/classifier`` checks that every thread that works
