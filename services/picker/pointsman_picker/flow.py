@@ -42,7 +42,7 @@ from pointsman.v1 import CompletionEvent, PickReply, PickRequest, PickStatus
 from pointsman_picker.config import FlowControlConfig
 from pointsman_picker.core import flow as core
 from pointsman_picker.core.plugins.latency import SLO_UNATTAINABLE
-from pointsman_picker.core.types import Request
+from pointsman_picker.core.types import Endpoint, Request
 from pointsman_picker.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,8 @@ class FlowControl:
         pool = req.pool
         tenant = core.tenant_of(pick.headers, cfg.tenant_header, cfg.default_tenant)
         wait_ms = min(cfg.ttl_ms, pick.max_wait_ms or 0.0)
-        busy = s.saturated(pool)
+        views = s.views(pool)  # built once: the saturation check and the schedule read them
+        busy = None if views is None else s.saturated(pool, views)
         slo_ms: float | None = None
         if cfg.slo_hold and wait_ms > 0 and busy is not None:
             slo_ms, best = s.best_ttft(pick)
@@ -165,7 +166,7 @@ class FlowControl:
         if busy is None or (not busy and not self._sizes.get(pool)) or wait_ms <= 0:
             # Unknown pool, or room and nobody waiting, or a shim that will not wait (it gets
             # the scheduler's answer: low priorities shed when saturated, as without flow).
-            return self._serve(pick, pool, tenant, req)
+            return self._serve(pick, pool, tenant, req, views)
         reason = core.admit(
             self._sizes.get(pool, 0), cfg.max_queued,
             self._tenant_sizes.get((pool, tenant), 0), cfg.max_queued_per_tenant,
@@ -223,7 +224,8 @@ class FlowControl:
         served = 0
         queues = self._queues.get(pool)
         while queues and self._sizes.get(pool):
-            if self._s.saturated(pool):
+            views = self._s.views(pool)
+            if views is not None and self._s.saturated(pool, views):
                 break
             heads = [core.Head(p, t, q[0].seq, len(q)) for (p, t), q in queues.items() if q]
             view = self.counters.view(pool, {h.tenant for h in heads})
@@ -242,7 +244,7 @@ class FlowControl:
             self._forget(waiter)
             if waiter.future.done():
                 continue
-            reply = self._serve(waiter.pick, pool, waiter.tenant)
+            reply = self._serve(waiter.pick, pool, waiter.tenant, views=views)
             waited = self._clock() - waiter.enqueued_at
             self._s.note_wait(waiter.pick.request_id, waited)
             waiter.future.set_result(reply)
@@ -273,9 +275,14 @@ class FlowControl:
     # --- internals -----------------------------------------------------------------------------
 
     def _serve(
-        self, pick: PickRequest, pool: str, tenant: str, req: Request | None = None
+        self,
+        pick: PickRequest,
+        pool: str,
+        tenant: str,
+        req: Request | None = None,
+        views: list[Endpoint] | None = None,
     ) -> PickReply:
-        reply = self._s.pick(pick, req)
+        reply = self._s.pick(pick, req, views)
         chosen = getattr(reply, "model", None)
         if chosen:  # the joint decision chose another model: charge its pool
             pool = self._s.config.adapters.get(chosen, chosen)
