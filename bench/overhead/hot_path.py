@@ -20,7 +20,7 @@ The baseline's ``services/picker``, ``services/extproc-shim`` and ``src`` come f
 order, with that tree first on ``PYTHONPATH``. Reports the mean and the p50 per request of each
 tree (the median over rounds of each round's figure) and the change.
 
-    python -m bench.overhead.hot_path [--baseline main] [--rounds 6] [--requests 4000]
+    python -m bench.overhead.hot_path [--baseline REF] [--rounds 8] [--requests 4000]
 
 Writes ``bench/results/overhead_hot_path.json`` (``--out``).
 """
@@ -85,7 +85,9 @@ async def _picker(requests: int) -> dict[str, float]:
             address=ENDPOINT[pool], healthy=True, scraped_at=time.time(), waiting=0, running=1,
             kv_usage=0.01,
         )  # fmt: skip
-        return routes.SNAPSHOTS.encode(PoolSnapshot(pool=pool, collector="c", published_at=time.time(), endpoints=[metrics]))
+        return routes.SNAPSHOTS.encode(
+            PoolSnapshot(pool=pool, collector="c", published_at=time.time(), endpoints=[metrics])
+        )
 
     def received(route: Any, data: bytes) -> Any:
         return Received(route.decode(data), None, {}, route.subject)
@@ -296,8 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench.overhead.hot_path", description=__doc__.split("\n\n")[0]
     )
-    p.add_argument("--baseline", default="main", help="git ref to compare with (default main)")
-    p.add_argument("--rounds", type=int, default=6, help="child runs per tree, alternating")
+    p.add_argument(
+        "--baseline",
+        help="git ref to compare with (default: where this branch left main, git merge-base)",
+    )
+    p.add_argument("--rounds", type=int, default=8, help="child runs per tree, alternating")
     p.add_argument("--requests", type=int, default=4000, help="measured requests per child")
     p.add_argument("--out", default="bench/results/overhead_hot_path.json")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -312,6 +317,11 @@ def main(argv: list[str] | None = None) -> int:
         _worker(args.requests, args.profile)
         return 0
 
+    if args.baseline is None:
+        args.baseline = subprocess.run(
+            ["git", "merge-base", "HEAD", "main"], cwd=ROOT, check=True, capture_output=True,
+            text=True,
+        ).stdout.strip()  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="hot-path-") as tmp:
         base = Path(tmp)
         commit = _export(args.baseline, base)
