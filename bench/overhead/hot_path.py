@@ -37,7 +37,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +143,24 @@ class _Bus:
         self._routes.CACHE_STORE.encode(message)
 
 
+class _Feed:
+    """Envoy's messages of one stream, as an iterator (an async generator left unfinished
+    would be finalised through the loop's self-pipe: a system call per stream that is not the
+    shim's)."""
+
+    def __init__(self, messages: list[Any]) -> None:
+        self._messages = iter(messages)
+
+    def __aiter__(self) -> _Feed:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return next(self._messages)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+
 async def _shim(requests: int) -> dict[str, dict[str, float]]:
     from envoy.config.core.v3 import base_pb2
     from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -210,11 +228,7 @@ async def _shim(requests: int) -> dict[str, dict[str, float]]:
         return [response, body]
 
     async def stream(messages: list[Any]) -> list[Any]:
-        async def feed() -> AsyncIterator[Any]:
-            for m in messages:
-                yield m
-
-        return [r async for r in processor.process(feed())]
+        return [r async for r in processor.process(_Feed(messages))]
 
     def timed(samples: list[float]) -> Callable[[float, bool], float]:
         def done(t: float, keep: bool) -> float:
