@@ -412,7 +412,7 @@ class Processor:
                 self._keep_turn(turn, llm, session, stream.tenant)
                 self.state.keep_response(decision.state, turn, stream.tenant)
             return [self._decided(stream, decision)]
-        metrics.SESSIONS.labels(session.source if session else "none").inc()
+        metrics.child(metrics.SESSIONS, session.source if session else "none").inc()
         if session is not None:
             decision.headers[h.SESSION] = session.source
         self._count(decision)
@@ -651,13 +651,13 @@ class Processor:
 
     def _count(self, decision: Answer | Passthrough | Route) -> None:
         for service in decision.fail_open:
-            metrics.FAIL_OPEN.labels(service).inc()
+            metrics.child(metrics.FAIL_OPEN, service).inc()
         if isinstance(decision, Answer) and decision.reason:
             metrics.REJECTIONS.labels(decision.reason, str(decision.status)).inc()
         if decision.outcome is not None:
-            metrics.REQUESTS.labels(decision.outcome).inc()
+            metrics.child(metrics.REQUESTS, decision.outcome).inc()
         if isinstance(decision, Route) and decision.endpoints:
-            metrics.PICKS.labels(decision.model, decision.endpoints[0]).inc()
+            metrics.child(metrics.PICKS, decision.model, decision.endpoints[0]).inc()
 
     async def _ask(self, service: str, span: Span, call: Awaitable[T]) -> T | Unavailable:
         """One bus request to ``service``, timed (``pointsman_shim_bus_seconds``); a bus that
@@ -672,7 +672,7 @@ class Processor:
             span.set_attribute("pointsman.bus_failure", exc.kind)
             return self._bus_failed(exc.service, exc.kind)
         finally:
-            metrics.BUS_SECONDS.labels(service).observe(time.perf_counter() - started)
+            metrics.child(metrics.BUS_SECONDS, service).observe(time.perf_counter() - started)
 
     def _bus_failed(self, service: str, kind: str) -> Unavailable:
         metrics.BUS_FAILURES.labels(service, kind).inc()
@@ -795,7 +795,7 @@ class Processor:
         if not stream.observer:
             stream.observer = True
             self._adopt_context(stream, request)
-            metrics.OBSERVED.labels("true" if stream.routed is not None else "false").inc()
+            metrics.child(metrics.OBSERVED, "true" if stream.routed is not None else "false").inc()
         if stream.routed is None or stream.done:
             return  # not a request the shim routed (non-LLM path, immediate answer)
         if which == "response_headers":
@@ -844,14 +844,16 @@ class Processor:
         usage = stream.reader.finish() if stream.reader is not None else None
         status_class = f"{stream.status // 100}xx" if stream.status else "none"
         flag = "true" if stream.stream_flag else "false"
-        metrics.COMPLETIONS.labels(routed.model, status_class, flag).inc()
+        metrics.child(metrics.COMPLETIONS, routed.model, status_class, flag).inc()
         if usage is not None:
             if usage.prompt_tokens is not None:
-                metrics.TOKENS.labels(routed.model, "prompt").inc(usage.prompt_tokens)
+                metrics.child(metrics.TOKENS, routed.model, "prompt").inc(usage.prompt_tokens)
             if usage.completion_tokens is not None:
-                metrics.TOKENS.labels(routed.model, "completion").inc(usage.completion_tokens)
+                metrics.child(metrics.TOKENS, routed.model, "completion").inc(
+                    usage.completion_tokens
+                )
         elif 200 <= stream.status < 300:
-            metrics.USAGE_MISSING.labels(routed.model, flag).inc()
+            metrics.child(metrics.USAGE_MISSING, routed.model, flag).inc()
         if stream.cache_fill is not None and stream.cache_token is not None:
             filled = stream.cache_fill.finish()
             stream.cache_fill = None

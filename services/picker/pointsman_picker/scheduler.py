@@ -103,7 +103,8 @@ class Scheduler:
 
     def on_snapshot(self, snap: PoolSnapshot) -> None:
         self.store.apply(snap, self._clock())
-        self.telemetry.snapshots.labels(snap.pool).inc()
+        t = self.telemetry
+        t.child(t.snapshots, snap.pool).inc()
 
     def on_completion(self, event: CompletionEvent) -> None:
         now = self._clock()
@@ -330,7 +331,8 @@ class Scheduler:
                 apply_update(u, self.in_flight, self.affinity)
             self.sink(decision.updates)
         if decision.status is PickStatus.OK:
-            self.telemetry.picks.labels(pool, decision.endpoints[0]).inc()
+            t = self.telemetry
+            t.child(t.picks, pool, decision.endpoints[0]).inc()
             if self.latency is not None:
                 self._track(req, decision.endpoints[0], outcome)
         elif decision.status is PickStatus.SHED:
@@ -416,7 +418,8 @@ class Scheduler:
         return reply
 
     def _reply(self, pool: str, d: Decision) -> PickReply:
-        self.telemetry.decisions.labels(pool, d.status.value).inc()
+        t = self.telemetry
+        t.child(t.decisions, pool, d.status.value).inc()
         return PickReply(
             status=d.status,
             endpoints=d.endpoints,
