@@ -131,6 +131,8 @@ class FlowControl:
         self._tenant_sizes: dict[tuple[str, str], int] = {}
         self._last_served: dict[str, float] = {}
         self._charged: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
+        #: Set when a request joins a queue: :func:`tick` sleeps on it while nobody waits.
+        self._joined = asyncio.Event()
 
     # --- the pick path ---------------------------------------------------------------------
 
@@ -184,6 +186,7 @@ class FlowControl:
         self._queues.setdefault(pool, {}).setdefault((req.priority, tenant), deque()).append(waiter)
         self._sizes[pool] = self._sizes.get(pool, 0) + 1
         self._tenant_sizes[(pool, tenant)] = self._tenant_sizes.get((pool, tenant), 0) + 1
+        self._joined.set()
         self.metrics.enqueued.labels(pool, str(req.priority)).inc()
         self.metrics.queued.labels(pool).set(self._sizes[pool])
         self.dispatch(pool)
@@ -216,6 +219,12 @@ class FlowControl:
 
     def queued(self, pool: str) -> int:
         return self._sizes.get(pool, 0)
+
+    async def someone_waits(self) -> None:
+        """Return once a request waits in some queue (at once while one does)."""
+        while not any(self._sizes.values()):
+            self._joined.clear()
+            await self._joined.wait()
 
     # --- capacity frees ----------------------------------------------------------------------
 
@@ -388,8 +397,10 @@ class CounterSync:
 
 async def tick(flow: FlowControl, interval_s: float) -> None:
     """Dispatch on a timer too: in-flight state from other replicas and counters from Redis
-    change without a snapshot or completion of ours."""
+    change without a snapshot or completion of ours. Asleep while nobody waits (there is
+    nothing to dispatch then): no wake-up every interval on an idle picker."""
     while True:
+        await flow.someone_waits()
         await asyncio.sleep(interval_s)
         try:
             flow.dispatch_all()
