@@ -104,7 +104,7 @@ class Children:
             found = metric.labels(*values)
             if len(self._found) < self._limit:
                 self._found[key] = found
-        return found  # type: ignore[no-any-return]
+        return found
 
 
 class OpsServer:
