@@ -16,11 +16,13 @@ work does not count:
   the completion event.
 
 The baseline's ``services/picker``, ``services/extproc-shim`` and ``src`` come from ``git archive
-<ref>`` into a temporary directory; each round runs one child process per tree, in alternating
-order, with that tree first on ``PYTHONPATH``. Reports the mean and the p50 per request of each
-tree (the median over rounds of each round's figure) and the change.
+<ref>`` into a temporary directory (``--this REF`` measures a commit the same way instead of the
+working tree, for one change of a series); each round runs one child process per tree, in
+alternating order, with that tree first on ``PYTHONPATH`` (the workloads, this module, are the
+working tree's). Reports the mean and the p50 per request of each tree (the median over rounds
+of each round's figure) and the change.
 
-    python -m bench.overhead.hot_path [--baseline REF] [--rounds 8] [--requests 4000]
+    python -m bench.overhead.hot_path [--baseline REF] [--this REF] [--rounds 8] [--requests 4000]
 
 Writes ``bench/results/overhead_hot_path.json`` (``--out``).
 """
@@ -284,11 +286,15 @@ def _worker(requests: int, profile: str | None) -> None:
 # --- the driver ------------------------------------------------------------------------------
 
 
+def _git(*argv: str) -> str:
+    out = subprocess.run(["git", *argv], cwd=ROOT, check=True, capture_output=True, text=True)
+    return out.stdout.strip()
+
+
 def _export(ref: str, into: Path) -> str:
-    """``ref``'s service trees under ``into``; its commit id."""
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", ref], cwd=ROOT, check=True, capture_output=True, text=True
-    ).stdout.strip()
+    """``ref``'s service trees under ``into``; its short commit id."""
+    commit = _git("rev-parse", "--short", ref)
+    into.mkdir(parents=True)
     archive = into / "tree.tar"
     with archive.open("wb") as f:
         subprocess.run(["git", "archive", commit, *TREES], cwd=ROOT, check=True, stdout=f)
@@ -316,6 +322,10 @@ def main(argv: list[str] | None = None) -> int:
         "--baseline",
         help="git ref to compare with (default: where this branch left main, git merge-base)",
     )
+    p.add_argument(
+        "--this",
+        help="git ref to measure instead of the working tree (e.g. one commit of a series)",
+    )
     p.add_argument("--rounds", type=int, default=8, help="child runs per tree, alternating")
     p.add_argument("--requests", type=int, default=4000, help="measured requests per child")
     p.add_argument("--out", default="bench/results/overhead_hot_path.json")
@@ -332,14 +342,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.baseline is None:
-        args.baseline = subprocess.run(
-            ["git", "merge-base", "HEAD", "main"], cwd=ROOT, check=True, capture_output=True,
-            text=True,
-        ).stdout.strip()  # fmt: skip
+        args.baseline = _git("merge-base", "HEAD", "main")
     with tempfile.TemporaryDirectory(prefix="hot-path-") as tmp:
-        base = Path(tmp)
-        commit = _export(args.baseline, base)
-        trees = {f"baseline {commit}": base, "this tree": ROOT}
+        trees = {f"baseline {_export(args.baseline, Path(tmp, 'base'))}": Path(tmp, "base")}
+        if args.this is None:
+            trees["this tree"] = ROOT
+        else:
+            trees[_export(args.this, Path(tmp, "this"))] = Path(tmp, "this")
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
         for r in range(args.rounds):
             order = list(trees) if r % 2 == 0 else list(reversed(trees))
@@ -354,13 +363,14 @@ def main(argv: list[str] | None = None) -> int:
             for w in WORKLOADS
         }
     base_name, this = list(trees)
-    print(f"{'workload':<15} {'CPU us/request: mean (p50)':>28} {'this tree':>18} {'change':>16}")
+    print(f"CPU us per request, mean / p50 (median of {args.rounds} rounds)")
+    print(f"{'workload':<15} {base_name:>20} {this:>20} {'change':>22}")
     for w in WORKLOADS:
         b, t = summary[base_name][w], summary[this][w]
-        change = t["mean_us"] - b["mean_us"]
+        dm, dp = t["mean_us"] - b["mean_us"], t["p50_us"] - b["p50_us"]
         print(
-            f"{w:<15} {base_name:>14} {b['mean_us']:6.1f} ({b['p50_us']:5.1f}) "
-            f"{t['mean_us']:9.1f} ({t['p50_us']:5.1f}) {change:+8.1f} ({change / b['mean_us']:+.0%})"
+            f"{w:<15} {b['mean_us']:11.1f} / {b['p50_us']:5.1f} {t['mean_us']:11.1f} / "
+            f"{t['p50_us']:5.1f} {dm:+8.1f} / {dp:+5.1f} ({dm / b['mean_us']:+.0%})"
         )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -368,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps(
             {
                 "baseline": args.baseline,
+                "this": args.this or "working tree",
                 "rounds": args.rounds,
                 "requests": args.requests,
                 "cpus": os.cpu_count(),
