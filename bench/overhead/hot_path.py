@@ -286,18 +286,19 @@ def _worker(requests: int, profile: str | None) -> None:
 # --- the driver ------------------------------------------------------------------------------
 
 
-def _git(*argv: str) -> str:
+def git(*argv: str) -> str:
+    """``git argv...``'s output in this repository."""
     out = subprocess.run(["git", *argv], cwd=ROOT, check=True, capture_output=True, text=True)
     return out.stdout.strip()
 
 
-def _export(ref: str, into: Path) -> str:
-    """``ref``'s service trees under ``into``; its short commit id."""
-    commit = _git("rev-parse", "--short", ref)
+def export(ref: str, into: Path, paths: tuple[str, ...] = TREES) -> str:
+    """``ref``'s ``paths`` under ``into``; its short commit id."""
+    commit = git("rev-parse", "--short", ref)
     into.mkdir(parents=True)
     archive = into / "tree.tar"
     with archive.open("wb") as f:
-        subprocess.run(["git", "archive", commit, *TREES], cwd=ROOT, check=True, stdout=f)
+        subprocess.run(["git", "archive", commit, *paths], cwd=ROOT, check=True, stdout=f)
     with tarfile.open(archive) as tar:
         tar.extractall(into, filter="data")
     return commit
@@ -342,13 +343,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.baseline is None:
-        args.baseline = _git("merge-base", "HEAD", "main")
+        args.baseline = git("merge-base", "HEAD", "main")
     with tempfile.TemporaryDirectory(prefix="hot-path-") as tmp:
-        trees = {f"baseline {_export(args.baseline, Path(tmp, 'base'))}": Path(tmp, "base")}
+        trees = {f"baseline {export(args.baseline, Path(tmp, 'base'))}": Path(tmp, "base")}
         if args.this is None:
             trees["this tree"] = ROOT
         else:
-            trees[_export(args.this, Path(tmp, "this"))] = Path(tmp, "this")
+            trees[export(args.this, Path(tmp, "this"))] = Path(tmp, "this")
         rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
         for r in range(args.rounds):
             order = list(trees) if r % 2 == 0 else list(reversed(trees))
