@@ -10,8 +10,9 @@ A pick request from a shim that is willing to wait (``max_wait_ms``, the shim's
   unless the pool's or the tenant's queue is full (answered ``shed``, reason ``queue_full`` or
   ``tenant_queue_full``: the shim's 429);
 * it is dispatched by :meth:`FlowControl.dispatch` when capacity frees: a new metrics snapshot
-  of the pool, a completion event, or the periodic tick (``sync_interval_ms``) finds the pool
-  unsaturated; the next request is chosen by :func:`core.flow.next_head` (band, counter, age);
+  of the pool, a completion event, or the periodic tick (every ``sync_interval_ms`` while
+  requests wait) finds the pool unsaturated; the next request is chosen by
+  :func:`core.flow.next_head` (band, counter, age);
 * one that waited ``min(ttl_ms, max_wait_ms)`` leaves with ``dropped`` / ``ttl_expired`` (503).
 
 **Several replicas.** The queues are per picker replica (a request waits in the replica that
