@@ -81,7 +81,7 @@ def request_headers(
     if mode is not None:
         out.mode_override.CopyFrom(mode)
     if metadata:
-        out.dynamic_metadata.CopyFrom(struct(metadata))
+        _fill(out.dynamic_metadata, metadata)
     return out
 
 
@@ -92,7 +92,7 @@ def request_body(
 ) -> pb.ProcessingResponse:
     out = pb.ProcessingResponse(request_body=pb.BodyResponse(response=response))
     if metadata:
-        out.dynamic_metadata.CopyFrom(struct(metadata))
+        _fill(out.dynamic_metadata, metadata)
     return out
 
 
@@ -148,8 +148,38 @@ def immediate(
 
 def struct(data: Mapping[str, Any]) -> struct_pb2.Struct:
     s = struct_pb2.Struct()
-    s.update(data)
+    _fill(s, data)
     return s
+
+
+def _fill(target: struct_pb2.Struct, data: Mapping[str, Any]) -> None:
+    """``target.update(data)`` on an empty ``target``, without the protobuf library's generic
+    walk (a few microseconds less per decision's metadata); the same types, the same values."""
+    fields = target.fields
+    for key, value in data.items():
+        _set(fields[key], value)
+
+
+def _set(target: struct_pb2.Value, value: Any) -> None:
+    if isinstance(value, str):
+        target.string_value = value
+    elif value is None:
+        target.null_value = 0  # type: ignore[assignment]
+    elif isinstance(value, bool):  # before the numbers: a bool is an int
+        target.bool_value = value
+    elif isinstance(value, (int, float)):
+        target.number_value = value
+    elif isinstance(value, Mapping):
+        nested = target.struct_value
+        nested.Clear()  # present even when empty
+        _fill(nested, value)
+    elif isinstance(value, (list, tuple)):
+        items = target.list_value
+        items.Clear()  # present even when empty
+        for item in value:
+            _set(items.values.add(), item)
+    else:
+        raise ValueError(f"unexpected type in metadata: {type(value).__name__}")
 
 
 def metadata_namespace(request: pb.ProcessingRequest, namespace: str) -> struct_pb2.Struct | None:

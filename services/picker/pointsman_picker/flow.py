@@ -10,8 +10,9 @@ A pick request from a shim that is willing to wait (``max_wait_ms``, the shim's
   unless the pool's or the tenant's queue is full (answered ``shed``, reason ``queue_full`` or
   ``tenant_queue_full``: the shim's 429);
 * it is dispatched by :meth:`FlowControl.dispatch` when capacity frees: a new metrics snapshot
-  of the pool, a completion event, or the periodic tick (``sync_interval_ms``) finds the pool
-  unsaturated; the next request is chosen by :func:`core.flow.next_head` (band, counter, age);
+  of the pool, a completion event, or the periodic tick (every ``sync_interval_ms`` while
+  requests wait) finds the pool unsaturated; the next request is chosen by
+  :func:`core.flow.next_head` (band, counter, age);
 * one that waited ``min(ttl_ms, max_wait_ms)`` leaves with ``dropped`` / ``ttl_expired`` (503).
 
 **Several replicas.** The queues are per picker replica (a request waits in the replica that
@@ -42,7 +43,7 @@ from pointsman.v1 import CompletionEvent, PickReply, PickRequest, PickStatus
 from pointsman_picker.config import FlowControlConfig
 from pointsman_picker.core import flow as core
 from pointsman_picker.core.plugins.latency import SLO_UNATTAINABLE
-from pointsman_picker.core.types import Request
+from pointsman_picker.core.types import Endpoint, Request
 from pointsman_picker.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,8 @@ class FlowControl:
         self._tenant_sizes: dict[tuple[str, str], int] = {}
         self._last_served: dict[str, float] = {}
         self._charged: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
+        #: Set when a request joins a queue: :func:`tick` sleeps on it while nobody waits.
+        self._joined = asyncio.Event()
 
     # --- the pick path ---------------------------------------------------------------------
 
@@ -144,7 +147,8 @@ class FlowControl:
         pool = req.pool
         tenant = core.tenant_of(pick.headers, cfg.tenant_header, cfg.default_tenant)
         wait_ms = min(cfg.ttl_ms, pick.max_wait_ms or 0.0)
-        busy = s.saturated(pool)
+        views = s.views(pool)  # built once: the saturation check and the schedule read them
+        busy = None if views is None else s.saturated(pool, views)
         slo_ms: float | None = None
         if cfg.slo_hold and wait_ms > 0 and busy is not None:
             slo_ms, best = s.best_ttft(pick)
@@ -165,7 +169,7 @@ class FlowControl:
         if busy is None or (not busy and not self._sizes.get(pool)) or wait_ms <= 0:
             # Unknown pool, or room and nobody waiting, or a shim that will not wait (it gets
             # the scheduler's answer: low priorities shed when saturated, as without flow).
-            return self._serve(pick, pool, tenant, req)
+            return self._serve(pick, pool, tenant, req, views)
         reason = core.admit(
             self._sizes.get(pool, 0), cfg.max_queued,
             self._tenant_sizes.get((pool, tenant), 0), cfg.max_queued_per_tenant,
@@ -183,6 +187,7 @@ class FlowControl:
         self._queues.setdefault(pool, {}).setdefault((req.priority, tenant), deque()).append(waiter)
         self._sizes[pool] = self._sizes.get(pool, 0) + 1
         self._tenant_sizes[(pool, tenant)] = self._tenant_sizes.get((pool, tenant), 0) + 1
+        self._joined.set()
         self.metrics.enqueued.labels(pool, str(req.priority)).inc()
         self.metrics.queued.labels(pool).set(self._sizes[pool])
         self.dispatch(pool)
@@ -216,6 +221,12 @@ class FlowControl:
     def queued(self, pool: str) -> int:
         return self._sizes.get(pool, 0)
 
+    async def someone_waits(self) -> None:
+        """Return once a request waits in some queue (at once while one does)."""
+        while not any(self._sizes.values()):
+            self._joined.clear()
+            await self._joined.wait()
+
     # --- capacity frees ----------------------------------------------------------------------
 
     def dispatch(self, pool: str) -> int:
@@ -223,7 +234,8 @@ class FlowControl:
         served = 0
         queues = self._queues.get(pool)
         while queues and self._sizes.get(pool):
-            if self._s.saturated(pool):
+            views = self._s.views(pool)
+            if views is not None and self._s.saturated(pool, views):
                 break
             heads = [core.Head(p, t, q[0].seq, len(q)) for (p, t), q in queues.items() if q]
             view = self.counters.view(pool, {h.tenant for h in heads})
@@ -242,7 +254,7 @@ class FlowControl:
             self._forget(waiter)
             if waiter.future.done():
                 continue
-            reply = self._serve(waiter.pick, pool, waiter.tenant)
+            reply = self._serve(waiter.pick, pool, waiter.tenant, views=views)
             waited = self._clock() - waiter.enqueued_at
             self._s.note_wait(waiter.pick.request_id, waited)
             waiter.future.set_result(reply)
@@ -273,9 +285,14 @@ class FlowControl:
     # --- internals -----------------------------------------------------------------------------
 
     def _serve(
-        self, pick: PickRequest, pool: str, tenant: str, req: Request | None = None
+        self,
+        pick: PickRequest,
+        pool: str,
+        tenant: str,
+        req: Request | None = None,
+        views: list[Endpoint] | None = None,
     ) -> PickReply:
-        reply = self._s.pick(pick, req)
+        reply = self._s.pick(pick, req, views)
         chosen = getattr(reply, "model", None)
         if chosen:  # the joint decision chose another model: charge its pool
             pool = self._s.config.adapters.get(chosen, chosen)
@@ -381,8 +398,10 @@ class CounterSync:
 
 async def tick(flow: FlowControl, interval_s: float) -> None:
     """Dispatch on a timer too: in-flight state from other replicas and counters from Redis
-    change without a snapshot or completion of ours."""
+    change without a snapshot or completion of ours. Asleep while nobody waits (there is
+    nothing to dispatch then): no wake-up every interval on an idle picker."""
     while True:
+        await flow.someone_waits()
         await asyncio.sleep(interval_s)
         try:
             flow.dispatch_all()

@@ -103,7 +103,8 @@ class Scheduler:
 
     def on_snapshot(self, snap: PoolSnapshot) -> None:
         self.store.apply(snap, self._clock())
-        self.telemetry.snapshots.labels(snap.pool).inc()
+        t = self.telemetry
+        t.child(t.snapshots, snap.pool).inc()
 
     def on_completion(self, event: CompletionEvent) -> None:
         now = self._clock()
@@ -166,16 +167,25 @@ class Scheduler:
         """The core's view of a pick request: pool, adapter, priority."""
         return self._request(pick)
 
-    def saturated(self, pool: str) -> bool | None:
+    def views(self, pool: str) -> list[Endpoint] | None:
+        """The endpoints of ``pool`` as the core sees them now (``None``: an unknown pool), to
+        hand to :meth:`saturated` and then to :meth:`pick` of a request of that pool, so one
+        decision builds them once. Valid until the state changes (a decision, a completion,
+        a snapshot)."""
+        metrics = self.store.metrics(pool)
+        return None if metrics is None else self._views(pool, metrics)
+
+    def saturated(self, pool: str, views: list[Endpoint] | None = None) -> bool | None:
         """Whether every usable endpoint of ``pool`` is over a saturation threshold (counting
         the assignments made since its scrape); ``None`` for an unknown pool, ``False`` when no
-        endpoint is usable at all (the pick answers that at once; waiting would not help)."""
-        metrics = self.store.metrics(pool)
-        if metrics is None:
-            return None
+        endpoint is usable at all (the pick answers that at once; waiting would not help).
+        ``views``: the pool's :meth:`views`, when the caller has them."""
+        if views is None:
+            views = self.views(pool)
+            if views is None:
+                return None
         now = self._clock()
         plan = self.plans.for_pool(pool)
-        views = self._views(pool, metrics)
         if not any(usable(v, now, plan.stale_after_s) for v in views):
             return False
         return saturated(views, now, plan, self._in_flight_of(pool))
@@ -184,14 +194,17 @@ class Scheduler:
         count = self.in_flight.count
         return lambda address: count(pool, address)
 
-    def pick(self, pick: PickRequest, req: Request | None = None) -> PickReply:
-        """The decision for ``pick``; ``req``: its :meth:`request`, when the caller has it."""
+    def pick(
+        self, pick: PickRequest, req: Request | None = None, views: list[Endpoint] | None = None
+    ) -> PickReply:
+        """The decision for ``pick``; ``req``: its :meth:`request`, ``views``: its pool's
+        :meth:`views` since which nothing changed, when the caller has them."""
         now = self._clock()
         if req is None:
             req = self._request(pick)
         if pick.candidates and len(pick.candidates) > 1:
             return self._pick_joint(pick, req, now)
-        outcome = self._schedule(req, now)
+        outcome = self._schedule(req, now, views=views)
         if outcome is None:
             return self._reply(
                 req.pool,
@@ -222,16 +235,25 @@ class Scheduler:
             for m in metrics
         ]
 
-    def _schedule(self, req: Request, now: float, *, weigh: bool = False) -> _Outcome | None:
+    def _schedule(
+        self,
+        req: Request,
+        now: float,
+        *,
+        weigh: bool = False,
+        views: list[Endpoint] | None = None,
+    ) -> _Outcome | None:
         """The decision in ``req``'s pool, nothing remembered yet; ``None``: no such pool.
-        The flag says whether the pool is saturated (worked out only when ``weigh``: a joint decision)."""
+        The flag says whether the pool is saturated (worked out only when ``weigh``: a joint decision).
+        ``views``: the pool's :meth:`views`, when the caller has them (used when a metric is fresh)."""
         metrics = self.store.metrics(req.pool)
         if metrics is None:
             return None
         pool = req.pool
         pending = self.in_flight.pending
         if any(m.healthy and now - m.scraped_at <= self._stale_after_s for m in metrics):
-            views = self._views(pool, metrics)
+            if views is None:
+                views = self._views(pool, metrics)
         else:
             # No fresh metrics at all (the collectors are gone, or cannot reach the pool): serve
             # from the last known healthy endpoints, scored only on what is still true.
@@ -309,7 +331,8 @@ class Scheduler:
                 apply_update(u, self.in_flight, self.affinity)
             self.sink(decision.updates)
         if decision.status is PickStatus.OK:
-            self.telemetry.picks.labels(pool, decision.endpoints[0]).inc()
+            t = self.telemetry
+            t.child(t.picks, pool, decision.endpoints[0]).inc()
             if self.latency is not None:
                 self._track(req, decision.endpoints[0], outcome)
         elif decision.status is PickStatus.SHED:
@@ -395,7 +418,8 @@ class Scheduler:
         return reply
 
     def _reply(self, pool: str, d: Decision) -> PickReply:
-        self.telemetry.decisions.labels(pool, d.status.value).inc()
+        t = self.telemetry
+        t.child(t.decisions, pool, d.status.value).inc()
         return PickReply(
             status=d.status,
             endpoints=d.endpoints,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from pointsman.runtime import Children
+
 _LATENCY_BUCKETS = (
     0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003,
     0.005, 0.01, 0.025, 0.05, 0.1,
@@ -52,6 +54,9 @@ class FlowMetrics:
 class Telemetry:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        #: ``child(metric, *labels)``: ``metric.labels(*labels)`` without its per-call cost, for
+        #: the children every pick touches.
+        self.child = Children()
         r = self.registry
         self.picks = Counter(
             "pointsman_picker_picks", "Requests routed, by chosen endpoint.",

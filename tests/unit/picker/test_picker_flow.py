@@ -8,12 +8,13 @@ import time
 
 import pytest
 
+from pointsman.runtime import cancel_and_wait
 from pointsman.v1 import CompletionEvent, EndpointMetrics, PickRequest, PickStatus, PoolSnapshot
 from pointsman_picker.config import FlowControlConfig, PickerConfig
 from pointsman_picker.core import flow
 from pointsman_picker.core.flow import Head, Weights
 from pointsman_picker.core.latency import LatencySample, features
-from pointsman_picker.flow import Counters, FlowControl, Waiter
+from pointsman_picker.flow import Counters, FlowControl, Waiter, tick
 from pointsman_picker.scheduler import Scheduler
 from pointsman_picker.telemetry import Telemetry
 
@@ -415,3 +416,35 @@ async def test_slo_hold_serves_an_idle_endpoint_whatever_the_prediction() -> Non
     assert not isinstance(probe, Waiter) and probe.status is PickStatus.OK
     held = fc.try_pick(_slo_pick("held", 600))  # the endpoint now has one in flight
     assert isinstance(held, Waiter)
+
+
+async def test_the_tick_sleeps_until_a_request_waits_then_dispatches_it() -> None:
+    """Nothing queued: the tick waits for a request to join a queue (no wake-up every
+    interval); one that joins is dispatched by the tick once the pool has room, without a
+    snapshot or completion of ours (here: another replica's assignment released)."""
+    s, fc = _flow()
+    s.on_snapshot(_snapshot(0))
+    ticks = 0
+    real_dispatch_all = fc.dispatch_all
+
+    def counted() -> int:
+        nonlocal ticks
+        ticks += 1
+        return real_dispatch_all()
+
+    fc.dispatch_all = counted  # type: ignore[method-assign]
+    task = asyncio.create_task(tick(fc, 0.001))
+    try:
+        await asyncio.sleep(0.05)  # fifty intervals
+        assert ticks == 0  # nobody waits: the tick has not run
+        for i in range(5):  # fill the endpoint (other replicas' assignments, shared state)
+            s.in_flight.add(f"other{i}", "m", "10.0.0.1:8000", time.time())
+        waiter = fc.try_pick(_pick("w", "t"))
+        assert isinstance(waiter, Waiter) and not waiter.future.done()
+        s.in_flight.release("other0")
+        async with asyncio.timeout(5):
+            reply = await waiter.future
+        assert reply.status is PickStatus.OK and ticks >= 1
+        assert fc.queued("m") == 0
+    finally:
+        await cancel_and_wait([task])
