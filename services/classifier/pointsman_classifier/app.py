@@ -30,9 +30,9 @@ from pointsman_classifier.subproc import EngineDied, load_engine
 
 log = logging.getLogger("pointsman_classifier")
 
-#: How much lower the spare engine's loading runs (``subproc._load``): loaded while the other
-#: engines serve, it must not take their CPU. A restart of a lane with no spare left is urgent
-#: and loads at the normal priority.
+#: How much lower the spare engine's loading runs on a CPU (``subproc._load``): loaded while
+#: the other engines serve, it must not take their cores. A restart of a lane with no spare left
+#: is urgent and loads at the normal priority.
 SPARE_LOAD_NICE = 10
 
 
@@ -197,9 +197,12 @@ class ClassifierApp:
             await self._load_spare()
 
     async def _load_spare(self) -> None:
+        # On a GPU the host's cores are not what the serving engine waits for, and the engine is
+        # built on the process's main thread as every other one (its CUDA graphs included).
+        on_cpu = _device_type(self._engines["main"]) == "cpu"
         spare = await retry(
             "the spare engine",
-            functools.partial(_load, self._lane_config("main"), SPARE_LOAD_NICE),
+            functools.partial(_load, self._lane_config("main"), SPARE_LOAD_NICE if on_cpu else 0),
             max_delay=30,
         )
         with self._swap:
