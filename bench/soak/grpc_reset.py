@@ -26,7 +26,7 @@ import grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pbg
 
-from bench.soak.__main__ import rss_kib
+from bench.common.proc import rss_kib
 
 
 class _Observer(pbg.ExternalProcessorServicer):  # type: ignore[misc]
