@@ -304,15 +304,18 @@ def export(ref: str, into: Path, paths: tuple[str, ...] = TREES) -> str:
     return commit
 
 
-def _run_child(tree: Path, requests: int) -> dict[str, Any]:
-    paths = [str(tree / "src"), str(tree / "services/picker"), str(tree / "services/extproc-shim")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*paths, str(ROOT)])}
+def run_worker(module: str, tree: Path | None, *argv: str) -> Any:
+    """``python -m module --worker argv...`` on ``tree``'s sources (its ``src`` and each service
+    it has; ``None``: the installed ones): what its last line prints, as JSON."""
+    env = dict(os.environ)
+    if tree is not None:
+        services = [str(d) for d in sorted((tree / "services").iterdir()) if d.is_dir()]
+        env["PYTHONPATH"] = os.pathsep.join([str(tree / "src"), *services, str(ROOT)])
     out = subprocess.run(
-        [sys.executable, "-m", "bench.overhead.hot_path", "--worker", "--requests", str(requests)],
+        [sys.executable, "-m", module, "--worker", *argv],
         cwd=ROOT, env=env, check=True, capture_output=True, text=True,
     )  # fmt: skip
-    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -354,7 +357,11 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.rounds):
             order = list(trees) if r % 2 == 0 else list(reversed(trees))
             for name in order:
-                rounds[name].append(_run_child(trees[name], args.requests))
+                rounds[name].append(
+                    run_worker(
+                        "bench.overhead.hot_path", trees[name], "--requests", str(args.requests)
+                    )
+                )
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
 
     summary: dict[str, dict[str, dict[str, float]]] = {}

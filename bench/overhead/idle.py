@@ -19,14 +19,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.overhead.hot_path import ROOT, export, git
+from bench.overhead.hot_path import export, git, run_worker
 
 SERVICES = ("picker", "shim", "collector", "nats-server")
 TREES = ("src", "services")
@@ -44,19 +43,6 @@ def _measure(seconds: float) -> dict[str, float]:
         before = {n: cpu_seconds(pid) for n, pid in pids.items()}
         time.sleep(seconds)
         return {n: (cpu_seconds(pid) - before[n]) / seconds * 1000 for n, pid in pids.items()}
-
-
-def _run_child(tree: Path | None, seconds: float) -> dict[str, float]:
-    env = dict(os.environ)
-    if tree is not None:
-        services = [str(p) for p in sorted((tree / "services").iterdir()) if p.is_dir()]
-        env["PYTHONPATH"] = os.pathsep.join([str(tree / "src"), *services, str(ROOT)])
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.overhead.idle", "--worker", "--seconds", str(seconds)],
-        cwd=ROOT, env=env, check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         rounds: dict[str, list[dict[str, float]]] = {n: [] for n in trees}
         for r in range(args.rounds):
             for n in list(trees) if r % 2 == 0 else list(reversed(trees)):
-                rounds[n].append(_run_child(trees[n], args.seconds))
+                rounds[n].append(
+                    run_worker("bench.overhead.idle", trees[n], "--seconds", str(args.seconds))
+                )
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     summary = {
         n: {s: statistics.median(run.get(s, 0.0) for run in runs) for s in SERVICES}
