@@ -163,6 +163,32 @@ def test_health_endpoints(classifier: int) -> None:
     assert procs.http_ok(f"http://127.0.0.1:{classifier}/readyz")
 
 
+#: A long document (about 10,000 characters once tripled: read in windows, on the long lane).
+REPORT = Path(__file__).parents[1] / "e2e" / "data" / "quarterly_report.txt"
+
+
+async def _answer_order_of_a_document_then_a_greeting(nats_url: str) -> list[str]:
+    """Send a long document, then 50 ms later (the document is in an engine first) a greeting;
+    both must be answered without error. Which was answered first: ``short`` or ``long``."""
+    nc = await nats.connect(nats_url)
+    order: list[str] = []
+    try:
+
+        async def send(name: str, text: str) -> ClassifyReply:
+            msg = await nc.request(CLASSIFY, encode(chat(text, rid=name)), timeout=60)
+            order.append(name)
+            return decode(msg.data, ClassifyReply)
+
+        long = asyncio.create_task(send("long", "Summarise this:\n" + REPORT.read_text() * 3))
+        await asyncio.sleep(0.05)
+        short = await send("short", "Hi, how are you?")
+        long_reply = await long
+    finally:
+        await nc.close()
+    assert short.error is None and long_reply.error is None
+    return order
+
+
 async def test_a_short_prompt_does_not_wait_behind_a_long_document(
     nats_url: str, classifier: int
 ) -> None:
@@ -175,24 +201,7 @@ async def test_a_short_prompt_does_not_wait_behind_a_long_document(
         return "pointsman_classifier_lanes 2.0" in text
 
     await asyncio.to_thread(procs.wait_until, lanes, 180, "the long lane")
-    report = (Path(__file__).parents[1] / "e2e" / "data" / "quarterly_report.txt").read_text()
-    nc = await nats.connect(nats_url)
-    order: list[str] = []
-    try:
-
-        async def send(name: str, text: str) -> ClassifyReply:
-            msg = await nc.request(CLASSIFY, encode(chat(text, rid=name)), timeout=60)
-            order.append(name)
-            return decode(msg.data, ClassifyReply)
-
-        long = asyncio.create_task(send("long", "Summarise this:\n" + report * 3))
-        await asyncio.sleep(0.05)  # the document is in the engine first
-        short = await send("short", "Hi, how are you?")
-        long_reply = await long
-    finally:
-        await nc.close()
-    assert short.error is None and long_reply.error is None
-    assert order == ["short", "long"]
+    assert await _answer_order_of_a_document_then_a_greeting(nats_url) == ["short", "long"]
 
 
 def _metric(text: str, name: str) -> float:
@@ -230,24 +239,7 @@ async def test_the_spare_engine_takes_over_a_killed_lane_at_once(
     await asyncio.to_thread(
         procs.wait_until, lambda: main not in spawned_children(PIDS["classifier"]), 60, "the kill"
     )
-    report = (Path(__file__).parents[1] / "e2e" / "data" / "quarterly_report.txt").read_text()
-    nc = await nats.connect(nats_url)
-    order: list[str] = []
-    try:
-
-        async def send(name: str, text: str) -> ClassifyReply:
-            msg = await nc.request(CLASSIFY, encode(chat(text, rid=name)), timeout=60)
-            order.append(name)
-            return decode(msg.data, ClassifyReply)
-
-        long = asyncio.create_task(send("long", "Summarise this:\n" + report * 3))
-        await asyncio.sleep(0.05)  # the document is in the long lane's engine first
-        short = await send("short", "Hi, how are you?")
-        long_reply = await long
-    finally:
-        await nc.close()
-    assert short.error is None and long_reply.error is None
-    assert order == ["short", "long"]
+    assert await _answer_order_of_a_document_then_a_greeting(nats_url) == ["short", "long"]
     text = _get(f"http://127.0.0.1:{classifier}/metrics")
     assert _metric(text, 'pointsman_classifier_engine_restarts_total{lane="main"}') == 1.0
 
@@ -265,7 +257,7 @@ async def test_the_spare_engine_takes_over_a_killed_lane_at_once(
     serving = [p for p in spawned_children(PIDS["classifier"]) if p != main][:2]
     before = {pid: thread_stats(pid) for pid in serving}
     await ask(nats_url, [chat(f"What is {i} times {i}?", rid=f"n{i}") for i in range(20)])
-    await ask(nats_url, [chat("Summarise this:\n" + report * 3, rid="doc")])
+    await ask(nats_url, [chat("Summarise this:\n" + REPORT.read_text() * 3, rid="doc")])
     worked = {
         (pid, tid): nice
         for pid in serving
