@@ -60,13 +60,15 @@ class ClassifierApp:
         self.long_batcher: Batcher[str, Outputs] | None = None
         #: Each lane's current engine (``main``, and ``long`` once loaded); a dead one is replaced.
         self._engines: dict[str, Any] = {}
-        #: The spare engine (``engine_spare``): loaded and idle until a lane's engine dies.
+        #: The spare engine (``engine_spare``): loaded and idle until a lane's engine dies (the
+        #: gauge ``pointsman_classifier_spare_engines`` reads it).
         self._spare: Any = None
         #: Engines that died and were replaced, closed by the watchdog.
         self._retired: list[Any] = []
         #: Guards ``_engines``, ``_spare`` and ``_retired``: the batchers' worker threads swap
         #: the spare in, the event loop's watchdog restarts and reloads.
         self._swap = threading.Lock()
+        #: The long lane's and the first spare's load, later each new spare's.
         self._extras_loading: asyncio.Task[None] | None = None
         self._watching: asyncio.Task[None] | None = None
         self.name = f"{socket.gethostname()}:{os.getpid()}"
@@ -106,6 +108,8 @@ class ClassifierApp:
 
             infer = by_length
         self._watching = asyncio.create_task(self._watch_engines())
+        # 1 while a spare is loaded and alive, read from the state itself at each scrape
+        self.metrics.spare_engines.set_function(lambda: float(_alive(self._spare)))
         self.metrics.watch_queue(
             lambda: sum(x.depth() for x in (self.batcher, self.long_batcher) if x is not None)
         )
@@ -207,7 +211,6 @@ class ClassifierApp:
         )
         with self._swap:
             self._spare = spare
-        self.metrics.spare_engines.set(1)
         log.info("spare engine ready")
 
     def _replace(self, lane: str, dead: Any) -> Any:
@@ -225,7 +228,6 @@ class ClassifierApp:
                 self._engines[lane], self._spare = self._spare, None
                 self._retired.append(dead)
                 self.metrics.engine_restarts.labels(lane).inc()
-                self.metrics.spare_engines.set(0)
                 log.error("the %s lane's engine process died; the spare engine took over", lane)
                 return self._engines[lane]
             other = self._engines.get("long" if lane == "main" else "main")
@@ -243,7 +245,6 @@ class ClassifierApp:
                     log.error("the spare engine process died; loading another")
                     self._retired.append(self._spare)
                     self._spare = None
-                    self.metrics.spare_engines.set(0)
             for lane, engine in list(self._engines.items()):
                 if _alive(engine) or self._replace(lane, engine) is self._engines.get(lane):
                     continue
@@ -261,7 +262,6 @@ class ClassifierApp:
                         log.info("the %s lane's engine process is back", lane)
                     elif self._spare is None and self._wants_spare():
                         self._spare = fresh  # a spare took the lane over meanwhile
-                        self.metrics.spare_engines.set(1)
                     else:
                         self._retired.append(fresh)
             with self._swap:
@@ -274,7 +274,9 @@ class ClassifierApp:
                 and self._spare is None
                 and (self._extras_loading is None or self._extras_loading.done())
             ):
-                await self._load_spare()
+                # In the background: a load that keeps failing is retried for ever, and the
+                # watchdog must still restart a lane whose engine dies meanwhile.
+                self._extras_loading = asyncio.create_task(self._load_spare())
 
     def _lane_config(self, lane: str) -> ClassifierConfig:
         """The config of ``lane``'s engine: the same models; for the long lane with
