@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.chaos.scenario import SteadyLoad
+from bench.common.metrics import sample
 from bench.common.proc import rss_kib, spawned_children
 from pointsman.stack import Stack, StackOptions
 from pointsman.stack.procs import wait_ready
@@ -39,11 +40,7 @@ DOCUMENT = (
 
 def _metric(url: str, name: str) -> float:
     with urllib.request.urlopen(url, timeout=5) as resp:
-        text = resp.read().decode()
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return 0.0
+        return sample(resp.read().decode(), name)
 
 
 def one_round(spare: bool, args: argparse.Namespace) -> dict[str, Any]:

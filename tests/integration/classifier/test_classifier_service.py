@@ -15,6 +15,7 @@ import nats
 import pytest
 import yaml
 
+from bench.common.metrics import sample
 from bench.common.proc import spawned_children, thread_stats
 from pointsman.stack.procs import free_port
 from pointsman.v1 import decode, encode
@@ -204,13 +205,6 @@ async def test_a_short_prompt_does_not_wait_behind_a_long_document(
     assert await _answer_order_of_a_document_then_a_greeting(nats_url) == ["short", "long"]
 
 
-def _metric(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.split()[-1])
-    return 0.0
-
-
 async def _settled(classifier: int) -> None:
     """Both lanes and the spare loaded: three engine processes."""
     metrics = f"http://127.0.0.1:{classifier}/metrics"
@@ -218,8 +212,8 @@ async def _settled(classifier: int) -> None:
     def settled() -> bool:
         text = _get(metrics)
         return (
-            _metric(text, "pointsman_classifier_lanes") == 2.0
-            and _metric(text, "pointsman_classifier_spare_engines") == 1.0
+            sample(text, "pointsman_classifier_lanes") == 2.0
+            and sample(text, "pointsman_classifier_spare_engines") == 1.0
             and len(spawned_children(PIDS["classifier"])) == 3
         )
 
@@ -241,7 +235,7 @@ async def test_the_spare_engine_takes_over_a_killed_lane_at_once(
     )
     assert await _answer_order_of_a_document_then_a_greeting(nats_url) == ["short", "long"]
     text = _get(f"http://127.0.0.1:{classifier}/metrics")
-    assert _metric(text, 'pointsman_classifier_engine_restarts_total{lane="main"}') == 1.0
+    assert sample(text, 'pointsman_classifier_engine_restarts_total{lane="main"}') == 1.0
 
     def spare_loading_lowered() -> bool:  # the new spare loads on a thread at nice 10
         return any(
@@ -275,7 +269,7 @@ async def test_engines_killed_together_are_restarted(nats_url: str, classifier: 
     await _settled(classifier)
     before = _get(metrics)
     restarts = {
-        lane: _metric(before, f'pointsman_classifier_engine_restarts_total{{lane="{lane}"}}')
+        lane: sample(before, f'pointsman_classifier_engine_restarts_total{{lane="{lane}"}}')
         for lane in ("main", "long")
     }
     killed = spawned_children(PIDS["classifier"])
@@ -285,7 +279,7 @@ async def test_engines_killed_together_are_restarted(nats_url: str, classifier: 
     def restarted() -> bool:
         text = _get(metrics)
         return all(
-            _metric(text, f'pointsman_classifier_engine_restarts_total{{lane="{lane}"}}')
+            sample(text, f'pointsman_classifier_engine_restarts_total{{lane="{lane}"}}')
             >= restarts[lane] + 1
             for lane in restarts
         )
