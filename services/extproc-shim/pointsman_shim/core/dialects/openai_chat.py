@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from pointsman_shim.core.dialects import openai
 from pointsman_shim.core.dialects.base import BodyChanges, ChatTurn, LLMRequest, Upstream
 from pointsman_shim.core.errors import RequestError
+
+_encoder = msgspec.json.Encoder()
 
 
 class OpenAIChat(openai.OpenAIDialect):
@@ -46,6 +50,12 @@ def translated(
     if tools:
         chat["tools"] = tools
     return chat
+
+
+def upstream(chat: dict[str, Any]) -> Upstream:
+    """A body translated to chat completions (:func:`translated`), for the engine's chat
+    completions path; the answer comes back in this dialect's format."""
+    return Upstream(_encoder.encode(chat), path=OpenAIChat.paths[0], speaks=OpenAIChat.name)
 
 
 def with_system_prompt(
