@@ -20,6 +20,19 @@ from pydantic import BaseModel, ConfigDict, Field
 ENV = {"username": "POINTSMAN_REDIS_USERNAME", "password_file": "POINTSMAN_REDIS_PASSWORD_FILE"}
 
 
+class RedisBacked(BaseModel):
+    """The keys of every config section whose feature keeps its state in Redis (the
+    classifier's cache and sessions, the shim's Responses state): where that Redis is, and how
+    long the feature waits on it (:class:`pointsman.redisstore.RestingRedis`)."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Deadline of one Redis call; a slower Redis counts as down.
+    redis_timeout_ms: float = Field(default=50.0, gt=0)
+    #: After a Redis failure, the feature skips Redis this long before it is tried again, so
+    #: that requests do not each wait for the deadline.
+    redis_retry_s: float = Field(default=1.0, ge=0)
+
+
 class RedisTls(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

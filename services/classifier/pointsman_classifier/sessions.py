@@ -29,9 +29,9 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-from pointsman.redisconf import RedisSecurity
+from pointsman.redisconf import RedisBacked, RedisSecurity
 from pointsman.redisstore import RedisDown, RestingRedis
 
 log = logging.getLogger(__name__)
@@ -39,22 +39,20 @@ log = logging.getLogger(__name__)
 H_SESSION_MODEL = "x-pointsman-session-model"
 
 
-class SessionsConfig(BaseModel):
-    """The ``classifier.sessions`` section."""
+class SessionsConfig(RedisBacked):
+    """The ``classifier.sessions`` section (``redis_url``, ``redis_timeout_ms``,
+    ``redis_retry_s``: see :class:`RedisBacked`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     #: Keep a session's model across turns (needs Redis, shared by the classifier replicas).
     enabled: bool = False
-    redis_url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "pointsman:session"
     #: A follow-up switches category only when the new category's probability exceeds the
     #: earlier category's by at least this much.
     margin: float = Field(default=0.3, ge=0, le=1)
     #: Seconds a session's choice is remembered after its last turn.
     turn_ttl_s: float = Field(default=1800.0, gt=0)
-    redis_timeout_ms: float = Field(default=50.0, gt=0)
-    redis_retry_s: float = Field(default=1.0, ge=0)
 
 
 class Choice(msgspec.Struct, kw_only=True):

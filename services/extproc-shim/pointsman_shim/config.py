@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pointsman.redisconf import RedisBacked
 from pointsman.v1.policy import ModelRewrite, RewriteRule, RewriteTarget
 
 FailureMode = Literal["fail-open", "fail-closed"]
@@ -105,22 +106,21 @@ class Apis(BaseModel):
         )
 
 
-class ResponsesStore(BaseModel):
-    """Where the Responses API's state lives: stored responses and their conversations."""
+class ResponsesStore(RedisBacked):
+    """Where the Responses API's state lives: stored responses and their conversations.
+
+    ``redis_url`` is the Redis holding the state; ``""``: no store (stateful calls answer 503,
+    ``store`` is ignored). While Redis is down (:class:`RedisBacked`), stateful calls answer 503.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    #: Redis holding the state; ``""``: no store (stateful calls answer 503, ``store`` is ignored).
-    redis_url: str = "redis://127.0.0.1:6379/0"
     #: Prefix of every key (several deployments may share one Redis).
     key_prefix: str = "pointsman:responses"
     #: Seconds a stored response (and the conversation it continues) lives.
     ttl_s: float = Field(default=86400.0, gt=0)
-    #: Deadline of one Redis call; slower counts as Redis down.
+    #: Deadline of one Redis call (longer here than :class:`RedisBacked`'s default).
     redis_timeout_ms: float = Field(default=100.0, gt=0)
-    #: After a Redis failure, stateful calls answer 503 at once for this long before Redis is
-    #: tried again, so that requests do not each wait for the deadline.
-    redis_retry_s: float = Field(default=1.0, ge=0)
     #: A ``previous_response_id`` or ``GET`` that finds nothing waits this long for a response
     #: still being kept (its answer reached the client before the record reached Redis) before
     #: answering 404; 0 = answer at once.

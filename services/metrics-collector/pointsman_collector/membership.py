@@ -42,7 +42,6 @@ class Membership:
         self._bus = bus
         self._route = routes.COLLECTOR_HEARTBEAT.on(subject)
         self.me = me
-        self._subject = subject
         self._heartbeat_s = heartbeat_s
         self._lease_s = lease_s
         self._on_change = on_change
@@ -68,7 +67,7 @@ class Membership:
     async def _on_message(self, msg: Received[CollectorAnnounce]) -> None:
         ann = msg.body
         if ann is None:
-            log.warning("ignoring malformed heartbeat on %s", self._subject)
+            log.warning("ignoring malformed heartbeat on %s", self._route.subject)
             return
         if not self._announcing:  # connected, not started yet: learn nothing before our lease
             return
@@ -116,7 +115,7 @@ class Membership:
             endpoints=self._owned(),
             view=self.view,
         )
-        await self._bus.publish(self._subject, self._route.encode(ann))
+        await self._bus.publish(self._route.subject, self._route.encode(ann))
 
     def _recompute(self) -> None:
         now = time.monotonic()

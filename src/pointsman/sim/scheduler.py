@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 
 from pointsman.sim.config import SimConfig
 from pointsman.sim.kv import KVCache
@@ -31,69 +31,44 @@ from pointsman.sim.kv import KVCache
 WAITING, RUNNING, FINISHED, ABORTED = 0, 1, 2, 3
 
 
+@dataclass(slots=True, eq=False, repr=False)
 class Seq:
-    """One request inside the engine. The HTTP handler reads ``out`` and ``status``."""
+    """One request inside the engine. The HTTP handler reads ``out`` and ``status``.
 
-    __slots__ = (
-        "arrival",
-        "blocks",
-        "cached_tokens",
-        "computed",
-        "finish_reason",
-        "first_token_at",
-        "hashes",
-        "last_token_at",
-        "lora",
-        "max_out",
-        "out",
-        "preemptions",
-        "promoted",
-        "prompt_len",
-        "rid",
-        "status",
-        "stream",
-        "target",
-        "waiter",
-    )
+    Compared by identity (``eq=False``): the scheduler removes a request from its queues by
+    identity, and two requests are never the same one."""
 
-    def __init__(
-        self,
-        rid: str,
-        prompt_len: int,
-        max_out: int,
-        hashes: list[int],
-        *,
-        lora: str | None = None,
-        finish_reason: str = "length",
-        stream: bool = False,
-    ) -> None:
-        self.rid = rid
-        self.prompt_len = prompt_len
-        self.max_out = max_out
-        self.hashes = hashes
-        self.lora = lora
-        self.finish_reason = finish_reason
-        self.stream = stream
-        self.status = WAITING
-        #: tokens to compute before the next sampled token: the prompt, or after a preemption
-        #: the prompt plus the tokens generated so far
-        self.target = prompt_len
-        #: tokens whose KV is computed
-        self.computed = 0
-        #: generated tokens
-        self.out = 0
-        #: KV blocks held, in order: a cached block's hash, or None for a plain block
-        self.blocks: list[int | None] = []
-        #: leading blocks already offered to the prefix cache
-        self.promoted = 0
-        #: prompt tokens served from the prefix cache at first admission (reported in usage)
-        self.cached_tokens = -1
-        self.preemptions = 0
-        self.arrival = 0.0
-        self.first_token_at = 0.0
-        self.last_token_at = 0.0
-        #: future the handler waits on; set by the engine when there is news
-        self.waiter: asyncio.Future[None] | None = None
+    rid: str
+    prompt_len: int
+    max_out: int
+    hashes: list[int]
+    _: KW_ONLY
+    lora: str | None = None
+    finish_reason: str = "length"
+    stream: bool = False
+    status: int = field(default=WAITING, init=False)
+    #: tokens to compute before the next sampled token: the prompt, or after a preemption
+    #: the prompt plus the tokens generated so far
+    target: int = field(init=False)
+    #: tokens whose KV is computed
+    computed: int = field(default=0, init=False)
+    #: generated tokens
+    out: int = field(default=0, init=False)
+    #: KV blocks held, in order: a cached block's hash, or None for a plain block
+    blocks: list[int | None] = field(default_factory=list, init=False)
+    #: leading blocks already offered to the prefix cache
+    promoted: int = field(default=0, init=False)
+    #: prompt tokens served from the prefix cache at first admission (reported in usage)
+    cached_tokens: int = field(default=-1, init=False)
+    preemptions: int = field(default=0, init=False)
+    arrival: float = field(default=0.0, init=False)
+    first_token_at: float = field(default=0.0, init=False)
+    last_token_at: float = field(default=0.0, init=False)
+    #: future the handler waits on; set by the engine when there is news
+    waiter: asyncio.Future[None] | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.target = self.prompt_len
 
     @property
     def prefilling(self) -> bool:

@@ -599,6 +599,33 @@ def _pools_from_config(data: dict[str, Any]) -> dict[str, list[str]]:
 # -- CLI -----------------------------------------------------------------------------------------
 
 
+#: The flags that pick one of a few ways (the first is the default): flag, choices, help.
+_CHOICES: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    (
+        "--mode",
+        ("full", "selector"),
+        "'full': the shim chooses the model and the endpoint; 'selector': the shim chooses "
+        "the model only (shim.mode: selector) and a second shim in endpoint-picker mode is each "
+        "pool's own picker behind it, the shape of Pointsman in front of llm-d or the Inference "
+        "Extension",
+    ),
+    ("--body-mode", ("BUFFERED", "FULL_DUPLEX_STREAMED"), "Envoy ext_proc request body mode"),
+    (
+        "--response-path",
+        ("observer", "inline"),
+        "how the shim reads responses: 'observer' = a second ext_proc filter in Envoy's "
+        "observability_mode, off the client's critical path; 'inline' = the decision filter "
+        "also carries the response (one gRPC stream per request instead of two: less CPU, "
+        "more latency)",
+    ),
+    (
+        "--failure-mode",
+        ("fail-open", "fail-closed"),
+        "what happens when the picker or the shim is down",
+    ),
+)
+
+
 def _parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=prog,
@@ -644,36 +671,10 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         help="picker replicas (default: 1); more than one starts redis-server, through which "
         "they share prefix affinity and in-flight counts",
     )
-    p.add_argument(
-        "--mode",
-        choices=["full", "selector"],
-        default="full",
-        help="'full': the shim chooses the model and the endpoint; 'selector': the shim chooses "
-        "the model only (shim.mode: selector) and a second shim in endpoint-picker mode is each "
-        "pool's own picker behind it, the shape of Pointsman in front of llm-d or the Inference "
-        "Extension (default: full)",
-    )
-    p.add_argument(
-        "--body-mode",
-        choices=["BUFFERED", "FULL_DUPLEX_STREAMED"],
-        default="BUFFERED",
-        help="Envoy ext_proc request body mode (default: BUFFERED)",
-    )
-    p.add_argument(
-        "--response-path",
-        choices=["observer", "inline"],
-        default="observer",
-        help="how the shim reads responses: 'observer' = a second ext_proc filter in Envoy's "
-        "observability_mode, off the client's critical path; 'inline' = the decision filter "
-        "also carries the response (one gRPC stream per request instead of two: less CPU, "
-        "more latency) (default: observer)",
-    )
-    p.add_argument(
-        "--failure-mode",
-        choices=["fail-open", "fail-closed"],
-        default="fail-open",
-        help="what happens when the picker or the shim is down (default: fail-open)",
-    )
+    for flag, choices, text in _CHOICES:
+        p.add_argument(
+            flag, choices=list(choices), default=choices[0], help=f"{text} (default: {choices[0]})"
+        )
     p.add_argument(
         "--classifier",
         action=argparse.BooleanOptionalAction,

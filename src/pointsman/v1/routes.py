@@ -102,77 +102,44 @@ class Bucket:
     readers: frozenset[str] = frozenset()
 
 
+def _asked(
+    subject: str, request: type[Req], reply: type[Rep], queue: str, sender: str, receiver: str
+) -> Route[Req, Rep]:
+    """A request-reply route: ``sender`` asks, one replica of ``receiver`` (``queue``) answers."""
+    return Route(subject, request, reply, queue, frozenset({sender}), frozenset({receiver}))
+
+
+def _published(
+    subject: str, message: type[Req], sender: str, receivers: set[str], queue: str = ""
+) -> Route[Req, Any]:
+    """A pub/sub route: ``sender`` publishes, every subscriber of ``receivers`` gets each
+    message, or one replica of the ``queue`` group does."""
+    return Route(subject, message, None, queue, frozenset({sender}), frozenset(receivers))
+
+
 #: Request-reply, shim -> one picker: the endpoints to route one request to.
-PICK: Route[PickRequest, PickReply] = Route(
-    subjects.PICK,
-    PickRequest,
-    PickReply,
-    subjects.PICKER_QUEUE,
-    frozenset({SHIM}),
-    frozenset({PICKER}),
-)
+PICK = _asked(subjects.PICK, PickRequest, PickReply, subjects.PICKER_QUEUE, SHIM, PICKER)
 #: Request-reply, shim -> one picker: the served models, for ``GET /v1/models``.
-MODELS: Route[ModelsRequest, ModelsReply] = Route(
-    subjects.MODELS,
-    ModelsRequest,
-    ModelsReply,
-    subjects.PICKER_QUEUE,
-    frozenset({SHIM}),
-    frozenset({PICKER}),
-)
+MODELS = _asked(subjects.MODELS, ModelsRequest, ModelsReply, subjects.PICKER_QUEUE, SHIM, PICKER)
 #: Request-reply, shim -> one classifier: model choice and safety checks.
-CLASSIFY: Route[ClassifyRequest, ClassifyReply] = Route(
-    classify.CLASSIFY,
-    ClassifyRequest,
-    ClassifyReply,
-    classify.CLASSIFIER_QUEUE,
-    frozenset({SHIM}),
-    frozenset({CLASSIFIER}),
+CLASSIFY = _asked(
+    classify.CLASSIFY, ClassifyRequest, ClassifyReply, classify.CLASSIFIER_QUEUE, SHIM, CLASSIFIER
 )
 #: Pub/sub, collector -> every picker: one snapshot per pool, on ``subjects.metrics(pool)``.
 #: The shim reads them too: the pools' membership, the only endpoints it ever routes to.
-SNAPSHOTS: Route[PoolSnapshot, Any] = Route(
-    subjects.METRICS_ALL,
-    PoolSnapshot,
-    senders=frozenset({COLLECTOR}),
-    receivers=frozenset({PICKER, SHIM}),
-)
+SNAPSHOTS = _published(subjects.METRICS_ALL, PoolSnapshot, COLLECTOR, {PICKER, SHIM})
 #: Pub/sub, shim -> every picker: one event per finished response.
-COMPLETIONS: Route[CompletionEvent, Any] = Route(
-    subjects.COMPLETIONS,
-    CompletionEvent,
-    senders=frozenset({SHIM}),
-    receivers=frozenset({PICKER}),
-)
+COMPLETIONS = _published(subjects.COMPLETIONS, CompletionEvent, SHIM, {PICKER})
 #: Pub/sub into a queue group, shim -> one classifier: store a complete answer in the cache.
-CACHE_STORE: Route[CacheStore, Any] = Route(
-    cache.CACHE_STORE,
-    CacheStore,
-    queue=cache.CACHE_STORE_QUEUE,
-    senders=frozenset({SHIM}),
-    receivers=frozenset({CLASSIFIER}),
-)
+CACHE_STORE = _published(cache.CACHE_STORE, CacheStore, SHIM, {CLASSIFIER}, cache.CACHE_STORE_QUEUE)
 #: Pub/sub, classifier -> every classifier: cache entries added or removed.
-CACHE_EVENTS: Route[CacheEvent, Any] = Route(
-    cache.CACHE_EVENTS,
-    CacheEvent,
-    senders=frozenset({CLASSIFIER}),
-    receivers=frozenset({CLASSIFIER}),
-)
+CACHE_EVENTS = _published(cache.CACHE_EVENTS, CacheEvent, CLASSIFIER, {CLASSIFIER})
 #: Pub/sub among collector replicas: membership heartbeats (``collector.sharding.subject``).
-COLLECTOR_HEARTBEAT: Route[CollectorAnnounce, Any] = Route(
-    subjects.COLLECTOR_HEARTBEAT,
-    CollectorAnnounce,
-    senders=frozenset({COLLECTOR}),
-    receivers=frozenset({COLLECTOR}),
+COLLECTOR_HEARTBEAT = _published(
+    subjects.COLLECTOR_HEARTBEAT, CollectorAnnounce, COLLECTOR, {COLLECTOR}
 )
 #: Pub/sub, collector -> every shim and picker: InferenceObjectives and InferenceModelRewrites.
-POLICY: Route[InferencePolicy, Any] = Route(
-    policy.POLICY,
-    InferencePolicy,
-    senders=frozenset({COLLECTOR}),
-    receivers=frozenset({PICKER, SHIM}),
-)
+POLICY = _published(policy.POLICY, InferencePolicy, COLLECTOR, {PICKER, SHIM})
 #: JetStream KV, collector -> pickers: each collector replica's latest snapshot of each pool
 #: (``collector.latest.bucket``).
 METRICS_BUCKET = Bucket(subjects.METRICS_BUCKET, frozenset({COLLECTOR}), frozenset({PICKER}))

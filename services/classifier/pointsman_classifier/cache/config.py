@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pointsman.redisconf import RedisBacked
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -21,9 +23,11 @@ class CacheOverride(_Strict):
     threshold: float | None = Field(default=None, ge=0, le=1)
 
 
-class CacheConfig(_Strict):
+class CacheConfig(_Strict, RedisBacked):
+    """``redis_url``, ``redis_timeout_ms``, ``redis_retry_s``: see :class:`RedisBacked`; while
+    Redis is down, lookups miss and stores drop."""
+
     enabled: bool = False
-    redis_url: str = "redis://127.0.0.1:6379/0"
     #: Prefix of every Redis key of the cache (several deployments may share one Redis).
     key_prefix: str = "pointsman:cache"
     #: Cosine similarity of the prompt embeddings at or above which a stored answer is returned.
@@ -43,10 +47,6 @@ class CacheConfig(_Strict):
     #: Request header whose value is the tenant (lower case). ``x-pointsman-tenant`` is the
     #: SHA-256 of the request's ``authorization`` header, computed by the shim.
     tenant_header: str = "x-tenant-id"
-    #: Per-call Redis deadline; a slower Redis counts as down (lookups miss, stores drop).
-    redis_timeout_ms: float = Field(default=50.0, gt=0)
-    #: After a Redis failure the cache is skipped this long before Redis is tried again.
-    redis_retry_s: float = Field(default=1.0, ge=0)
     #: Seconds a missed lookup's token waits for the shim to store the answer.
     pending_ttl_s: float = Field(default=600.0, gt=0)
     #: ``hnsw`` (hnswlib, approximate) or ``exact`` (numpy brute force); ``auto`` = hnsw when

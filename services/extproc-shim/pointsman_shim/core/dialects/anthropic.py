@@ -153,9 +153,7 @@ class AnthropicMessages(_Anthropic):
             if request.stream:
                 chat["stream"] = True
                 chat["stream_options"] = {"include_usage": True}
-            return Upstream(
-                _encoder.encode(chat), path="/v1/chat/completions", speaks="openai-chat"
-            )
+            return openai_chat.upstream(chat)
         native = openai.changed_body(request, changes)
         if changes.system_prompt is not None:
             native["system"] = _with_system_prompt(
@@ -243,9 +241,7 @@ class AnthropicCountTokens(_Anthropic):
             chat.pop("tool_choice", None)  # a forced call would change nothing counted
             chat.pop("parallel_tool_calls", None)
             chat["max_tokens"] = 1
-            return Upstream(
-                _encoder.encode(chat), path="/v1/chat/completions", speaks="openai-chat"
-            )
+            return openai_chat.upstream(chat)
         return openai.upstream(request, openai.changed_body(request, changes))
 
     def usage_reader(self, *, sse: bool) -> anthropic_answer.NoUsage:

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from pointsman_shim.core.dialects import openai
 from pointsman_shim.core.dialects.base import BodyChanges, ChatTurn, LLMRequest, Upstream
 from pointsman_shim.core.errors import RequestError
+
+_encoder = msgspec.json.Encoder()
 
 
 class OpenAIChat(openai.OpenAIDialect):
@@ -48,6 +52,12 @@ def translated(
     return chat
 
 
+def upstream(chat: dict[str, Any]) -> Upstream:
+    """A body translated to chat completions (:func:`translated`), for the engine's chat
+    completions path; the answer comes back in this dialect's format."""
+    return Upstream(_encoder.encode(chat), path=OpenAIChat.paths[0], speaks=OpenAIChat.name)
+
+
 def with_system_prompt(
     messages: list[dict[str, Any]], prompt: str, mode: str
 ) -> list[dict[str, Any]]:
@@ -71,11 +81,7 @@ def _turns(messages: Any) -> list[ChatTurn]:
         raise _invalid("'messages' must not be empty", "empty_messages")
     turns = []
     for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise _invalid(f"'messages[{i}]' must be an object")
-        role = message.get("role")
-        if not isinstance(role, str):
-            raise _invalid(f"'messages[{i}].role' must be a string")
+        role = _string_of(message, "role", "'messages[{i}]'", "'messages[{i}].role'", i)
         _check_content(i, role, message)
         turns.append(ChatTurn(role, content_text(message.get("content"))))
     return turns
@@ -99,13 +105,20 @@ def _check_content(i: int, role: str, message: dict[str, Any]) -> None:
     if not isinstance(content, list):
         raise _invalid(f"{where} must be a string or an array, not {openai.json_type(content)}")
     for j, part in enumerate(content):
-        if not isinstance(part, dict):
-            raise _invalid(f"{where}[{j}] must be an object")
-        kind = part.get("type")
-        if not isinstance(kind, str):
-            raise _invalid(f"{where}[{j}].type must be a string")
+        kind = _string_of(part, "type", where + "[{i}]", where + "[{i}].type", j)
         if kind == "text" and not isinstance(part.get("text"), str):
             raise _invalid(f"{where}[{j}].text must be a string")
+
+
+def _string_of(item: Any, key: str, where: str, field: str, i: int) -> str:
+    """``item[key]``, checked: ``item`` must be an object and the value a string. ``where`` and
+    ``field`` name them in the error, with ``{i}`` for the item's index (formatted only then)."""
+    if not isinstance(item, dict):
+        raise _invalid(where.format(i=i) + " must be an object")
+    value = item.get(key)
+    if not isinstance(value, str):
+        raise _invalid(field.format(i=i) + " must be a string")
+    return value
 
 
 def _invalid(message: str, reason: str = "invalid_messages") -> RequestError:

@@ -114,9 +114,7 @@ class OpenAIResponses:
             items = [i for i in items if not _is_system(i)]
         if changes.upstream == "chat":
             chat = _chat_body(body, instructions, items, changes, stream=request.stream)
-            return Upstream(
-                _encoder.encode(chat), path="/v1/chat/completions", speaks="openai-chat"
-            )
+            return openai_chat.upstream(chat)
         native = openai.changed_body(request, changes)
         if changes.system_prompt is not None:
             system = {"type": "message", "role": "system", "content": changes.system_prompt}
