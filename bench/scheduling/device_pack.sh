@@ -36,6 +36,9 @@ strip --strip-unneeded "$SITE/bin/nats-server" "$SITE"/vllm_router_rs*.so "$SITE
   "$SITE"/msgspec/_core*.so
 find "$SITE" -name '__pycache__' -prune -exec rm -rf {} +
 rm -rf "$SITE"/faststream/{kafka,confluent,rabbit,redis,mqtt} "$SITE/bin/cffi-gen-src"
+# type stubs, install records and gRPC's public CA roots (only its TLS channels read them)
+find "$SITE" \( -name '*.pyi' -o -name RECORD \) -delete
+rm -f "$SITE/grpc/_cython/_credentials/roots.pem"
 # two archives compressed side by side (x86 filter: executables pack about a tenth smaller)
 rm -f "$DEST"/site*.tar.xz
 xzx() { xz --x86 --lzma2=preset=9e,dict=128MiB -T1; }
@@ -46,8 +49,9 @@ wait
 T=$(.venv/bin/python -c 'from bench.scheduling.workloads import DATA; print(DATA)')
 tar -C "$T" -cf - mooncake/conversation_trace.jsonl azure_2023 | xz -9 >"$DEST/traces.tar.xz"
 # this branch's files that differ from main (device_run.sh lays them over main's checkout)
-rm -rf "$DEST/tree" && mkdir -p "$DEST/tree"
-git diff --name-only --diff-filter=AM main -- src services bench | tar -cf - -T - | tar -C "$DEST/tree" -xf -
+rm -rf "$DEST/tree" "$DEST/tree.tar.xz"
+git diff --name-only --diff-filter=AM main -- src services bench | grep -e '\.py$' -e '\.sh$' \
+  | tar -cf - -T - | xz -9 >"$DEST/tree.tar.xz"
 git log -1 --format='%h %s' >"$DEST/COMMIT"
 rm -rf "$STAGE"
-du -sb "$DEST"/site*.tar.xz "$DEST"/traces.tar.xz "$DEST"/tree
+du -sb "$DEST"/*.tar.xz

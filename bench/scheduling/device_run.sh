@@ -6,17 +6,19 @@
 # The `device` tool sends the main checkout; this branch's code and the wheels travel as an
 # ignored folder named in `carry` (made by bench/scheduling/device_pack.sh):
 #
-#   .devcarry-sched/tree/     this branch's files that differ from main (laid over main's
+#   .devcarry-sched/tree.tar.xz   this branch's files that differ from main (laid over main's
 #                             src, services and bench, copied to /tmp/tree)
 #   .devcarry-sched/site-*.tar.xz the Python 3.12 packages the machine lacks, installed (binaries
 #                             envoy, nats-server and vllm-router in bin/; no redis-server)
 #   .devcarry-sched/traces.tar.xz the Mooncake and Azure traces
 #
-# On the device, from the checkout's root:  bash .devcarry-sched/tree/bench/scheduling/device_run.sh
+# On the device, from the checkout's root:
+#   mkdir -p /tmp/ov && tar -C /tmp/ov -xJf .devcarry-sched/tree.tar.xz && \
+#     bash /tmp/ov/bench/scheduling/device_run.sh
 # Knobs: DURATION_SP, DURATION_MC, DURATION_AZ, DURATION_TEN (seconds of arrivals), SANITY=1
 # (only one short row, to test the recipe), STREAMS (which of sp mc az ten).
 set -uo pipefail
-CARRY=$(cd "$(dirname "$0")/../../.." && pwd)
+CARRY=${CARRY:-$PWD/.devcarry-sched}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" /tmp/site /tmp/traces
 python3 - "$CARRY" <<'EOF' || exit 1
@@ -30,7 +32,8 @@ with tarfile.open(f"{carry}/traces.tar.xz") as t:
     t.extractall("/tmp/traces", filter="tar")
 EOF
 TREE=/tmp/tree
-rm -rf $TREE && mkdir -p $TREE && cp -r src services bench pyproject.toml $TREE/ && cp -r "$CARRY"/tree/. $TREE/
+rm -rf $TREE && mkdir -p $TREE && cp -r src services bench pyproject.toml $TREE/
+tar -C $TREE -xJf "$CARRY/tree.tar.xz" || exit 1
 export PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1 POINTSMAN_TRACES=/tmp/traces
 export PYTHONPATH=/tmp/site:$TREE/src:$TREE/services/picker:$TREE/services/extproc-shim:$TREE/services/metrics-collector:$TREE:$TREE/services/classifier
 echo "cores $(nproc); $(python3 --version); $(uptime)"
