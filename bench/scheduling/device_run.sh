@@ -21,7 +21,7 @@ set -uo pipefail
 CARRY=${CARRY:-$PWD/.devcarry-sched}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" /tmp/site /tmp/traces
-python3 - "$CARRY" <<'EOF' || exit 1
+[ -x /tmp/site/bin/envoy ] || python3 - "$CARRY" <<'EOF' || exit 1
 import sys, tarfile
 carry = sys.argv[1]
 import glob
@@ -67,7 +67,7 @@ for s in $STREAMS; do
           --rate-for mooncake=8 --duration "${DURATION_MC:-45}" & pids+=($!) ;;
     az) run scheduling-device-azure --workloads azure \
           --routers pointsman,pointsman-slo,pointsman-slo-strict \
-          --rate-for azure=22,26 --duration "${DURATION_AZ:-40}" & pids+=($!) ;;
+          --rate-for azure=22,26 --duration "${DURATION_AZ:-35}" & pids+=($!) ;;
     ten) run scheduling-device-tenants --workloads tenants \
           --routers pointsman-flow,pointsman-fair,pointsman-slo \
           --rate-for tenants=6 --duration "${DURATION_TEN:-60}" & pids+=($!) ;;
