@@ -33,7 +33,8 @@ with tarfile.open(f"{carry}/traces.tar.xz") as t:
 EOF
 TREE=/tmp/tree
 rm -rf $TREE && mkdir -p $TREE && cp -r src services bench pyproject.toml $TREE/
-tar -C $TREE -xJf "$CARRY/tree.tar.xz" || exit 1
+python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter="tar")' \
+  "$CARRY/tree.tar.xz" $TREE || exit 1
 export PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1 POINTSMAN_TRACES=/tmp/traces
 export PYTHONPATH=/tmp/site:$TREE/src:$TREE/services/picker:$TREE/services/extproc-shim:$TREE/services/metrics-collector:$TREE:$TREE/services/classifier
 echo "cores $(nproc); $(python3 --version); $(uptime)"
