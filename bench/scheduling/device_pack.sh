@@ -39,12 +39,25 @@ rm -rf "$SITE"/faststream/{kafka,confluent,rabbit,redis,mqtt} "$SITE/bin/cffi-ge
 # type stubs, install records and gRPC's public CA roots (only its TLS channels read them)
 find "$SITE" \( -name '*.pyi' -o -name RECORD \) -delete
 rm -f "$SITE/grpc/_cython/_credentials/roots.pem"
-# two archives compressed side by side (x86 filter: executables pack about a tenth smaller)
+# four archives, compressed side by side (x86 filter: executables pack about a tenth smaller):
+# Envoy; vllm-router with its launcher's packages; the core Python packages that the bench, the
+# simulator and the launcher import; the rest of the stack (gRPC, xds protos, nats-server, ...).
+# All four do not fit one call's carry with the checkout (64 MiB): a call carries envoy + core +
+# stack (every Pointsman row) or envoy + core + vllm (the vllm-router rows).
 rm -f "$DEST"/site*.tar.xz
 xzx() { xz --x86 --lzma2=preset=9e,dict=128MiB -T1; }
+(cd "$SITE" && ls -d vllm_router* bin/vllm-router fastapi* starlette* uvicorn* orjson* setproctitle* \
+   annotated_doc* >"$STAGE/vllm.list" && ls -d pydantic* msgspec* nats nats_py* opentelemetry* \
+   typing_extensions* typing_inspection* annotated_types* google* protobuf* anyio* \
+   >"$STAGE/core.list" && ls -A | grep -v -x -f <(cut -d/ -f1 "$STAGE/vllm.list" "$STAGE/core.list" | sort -u) \
+   | grep -v -x bin >"$STAGE/stack.list" && ls -d bin/* | grep -v -e bin/envoy -e bin/vllm-router >>"$STAGE/stack.list")
 tar -C "$SITE" -cf - bin/envoy | xzx >"$DEST/site-envoy.tar.xz" &
-tar -C "$SITE" --exclude=bin/envoy -cf - . | xzx >"$DEST/site-rest.tar.xz"
+tar -C "$SITE" -cf - -T "$STAGE/vllm.list" | xzx >"$DEST/site-vllm.tar.xz"
 wait
+tar -C "$SITE" -cf - -T "$STAGE/core.list" | xzx >"$DEST/site-core.tar.xz" &
+tar -C "$SITE" -cf - -T "$STAGE/stack.list" | xzx >"$DEST/site-stack.tar.xz"
+wait
+cat "$STAGE"/*.list | sort | uniq -d | sed 's/^/in two archives: /'
 # the traces (Mooncake conversation, Azure 2023)
 T=$(.venv/bin/python -c 'from bench.scheduling.workloads import DATA; print(DATA)')
 tar -C "$T" -cf - mooncake/conversation_trace.jsonl azure_2023 | xz -9 >"$DEST/traces.tar.xz"

@@ -21,13 +21,18 @@ set -uo pipefail
 CARRY=${CARRY:-$PWD/.devcarry-sched}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" /tmp/site /tmp/traces
-[ -x /tmp/site/bin/envoy ] || python3 - "$CARRY" <<'EOF' || exit 1
+python3 - "$CARRY" <<'EOF' || exit 1
 import sys, tarfile
 carry = sys.argv[1]
 import glob
+import os
 for path in sorted(glob.glob(f"{carry}/site*.tar.xz")):
-    with tarfile.open(path) as t:
-        t.extractall("/tmp/site", filter="tar")
+    done = f"/tmp/site/.{os.path.basename(path)}.{os.path.getsize(path)}"
+    if not os.path.exists(done):  # once per machine (it stays while warm)
+        with tarfile.open(path) as t:
+            t.extractall("/tmp/site", filter="tar")
+        open(done, "w").close()
+    print("site:", os.path.basename(path))
 with tarfile.open(f"{carry}/traces.tar.xz") as t:
     t.extractall("/tmp/traces", filter="tar")
 EOF
@@ -40,7 +45,7 @@ export PYTHONPATH=/tmp/site:$TREE/src:$TREE/services/picker:$TREE/services/extpr
 echo "cores $(nproc); $(python3 --version); $(uptime)"
 for b in envoy nats-server vllm-router; do printf '%s: ' $b; command -v $b || echo missing; done
 envoy --version | head -1; nats-server --version
-python3 -c 'import pointsman_picker, pointsman_shim, grpc, google.protobuf as p; from envoy.service.ext_proc.v3 import external_processor_pb2; print("imports ok, grpc", grpc.__version__, "protobuf", p.__version__)' || exit 1
+python3 -c 'import pointsman_picker, pointsman_shim, grpc, google.protobuf as p; from envoy.service.ext_proc.v3 import external_processor_pb2; print("stack imports ok, grpc", grpc.__version__, "protobuf", p.__version__)' || echo "no Pointsman stack here"
 echo "code: main $(git log -1 --format=%h 2>/dev/null) with the branch's files of: $(cat "$CARRY/COMMIT" 2>/dev/null)"
 
 run() {  # name, then bench.scheduling's arguments
@@ -52,19 +57,32 @@ run() {  # name, then bench.scheduling's arguments
 }
 
 if [ -n "${SANITY:-}" ]; then
-  run sanity --workloads tenants --routers pointsman-fair --rate-for tenants=6 --duration 4
+  if command -v nats-server >/dev/null; then
+    run sanity --workloads tenants --routers pointsman-fair --rate-for tenants=6 --duration 4
+  else
+    run sanity --workloads shared-prefix --routers vllm-router-power-of-two --duration 3
+  fi
   cat "$OUT/sanity.log"; cp /tmp/ws-sanity/bench/results/sanity.json "$OUT/" 2>/dev/null
   exit 0
 fi
 
-ALL="vllm-router-cache-aware,vllm-router-cache-aware-tuned,vllm-router-power-of-two,pointsman,pointsman-flow"
+# shared-prefix and Mooncake: every router this call's packages can run (a call carries either
+# the Pointsman stack or vllm-router, plus whatever an earlier call left on this machine)
+RIVALS="vllm-router-cache-aware,vllm-router-cache-aware-tuned,vllm-router-power-of-two"
+OURS="pointsman,pointsman-flow"
+have_rivals=$(command -v vllm-router >/dev/null && echo 1)
+have_ours=$(python3 -c 'import grpc_health, faststream, nacl' 2>/dev/null && command -v nats-server >/dev/null && echo 1)
+if [ -n "$have_rivals" ] && [ -n "$have_ours" ]; then SPMC="$RIVALS,$OURS"; TAG=all
+elif [ -n "$have_rivals" ]; then SPMC=$RIVALS; TAG=rivals
+else SPMC=$OURS; TAG=ours; fi
+echo "shared-prefix and Mooncake routers: $SPMC"
 STREAMS=${STREAMS:-"sp mc az ten"}
 pids=()
 for s in $STREAMS; do
   case $s in
-    sp) run scheduling-device-shared-prefix --workloads shared-prefix --routers "$ALL" \
+    sp) run scheduling-device-shared-prefix-$TAG --workloads shared-prefix --routers "$SPMC" \
           --rate-for shared-prefix=12 --duration "${DURATION_SP:-45}" & pids+=($!) ;;
-    mc) run scheduling-device-mooncake --workloads mooncake --routers "$ALL" \
+    mc) run scheduling-device-mooncake-$TAG --workloads mooncake --routers "$SPMC" \
           --rate-for mooncake=8 --duration "${DURATION_MC:-45}" & pids+=($!) ;;
     az) run scheduling-device-azure --workloads azure \
           --routers pointsman,pointsman-slo,pointsman-slo-strict \
