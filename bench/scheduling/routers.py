@@ -363,7 +363,11 @@ def start_router(
             why = fair_reserve_exists()
             if why is not None:
                 raise Skipped(why)
-            extra["picker"]["flow_control"] = {"ttl_ms": 30_000, "reserve": FAIR_RESERVE}
+            extra = {**(extra or {})}
+            extra["picker"] = {
+                **extra.get("picker", {}),
+                "flow_control": {"ttl_ms": 30_000, "reserve": FAIR_RESERVE},
+            }
         if name.startswith("pointsman-slo"):
             profile = name.removeprefix("pointsman-")
             why = slo_profile_exists(profile)

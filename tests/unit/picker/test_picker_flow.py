@@ -546,7 +546,7 @@ async def test_reserved_slot_is_left_for_the_tenant_under_its_share() -> None:
 
 
 async def test_reserve_is_not_held_back_from_a_tenant_alone() -> None:
-    s, fc = _two_endpoints(reserve={"slots": 1, "backlog_ktokens": 0.0})
+    _, fc = _two_endpoints(reserve={"slots": 1, "backlog_ktokens": 0.0})
     got = [fc.try_pick(_pick(f"h{i}", "heavy")) for i in range(5)]
     assert sum(1 for r in got if not isinstance(r, Waiter)) == 4  # every slot: nobody else
     assert fc.queued("m") == 1

@@ -186,7 +186,8 @@ class RecentService:
         if found is None:
             return 0.0
         v, at = found
-        return v * 0.5 ** (max(now - at, 0.0) / self.window_s)
+        decay: float = 0.5 ** (max(now - at, 0.0) / self.window_s)
+        return v * decay
 
     def charge(self, tenant: str, amount: float, now: float, *, served: bool = True) -> None:
         """Add ``amount`` tokens of service (a correction when not ``served``: the completion's
@@ -200,9 +201,7 @@ class RecentService:
         found.update(waiting)
         return found
 
-    def standing(
-        self, tenant: str, now: float, waiting: Iterable[str] = ()
-    ) -> tuple[bool, bool]:
+    def standing(self, tenant: str, now: float, waiting: Iterable[str] = ()) -> tuple[bool, bool]:
         """(``tenant`` is over its share, another active tenant is): over = more than an equal
         share of the active tenants' recent service; nobody is while fewer than two are
         active."""
