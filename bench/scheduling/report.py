@@ -198,8 +198,8 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append({"target": f"azure: {name} TTFT p99 <= 0.5x default at that load",
                     "verdict": _verdict(ok), "figures": figures})  # fmt: skip
     alone = _row(rows, "tenants", "pointsman (light alone)")
-    for ours in ("pointsman", "pointsman-flow", "pointsman-slo", "pointsman-slo-strict",
-                 "round-robin"):  # fmt: skip
+    for ours in ("pointsman", "pointsman-flow", "pointsman-fair", "pointsman-slo",
+                 "pointsman-slo-strict", "round-robin"):  # fmt: skip
         me = _row(rows, "tenants", ours)
         ok = None
         figures = ""
@@ -209,7 +209,7 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             ok = me["jain"] >= 0.95 and ratio <= 1.5
             figures = (
                 f"Jain {me['jain']:.3f}; light TTFT p90 {light:.0f} ms vs {alone['ttft_p90_ms']:.0f}"
-                f" ms alone = {ratio:.2f}x"
+                f" ms alone = {ratio:.2f}x; tok/s {me['output_tokens_per_s']:.1f}"
             )
         out.append({"target": f"tenants 10:1: {ours} Jain >= 0.95 and light p90 <= 1.5x alone",
                     "verdict": _verdict(ok), "figures": figures})  # fmt: skip

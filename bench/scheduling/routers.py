@@ -15,6 +15,10 @@ render paths answer as vLLM 0.32's do: vllm-router's ``cache_aware`` needs them)
   engines (``saturation.queue_depth_threshold: 1`` and ``max_in_flight`` = the engines'
   ``--max-num-seqs``: an endpoint whose batch is full gets nothing more): flow control's
   fairness then decides who gets each engine slot as it frees;
+* ``pointsman-fair``: ``pointsman-flow`` plus capacity held back for a tenant under its share
+  (``flow_control.reserve``: one batch slot per endpoint, and one prefill at a time per endpoint,
+  that a tenant over its share of the recent service may not take; a tenant under its share goes
+  where its prefill starts soonest). With one tenant it is ``pointsman-flow``;
 * ``pointsman-slo``: ``picker.profile: slo`` (the latency predictor's profile) with
   ``flow_control.slo_hold``: a request no endpoint is predicted to serve within its TTFT
   objective waits in the picker for one that will (429 ``slo_unattainable`` once the objective
@@ -60,9 +64,14 @@ ROUTERS = [
     "pointsman",
     "pointsman-2",
     "pointsman-flow",
+    "pointsman-fair",
     "pointsman-slo",
     "pointsman-slo-strict",
 ]
+
+#: ``pointsman-fair``'s ``flow_control.reserve``: one slot of each engine's batch, and any
+#: prefill backlog (one prefill at a time), held back from a tenant over its share.
+FAIR_RESERVE: dict[str, Any] = {"slots": 1, "backlog_ktokens": 0.0}
 
 #: vllm-router ``cache_aware`` settings per workload, from the SGLang/SMG router's tuning guide
 #: ("Cache-Aware Routing", Tuning Guidelines): ``cache_threshold`` low (0.1-0.2) for
@@ -242,6 +251,17 @@ def slo_profile_exists(profile: str = "slo") -> str | None:
     return None
 
 
+def fair_reserve_exists() -> str | None:
+    """``None`` when the picker has ``flow_control.reserve``, else why not."""
+    try:
+        from pointsman_picker.config import FlowControlConfig
+
+        FlowControlConfig.model_validate({"reserve": FAIR_RESERVE})
+    except Exception as exc:
+        return f"no flow_control.reserve in this checkout ({str(exc).splitlines()[0]})"
+    return None
+
+
 def engine_batch(sim_args: list[str]) -> int:
     """The simulated engines' ``--max-num-seqs`` (the simulator's default 256 when not set)."""
     for i, arg in enumerate(sim_args):
@@ -328,10 +348,10 @@ def start_router(
             finally:
                 child.stop()
         return
-    if name in ("pointsman", "pointsman-2", "pointsman-flow", "pointsman-slo",
+    if name in ("pointsman", "pointsman-2", "pointsman-flow", "pointsman-fair", "pointsman-slo",
                 "pointsman-slo-strict"):  # fmt: skip
         profile = None
-        if name == "pointsman-flow":
+        if name in ("pointsman-flow", "pointsman-fair"):
             extra = {**(extra or {})}
             extra["picker"] = {
                 **extra.get("picker", {}),
@@ -339,6 +359,15 @@ def start_router(
                     "queue_depth_threshold": 1, "max_in_flight": engine_batch(sim_args),
                 },
             }  # fmt: skip
+        if name == "pointsman-fair":
+            why = fair_reserve_exists()
+            if why is not None:
+                raise Skipped(why)
+            extra = {**(extra or {})}
+            extra["picker"] = {
+                **extra.get("picker", {}),
+                "flow_control": {"ttl_ms": 30_000, "reserve": FAIR_RESERVE},
+            }
         if name.startswith("pointsman-slo"):
             profile = name.removeprefix("pointsman-")
             why = slo_profile_exists(profile)

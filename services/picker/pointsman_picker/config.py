@@ -108,6 +108,21 @@ class JointConfig(_Strict):
     max_quality_drop: float = Field(default=0.5, ge=0)
 
 
+class ReserveConfig(_Strict):
+    """Capacity held back for tenants under their fair share of the recent service (see
+    ``core/flow.py``). Off (the defaults): every tenant may take every slot."""
+
+    #: Per endpoint, the last batch slots of ``saturation.max_in_flight`` that a tenant over
+    #: its share may not take (needs ``max_in_flight``); 0: none.
+    slots: int = Field(default=0, ge=0)
+    #: A tenant over its share is not sent to an endpoint whose prefill backlog (the latency
+    #: predictor's estimate, thousand tokens) exceeds this; null: no such bound.
+    backlog_ktokens: float | None = Field(default=None, ge=0)
+    #: Half-life of the recent service a tenant's share is judged on, and how long a tenant
+    #: counts as active after it was last served (seconds).
+    window_s: float = Field(default=10.0, gt=0)
+
+
 class FlowControlConfig(_Strict):
     """Flow control: when a pool is saturated, requests wait here (fair across tenants by the
     Virtual Token Counter, higher priority first) instead of being shed at once."""
@@ -137,6 +152,8 @@ class FlowControlConfig(_Strict):
     slo_hold: bool = False
     #: With ``shared_state.redis_url``: how often the tenant counters are exchanged in Redis.
     sync_interval_ms: float = Field(default=50.0, gt=0)
+    #: Capacity held back for tenants under their fair share (off by default).
+    reserve: ReserveConfig = Field(default_factory=ReserveConfig)
 
 
 class PickerConfig(_Strict):

@@ -132,6 +132,10 @@ class FlowControl:
         self._tenant_sizes: dict[tuple[str, str], int] = {}
         self._last_served: dict[str, float] = {}
         self._charged: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
+        r = config.reserve
+        self._reserve = core.Reserve(r.slots, r.backlog_ktokens, r.window_s)
+        #: pool -> each tenant's recent service (``reserve``: who is over its share)
+        self._recent: dict[str, core.RecentService] = {}
         #: Set when a request joins a queue: :func:`tick` sleeps on it while nobody waits.
         self._joined = asyncio.Event()
 
@@ -148,7 +152,8 @@ class FlowControl:
         tenant = core.tenant_of(pick.headers, cfg.tenant_header, cfg.default_tenant)
         wait_ms = min(cfg.ttl_ms, pick.max_wait_ms or 0.0)
         views = s.views(pool)  # built once: the saturation check and the schedule read them
-        busy = None if views is None else s.saturated(pool, views)
+        restrict = self._restriction(pool, tenant)
+        busy = None if views is None else s.saturated(pool, views, restrict)
         slo_ms: float | None = None
         if cfg.slo_hold and wait_ms > 0 and busy is not None:
             slo_ms, best = s.best_ttft(pick)
@@ -169,7 +174,7 @@ class FlowControl:
         if busy is None or (not busy and not self._sizes.get(pool)) or wait_ms <= 0:
             # Unknown pool, or room and nobody waiting, or a shim that will not wait (it gets
             # the scheduler's answer: low priorities shed when saturated, as without flow).
-            return self._serve(pick, pool, tenant, req, views)
+            return self._serve(pick, pool, tenant, req, views, restrict)
         reason = core.admit(
             self._sizes.get(pool, 0), cfg.max_queued,
             self._tenant_sizes.get((pool, tenant), 0), cfg.max_queued_per_tenant,
@@ -236,11 +241,23 @@ class FlowControl:
         while queues and self._sizes.get(pool):
             views = self._s.views(pool)
             if views is not None and self._s.saturated(pool, views):
-                break
+                break  # no room for anyone (a restriction only ever narrows it)
             heads = [core.Head(p, t, q[0].seq, len(q)) for (p, t), q in queues.items() if q]
             view = self.counters.view(pool, {h.tenant for h in heads})
-            head = core.next_head(heads, view)
-            if head is None:  # pragma: no cover - sizes and queues agree
+            restrict: core.Restriction | None = None
+            if self._reserve.enabled:
+                # the first in VTC order whose tenant may take the room there is: a tenant over
+                # its share does not take the capacity held back for the others
+                head = None
+                waiting = {h.tenant for h in heads}
+                for h in core.ordered_heads(heads, view):
+                    restrict = self._restriction(pool, h.tenant, waiting)
+                    if views is None or not self._s.saturated(pool, views, restrict):
+                        head = h
+                        break
+            else:
+                head = core.next_head(heads, view)
+            if head is None:
                 break
             queue = queues[(head.priority, head.tenant)]
             found = self._fitting(queue) if self.config.slo_hold else queue[0]
@@ -254,7 +271,7 @@ class FlowControl:
             self._forget(waiter)
             if waiter.future.done():
                 continue
-            reply = self._serve(waiter.pick, pool, waiter.tenant, views=views)
+            reply = self._serve(waiter.pick, pool, waiter.tenant, views=views, restrict=restrict)
             waited = self._clock() - waiter.enqueued_at
             self._s.note_wait(waiter.pick.request_id, waited)
             waiter.future.set_result(reply)
@@ -280,6 +297,9 @@ class FlowControl:
             if event.prompt_tokens is not None:
                 amount += w.input * (max(event.prompt_tokens, 0) - estimate)
             self.counters.add(pool, tenant, amount)
+            recent = self._recent.get(pool)
+            if recent is not None:
+                recent.charge(tenant, amount, self._clock(), served=False)
         self.dispatch_all()
 
     # --- internals -----------------------------------------------------------------------------
@@ -291,19 +311,47 @@ class FlowControl:
         tenant: str,
         req: Request | None = None,
         views: list[Endpoint] | None = None,
+        restrict: core.Restriction | None = None,
     ) -> PickReply:
-        reply = self._s.pick(pick, req, views)
+        reply = self._s.pick(pick, req, views, restrict)
         chosen = getattr(reply, "model", None)
         if chosen:  # the joint decision chose another model: charge its pool
             pool = self._s.config.adapters.get(chosen, chosen)
         if reply.status is PickStatus.OK and self.config.enabled:
             estimate = core.estimate_prompt_tokens(pick.prompt)
             self.counters.add(pool, tenant, core.cost(estimate, 0, self._weights))
+            if self._reserve.enabled:
+                now = self._clock()
+                recent = self._recent.get(pool)
+                if recent is None:
+                    recent = self._recent[pool] = core.RecentService(self._reserve.window_s)
+                recent.forget_idle(now)
+                recent.charge(tenant, core.cost(estimate, 0, self._weights), now)
             self._last_served[pool] = self.counters.value(pool, tenant) or 0.0
             self._charged[pick.request_id] = (pool, tenant, estimate)
             if len(self._charged) > _MAX_CHARGED:
                 self._charged.popitem(last=False)
         return reply
+
+    def _restriction(
+        self, pool: str, tenant: str, waiting: set[str] | None = None
+    ) -> core.Restriction | None:
+        """Where ``tenant``'s next request may go in ``pool`` under ``reserve`` (``None``: off,
+        or nothing held back now): judged on this replica's recent service. ``waiting``: the
+        tenants with requests waiting in ``pool``, when the caller has them."""
+        reserve = self._reserve
+        if not reserve.enabled:
+            return None
+        recent = self._recent.get(pool)
+        if recent is None:
+            return None
+        now = self._clock()
+        if waiting is None:
+            waiting = {t for (_, t), q in self._queues.get(pool, {}).items() if q}
+        over, other_over = recent.standing(tenant, now, waiting)
+        contended = not over and other_over
+        bound = self._s.plans.for_pool(pool).saturation.max_in_flight
+        return core.restriction(reserve, bound, over=over, contended=contended)
 
     def _fitting(self, queue: deque[Waiter]) -> Waiter | None:
         """The oldest of the first :data:`_SLO_SCAN` waiters that has no objective or is

@@ -26,6 +26,7 @@ from pointsman.v1 import (
 from pointsman.v1.policy import InferencePolicy
 from pointsman_picker.config import PickerConfig
 from pointsman_picker.core import joint
+from pointsman_picker.core.flow import Restriction
 from pointsman_picker.core.framework import Cycle, Update
 from pointsman_picker.core.latency import DEFAULT_RATE, Backlog, LatencyModel, LatencySample
 from pointsman_picker.core.objectives import Objectives
@@ -175,11 +176,17 @@ class Scheduler:
         metrics = self.store.metrics(pool)
         return None if metrics is None else self._views(pool, metrics)
 
-    def saturated(self, pool: str, views: list[Endpoint] | None = None) -> bool | None:
+    def saturated(
+        self,
+        pool: str,
+        views: list[Endpoint] | None = None,
+        restrict: Restriction | None = None,
+    ) -> bool | None:
         """Whether every usable endpoint of ``pool`` is over a saturation threshold (counting
         the assignments made since its scrape); ``None`` for an unknown pool, ``False`` when no
         endpoint is usable at all (the pick answers that at once; waiting would not help).
-        ``views``: the pool's :meth:`views`, when the caller has them."""
+        ``views``: the pool's :meth:`views`, when the caller has them; ``restrict``: flow
+        control's bounds for the request's tenant (``flow_control.reserve``), which count too."""
         if views is None:
             views = self.views(pool)
             if views is None:
@@ -188,23 +195,46 @@ class Scheduler:
         plan = self.plans.for_pool(pool)
         if not any(usable(v, now, plan.stale_after_s) for v in views):
             return False
+        if restrict is not None:
+            views = self._allowed(pool, views, restrict, now)
         return saturated(views, now, plan, self._in_flight_of(pool))
+
+    def _allowed(
+        self, pool: str, views: list[Endpoint], restrict: Restriction, now: float
+    ) -> list[Endpoint]:
+        """The endpoints a restricted request may take: under its in-flight bound, and under
+        its prefill-backlog bound (known only with the latency predictor on)."""
+        bound = restrict.max_in_flight
+        if bound is not None:
+            count = self.in_flight.count
+            views = [v for v in views if count(pool, v.address) < bound]
+        cap = restrict.max_backlog_ktokens
+        if cap is not None and self.latency is not None:
+            rate = self.latency.prefill_rate(pool) or DEFAULT_RATE
+            at = self._backlog.at
+            views = [v for v in views if at(pool, v.address, now, rate) <= cap]
+        return views
 
     def _in_flight_of(self, pool: str) -> Callable[[str], int]:
         count = self.in_flight.count
         return lambda address: count(pool, address)
 
     def pick(
-        self, pick: PickRequest, req: Request | None = None, views: list[Endpoint] | None = None
+        self,
+        pick: PickRequest,
+        req: Request | None = None,
+        views: list[Endpoint] | None = None,
+        restrict: Restriction | None = None,
     ) -> PickReply:
         """The decision for ``pick``; ``req``: its :meth:`request`, ``views``: its pool's
-        :meth:`views` since which nothing changed, when the caller has them."""
+        :meth:`views` since which nothing changed, when the caller has them; ``restrict``: flow
+        control's bounds for its tenant (``flow_control.reserve``)."""
         now = self._clock()
         if req is None:
             req = self._request(pick)
         if pick.candidates and len(pick.candidates) > 1:
             return self._pick_joint(pick, req, now)
-        outcome = self._schedule(req, now, views=views)
+        outcome = self._schedule(req, now, views=views, restrict=restrict)
         if outcome is None:
             return self._reply(
                 req.pool,
@@ -242,6 +272,7 @@ class Scheduler:
         *,
         weigh: bool = False,
         views: list[Endpoint] | None = None,
+        restrict: Restriction | None = None,
     ) -> _Outcome | None:
         """The decision in ``req``'s pool, nothing remembered yet; ``None``: no such pool.
         The flag says whether the pool is saturated (worked out only when ``weigh``: a joint decision).
@@ -270,11 +301,30 @@ class Scheduler:
             roomy = [v for v in views if count(pool, v.address) < bound]
             if roomy:
                 views = roomy
+        if restrict is not None:
+            views = self._restricted(pool, views, restrict, cycle)
         decision = schedule(plan, cycle, views)
         return _Outcome(
             decision, cycle, views,
             weigh and saturated(views, now, plan, self._in_flight_of(pool)),
         )  # fmt: skip
+
+    def _restricted(
+        self, pool: str, views: list[Endpoint], restrict: Restriction, cycle: Cycle
+    ) -> list[Endpoint]:
+        """Flow control's bounds for the request's tenant (``flow_control.reserve``), applied
+        while an endpoint meets them; with ``soonest``, only the endpoints where the request's
+        prefill would start and end first (prefill backlog plus its own uncached prompt)."""
+        allowed = self._allowed(pool, views, restrict, cycle.now)
+        if allowed:
+            views = allowed
+        if restrict.soonest and self.latency is not None and len(views) > 1:
+            usable_now = [v for v in views if usable(v, cycle.now, self._stale_after_s)]
+            if usable_now:
+                starts = [(x[1] + x[6], v) for v in usable_now for x in [feature_vector(cycle, v)]]
+                least = min(t for t, _ in starts)
+                views = [v for t, v in starts if t <= least + 1e-9]
+        return views
 
     def _cycle(self, req: Request, now: float) -> Cycle:
         pool = req.pool

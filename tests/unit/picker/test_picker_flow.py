@@ -9,7 +9,14 @@ import time
 import pytest
 
 from pointsman.runtime import cancel_and_wait
-from pointsman.v1 import CompletionEvent, EndpointMetrics, PickRequest, PickStatus, PoolSnapshot
+from pointsman.v1 import (
+    CompletionEvent,
+    EndpointMetrics,
+    PickReply,
+    PickRequest,
+    PickStatus,
+    PoolSnapshot,
+)
 from pointsman_picker.config import FlowControlConfig, PickerConfig
 from pointsman_picker.core import flow
 from pointsman_picker.core.flow import Head, Weights
@@ -97,6 +104,53 @@ def test_vtc_serves_tokens_equally_whatever_the_offered_load() -> None:
     assert served == {"heavy": 10, "light": 10}
 
 
+def test_ordered_heads_starts_with_next_head() -> None:
+    heads = [Head(0, "heavy", 1, queued=40), Head(0, "light", 9, queued=1), Head(1, "vip", 5)]
+    counters = {"heavy": 500.0, "light": 500.0, "vip": 1e9}
+    order = flow.ordered_heads(heads, counters)
+    assert order[0] == flow.next_head(heads, counters)
+    assert [h.tenant for h in order] == ["vip", "light", "heavy"]
+
+
+def test_recent_service_decays_and_judges_the_share_of_active_tenants() -> None:
+    r = flow.RecentService(window_s=10.0)
+    r.charge("heavy", 1000.0, now=0.0)
+    assert r.value("heavy", 10.0) == pytest.approx(500.0)  # one half-life
+    # alone, a tenant is never over its share: nothing is held back from it
+    assert r.standing("heavy", 1.0) == (False, False)
+    r.charge("light", 100.0, now=1.0)
+    assert r.standing("heavy", 1.0) == (True, False)
+    assert r.standing("light", 1.0) == (False, True)
+    # the light tenant left long ago: the heavy one is alone again
+    assert r.standing("heavy", 30.0) == (False, False)
+    # ... unless the light one waits now
+    assert r.standing("heavy", 30.0, waiting={"light"}) == (True, False)
+    # a completion's correction does not make a tenant active again
+    r.charge("light", 50.0, now=40.0, served=False)
+    assert r.active(40.0) == set()
+    r.forget_idle(now=1000.0)
+    assert r.value("heavy", 1000.0) == 0.0
+
+
+def test_restriction_holds_back_slots_and_backlog_from_a_tenant_over_its_share() -> None:
+    off = flow.Reserve()
+    assert not off.enabled
+    assert flow.restriction(off, 4, over=True, contended=False) is None
+    res = flow.Reserve(slots=1, backlog_ktokens=0.0)
+    over = flow.restriction(res, 4, over=True, contended=False)
+    assert over == flow.Restriction(max_in_flight=3, max_backlog_ktokens=0.0)
+    # under its share while another is over: go where the prefill starts soonest
+    assert flow.restriction(res, 4, over=False, contended=True) == flow.Restriction(soonest=True)
+    assert flow.restriction(res, 4, over=False, contended=False) is None
+    # slots need max_in_flight; a tenant over its share always keeps one slot
+    assert flow.restriction(flow.Reserve(slots=1), 0, over=True, contended=False) == (
+        flow.Restriction()
+    )
+    assert flow.restriction(flow.Reserve(slots=9), 4, over=True, contended=False) == (
+        flow.Restriction(max_in_flight=1)
+    )
+
+
 # --- the shell ------------------------------------------------------------------------------------
 
 
@@ -114,9 +168,11 @@ def _flow(**cfg: object) -> tuple[Scheduler, FlowControl]:
     return scheduler, FlowControl(scheduler, config.flow_control)
 
 
-def _pick(rid: str, tenant: str, *, priority: int = 0, wait_ms: float = 10_000) -> PickRequest:
+def _pick(
+    rid: str, tenant: str, *, priority: int = 0, wait_ms: float = 10_000, size: int = 400
+) -> PickRequest:
     return PickRequest(
-        request_id=rid, model="m", prompt="x" * 400, max_wait_ms=wait_ms,
+        request_id=rid, model="m", prompt="x" * size, max_wait_ms=wait_ms,
         headers={"x-pointsman-tenant": tenant, "x-pointsman-priority": str(priority)},
     )  # fmt: skip
 
@@ -448,3 +504,76 @@ async def test_the_tick_sleeps_until_a_request_waits_then_dispatches_it() -> Non
         assert fc.queued("m") == 0
     finally:
         await cancel_and_wait([task])
+
+
+def _two_endpoints(**flow_cfg: object) -> tuple[Scheduler, FlowControl]:
+    config = PickerConfig.model_validate(
+        {"replica_id": "t", "saturation": {"max_in_flight": 2, "queue_depth_threshold": 100},
+         "flow_control": flow_cfg}
+    )  # fmt: skip
+    s = Scheduler(config, Telemetry(), clock=time.time)
+    now = time.time()
+    s.on_snapshot(
+        PoolSnapshot(
+            pool="m", collector="t", published_at=now,
+            endpoints=[EndpointMetrics(address=a, scraped_at=now) for a in ("a:1", "b:1")],
+        )
+    )  # fmt: skip
+    return s, FlowControl(s, config.flow_control)
+
+
+async def test_reserved_slot_is_left_for_the_tenant_under_its_share() -> None:
+    """Batches of 2, one slot each held back: the heavy tenant (over its share once the light
+    one was served) fills one slot per endpoint and then waits; the light tenant's request
+    arriving behind the heavy backlog is served at once, in a held-back slot. Without the
+    reserve the same light request waits for a completion."""
+    for slots, light_waits in ((1, False), (0, True)):
+        s, fc = _two_endpoints(reserve={"slots": slots})
+        first = fc.try_pick(_pick("l0", "light"))  # light active, little service
+        assert not isinstance(first, Waiter)
+        s.on_completion(CompletionEvent(request_id="l0", model="m", endpoint=first.endpoints[0],
+                                        status_code=200, stream=True))  # fmt: skip
+        heavy = [fc.try_pick(_pick(f"h{i}", "heavy", size=4000)) for i in range(6)]
+        sent = [r for r in heavy if not isinstance(r, Waiter)]
+        assert len(sent) == (2 if slots else 4), slots
+        if slots:
+            assert sorted(r.endpoints[0] for r in sent) == ["a:1", "b:1"]
+            assert s.saturated("m") is False  # room, but not for the heavy tenant
+        light = fc.try_pick(_pick("l1", "light"))
+        # it joins the queue behind the heavy backlog and is dispatched at once, or waits
+        assert isinstance(light, Waiter)
+        assert light.future.done() is not light_waits, slots
+
+
+async def test_reserve_is_not_held_back_from_a_tenant_alone() -> None:
+    _, fc = _two_endpoints(reserve={"slots": 1, "backlog_ktokens": 0.0})
+    got = [fc.try_pick(_pick(f"h{i}", "heavy")) for i in range(5)]
+    assert sum(1 for r in got if not isinstance(r, Waiter)) == 4  # every slot: nobody else
+    assert fc.queued("m") == 1
+
+
+async def test_dispatch_skips_a_tenant_over_its_share_for_the_held_back_slot() -> None:
+    """Both tenants wait; a slot frees where the heavy tenant may not go (held back): the light
+    request behind it in VTC order takes it rather than the dispatch stopping."""
+    s, fc = _two_endpoints(reserve={"slots": 1})
+    fc.try_pick(_pick("l0", "light"))
+    heavy = [fc.try_pick(_pick(f"h{i}", "heavy", size=4000)) for i in range(3)]
+    lights = [fc.try_pick(_pick(f"l{i}", "light")) for i in range(1, 4)]
+
+    def pending(got: list[PickReply | Waiter]) -> list[Waiter]:
+        return [w for w in got if isinstance(w, Waiter) and not w.future.done()]
+
+    # l0, one heavy request per endpoint and light ones fill the 4 slots; the rest wait
+    waiting_heavy, waiting_light = pending(heavy), pending(lights)
+    assert waiting_heavy and waiting_light
+    served = [w.future.result() for w in lights if isinstance(w, Waiter) and w.future.done()]
+    assert served
+    # the light tenant's counter above the heavy one's: VTC alone would pick heavy first
+    fc.counters.add("m", "light", 1e6)
+    rid = next(w.pick.request_id for w in lights if isinstance(w, Waiter) and w.future.done())
+    event = CompletionEvent(request_id=rid, model="m", endpoint=served[0].endpoints[0],
+                            status_code=200, stream=True)  # fmt: skip
+    s.on_completion(event)
+    fc.on_completion(event)
+    assert any(w.future.done() for w in waiting_light)
+    assert not any(w.future.done() for w in waiting_heavy)
