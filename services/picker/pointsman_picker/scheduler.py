@@ -28,7 +28,14 @@ from pointsman_picker.config import PickerConfig
 from pointsman_picker.core import joint
 from pointsman_picker.core.flow import Restriction
 from pointsman_picker.core.framework import Cycle, Update
-from pointsman_picker.core.latency import DEFAULT_RATE, Backlog, LatencyModel, LatencySample
+from pointsman_picker.core.latency import (
+    BACKLOG,
+    DEFAULT_RATE,
+    NEW_PROMPT,
+    Backlog,
+    LatencyModel,
+    LatencySample,
+)
 from pointsman_picker.core.objectives import Objectives
 from pointsman_picker.core.pipeline import Decision, has_room, saturated, schedule, usable
 from pointsman_picker.core.plugins.latency import SLO_UNATTAINABLE
@@ -61,6 +68,12 @@ class _Outcome:
     cycle: Cycle
     views: list[Endpoint]
     saturated: bool = False
+
+
+def _prefill_start(x: tuple[float, ...]) -> float:
+    """When a request's prefill would be done on an endpoint, in thousand tokens: the
+    endpoint's prefill backlog plus the request's own uncached prompt (feature vector ``x``)."""
+    return x[BACKLOG] + x[NEW_PROMPT]
 
 
 class Scheduler:
@@ -321,7 +334,7 @@ class Scheduler:
         if restrict.soonest and self.latency is not None and len(views) > 1:
             usable_now = [v for v in views if usable(v, cycle.now, self._stale_after_s)]
             if usable_now:
-                starts = [(x[1] + x[6], v) for v in usable_now for x in [feature_vector(cycle, v)]]
+                starts = [(_prefill_start(feature_vector(cycle, v)), v) for v in usable_now]
                 least = min(t for t, _ in starts)
                 views = [v for t, v in starts if t <= least + 1e-9]
         return views
@@ -402,7 +415,7 @@ class Scheduler:
                     DEFAULT_RATE
                 )
                 # its uncached prompt joins the endpoint's backlog
-                self._backlog.add(req.pool, address, x[1], outcome.cycle.now, rate)
+                self._backlog.add(req.pool, address, x[NEW_PROMPT], outcome.cycle.now, rate)
                 return
 
     def note_wait(self, request_id: str, waited_s: float) -> None:

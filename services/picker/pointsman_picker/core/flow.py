@@ -214,10 +214,6 @@ class RecentService:
         mine = values.pop(tenant) > share
         return mine, any(v > share for v in values.values())
 
-    def over_share(self, tenant: str, now: float, waiting: Iterable[str] = ()) -> bool:
-        """Whether ``tenant`` got more than an equal share (:meth:`standing`)."""
-        return self.standing(tenant, now, waiting)[0]
-
     def forget_idle(self, now: float) -> None:
         """Drop tenants idle for many windows (their service has decayed to nothing); looks at
         most once a window."""

@@ -46,6 +46,9 @@ FEATURES: tuple[str, ...] = (
     "backlog_ktokens",
 )
 N_FEATURES = len(FEATURES)
+#: Positions in the feature vector read outside the model: the uncached prompt, the backlog.
+NEW_PROMPT = FEATURES.index("new_prompt_ktokens")
+BACKLOG = FEATURES.index("backlog_ktokens")
 #: Rough tokens per UTF-8 byte of prompt text (English and code average about 4 bytes a token).
 BYTES_PER_TOKEN = 4.0
 
