@@ -17,7 +17,7 @@ from pointsman.v1 import (
     PickStatus,
     PoolSnapshot,
 )
-from pointsman_picker.config import FlowControlConfig, PickerConfig
+from pointsman_picker.config import FlowControlConfig, PickerConfig, SaturationConfig
 from pointsman_picker.core import flow
 from pointsman_picker.core.flow import Head, Weights
 from pointsman_picker.core.latency import LatencySample, features
@@ -346,10 +346,15 @@ async def test_auto_with_a_free_second_pool_does_not_wait() -> None:
     assert isinstance(fc.try_pick(pick2), Waiter)
 
 
-async def test_max_in_flight_holds_requests_in_the_picker_and_picks_an_endpoint_with_room() -> None:
-    config = PickerConfig.model_validate({"replica_id": "t", "saturation": {"max_in_flight": 2}})
+def _two_endpoints(
+    queue_depth_threshold: int = 100, **flow_cfg: object
+) -> tuple[Scheduler, FlowControl]:
+    """Pool ``m`` of two idle endpoints whose batches hold two requests each (``max_in_flight``)."""
+    saturation = {"max_in_flight": 2, "queue_depth_threshold": queue_depth_threshold}
+    config = PickerConfig.model_validate(
+        {"replica_id": "t", "saturation": saturation, "flow_control": flow_cfg}
+    )
     s = Scheduler(config, Telemetry(), clock=time.time)
-    fc = FlowControl(s, config.flow_control)
     now = time.time()
     s.on_snapshot(
         PoolSnapshot(
@@ -357,6 +362,11 @@ async def test_max_in_flight_holds_requests_in_the_picker_and_picks_an_endpoint_
             endpoints=[EndpointMetrics(address=a, scraped_at=now) for a in ("a:1", "b:1")],
         )
     )  # fmt: skip
+    return s, FlowControl(s, config.flow_control)
+
+
+async def test_max_in_flight_holds_requests_in_the_picker_and_picks_an_endpoint_with_room() -> None:
+    s, fc = _two_endpoints(queue_depth_threshold=SaturationConfig().queue_depth_threshold)
     # No engine queue shows yet (the snapshot says idle), but four in flight fill both batches.
     first = [fc.try_pick(_pick(f"h{i}", "heavy")) for i in range(4)]
     assert all(not isinstance(r, Waiter) and r.status is PickStatus.OK for r in first)
@@ -504,22 +514,6 @@ async def test_the_tick_sleeps_until_a_request_waits_then_dispatches_it() -> Non
         assert fc.queued("m") == 0
     finally:
         await cancel_and_wait([task])
-
-
-def _two_endpoints(**flow_cfg: object) -> tuple[Scheduler, FlowControl]:
-    config = PickerConfig.model_validate(
-        {"replica_id": "t", "saturation": {"max_in_flight": 2, "queue_depth_threshold": 100},
-         "flow_control": flow_cfg}
-    )  # fmt: skip
-    s = Scheduler(config, Telemetry(), clock=time.time)
-    now = time.time()
-    s.on_snapshot(
-        PoolSnapshot(
-            pool="m", collector="t", published_at=now,
-            endpoints=[EndpointMetrics(address=a, scraped_at=now) for a in ("a:1", "b:1")],
-        )
-    )  # fmt: skip
-    return s, FlowControl(s, config.flow_control)
 
 
 async def test_reserved_slot_is_left_for_the_tenant_under_its_share() -> None:
