@@ -39,11 +39,12 @@ from typing import Any
 
 import yaml
 
+from bench.common.envoy_stats import failed_open
 from bench.common.load import Result, closed_loop, open_loop, warm
 from bench.common.proc import cpu_seconds
 from pointsman.stack import Stack, StackOptions
 from pointsman.stack.envoy import EnvoyOptions, render_yaml
-from pointsman.stack.procs import binary, free_port, http_status, spawn, wait_ready
+from pointsman.stack.procs import binary, free_port, http_status, port_free, spawn, wait_ready
 
 PAYLOAD = {
     "model": "bench-model",
@@ -299,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
                 str(floor_port),
                 "--endpoint",
                 upstream,
+                "--response-path",
+                args.response_path,
             ],
             stack.log_dir,
         )
@@ -325,13 +328,23 @@ def main(argv: list[str] | None = None) -> int:
                 ("floor", floor_envoy, floor_admin),
             ):
                 wait_ready(proc, ready_check(f"http://127.0.0.1:{port}/ready"), 30, f"{name} envoy")
+            # Listening (port taken), or the warm-up's requests would fail open past it.
+            wait_ready(floor, lambda: not port_free(floor_port), 30, "floor ext_proc")
             urls = {
                 "baseline": f"http://127.0.0.1:{listen}/v1/chat/completions",
                 "floor": f"http://127.0.0.1:{floor_listen}/v1/chat/completions",
                 "pointsman": f"{stack.gateway_url}/v1/chat/completions",
             }
             pids = {name: child.popen.pid for name, child in stack.children.items()}
+            admins = {
+                "floor": f"http://127.0.0.1:{floor_admin}",
+                "pointsman": f"http://127.0.0.1:{stack.ports['envoy_admin']}",
+            }
+            before = {name: failed_open(url) for name, url in admins.items()}
             results = asyncio.run(run_phases(urls, pids, args))
+            results["failed_open"] = {
+                name: failed_open(url) - before[name] for name, url in admins.items()
+            }
             results["apis"] = asyncio.run(run_api_phases(api_rows(stack.gateway_url), args))
         finally:
             floor_envoy.stop()
@@ -449,6 +462,12 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     print("(+path: added over baseline; the floor is a do-nothing Python ext_proc, same filters)")
     print(
         f"max throughput (closed loop x{args.concurrency}): baseline {cap_b:.0f} req/s, floor {cap_f:.0f} req/s, pointsman {cap_p:.0f} req/s, ratio {results['throughput_ratio']:.2f}"
+    )
+    skipped = results.get("failed_open", {})
+    print(
+        "ext_proc streams failed open (requests sent on without the server): "
+        + ", ".join(f"{n} {v}" for n, v in skipped.items())
+        + ("" if not any(skipped.values()) else "  <- those rows are NOT all that path's work")
     )
     print(
         "CPU per request on the Pointsman path (us): "

@@ -202,6 +202,16 @@ def test_pools_are_health_checked_and_eject_failing_endpoints() -> None:
     assert "health_checks" not in cluster and "outlier_detection" not in cluster
 
 
+def test_shim_cluster_limits_never_make_a_healthy_shim_fail_open() -> None:
+    # Each request holds one or two ext_proc streams; at Envoy's default 1,024 concurrent
+    # requests per cluster the next stream overflows and, with failure_mode_allow, its request
+    # goes on unchecked (bench/common/envoy_stats.py).
+    limits = clusters(render(options()))["pointsman_shim"]["circuit_breakers"]["thresholds"]
+    assert len(limits) == 1
+    for key in ("max_connections", "max_pending_requests", "max_requests"):
+        assert limits[0][key] >= 100_000
+
+
 @pytest.mark.parametrize("retries", [0, 1, 2])
 def test_retries_on_transport_failures_only(retries: int) -> None:
     vhost = hcm(render(options(gateway=GatewayConfig(retries=retries))))["route_config"][
