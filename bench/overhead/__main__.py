@@ -18,7 +18,7 @@ request rewritten, the answer translated back on the decision stream) and for on
 them natively (``bench-native``: the request passes, made stateless; Redis keeps the Responses
 state), as JSON and as an event stream.
 
-    python -m bench.overhead [--rates 50,100,200] [--seconds 10] [--rounds 2] [--apis-only]
+    python -m bench.overhead [--rates 50,100,200] [--seconds 10] [--rounds 2] [--apis-only | --no-apis]
 
 ``--request-side`` measures only the shim's bus call instead, FastStream's request API against
 raw nats-py in one run (``bench/overhead/request_side.py``). ``--security auth|nats-tls|extproc-tls``
@@ -160,9 +160,10 @@ def bench_stack(args: argparse.Namespace, **flags: bool) -> Stack:
     """The measured stack: two models (one gets the Responses and Messages APIs translated, one
     serves them natively), one simulated replica each that answers at once; ``flags`` are
     :class:`StackOptions` switches (``nats_auth``, ``nats_tls``, ``extproc_tls``)."""
+    models = [TRANSLATED] if getattr(args, "no_apis", False) else [TRANSLATED, NATIVE]
     return Stack(
         StackOptions(
-            models=[TRANSLATED, NATIVE],
+            models=models,
             replicas=1,
             gateway_port=0,
             sim_args=["--time-scale", "0.0001", "--anthropic"],
@@ -175,6 +176,8 @@ def bench_stack(args: argparse.Namespace, **flags: bool) -> Stack:
                             TRANSLATED: {"responses": "chat", "messages": "chat"},
                             NATIVE: {"responses": "native", "messages": "native"},
                         }
+                        if len(models) > 1
+                        else {TRANSLATED: {"responses": "chat", "messages": "chat"}}
                     }
                 }
             },
@@ -233,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
         "--apis-only",
         action="store_true",
         help="only the per-API rows (skip the baseline, floor and capacity phases)",
+    )
+    p.add_argument(
+        "--no-apis",
+        action="store_true",
+        help="skip the per-API rows and the second model they need: one model, one simulator, "
+        "the stack of trees before those rows (compare with them like for like)",
     )
     p.add_argument("--out", type=Path, default=None, help="JSON results path")
     p.add_argument(
@@ -345,7 +354,11 @@ def main(argv: list[str] | None = None) -> int:
             results["failed_open"] = {
                 name: failed_open(url) - before[name] for name, url in admins.items()
             }
-            results["apis"] = asyncio.run(run_api_phases(api_rows(stack.gateway_url), args))
+            results["apis"] = (
+                {}
+                if args.no_apis
+                else asyncio.run(run_api_phases(api_rows(stack.gateway_url), args))
+            )
         finally:
             floor_envoy.stop()
             floor.stop()
@@ -473,7 +486,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
         "CPU per request on the Pointsman path (us): "
         + ", ".join(f"{n} {v:.0f}" for n, v in results["cpu_us_per_request"].items())
     )
-    report_apis(results, args, write=False)
+    if results["apis"]:
+        report_apis(results, args, write=False)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
