@@ -159,28 +159,28 @@ def baseline_envoy_config(listen: int, admin: int, upstream: str) -> dict[str, A
 def bench_stack(args: argparse.Namespace, **flags: bool) -> Stack:
     """The measured stack: two models (one gets the Responses and Messages APIs translated, one
     serves them natively), one simulated replica each that answers at once; ``flags`` are
-    :class:`StackOptions` switches (``nats_auth``, ``nats_tls``, ``extproc_tls``)."""
-    models = [TRANSLATED] if getattr(args, "no_apis", False) else [TRANSLATED, NATIVE]
+    :class:`StackOptions` switches (``nats_auth``, ``nats_tls``, ``extproc_tls``). With
+    ``--no-apis``: one model, no API settings and no simulator flags beyond the time scale, the
+    stack that older trees can start too (``bench.overhead.versus`` runs them on it)."""
+    if getattr(args, "no_apis", False):
+        models, sim_args, overrides = [TRANSLATED], ["--time-scale", "0.0001"], {}
+    else:
+        models = [TRANSLATED, NATIVE]
+        sim_args = ["--time-scale", "0.0001", "--anthropic"]
+        pools = {
+            TRANSLATED: {"responses": "chat", "messages": "chat"},
+            NATIVE: {"responses": "native", "messages": "native"},
+        }
+        overrides = {"shim": {"apis": {"pools": pools}}}
     return Stack(
         StackOptions(
             models=models,
             replicas=1,
             gateway_port=0,
-            sim_args=["--time-scale", "0.0001", "--anthropic"],
+            sim_args=sim_args,
             body_mode=args.body_mode,
             response_path=args.response_path,
-            overrides={
-                "shim": {
-                    "apis": {
-                        "pools": {
-                            TRANSLATED: {"responses": "chat", "messages": "chat"},
-                            NATIVE: {"responses": "native", "messages": "native"},
-                        }
-                        if len(models) > 1
-                        else {TRANSLATED: {"responses": "chat", "messages": "chat"}}
-                    }
-                }
-            },
+            overrides=overrides,
             **flags,  # type: ignore[arg-type]
         )
     )

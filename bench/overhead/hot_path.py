@@ -304,16 +304,23 @@ def export(ref: str, into: Path, paths: tuple[str, ...] = TREES) -> str:
     return commit
 
 
-def run_worker(module: str, tree: Path | None, *argv: str) -> Any:
-    """``python -m module --worker argv...`` on ``tree``'s sources (its ``src`` and each service
-    it has; ``None``: the installed ones): what its last line prints, as JSON."""
+def tree_env(tree: Path | None) -> dict[str, str]:
+    """The environment of a child that runs this checkout's benchmark code on ``tree``'s
+    sources (its ``src`` and each service it has first on ``PYTHONPATH``; ``None``: the
+    installed ones, this tree)."""
     env = dict(os.environ)
     if tree is not None:
         services = [str(d) for d in sorted((tree / "services").iterdir()) if d.is_dir()]
         env["PYTHONPATH"] = os.pathsep.join([str(tree / "src"), *services, str(ROOT)])
+    return env
+
+
+def run_worker(module: str, tree: Path | None, *argv: str) -> Any:
+    """``python -m module --worker argv...`` on ``tree``'s sources (see :func:`tree_env`):
+    what its last line prints, as JSON."""
     out = subprocess.run(
         [sys.executable, "-m", module, "--worker", *argv],
-        cwd=ROOT, env=env, check=True, capture_output=True, text=True,
+        cwd=ROOT, env=tree_env(tree), check=True, capture_output=True, text=True,
     )  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -1,0 +1,171 @@
+"""bench.overhead against a baseline commit, in one run: what a change added on the request path.
+
+    python -m bench.overhead.versus --baseline 00ed12e [--rounds 2] [--rates 50,100,200] [--seconds 6]
+
+Each round runs this checkout's ``python -m bench.overhead --no-apis`` twice, in child processes,
+in alternating order: once on the baseline's ``src`` and ``services`` (``git archive``, first on
+``PYTHONPATH``, as ``bench.overhead.hot_path`` does) and once on this tree. So the harness, the
+load and the do-nothing floor are the same; only Pointsman's code differs. Both stacks have one
+model (``--no-apis``: older trees have no per-API rows to measure).
+
+Like for like at the gateway too: a baseline whose Envoy template leaves the shim cluster at
+Envoy's default limits (trees before the fix that raised them) gets this tree's limits, because
+past 1,024 concurrent ext_proc streams its requests would skip the shim (fail open) and flatter
+it (``bench/common/envoy_stats.py``). The ext_proc streams that failed open are printed per run.
+
+The table: each rate's p50 added over Envoy alone, per run, and the change (mean of this tree's
+runs less the baseline's); the closed-loop throughput the same way. The results JSON holds every
+run's whole ``bench.overhead`` result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.overhead.hot_path import ROOT, export, git, tree_env
+
+TEMPLATE = Path("src/pointsman/stack/envoy.template.yaml")
+SHIM_CLUSTER = "    - name: pointsman_shim\n"
+
+
+def shim_limits(template: str) -> str:
+    """The ``circuit_breakers`` block of the shim cluster in ``template`` ("" when none)."""
+    start = template.find(SHIM_CLUSTER)
+    if start < 0:
+        return ""
+    end = template.find("\n    - name: ", start + len(SHIM_CLUSTER))
+    cluster = template[start : end if end >= 0 else len(template)]
+    lines = cluster.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line.strip() == "circuit_breakers:":
+            indent = len(line) - len(line.lstrip())
+            block = [line]
+            for following in lines[i + 1 :]:
+                if following.strip() and len(following) - len(following.lstrip()) <= indent:
+                    break
+                block.append(following)
+            return "".join(block)
+    return ""
+
+
+def with_shim_limits(template: str, limits: str) -> str:
+    """``template`` with ``limits`` (a ``circuit_breakers`` block) in its shim cluster, right
+    after the cluster's name, unless it sets limits of its own."""
+    if not limits or shim_limits(template) or SHIM_CLUSTER not in template:
+        return template
+    return template.replace(SHIM_CLUSTER, SHIM_CLUSTER + limits, 1)
+
+
+def run_once(tree: Path | None, out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """One ``bench.overhead --no-apis`` run on ``tree`` (``None``: this tree); its results."""
+    argv = [
+        sys.executable, "-m", "bench.overhead", "--no-apis", "--rates", args.rates,
+        "--seconds", str(args.seconds), "--rounds", "1", "--out", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(argv, cwd=ROOT, env=tree_env(tree), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"bench.overhead failed on {tree or 'this tree'}:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+def added_p50(run: dict[str, Any], rate: str) -> float:
+    return float(run["added_ms"][rate]["p50"])
+
+
+def closed_loop(run: dict[str, Any]) -> float:
+    return float(run["max_throughput"]["pointsman"]["throughput_rps"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.overhead.versus", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument(
+        "--baseline",
+        help="git ref to compare with (default: where this branch left main, git merge-base)",
+    )
+    p.add_argument("--rounds", type=int, default=2, help="runs per tree, alternating")
+    p.add_argument("--rates", default="50,100,200", help="open-loop rates (default 50,100,200)")
+    p.add_argument("--seconds", type=float, default=6.0, help="length of one phase (default 6 s)")
+    p.add_argument("--out", type=Path, default=Path("bench/results/overhead_versus.json"))
+    args = p.parse_args(argv)
+
+    baseline = args.baseline or git("merge-base", "HEAD", "main")
+    limits = shim_limits((ROOT / TEMPLATE).read_text())
+    with tempfile.TemporaryDirectory(prefix="overhead-versus-") as tmp:
+        base_tree = Path(tmp, "base")
+        name = f"baseline {export(baseline, base_tree, ('src', 'services'))}"
+        template = base_tree / TEMPLATE
+        patched = False
+        if template.exists():
+            text = template.read_text()
+            template.write_text(with_shim_limits(text, limits))
+            patched = template.read_text() != text
+        trees: dict[str, Path | None] = {name: base_tree, "this tree": None}
+        runs: dict[str, list[dict[str, Any]]] = {n: [] for n in trees}
+        for r in range(args.rounds):
+            for n in list(trees) if r % 2 == 0 else list(reversed(trees)):
+                runs[n].append(run_once(trees[n], Path(tmp, f"run-{len(runs[n])}.json"), args))
+                print(f"round {r + 1}/{args.rounds}: {n} done", file=sys.stderr)
+
+    rates = [f"{float(x):g}" for x in args.rates.split(",") if x.strip()]
+    print(
+        f"\nbench.overhead.versus: {name} against this tree, {args.rounds} runs each, "
+        f"alternating; p50 added over Envoy alone (ms)"
+        + ("; the baseline got this tree's shim-cluster limits" if patched else "")
+    )
+    print(f"{'rate':>8}  {name:<28}{'this tree':<28}{'change':>8}")
+    change: dict[str, float] = {}
+    for rate in rates:
+        b = [added_p50(run, rate) for run in runs[name]]
+        t = [added_p50(run, rate) for run in runs["this tree"]]
+        change[rate] = statistics.mean(t) - statistics.mean(b)
+        print(
+            f"{rate:>8}  {', '.join(f'{v:.2f}' for v in b):<28}"
+            f"{', '.join(f'{v:.2f}' for v in t):<28}{change[rate]:>+8.2f}"
+        )
+    b_cap = [closed_loop(run) for run in runs[name]]
+    t_cap = [closed_loop(run) for run in runs["this tree"]]
+    ratio = statistics.mean(t_cap) / statistics.mean(b_cap) if statistics.mean(b_cap) else 0.0
+    print(
+        f"{'closed':>8}  {', '.join(f'{v:.0f}' for v in b_cap):<28}"
+        f"{', '.join(f'{v:.0f}' for v in t_cap):<28}{ratio:>7.2f}x  req/s, x16 clients"
+    )
+    skipped = {
+        n: [run.get("failed_open", {}).get("pointsman") for run in rs] for n, rs in runs.items()
+    }
+    print(f"ext_proc streams failed open on the Pointsman path, per run: {skipped}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "baseline": baseline,
+                "baseline_given_shim_limits": patched,
+                "rounds": args.rounds,
+                "rates": rates,
+                "seconds": args.seconds,
+                "cpus": os.cpu_count(),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "p50_added_change_ms": change,
+                "closed_loop_ratio": ratio,
+                "runs": runs,
+            },
+            indent=2,
+        )
+    )
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
