@@ -306,12 +306,13 @@ def export(ref: str, into: Path, paths: tuple[str, ...] = TREES) -> str:
 
 def tree_env(tree: Path | None) -> dict[str, str]:
     """The environment of a child that runs this checkout's benchmark code on ``tree``'s
-    sources (its ``src`` and each service it has first on ``PYTHONPATH``; ``None``: the
-    installed ones, this tree)."""
+    sources (its ``src`` and each service it has first on ``PYTHONPATH``, before what was
+    there; ``None``: the installed ones, this tree)."""
     env = dict(os.environ)
     if tree is not None:
         services = [str(d) for d in sorted((tree / "services").iterdir()) if d.is_dir()]
-        env["PYTHONPATH"] = os.pathsep.join([str(tree / "src"), *services, str(ROOT)])
+        before = [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []
+        env["PYTHONPATH"] = os.pathsep.join([str(tree / "src"), *services, str(ROOT), *before])
     return env
 
 
