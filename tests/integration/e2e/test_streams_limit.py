@@ -11,7 +11,10 @@ failed open.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import resource
 import time
+from collections.abc import Iterator
 
 import aiohttp
 import httpx
@@ -30,6 +33,22 @@ HELD = 1100
 #: Requests sent at a time: the next batch waits until the shim holds the earlier ones, so the
 #: shim is never asked for hundreds of decisions at once (a loaded machine would time them out).
 BATCH = 50
+
+
+@contextlib.contextmanager
+def open_files(needed: int) -> Iterator[None]:
+    """This process's soft limit on open files raised to ``needed`` (the stack's processes,
+    started inside, inherit it): Envoy holds two sockets per request in flight, the client
+    and the simulator one each. Skips when the hard limit is lower."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        pytest.skip(f"holding {HELD} requests needs {needed} open files; the hard limit is {hard}")
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def active_streams(stack: Stack) -> float:
@@ -51,18 +70,21 @@ async def hold(session: aiohttp.ClientSession, url: str) -> str:
 
 def test_more_requests_in_flight_than_envoys_default_limit_all_reach_the_shim() -> None:
     sim = ["--time-scale", "1", "--max-num-seqs", "4096", "--num-gpu-blocks", "1000000"]
-    with make_stack(
-        models=["alpha"],
-        replicas=1,
-        sim_args=sim,
-        # One replica holds them all: never saturated (a burst of 50 would count as 50 waiting).
-        overrides={
-            "shim": {"pick_timeout_ms": 5000},
-            "picker": {
-                "saturation": {"queue_depth_threshold": 100_000, "kv_cache_util_threshold": 1.0}
+    with (
+        open_files(4 * HELD + 1024),
+        make_stack(
+            models=["alpha"],
+            replicas=1,
+            sim_args=sim,
+            # One replica holds them all: never saturated (a burst of 50 would count as 50 waiting).
+            overrides={
+                "shim": {"pick_timeout_ms": 5000},
+                "picker": {
+                    "saturation": {"queue_depth_threshold": 100_000, "kv_cache_util_threshold": 1.0}
+                },
             },
-        },
-    ) as stack:
+        ) as stack,
+    ):
         admin = f"http://127.0.0.1:{stack.ports['envoy_admin']}"
         url = f"{stack.gateway_url}/v1/chat/completions"
         skipped_before = failed_open(admin)
