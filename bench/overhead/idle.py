@@ -36,7 +36,8 @@ def _measure(seconds: float) -> dict[str, float]:
     from bench.common.proc import cpu_seconds
     from bench.overhead.__main__ import bench_stack
 
-    args = argparse.Namespace(body_mode="BUFFERED", response_path="observer")
+    # One model, no API settings: the stack every baseline can start (bench.overhead --no-apis).
+    args = argparse.Namespace(body_mode="BUFFERED", response_path="observer", no_apis=True)
     with bench_stack(args) as stack:
         time.sleep(3)  # start-up work done
         pids = {n: c.popen.pid for n, c in stack.children.items() if n in SERVICES}
