@@ -292,6 +292,19 @@ def git(*argv: str) -> str:
     return out.stdout.strip()
 
 
+def add_baseline(p: argparse.ArgumentParser) -> None:
+    """``--baseline REF``, the commit a benchmark compares this tree with (see :func:`baseline_of`)."""
+    p.add_argument(
+        "--baseline",
+        help="git ref to compare with (default: where this branch left main, git merge-base)",
+    )
+
+
+def baseline_of(args: argparse.Namespace) -> str:
+    """``--baseline``, or where this branch left main."""
+    return str(args.baseline or git("merge-base", "HEAD", "main"))
+
+
 def export(ref: str, into: Path, paths: tuple[str, ...] = TREES) -> str:
     """``ref``'s ``paths`` under ``into``; its short commit id."""
     commit = git("rev-parse", "--short", ref)
@@ -330,10 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench.overhead.hot_path", description=__doc__.split("\n\n")[0]
     )
-    p.add_argument(
-        "--baseline",
-        help="git ref to compare with (default: where this branch left main, git merge-base)",
-    )
+    add_baseline(p)
     p.add_argument(
         "--this",
         help="git ref to measure instead of the working tree (e.g. one commit of a series)",
@@ -353,8 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         _worker(args.requests, args.profile)
         return 0
 
-    if args.baseline is None:
-        args.baseline = git("merge-base", "HEAD", "main")
+    args.baseline = baseline_of(args)
     with tempfile.TemporaryDirectory(prefix="hot-path-") as tmp:
         trees = {f"baseline {export(args.baseline, Path(tmp, 'base'))}": Path(tmp, "base")}
         if args.this is None:

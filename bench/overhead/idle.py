@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.overhead.hot_path import export, git, run_worker
+from bench.overhead.hot_path import add_baseline, baseline_of, export, run_worker
 
 SERVICES = ("picker", "shim", "collector", "nats-server")
 TREES = ("src", "services")
@@ -50,10 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench.overhead.idle", description=__doc__.split("\n\n")[0]
     )
-    p.add_argument(
-        "--baseline",
-        help="git ref to compare with (default: where this branch left main, git merge-base)",
-    )
+    add_baseline(p)
     p.add_argument("--rounds", type=int, default=2, help="stacks per tree, alternating")
     p.add_argument("--seconds", type=float, default=20.0, help="idle time measured per stack")
     p.add_argument("--out", default="bench/results/overhead_idle.json")
@@ -63,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_measure(args.seconds)))
         return 0
 
-    baseline = args.baseline or git("merge-base", "HEAD", "main")
+    baseline = baseline_of(args)
     with tempfile.TemporaryDirectory(prefix="idle-") as tmp:
         name = f"baseline {export(baseline, Path(tmp, 'base'), TREES)}"
         trees: dict[str, Path | None] = {name: Path(tmp, "base"), "this tree": None}

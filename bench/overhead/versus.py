@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.overhead.hot_path import ROOT, export, git, tree_env
+from bench.overhead.hot_path import ROOT, add_baseline, baseline_of, export, tree_env
 
 TEMPLATE = Path("src/pointsman/stack/envoy.template.yaml")
 SHIM_CLUSTER = "    - name: pointsman_shim\n"
@@ -90,17 +90,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench.overhead.versus", description=__doc__.split("\n\n")[0]
     )
-    p.add_argument(
-        "--baseline",
-        help="git ref to compare with (default: where this branch left main, git merge-base)",
-    )
+    add_baseline(p)
     p.add_argument("--rounds", type=int, default=2, help="runs per tree, alternating")
     p.add_argument("--rates", default="50,100,200", help="open-loop rates (default 50,100,200)")
     p.add_argument("--seconds", type=float, default=6.0, help="length of one phase (default 6 s)")
     p.add_argument("--out", type=Path, default=Path("bench/results/overhead_versus.json"))
     args = p.parse_args(argv)
 
-    baseline = args.baseline or git("merge-base", "HEAD", "main")
+    baseline = baseline_of(args)
     limits = shim_limits((ROOT / TEMPLATE).read_text())
     with tempfile.TemporaryDirectory(prefix="overhead-versus-") as tmp:
         base_tree = Path(tmp, "base")
