@@ -17,14 +17,11 @@ import time
 from collections.abc import Iterator
 
 import aiohttp
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common.envoy_stats import failed_open
 from pointsman.runtime import cancel_and_wait
-from pointsman.stack import Stack
-from tests.integration.e2e.conftest import make_stack
+from tests.integration.e2e.conftest import make_stack, shim_streams
 
 pytestmark = pytest.mark.integration
 
@@ -49,15 +46,6 @@ def open_files(needed: int) -> Iterator[None]:
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
-def active_streams(stack: Stack) -> float:
-    text = httpx.get(f"http://127.0.0.1:{stack.ports['shim_http']}/metrics", timeout=10).text
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "pointsman_shim_active_streams":
-                return s.value
-    return 0.0
 
 
 async def hold(session: aiohttp.ClientSession, url: str) -> str:
@@ -89,6 +77,21 @@ def test_more_requests_in_flight_than_envoys_default_limit_all_reach_the_shim() 
         url = f"{stack.gateway_url}/v1/chat/completions"
         skipped_before = failed_open(admin)
 
+        def skipped() -> int:
+            return failed_open(admin) - skipped_before
+
+        async def held_by_the_shim(tasks: list[asyncio.Task[str]]) -> None:
+            """Wait (120 s at most) until the shim holds a stream for every request sent."""
+            deadline = time.monotonic() + 120
+            while (held := (await asyncio.to_thread(shim_streams, stack))["active"]) < len(tasks):
+                assert (n := skipped()) == 0, f"{n} requests failed open at {held} held"
+                done = [t for t in tasks if t.done()]
+                assert not done, f"a held request ended early: {done[0].result()}"
+                assert time.monotonic() < deadline, (
+                    f"the shim holds {held} streams of {len(tasks)} requests"
+                )
+                await asyncio.sleep(0.1)
+
         async def run() -> None:
             connector = aiohttp.TCPConnector(limit=0)
             timeout = aiohttp.ClientTimeout(total=None)
@@ -100,17 +103,8 @@ def test_more_requests_in_flight_than_envoys_default_limit_all_reach_the_shim() 
                             asyncio.create_task(hold(session, url))
                             for _ in range(min(BATCH, HELD - len(tasks)))
                         ]
-                        deadline = time.monotonic() + 120
-                        while (held := await asyncio.to_thread(active_streams, stack)) < len(tasks):
-                            skipped = failed_open(admin) - skipped_before
-                            assert skipped == 0, f"{skipped} requests failed open at {held} held"
-                            done = [t for t in tasks if t.done()]
-                            assert not done, f"a held request ended early: {done[0].result()}"
-                            assert time.monotonic() < deadline, (
-                                f"the shim holds {held} streams of {len(tasks)} requests"
-                            )
-                            await asyncio.sleep(0.1)
-                    assert failed_open(admin) - skipped_before == 0
+                        await held_by_the_shim(tasks)
+                    assert skipped() == 0
                 finally:
                     await cancel_and_wait(tasks)
 
