@@ -113,11 +113,11 @@ class Floor(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
                 yield pb.ProcessingResponse(request_body=pb.BodyResponse())
             elif which == "response_headers":  # the inline response path
                 yield RESPONSE_HEADERS
-                if request.response_headers.end_of_stream:
+                if response_ended(request):
                     return
             elif which == "response_body":
                 yield RESPONSE_BODY
-                if request.response_body.end_of_stream:
+                if response_ended(request):
                     return
 
     def _duplex_headers(self, length: int) -> pb.ProcessingResponse:
