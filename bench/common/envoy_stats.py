@@ -14,16 +14,19 @@ import json
 import urllib.request
 
 
-def counter_sum(admin: str, suffix: str) -> int:
-    """The sum of every counter of Envoy's admin at ``admin`` (``http://host:port``) whose name
-    ends with ``suffix``, e.g. ``.failure_mode_allowed`` for every ext_proc filter's."""
-    with urllib.request.urlopen(f"{admin}/stats?format=json&usedonly", timeout=5) as r:
+def counters(admin: str) -> dict[str, int]:
+    """Every counter and gauge of Envoy's admin at ``admin`` (``http://host:port``) by name."""
+    with urllib.request.urlopen(f"{admin}/stats?format=json", timeout=5) as r:
         data = json.loads(r.read())
-    return sum(
-        int(s["value"])
-        for s in data.get("stats", [])
-        if isinstance(s.get("value"), int) and s["name"].endswith(suffix)
-    )
+    return {
+        s["name"]: int(s["value"]) for s in data.get("stats", []) if isinstance(s.get("value"), int)
+    }
+
+
+def counter_sum(admin: str, suffix: str) -> int:
+    """The sum of the counters whose name ends with ``suffix``, e.g. ``.failure_mode_allowed``
+    for every ext_proc filter's."""
+    return sum(v for name, v in counters(admin).items() if name.endswith(suffix))
 
 
 def failed_open(admin: str) -> int:

@@ -34,6 +34,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from google.protobuf import struct_pb2
 
+from bench.common.envoy_stats import counters
 from pointsman.stack.envoy import EnvoyOptions, render
 from pointsman.stack.gateway import GatewayConfig
 from tests.helpers import procs
@@ -320,11 +321,7 @@ class Envoy:
         return f"pool_{sorted(self.pools).index(model)}"
 
     def stats(self) -> dict[str, int]:
-        with urllib.request.urlopen(f"{self.admin}/stats?format=json", timeout=5) as r:
-            data = json.loads(r.read())
-        return {
-            s["name"]: int(s["value"]) for s in data["stats"] if isinstance(s.get("value"), int)
-        }
+        return counters(self.admin)
 
     def stat(self, name: str) -> int:
         return self.stats().get(name, 0)
