@@ -7,9 +7,10 @@ Entity type names follow Microsoft Presidio's (``CREDIT_CARD``, ``IBAN_CODE``, .
 by the PII data in ../shared/data and by the vLLM Semantic Router's PII models, so per-model
 policies can list the same names whichever detector found the entity.
 
-Names of people, places (street addresses and their fragments too), organisations and dates need
-a model: the token head on the shared encoder finds :data:`MODEL_TYPES` (``piihead.py``), or a
-configured token-classification model (``classifier.pii.model``) its own labels.
+Dates in ISO 8601 form have a recogniser of their own; names of people, places (street addresses
+and their fragments too), organisations and other dates need a model: the token head on the
+shared encoder finds :data:`MODEL_TYPES` (``piihead.py``), or a configured token-classification
+model (``classifier.pii.model``) its own labels.
 """
 
 from __future__ import annotations
@@ -134,6 +135,13 @@ _PHONE_LABEL_RE = re.compile(
 _STREET_AFTER_RE = re.compile(r"\s+(?:\d{1,4}(?:st|nd|rd|th)\b|([^\W\d_])[^\W\d_])")
 #: Brazil's CEP postcode ("31918-254"): a five-three split no phone numbering plan uses.
 _CEP_RE = re.compile(r"\d{5}-\d{3}")
+#: An ISO 8601 date, with a time of day when it has one ("1998-09-02 03:32:32.683505",
+#: "2024-10-20T07:30Z"): the token head cut the microseconds' form into pieces.
+_ISO_DATE_RE = re.compile(
+    r"(?<![\w\-])\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])"
+    r"(?:[ T](?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d{1,6})?)?(?:Z|[+\-]\d{2}:?\d{2})?)?"
+    r"(?![\w\-])"
+)
 _URL_RE = re.compile(r"\bhttps?://[^\s/$.?#][^\s]*", re.IGNORECASE)
 
 _SUFFIXES = (
@@ -262,6 +270,11 @@ def _addresses(text: str) -> Iterable[Finding]:
             yield Finding(m.start(), m.end(), ADDRESS, score=0.6)
 
 
+def _dates(text: str) -> Iterable[Finding]:
+    for m in _ISO_DATE_RE.finditer(text):
+        yield Finding(m.start(), m.end(), DATE_TIME, score=0.9)
+
+
 def _urls(text: str) -> Iterable[Finding]:
     for m in _URL_RE.finditer(text):
         yield Finding(m.start(), m.end(), URL, score=0.9)
@@ -276,6 +289,7 @@ RECOGNISERS: dict[str, Callable[[str], Iterable[Finding]]] = {
     CARD: _cards,
     SSN: _ssns,
     IP: _ips,
+    DATE_TIME: _dates,
     PHONE: _phones,
     ADDRESS: _addresses,
 }

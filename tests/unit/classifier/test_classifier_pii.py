@@ -148,3 +148,15 @@ def test_find_is_linear_on_adversarial_text(text: str) -> None:
     small = min(cost(short) for _ in range(3))
     large = cost(text)
     assert large < 8 * 4 * max(small, 1e-3)
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        ("When: 1998-09-02 03:32:32.683505\\nWhere: Oslo", ["1998-09-02 03:32:32.683505"]),
+        ("due 2024-10-20, or 2024-10-20T07:30Z at the latest", ["2024-10-20", "2024-10-20T07:30Z"]),
+        ("ticket 2024-13-45 and v1-2024-10-20 are not dates", []),
+    ],
+)
+def test_iso_dates(text: str, want: list[str]) -> None:
+    assert _spans(text, pii.DATE_TIME) == want
