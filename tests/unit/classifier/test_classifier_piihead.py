@@ -46,10 +46,12 @@ def test_bio_tags_decode_back_to_the_gold_spans_adjacent_ones_too() -> None:
     assert [(f.start, f.end, f.entity_type) for f in found] == [
         (s.start, s.end, s.entity_type) for s in gold
     ]
-    # With the text, spans of one type one space apart are one entity: the whole address.
+    # With the text, spans of one type one space apart are one entity, except a house number
+    # before a street with a number of its own: the data marks those two apart.
     whole = spans_from_tokens(labels, [0.9] * len(labels), offsets, 0.5, text)
     assert [(text[f.start : f.end], f.entity_type) for f in whole] == [
-        ("637 Strojírenská 1006 Apt. 5", "LOCATION"),
+        ("637", "LOCATION"),
+        ("Strojírenská 1006 Apt. 5", "LOCATION"),
         ("Ana Lima", "PERSON"),
         ("Oslo", "LOCATION"),
     ]
@@ -434,3 +436,62 @@ def test_type_weights_scale_a_types_tags_only() -> None:
     assert w["O"] == w["B-PERSON"] == w["I-ORGANIZATION"] == 1.0
     with pytest.raises(ValueError, match="CITY"):
         tag_weights(LABELS, {"CITY": 2.0})
+
+
+def _decode(text: str, labels: str) -> list[tuple[str, str]]:
+    """Decode one tag per whitespace-separated word of ``text``: ``labels`` has one letter per
+    word, ``O`` none, ``P``/``L``/``G`` a person, place or organisation (``B-``)."""
+    import re
+
+    kinds = {"O": "O", "P": "B-PERSON", "L": "B-LOCATION", "G": "B-ORGANIZATION"}
+    words = [[m.start(), m.end()] for m in re.finditer(r"\S+", text)]
+    assert len(words) == len(labels)
+    tags = ["O", *(kinds[c] for c in labels), "O"]
+    offsets = [[0, 0], *words, [0, 0]]
+    found = spans_from_tokens(tags, [0.9] * len(tags), offsets, 0.5, text)
+    return [(text[f.start : f.end], f.entity_type) for f in found]
+
+
+def test_lower_case_names_are_dropped_only_in_a_text_that_uses_capitals() -> None:
+    # "will" and a lone "s" tagged as names: a cased text would have written them with a capital.
+    found = _decode("Remove Kaija from the will of Acme s", "OPOOLOGG")
+    assert found == [("Kaija", "PERSON"), ("Acme", "ORGANIZATION")]
+    # An all-lower-case text says nothing by its case: its names stay.
+    assert _decode("i met ana in oslo", "OOPOL") == [("ana", "PERSON"), ("oslo", "LOCATION")]
+    # Digits count as cased: "12" is kept as a place (a house number).
+    assert _decode("At 12", "OL") == [("12", "LOCATION")]
+
+
+def test_address_lines_are_one_place_across_real_line_breaks_only() -> None:
+    text = "Meet at 135 Löberöd 27\n Suite 215\n ÅSARP , Sweden"
+    # Every line of the block joins; "ÅSARP , Sweden" (no line break between) stays two places.
+    assert _decode(text, "OOLLLLLLOL") == [
+        ("135 Löberöd 27\n Suite 215\n ÅSARP", "LOCATION"),
+        ("Sweden", "LOCATION"),
+    ]
+    # An escaped line break (a backslash and an n) is text, not a line break.
+    found = _decode("Olmstraat 69 \\n Echt", "LLOL")
+    assert [t for _, t in found] == ["LOCATION", "LOCATION"]
+    # People on consecutive lines stay apart.
+    assert _decode("Ana\nBo", "PP") == [("Ana", "PERSON"), ("Bo", "PERSON")]
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        # A house number, then a street with its own number: two entities.
+        ("788 Fitjabraut 87", ["788", "Fitjabraut 87"]),
+        ("43292 69 Spencer Street", ["43292", "69 Spencer Street"]),
+        # A house number and a street without one: one address.
+        ("79 Wolfe Street", ["79 Wolfe Street"]),
+        # A street name first: nothing to split.
+        ("Strojírenská 1006", ["Strojírenská 1006"]),
+        # Several lines: one address, its house number kept (the data marks blocks whole).
+        ("1497 32 Chemin\n ANNECY", ["1497 32 Chemin\n ANNECY"]),
+    ],
+)
+def test_house_number_before_a_numbered_street_is_its_own_entity(
+    text: str, want: list[str]
+) -> None:
+    found = _decode(f"Go to {text}", "OO" + "L" * len(text.split()))
+    assert found == [(w, "LOCATION") for w in want]
