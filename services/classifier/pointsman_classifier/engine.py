@@ -168,6 +168,22 @@ _ADDRESS_LINE_GAP = re.compile(r"[ \t,]*\n[\s,]*")
 #: A house number before a street that has a number of its own ("788 Fitjabraut 87",
 #: "43292 69 Spencer Street"): the group match is the house number, the rest starts at its end.
 _HOUSE_NUMBER = re.compile(r"(\d{1,6}[A-Za-z]?) +(?=[^\n,]*\d)")
+#: A legal form on its own: an organisation's name ends with it, it is not the name.
+_LEGAL_FORM = re.compile(
+    r"Inc\.?|Incorporated|Corp\.?|Corporation|Company|Co\.?|Ltd\.?|Limited|Co\.\s?Ltd\.?|LLC|LLP|LP|"
+    r"PLC|plc|AG|KG|GmbH|SA|S\.A\.?|SARL|SAS|SpA|S\.p\.A\.?|SRL|S\.L\.?|BV|B\.V\.|NV|N\.V\.|A/S|"
+    r"ApS|AB|Oy"
+)
+#: The words of a name before a legal form: up to four, capitalised but for particles ("van
+#: Laarhoven BV", "Analog Devices, Inc.", "Sounds Great, Inc").
+_NAME_BEFORE = re.compile(
+    r"(?:(?:[A-Z][\w&'.\-]*|&|van|de|der|den|von|du|la|le|e|i|and|y)\s+){0,3}"
+    r"[A-Z][\w&'.\-]*,?\s+$"
+)
+#: How far back a name before a lone legal form is looked for (characters).
+_NAME_REACH = 80
+#: Runs of digits.
+_NUMBER = re.compile(r"\d+")
 #: A place and the postcode after it ("Rotterdam 21490", "Montreal KA19 9EJ"): group 1 the
 #: place (no digit), group 2 the postcode (four to six digits, or the British form).
 _PLACE_POSTCODE = re.compile(
@@ -190,7 +206,8 @@ def _tidy(found: list[Finding], text: str) -> list[Finding]:
     - on one line, a house number before a street that has a number of its own is an entity of
       its own ("788" and "Fitjabraut 87": 414 to 143 in presidio's templates of the training
       data, 1,519 to 204 in ours), and so is a postcode after a place ("Rotterdam" and "21490":
-      300 to 30, 942 to 74).
+      300 to 30, 942 to 74);
+    - a legal form alone ("Inc.", "BV") is the end of an organisation's name, not the name.
     """
     cased = text != text.lower()
     out: list[Finding] = []
@@ -221,7 +238,29 @@ def _tidy(found: list[Finding], text: str) -> list[Finding]:
             )
         else:
             out.append(Finding(start, f.end, f.entity_type, f.score, f.source))
+    out = _legal_forms(out, text)
     return [piece for f in out for piece in _address_parts(f, text)]
+
+
+def _legal_forms(found: list[Finding], text: str) -> list[Finding]:
+    """A lone legal form ("Inc.", "BV", "S.A.") tagged as an organisation takes the name before
+    it: the span right before it (a space or ", " between), whatever its type, or else the
+    capitalised words there."""
+    out: list[Finding] = []
+    for f in found:
+        if f.entity_type == "ORGANIZATION" and _LEGAL_FORM.fullmatch(text, f.start, f.end):
+            last = out[-1] if out else None
+            if last is not None and text[last.end : f.start] in ("", " ", ", "):
+                out[-1] = Finding(
+                    last.start, f.end, f.entity_type, min(last.score, f.score), f.source
+                )
+                continue
+            low = max(f.start - _NAME_REACH, last.end if last is not None else 0, 0)
+            m = _NAME_BEFORE.search(text, low, f.start)
+            if m is not None:
+                f = Finding(m.start(), f.end, f.entity_type, f.score, f.source)
+        out.append(f)
+    return out
 
 
 def _uncased(span: str) -> bool:
@@ -234,7 +273,7 @@ def _address_parts(f: Finding, text: str) -> list[Finding]:
     if f.entity_type != "LOCATION" or any(c in "\n," for c in text[f.start : f.end]):
         return [f]
     m = _HOUSE_NUMBER.match(text, f.start, f.end)
-    if m is not None:
+    if m is not None and _street_with_number(text[m.end() : f.end]):
         cut, rest = m.end(1), m.end()
     else:
         m = _PLACE_POSTCODE.fullmatch(text, f.start, f.end)
@@ -245,6 +284,21 @@ def _address_parts(f: Finding, text: str) -> list[Finding]:
         Finding(f.start, cut, f.entity_type, f.score, f.source),
         Finding(rest, f.end, f.entity_type, f.score, f.source),
     ]
+
+
+def _street_with_number(rest: str) -> bool:
+    """Whether ``rest`` (what follows a house number) is a street and its number alone: a name
+    with one number at either end ("Fitjabraut 87", "69 Spencer Street"). A whole address on
+    one line ("154 Dodson Street Apt. 046 Mayfield") is one span in the data, and "9691 2587"
+    holds no street."""
+    words = rest.split()
+    numbered = [w for w in words if _NUMBER.search(w)]
+    return (
+        len(numbered) == 1
+        and len(words) > 1
+        and numbered[0] in (words[0], words[-1])
+        and any(c.isalpha() for c in rest)
+    )
 
 
 def _whole_words(

@@ -46,12 +46,10 @@ def test_bio_tags_decode_back_to_the_gold_spans_adjacent_ones_too() -> None:
     assert [(f.start, f.end, f.entity_type) for f in found] == [
         (s.start, s.end, s.entity_type) for s in gold
     ]
-    # With the text, spans of one type one space apart are one entity, except a house number
-    # before a street with a number of its own: the data marks those two apart.
+    # With the text, spans of one type one space apart are one entity: the whole address.
     whole = spans_from_tokens(labels, [0.9] * len(labels), offsets, 0.5, text)
     assert [(text[f.start : f.end], f.entity_type) for f in whole] == [
-        ("637", "LOCATION"),
-        ("Strojírenská 1006 Apt. 5", "LOCATION"),
+        ("637 Strojírenská 1006 Apt. 5", "LOCATION"),
         ("Ana Lima", "PERSON"),
         ("Oslo", "LOCATION"),
     ]
@@ -482,6 +480,9 @@ def test_address_lines_are_one_place_across_real_line_breaks_only() -> None:
         # A house number, then a street with its own number: two entities.
         ("788 Fitjabraut 87", ["788", "Fitjabraut 87"]),
         ("43292 69 Spencer Street", ["43292", "69 Spencer Street"]),
+        # A whole address on one line, or two numbers without a street: one span.
+        ("154 Dodson Street Apt. 046 Mayfield", ["154 Dodson Street Apt. 046 Mayfield"]),
+        ("9691 2587", ["9691 2587"]),
         # A house number and a street without one: one address.
         ("79 Wolfe Street", ["79 Wolfe Street"]),
         # A street name first: nothing to split.
@@ -501,3 +502,16 @@ def test_house_numbers_and_postcodes_on_one_line_are_entities_of_their_own(
 ) -> None:
     found = _decode(f"Go to {text}", "OO" + "L" * len(text.split()))
     assert found == [(w, "LOCATION") for w in want]
+
+
+def test_a_lone_legal_form_takes_the_name_before_it() -> None:
+    # The span right before it, whatever its type ("Haymaker" taken for a person).
+    found = _decode("Haymaker Corp. is hiring", "PGOO")
+    assert found == [("Haymaker Corp.", "ORGANIZATION")]
+    found = _decode("Ask Analog Devices, Inc. today", "OLLGO")
+    assert found == [("Analog Devices, Inc.", "ORGANIZATION")]
+    # No span before it: the capitalised words (and particles) there.
+    found = _decode("Valerio joined van Laarhoven BV on Monday", "POOOGOO")
+    assert found == [("Valerio", "PERSON"), ("van Laarhoven BV", "ORGANIZATION")]
+    # A legal form with nothing named before it stays as it is.
+    assert _decode("the SA is", "OGO") == [("SA", "ORGANIZATION")]
