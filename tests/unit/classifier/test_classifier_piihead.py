@@ -110,12 +110,13 @@ def test_spans_glued_together_are_one_entity_of_the_first_type() -> None:
         ("Minería S.L.U", "ORGANIZATION"),  # "U" glued after "." joins the organisation
         ("2018-03-09", "DATE_TIME"),
     ]
-    # A space between spans of different types keeps them apart.
-    offsets = [[0, 0], [0, 3], [4, 8], [0, 0]]
+    # A space between spans of different types keeps them apart (but see
+    # test_a_word_next_to_a_persons_name_is_part_of_it).
+    offsets = [[0, 0], [0, 3], [4, 10], [0, 0]]
     apart = spans_from_tokens(
-        ["O", "B-PERSON", "B-LOCATION", "O"], [0.9] * 4, offsets, 0.5, "Ana Oslo"
+        ["O", "B-PERSON", "B-DATE_TIME", "O"], [0.9] * 4, offsets, 0.5, "Ana Monday"
     )
-    assert [f.entity_type for f in apart] == ["PERSON", "LOCATION"]
+    assert [f.entity_type for f in apart] == ["PERSON", "DATE_TIME"]
 
 
 def test_low_scores_end_a_span() -> None:
@@ -451,9 +452,14 @@ def _decode(text: str, labels: str) -> list[tuple[str, str]]:
 
 
 def test_lower_case_names_are_dropped_only_in_a_text_that_uses_capitals() -> None:
-    # "will" and a lone "s" tagged as names: a cased text would have written them with a capital.
-    found = _decode("Remove Kaija from the will of Acme s", "OPOOLOGG")
+    # "will" tagged as a place: a cased text would have written it with a capital.
+    found = _decode("Remove Kaija from the will of Acme", "OPOOLOG")
     assert found == [("Kaija", "PERSON"), ("Acme", "ORGANIZATION")]
+    # A lowercase word inside a name is part of it ("van").
+    assert _decode("Ask Jan van Dyke", "OPPP") == [("Jan van Dyke", "PERSON")]
+    # A lone letter is no name, cased or not.
+    assert _decode("C mon Ana", "POP") == [("Ana", "PERSON")]
+    assert _decode("c mon ana", "POP") == [("ana", "PERSON")]
     # An all-lower-case text says nothing by its case: its names stay.
     assert _decode("i met ana in oslo", "OOPOL") == [("ana", "PERSON"), ("oslo", "LOCATION")]
     # Digits count as cased: "12" is kept as a place (a house number).
@@ -515,3 +521,15 @@ def test_a_lone_legal_form_takes_the_name_before_it() -> None:
     assert found == [("Valerio", "PERSON"), ("van Laarhoven BV", "ORGANIZATION")]
     # A legal form with nothing named before it stays as it is.
     assert _decode("the SA is", "OGO") == [("SA", "ORGANIZATION")]
+
+
+def test_a_word_next_to_a_persons_name_is_part_of_it() -> None:
+    # One-word place or organisation spans one space from a person's name: the name's parts.
+    assert _decode("Ask Antu Valencia now", "OPGO") == [("Antu Valencia", "PERSON")]
+    assert _decode("Ask Chase Usamov now", "OLPO") == [("Chase Usamov", "PERSON")]
+    # Not a legal form, not a place of several words, not across a comma.
+    assert _decode("Haymaker Corp. hires", "PGO") == [("Haymaker Corp.", "ORGANIZATION")]
+    found = _decode("Ana New York", "PLL")
+    assert found == [("Ana", "PERSON"), ("New York", "LOCATION")]
+    found = _decode("Ana , Oslo", "POL")
+    assert found == [("Ana", "PERSON"), ("Oslo", "LOCATION")]
