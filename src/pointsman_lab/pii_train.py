@@ -266,7 +266,7 @@ def main(argv: list[str]) -> int:
     t.add_argument("--layers", type=int, default=1, help="transformer layers of the branch")
     t.add_argument("--epochs", type=int, default=4)
     t.add_argument("--lr", type=float, default=1e-4)
-    t.add_argument("--threshold", type=float, default=0.6, help="as pii.model_threshold")
+    t.add_argument("--threshold", type=float, default=0.5, help="as pii.model_threshold")
     t.add_argument("--seed", type=int, default=7)
     t.add_argument("--dropout", type=float, default=0.1)
     t.add_argument("--limit", type=int, default=0, help="first N training sentences only")
