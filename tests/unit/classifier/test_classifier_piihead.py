@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
@@ -533,3 +536,37 @@ def test_a_word_next_to_a_persons_name_is_part_of_it() -> None:
     assert found == [("Ana", "PERSON"), ("New York", "LOCATION")]
     found = _decode("Ana , Oslo", "POL")
     assert found == [("Ana", "PERSON"), ("Oslo", "LOCATION")]
+
+
+_WORDS = ["788", "Fitjabraut", "87", "Inc.", "BV", "will", "C", "Ana", "\n", "\\n", ",", "Oslo"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(_WORDS),
+            st.sampled_from(["O", "B-PERSON", "I-PERSON", "B-LOCATION", "I-LOCATION",
+                             "B-ORGANIZATION", "B-DATE_TIME"]),
+            st.sampled_from([" ", "", ", ", "\n"]),
+        ),
+        max_size=14,
+    )
+)  # fmt: skip
+def test_decoded_spans_are_ordered_in_bounds_and_apart(
+    words: list[tuple[str, str, str]],
+) -> None:
+    text, offsets, labels = "", [[0, 0]], ["O"]
+    for word, label, sep in words:
+        text += sep
+        offsets.append([len(text), len(text) + len(word)])
+        labels.append(label)
+        text += word
+    offsets.append([0, 0])
+    labels.append("O")
+    found = spans_from_tokens(labels, [0.9] * len(labels), offsets, 0.5, text)
+    for f in found:
+        assert 0 <= f.start < f.end <= len(text)
+        assert any(c.isalnum() for c in text[f.start : f.end])
+    for a, b in itertools.pairwise(found):
+        assert a.end <= b.start
