@@ -182,6 +182,10 @@ _NAME_BEFORE = re.compile(
 )
 #: How far back a name before a lone legal form is looked for (characters).
 _NAME_REACH = 80
+#: A capitalised word and one space, before an organisation span.
+_WORD_BEFORE = re.compile(r"(?<![\w'&\-])[A-Z][\w'&\-]*( )$")
+#: Where a sentence or a line starts: a capitalised word after it may be capitalised for that.
+_SENTENCE_END = frozenset('.!?:\n"(')
 #: Runs of digits.
 _NUMBER = re.compile(r"\d+")
 #: A place and the postcode after it ("Rotterdam 21490", "Montreal KA19 9EJ"): group 1 the
@@ -209,7 +213,9 @@ def _tidy(found: list[Finding], text: str) -> list[Finding]:
       300 to 30, 942 to 74);
     - a legal form alone ("Inc.", "BV") is the end of an organisation's name, not the name;
     - a one-word place or organisation right next to a person's name is part of the name, and a
-      lone letter is no name (7 of 55,000 name spans in the training data are one letter).
+      lone letter is no name (7 of 55,000 name spans in the training data are one letter);
+    - a one-word organisation takes the capitalised word before it, unless a sentence starts
+      there.
     """
     cased = text != text.lower()
     out: list[Finding] = []
@@ -243,8 +249,25 @@ def _tidy(found: list[Finding], text: str) -> list[Finding]:
         for f in out
         if f.entity_type not in _NAME_TYPES or not _not_a_name(text[f.start : f.end], cased)
     ]
-    out = _names_of_people(_legal_forms(out, text), text)
+    out = _one_word_organisations(_names_of_people(_legal_forms(out, text), text), text)
     return [piece for f in out for piece in _address_parts(f, text)]
+
+
+def _one_word_organisations(found: list[Finding], text: str) -> list[Finding]:
+    """A one-word organisation span takes an untagged capitalised word right before it ("Penn"
+    of "Penn Fruit", "Everyday" of "Everyday Health"), unless that word starts a sentence or a
+    line ("Ask Google"). Training split, presidio templates: ORGANIZATION F1 0.851 -> 0.862."""
+    out: list[Finding] = []
+    for f in found:
+        if f.entity_type == "ORGANIZATION" and " " not in text[f.start : f.end]:
+            low = max(f.start - 40, out[-1].end if out else 0)
+            m = _WORD_BEFORE.search(text, low, f.start)
+            if m is not None:
+                before = text[: m.start()].rstrip(" ")
+                if before and before[-1] not in _SENTENCE_END and not before.endswith("\\n"):
+                    f = Finding(m.start(), f.end, f.entity_type, f.score, f.source)
+        out.append(f)
+    return out
 
 
 def _legal_forms(found: list[Finding], text: str) -> list[Finding]:

@@ -570,3 +570,13 @@ def test_decoded_spans_are_ordered_in_bounds_and_apart(
         assert any(c.isalnum() for c in text[f.start : f.end])
     for a, b in itertools.pairwise(found):
         assert a.end <= b.start
+
+
+def test_a_one_word_organisation_takes_the_capitalised_word_before_it() -> None:
+    assert _decode("She joined Penn Fruit today", "OOOGO") == [("Penn Fruit", "ORGANIZATION")]
+    # Not a word that starts a sentence or a line, not a lower-case one, not a tagged one.
+    assert _decode("Call Acme", "OG") == [("Acme", "ORGANIZATION")]
+    assert _decode("Done. Ask Acme", "OOG") == [("Acme", "ORGANIZATION")]
+    assert _decode("She joined big Acme", "OOOG") == [("Acme", "ORGANIZATION")]
+    found = _decode("She met Oslo Acme", "OOLG")
+    assert found == [("Oslo", "LOCATION"), ("Acme", "ORGANIZATION")]
