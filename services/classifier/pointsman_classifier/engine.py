@@ -203,8 +203,9 @@ def _tidy(found: list[Finding], text: str) -> list[Finding]:
     - a word glued to the previous span, or a span of its type one space away, continues it;
     - in a text that uses capital letters, a name (person, organisation, place) without a capital
       letter or a digit is not one: "will", "rent", the "s" of "'s", the "o" of "y/o" (the
-      MiniLM is uncased and cannot see it; of 42,000 such gold spans in the training data, none
-      is all lower case but Faker's "nan" placeholder). A text without any capital keeps them;
+      MiniLM is uncased and cannot see it; in the training data no person span is all lower
+      case, 7 of 6,946 organisations are, and the places that are, Faker's "nan" placeholder).
+      A text without any capital keeps them;
     - place spans on consecutive lines of a postal address are one address (the training data
       marks every such block as one span, 266 to 0);
     - on one line, a house number before a street that has a number of its own is an entity of
