@@ -306,8 +306,14 @@ def generate(
     n_presidio: int = 6000,
     n_own: int = 3000,
     n_composed: int = 12000,
+    n_refill: int = 0,
 ) -> dict[str, int]:
-    """Write ``out/train.json`` and ``out/validation.json``; returns their sizes."""
+    """Write ``out/train.json`` and ``out/validation.json``; returns their sizes.
+
+    With ``n_refill``, also ``out/refill.json``: that many new sentences of the validation
+    templates (three in four from presidio's, the rest ours) filled with other values (seed
+    ``seed + 2000``), a second held-out set that no figure was chosen on. The other two files do
+    not depend on it."""
     raw = PresidioRaw.from_wheel(wheel)
     rows = json.loads(shared.read_text(encoding="utf-8"))
     train = [r for r in rows if not is_validation_template(int(r["template_id"]))]
@@ -330,6 +336,21 @@ def generate(
     for _ in range(n_composed):
         train.append(fill(pii_templates.compose(filler.rng), filler, 3000))
     out.mkdir(parents=True, exist_ok=True)
-    for name, data in (("train", train), ("validation", val)):
+    files = [("train", train), ("validation", val)]
+    if n_refill:
+        rfiller = Filler(raw, seed + 2000)
+        held = [
+            (i, t) for i, t in enumerate(raw.templates) if t.strip() and is_validation_template(i)
+        ]
+        refill = []
+        for n in range(n_refill):
+            if n % 4 < 3:
+                i, t = rfiller.rng.choice(held)
+                refill.append(fill(t, rfiller, i))
+            else:
+                k = rfiller.rng.randrange(len(pii_templates.VALIDATION))
+                refill.append(fill(pii_templates.VALIDATION[k], rfiller, 2000 + k))
+        files.append(("refill", refill))
+    for name, data in files:
         (out / f"{name}.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-    return {"train": len(train), "validation": len(val)}
+    return {name: len(data) for name, data in files}

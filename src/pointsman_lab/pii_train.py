@@ -255,6 +255,9 @@ def main(argv: list[str]) -> int:
     g.add_argument("--presidio", type=int, default=6000, help="sentences of presidio templates")
     g.add_argument("--own", type=int, default=3000, help="sentences of our training templates")
     g.add_argument("--composed", type=int, default=12000, help="sentences composed from parts")
+    g.add_argument(
+        "--refill", type=int, default=0, help="refill.json: new sentences of validation templates"
+    )
     t = sub.add_parser("train", help="train the branch; save pii.safetensors and pii.json")
     t.add_argument("--data", type=Path, default=DATA)
     t.add_argument(
@@ -266,7 +269,7 @@ def main(argv: list[str]) -> int:
     t.add_argument("--layers", type=int, default=1, help="transformer layers of the branch")
     t.add_argument("--epochs", type=int, default=4)
     t.add_argument("--lr", type=float, default=1e-4)
-    t.add_argument("--threshold", type=float, default=0.6, help="as pii.model_threshold")
+    t.add_argument("--threshold", type=float, default=0.5, help="as pii.model_threshold")
     t.add_argument("--seed", type=int, default=7)
     t.add_argument("--dropout", type=float, default=0.1)
     t.add_argument("--limit", type=int, default=0, help="first N training sentences only")
@@ -288,7 +291,14 @@ def main(argv: list[str]) -> int:
             env = {**os.environ, "PYTHONHASHSEED": "0"}
             os.execve(sys.executable, [sys.executable, "-m", "pointsman_lab.pii_train", *argv], env)
         sizes = pii_data.generate(
-            args.shared, args.wheel, args.out, args.seed, args.presidio, args.own, args.composed
+            args.shared,
+            args.wheel,
+            args.out,
+            args.seed,
+            args.presidio,
+            args.own,
+            args.composed,
+            args.refill,
         )
         print(json.dumps(sizes))
         return 0

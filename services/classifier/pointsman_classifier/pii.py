@@ -7,9 +7,10 @@ Entity type names follow Microsoft Presidio's (``CREDIT_CARD``, ``IBAN_CODE``, .
 by the PII data in ../shared/data and by the vLLM Semantic Router's PII models, so per-model
 policies can list the same names whichever detector found the entity.
 
-Names of people, places (street addresses and their fragments too), organisations and dates need
-a model: the token head on the shared encoder finds :data:`MODEL_TYPES` (``piihead.py``), or a
-configured token-classification model (``classifier.pii.model``) its own labels.
+Dates in ISO 8601 form have a recogniser of their own; names of people, places (street addresses
+and their fragments too), organisations and other dates need a model: the token head on the
+shared encoder finds :data:`MODEL_TYPES` (``piihead.py``), or a configured token-classification
+model (``classifier.pii.model``) its own labels.
 """
 
 from __future__ import annotations
@@ -91,8 +92,13 @@ def ip_ok(candidate: str) -> bool:
     return True
 
 
-_EMAIL_RE = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,24}\b")
-_CARD_RE = re.compile(r"(?<![\d\-])(?:\d[ \-]?){11,18}\d(?![\d\-])")
+# A match starts only where a run of local-part characters starts: tried from inside a long run
+# without "@" the search was quadratic (60,000 characters of "12-": 4.6 s).
+_EMAIL_RE = re.compile(
+    r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,24}\b"
+)
+# Not after "+": "+55 16 6706-5645" is a phone number whose digits may pass Luhn by chance.
+_CARD_RE = re.compile(r"(?<![\d\-+])(?:\d[ \-]?){11,18}\d(?![\d\-])")
 _IBAN_RE = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
 _SSN_RE = re.compile(r"(?<![\d\-])\d{3}([\- ])\d{2}\1\d{4}(?![\d\-])")
 _SSN_WORD_RE = re.compile(r"(?i)\b(?:ssn|social security(?: number| no\.?)?)\D{0,20}(\d{9})\b")
@@ -103,11 +109,39 @@ _IPV6_RE = re.compile(
 )
 _PHONE_RE = re.compile(
     r"(?<![\w+\-])(?:\+\d{1,3}[ .\-]?)?(?:\(\d{1,5}\)[ .\-]?)?\d{2,5}(?:[ .\-]\d{2,8}){1,4}"
-    r"(?:\s?(?:x|ext\.?)\s?\d{1,5})?(?![\d\-]\d)(?!\d)"
+    r"(?:\s?(?:x|ext\.?)\s?\d{1,5})?(?![\d\-]\d)(?!\d)(?![^\W\d_])"
+    # "+39 0432679072", "+49(0)7197397419": a country code, the national trunk "(0)", one run
+    r"|(?<![\w+\-])\+\d{1,3}[ .\-]?(?:\(0\)[ .\-]?)?\d{6,12}(?!\w)"
     r"|(?<![\w+\-])\+\d{7,14}(?!\w)"
-    r"|(?<![\w+\-])\(\d{2,5}\)\d{5,9}(?!\w)"
+    # "(05795) 761703", "(017)-1186106"
+    r"|(?<![\w+\-])\(\d{2,5}\)[ .\-]?\d{5,9}(?!\w)"
+    # A bare run of digits: taken only with a phone word nearby (see _phones).
+    r"|(?<![\w+\-.])\d{7,15}(?!\w)(?![.\-]\d)"
 )
-_PHONE_WORD_RE = re.compile(r"(?i)\b(?:phone|tel|telephone|mobile|cell|call|fax)\b")
+#: Words before a number that make it a phone number, a few words away at most (Presidio's
+#: context words): "phone 0254699008", "Fax: +48 512 068 320", "call me on 92 34 70".
+_PHONE_WORD_RE = re.compile(
+    r"(?i)\b(?:phone|tel|telephone|mobile|cell|cellphone|call|fax|sms|text|whatsapp|dial)\b"
+)
+#: How many characters before a number a phone word counts.
+_PHONE_BEFORE = 40
+#: A label right after a number, as signature blocks write it: "0604482681 mobile",
+#: "01144960753-Office".
+_PHONE_LABEL_RE = re.compile(
+    r"[ \t\-:(]{0,3}(?i:phone|tel|mobile|cell|fax|office|work|home|desk)\b"
+)
+#: After a number: an ordinal or a capitalised word ("30591 1719 Kamp St", "915 1090 43rd
+#: Avenue", "39 5465 Højslev") make it a house number and a street or a postcode and a town.
+_STREET_AFTER_RE = re.compile(r"\s+(?:\d{1,4}(?:st|nd|rd|th)\b|([^\W\d_])[^\W\d_])")
+#: Brazil's CEP postcode ("31918-254"): a five-three split no phone numbering plan uses.
+_CEP_RE = re.compile(r"\d{5}-\d{3}")
+#: An ISO 8601 date, with a time of day when it has one ("1998-09-02 03:32:32.683505",
+#: "2024-10-20T07:30Z"): the token head cut the microseconds' form into pieces.
+_ISO_DATE_RE = re.compile(
+    r"(?<![\w\-])\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])"
+    r"(?:[ T](?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d{1,6})?)?(?:Z|[+\-]\d{2}:?\d{2})?)?"
+    r"(?![\w\-])"
+)
 _URL_RE = re.compile(r"\bhttps?://[^\s/$.?#][^\s]*", re.IGNORECASE)
 
 _SUFFIXES = (
@@ -181,31 +215,47 @@ def _ips(text: str) -> Iterable[Finding]:
             yield Finding(m.start(), m.end(), IP)
 
 
+def _phone_context(text: str, start: int, end: int) -> bool:
+    return (
+        _PHONE_WORD_RE.search(text, max(0, start - _PHONE_BEFORE), start) is not None
+        or _PHONE_LABEL_RE.match(text, end) is not None
+    )
+
+
+def _street_after(text: str, end: int) -> bool:
+    m = _STREET_AFTER_RE.match(text, end)
+    return m is not None and (m.group(1) is None or m.group(1).isupper())
+
+
 def _phones(text: str) -> Iterable[Finding]:
-    context = _PHONE_WORD_RE.search(text) is not None
     for m in _PHONE_RE.finditer(text):
         s = m.group()
         digits = re.sub(r"\D", "", s.split("x")[0].split("ext")[0])
-        if not 7 <= len(digits) <= 15:
+        if not 6 <= len(digits) <= 15:
             continue
+        # A phone word a few words away (not anywhere in the text: a signature block or a
+        # form holds phone numbers, postcodes and house numbers side by side).
+        context = _phone_context(text, m.start(), m.end())
+        prefixed = s.startswith(("+", "("))
+        if len(digits) < 7 and not context:
+            continue  # six digits: "66 28 45 office" only with its label
+        if digits == s and not context:
+            continue  # a bare digit run: an order number, an amount, an id
         # Plain digit runs are ambiguous (years, amounts): take them only with a separator
         # structure typical of phone numbers, a '+' or '(' prefix, or a phone word nearby.
-        structured = s.startswith(("+", "(")) or bool(re.search(r"\d[ .\-]\d", s))
+        structured = prefixed or bool(re.search(r"\d[ .\-]\d", s))
         if not structured and not context:
             continue
-        if (
-            not context
-            and not s.startswith(("+", "("))
-            and re.fullmatch(r"[\d ]+", s)
-            and len(digits) < 9
-        ):
+        if not context and not prefixed and re.fullmatch(r"[\d ]+", s) and len(digits) < 9:
             continue  # "7015 184": a house number and a postcode, not a phone
-        if re.fullmatch(r"\d{3}-\d{2}-\d{4}", s):
-            continue  # SSN-shaped: the SSN recogniser's call
+        if not context and not prefixed and _street_after(text, m.end()):
+            continue  # "27102 3489 Granville St": numbers of an address
+        if re.fullmatch(r"\d{3}-\d{2}-\d{4}", s) or _CEP_RE.fullmatch(s):
+            continue  # SSN-shaped (the SSN recogniser's call), or a postcode
         groups = re.split(r"[ .\-]", s)
         if len(groups) == 2 and "." in s:
             continue  # a decimal number
-        if len(groups) == 2 and not context and len(digits) < 8 and not s.startswith(("+", "(")):
+        if len(groups) == 2 and not context and len(digits) < 8 and not prefixed:
             continue  # "6250-120": a postcode or a range
         if re.fullmatch(r"\d{1,2}[./\-]\d{1,2}[./\-]\d{2,4}", s) or re.match(
             r"\d{4}-\d{2}-\d{2}", s
@@ -218,6 +268,11 @@ def _addresses(text: str) -> Iterable[Finding]:
     for rx in _ADDRESS_RES:
         for m in rx.finditer(text):
             yield Finding(m.start(), m.end(), ADDRESS, score=0.6)
+
+
+def _dates(text: str) -> Iterable[Finding]:
+    for m in _ISO_DATE_RE.finditer(text):
+        yield Finding(m.start(), m.end(), DATE_TIME, score=0.9)
 
 
 def _urls(text: str) -> Iterable[Finding]:
@@ -234,6 +289,7 @@ RECOGNISERS: dict[str, Callable[[str], Iterable[Finding]]] = {
     CARD: _cards,
     SSN: _ssns,
     IP: _ips,
+    DATE_TIME: _dates,
     PHONE: _phones,
     ADDRESS: _addresses,
 }

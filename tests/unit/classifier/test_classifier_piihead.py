@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
@@ -110,12 +113,13 @@ def test_spans_glued_together_are_one_entity_of_the_first_type() -> None:
         ("Minería S.L.U", "ORGANIZATION"),  # "U" glued after "." joins the organisation
         ("2018-03-09", "DATE_TIME"),
     ]
-    # A space between spans of different types keeps them apart.
-    offsets = [[0, 0], [0, 3], [4, 8], [0, 0]]
+    # A space between spans of different types keeps them apart (but see
+    # test_a_word_next_to_a_persons_name_is_part_of_it).
+    offsets = [[0, 0], [0, 3], [4, 10], [0, 0]]
     apart = spans_from_tokens(
-        ["O", "B-PERSON", "B-LOCATION", "O"], [0.9] * 4, offsets, 0.5, "Ana Oslo"
+        ["O", "B-PERSON", "B-DATE_TIME", "O"], [0.9] * 4, offsets, 0.5, "Ana Monday"
     )
-    assert [f.entity_type for f in apart] == ["PERSON", "LOCATION"]
+    assert [f.entity_type for f in apart] == ["PERSON", "DATE_TIME"]
 
 
 def test_low_scores_end_a_span() -> None:
@@ -434,3 +438,145 @@ def test_type_weights_scale_a_types_tags_only() -> None:
     assert w["O"] == w["B-PERSON"] == w["I-ORGANIZATION"] == 1.0
     with pytest.raises(ValueError, match="CITY"):
         tag_weights(LABELS, {"CITY": 2.0})
+
+
+def _decode(text: str, labels: str) -> list[tuple[str, str]]:
+    """Decode one tag per whitespace-separated word of ``text``: ``labels`` has one letter per
+    word, ``O`` none, ``P``/``L``/``G`` a person, place or organisation (``B-``)."""
+    import re
+
+    kinds = {"O": "O", "P": "B-PERSON", "L": "B-LOCATION", "G": "B-ORGANIZATION"}
+    words = [[m.start(), m.end()] for m in re.finditer(r"\S+", text)]
+    assert len(words) == len(labels)
+    tags = ["O", *(kinds[c] for c in labels), "O"]
+    offsets = [[0, 0], *words, [0, 0]]
+    found = spans_from_tokens(tags, [0.9] * len(tags), offsets, 0.5, text)
+    return [(text[f.start : f.end], f.entity_type) for f in found]
+
+
+def test_lower_case_names_are_dropped_only_in_a_text_that_uses_capitals() -> None:
+    # "will" tagged as a place: a cased text would have written it with a capital.
+    found = _decode("Remove Kaija from the will of Acme", "OPOOLOG")
+    assert found == [("Kaija", "PERSON"), ("Acme", "ORGANIZATION")]
+    # A lowercase word inside a name is part of it ("van").
+    assert _decode("Ask Jan van Dyke", "OPPP") == [("Jan van Dyke", "PERSON")]
+    # A lone letter is no name, cased or not.
+    assert _decode("C mon Ana", "POP") == [("Ana", "PERSON")]
+    assert _decode("c mon ana", "POP") == [("ana", "PERSON")]
+    # An all-lower-case text says nothing by its case: its names stay.
+    assert _decode("i met ana in oslo", "OOPOL") == [("ana", "PERSON"), ("oslo", "LOCATION")]
+    # Digits count as cased: "12" is kept as a place (a house number).
+    assert _decode("At 12", "OL") == [("12", "LOCATION")]
+
+
+def test_address_lines_are_one_place_across_real_line_breaks_only() -> None:
+    text = "Meet at 135 Löberöd 27\n Suite 215\n ÅSARP , Sweden"
+    # Every line of the block joins; "ÅSARP , Sweden" (no line break between) stays two places.
+    assert _decode(text, "OOLLLLLLOL") == [
+        ("135 Löberöd 27\n Suite 215\n ÅSARP", "LOCATION"),
+        ("Sweden", "LOCATION"),
+    ]
+    # An escaped line break (a backslash and an n) is text, not a line break.
+    found = _decode("Olmstraat 69 \\n Echt", "LLOL")
+    assert [t for _, t in found] == ["LOCATION", "LOCATION"]
+    # People on consecutive lines stay apart.
+    assert _decode("Ana\nBo", "PP") == [("Ana", "PERSON"), ("Bo", "PERSON")]
+
+
+@pytest.mark.parametrize(
+    ("text", "want"),
+    [
+        # A house number, then a street with its own number: two entities.
+        ("788 Fitjabraut 87", ["788", "Fitjabraut 87"]),
+        ("43292 69 Spencer Street", ["43292", "69 Spencer Street"]),
+        # A whole address on one line, or two numbers without a street: one span.
+        ("154 Dodson Street Apt. 046 Mayfield", ["154 Dodson Street Apt. 046 Mayfield"]),
+        ("9691 2587", ["9691 2587"]),
+        # A house number and a street without one: one address.
+        ("79 Wolfe Street", ["79 Wolfe Street"]),
+        # A street name first: nothing to split.
+        ("Strojírenská 96", ["Strojírenská 96"]),
+        # Several lines: one address, its house number kept (the data marks blocks whole).
+        ("1497 32 Chemin\n ANNECY", ["1497 32 Chemin\n ANNECY"]),
+        # A place and its postcode: two entities; a region code keeps its postcode. (A street
+        # with a four-digit house number looks the same and is cut too: "Strojírenská", "1006".)
+        ("Rotterdam 21490", ["Rotterdam", "21490"]),
+        ("Montreal KA19 9EJ", ["Montreal", "KA19 9EJ"]),
+        ("Czech Republic 82704", ["Czech Republic", "82704"]),
+        ("MV 85768", ["MV 85768"]),
+    ],
+)
+def test_house_numbers_and_postcodes_on_one_line_are_entities_of_their_own(
+    text: str, want: list[str]
+) -> None:
+    found = _decode(f"Go to {text}", "OO" + "L" * len(text.split()))
+    assert found == [(w, "LOCATION") for w in want]
+
+
+def test_a_lone_legal_form_takes_the_name_before_it() -> None:
+    # The span right before it, whatever its type ("Haymaker" taken for a person).
+    found = _decode("Haymaker Corp. is hiring", "PGOO")
+    assert found == [("Haymaker Corp.", "ORGANIZATION")]
+    found = _decode("Ask Analog Devices, Inc. today", "OLLGO")
+    assert found == [("Analog Devices, Inc.", "ORGANIZATION")]
+    # No span before it: the capitalised words (and particles) there.
+    found = _decode("Valerio joined van Laarhoven BV on Monday", "POOOGOO")
+    assert found == [("Valerio", "PERSON"), ("van Laarhoven BV", "ORGANIZATION")]
+    # A legal form with nothing named before it stays as it is.
+    assert _decode("the SA is", "OGO") == [("SA", "ORGANIZATION")]
+
+
+def test_a_word_next_to_a_persons_name_is_part_of_it() -> None:
+    # One-word place or organisation spans one space from a person's name: the name's parts.
+    assert _decode("Ask Antu Valencia now", "OPGO") == [("Antu Valencia", "PERSON")]
+    assert _decode("Ask Chase Usamov now", "OLPO") == [("Chase Usamov", "PERSON")]
+    # Not a legal form, not a place of several words, not across a comma.
+    assert _decode("Haymaker Corp. hires", "PGO") == [("Haymaker Corp.", "ORGANIZATION")]
+    found = _decode("Ana New York", "PLL")
+    assert found == [("Ana", "PERSON"), ("New York", "LOCATION")]
+    found = _decode("Ana , Oslo", "POL")
+    assert found == [("Ana", "PERSON"), ("Oslo", "LOCATION")]
+
+
+_WORDS = ["788", "Fitjabraut", "87", "Inc.", "BV", "will", "C", "Ana", "\n", "\\n", ",", "Oslo"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(_WORDS),
+            st.sampled_from(["O", "B-PERSON", "I-PERSON", "B-LOCATION", "I-LOCATION",
+                             "B-ORGANIZATION", "B-DATE_TIME"]),
+            st.sampled_from([" ", "", ", ", "\n"]),
+        ),
+        max_size=14,
+    )
+)  # fmt: skip
+def test_decoded_spans_are_ordered_in_bounds_and_apart(
+    words: list[tuple[str, str, str]],
+) -> None:
+    text, offsets, labels = "", [[0, 0]], ["O"]
+    for word, label, sep in words:
+        text += sep
+        offsets.append([len(text), len(text) + len(word)])
+        labels.append(label)
+        text += word
+    offsets.append([0, 0])
+    labels.append("O")
+    found = spans_from_tokens(labels, [0.9] * len(labels), offsets, 0.5, text)
+    for f in found:
+        assert 0 <= f.start < f.end <= len(text)
+        assert any(c.isalnum() for c in text[f.start : f.end])
+    for a, b in itertools.pairwise(found):
+        assert a.end <= b.start
+
+
+def test_a_one_word_organisation_takes_the_capitalised_word_before_it() -> None:
+    assert _decode("She joined Penn Fruit today", "OOOGO") == [("Penn Fruit", "ORGANIZATION")]
+    # Not a word that starts a sentence or a line, not a lower-case one, not a tagged one.
+    assert _decode("Call Acme", "OG") == [("Acme", "ORGANIZATION")]
+    assert _decode("Done. Ask Acme", "OOG") == [("Acme", "ORGANIZATION")]
+    assert _decode("She joined big Acme", "OOOG") == [("Acme", "ORGANIZATION")]
+    found = _decode("She met Oslo Acme", "OOLG")
+    assert found == [("Oslo", "LOCATION"), ("Acme", "ORGANIZATION")]
