@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pointsman.v1 import (
     CompletionEvent,
@@ -267,15 +267,24 @@ class Scheduler:
 
     def _views(self, pool: str, metrics: list[EndpointMetrics]) -> list[Endpoint]:
         """The endpoints as the core sees them: their last metrics, plus the assignments made
-        and the completions seen since."""
+        and the completions seen since, and (with the predictor) their prefill backlog."""
         flight = self.in_flight
-        return [
+        views = [
             endpoint_view(
                 m,
                 flight.pending(pool, m.address, m.scraped_at),
                 flight.freed(pool, m.address, m.scraped_at),
             )
             for m in metrics
+        ]
+        if self.latency is None:
+            return views
+        now = self._clock()
+        rate = self.latency.prefill_rate(pool) or DEFAULT_RATE
+        at = self._backlog.at
+        return [
+            replace(v, prefill_ms=ms) if (ms := at(pool, v.address, now, rate) / rate * 1000) else v
+            for v in views
         ]
 
     def _schedule(
