@@ -51,7 +51,7 @@ from pointsman.v1 import (
     PoolSnapshot,
 )
 from pointsman_picker.config import PickerConfig
-from pointsman_picker.flow import FlowControl
+from pointsman_picker.flow import FlowControl, next_sleep
 from pointsman_picker.scheduler import Scheduler
 from pointsman_picker.telemetry import Telemetry
 
@@ -72,6 +72,7 @@ class _Job:
     ahead: float
     least: float
     seq: Seq
+    sent_at: float = 0.0
     first_at: float | None = None
     done_at: float | None = None
     sent_out: int = 0
@@ -150,7 +151,8 @@ def run(
         assert picker is not None
         eps = [
             EndpointMetrics(
-                address=e.address, scraped_at=now, waiting=len(e.sched.waiting),
+                address=e.address, scraped_at=now - SNAPSHOT_DELAY_S,
+                waiting=len(e.sched.waiting),
                 running=len(e.sched.running), kv_usage=e.sched.kv.usage,
             )  # fmt: skip
             for e in engines
@@ -170,6 +172,16 @@ def run(
                 reply = w.future.result()
                 assert reply.status is PickStatus.OK, reply
                 send(n, _index(reply.endpoints[0]), now)
+
+    tick_id = [0]
+
+    def arm_tick(now: float) -> None:
+        """The next wake-up of flow control's tick: its interval, or sooner when an endpoint is
+        predicted to get room (``flow.next_sleep``); one armed at a time, the latest wins."""
+        assert flow is not None
+        tick_id[0] += 1
+        delay = next_sleep(flow.config.sync_interval_ms / 1000, now, flow.wake_at())
+        heapq.heappush(events, (now + delay, 3, tick_id[0]))
 
     def _index(address: str) -> int:
         return next(k for k, e in enumerate(engines) if e.address == address)
@@ -197,7 +209,7 @@ def run(
         own = [_own_work(e.sched, r.hashes, r.rendered_len) for e in engines]
         seq = Seq(rid, r.rendered_len, r.max_out, r.hashes, stream=True)
         job = _Job(rid, r.at, i, r.rendered_len, ahead[i] + own[i],
-                   min(a + o for a, o in zip(ahead, own, strict=True)), seq)  # fmt: skip
+                   min(a + o for a, o in zip(ahead, own, strict=True)), seq, sent_at=now)  # fmt: skip
         jobs[rid] = job
         order.append(job)
         engines[i].sched.add(seq)
@@ -223,19 +235,26 @@ def run(
             i = min(free, key=lambda k: _work_ahead(engines[k].sched)
                     + _own_work(engines[k].sched, r.hashes, r.rendered_len))
             send(n, i, now)
+    idle = [0.0, 0.0]  # engine-seconds without prompt work while requests wait in the router; at
     while events and done < len(reqs):
         now, kind, n = heapq.heappop(events)
+        if held or waiters:
+            free = sum(1 for e in engines if _work_ahead(e.sched) == 0)
+            idle[0] += free * (now - idle[1])
+        idle[1] = now
         clock[0] = now
         if kind == 2:
             if picker is not None:
                 scrape(now)
             continue
-        if kind == 3:  # flow control's dispatch tick
+        if kind == 3:  # flow control's dispatch tick (as flow.tick sleeps)
             assert flow is not None
+            if n != tick_id[0]:
+                continue  # superseded by a sooner one
             flow.dispatch_all()
             settle(now)
             if waiters:
-                heapq.heappush(events, (now + flow.config.sync_interval_ms / 1000, 3, 0))
+                arm_tick(now)
             continue
         if kind == 1 and flow is not None:
             r = reqs[n]
@@ -246,10 +265,10 @@ def run(
                 assert got.status is PickStatus.OK, got
                 send(n, _index(got.endpoints[0]), now)
             else:
-                if not waiters:
-                    heapq.heappush(events, (now + flow.config.sync_interval_ms / 1000, 3, 0))
                 waiters[n] = got
                 settle(now)
+                if waiters:
+                    arm_tick(now)
             continue
         if kind == 1 and policy.startswith("hold-"):
             held.append(n)
@@ -271,7 +290,7 @@ def run(
                 i = next(k for k, e in enumerate(engines) if e.address == reply.endpoints[0])
             seq = Seq(rid, r.rendered_len, r.max_out, r.hashes, stream=True)
             job = _Job(rid, now, i, r.rendered_len, ahead[i] + own[i],
-                       min(a + o for a, o in zip(ahead, own, strict=True)), seq)  # fmt: skip
+                       min(a + o for a, o in zip(ahead, own, strict=True)), seq, sent_at=now)  # fmt: skip
             jobs[rid] = job
             order.append(job)
             engines[i].sched.add(seq)
@@ -320,10 +339,17 @@ def run(
         "tail_least_kt": sum(j.least for j in tail) / len(tail),
         "tail_regret_kt": sum(j.ahead - j.least for j in tail) / len(tail),
         "tail_prompt_kt": sum(j.prompt_tokens for j in tail) / len(tail) / 1000,
+        "tail_held_ms": sum(j.sent_at - j.arrival for j in tail) / len(tail) * 1000,
+        "held_ms": sum(j.sent_at - j.arrival for j in served) / len(served) * 1000,
+        "idle_held_s": idle[0],
     }  # fmt: skip
     return res
 
 
+#: How much older than the picker's clock a snapshot is when it arrives (the collector's scrape,
+#: publish and NATS hop): also keeps a pick made in the same instant as a scrape "after" it, as
+#: it always is in the stack (the picker counts assignments after ``scraped_at`` as pending).
+SNAPSHOT_DELAY_S = 0.002
 #: ``pointsman-flow``'s saturation (bench/scheduling/routers.py): the queue held in the picker.
 FLOW_SATURATION = {"queue_depth_threshold": 1, "max_in_flight": 256}
 
@@ -398,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     sim = SimConfig(prefill_tokens_per_s=args.prefill_tokens_per_s)
     out: list[dict[str, Any]] = []
     cols = ["ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "tok_s", "regret_mean_kt",
-            "tail_ahead_kt", "tail_least_kt", "tail_regret_kt", "tail_prompt_kt"]  # fmt: skip
+            "tail_ahead_kt", "tail_least_kt", "tail_regret_kt", "tail_prompt_kt", "tail_held_ms",
+            "held_ms", "idle_held_s"]  # fmt: skip
     print(f"{'seed':>4} {'policy':14} {'n':>5} " + " ".join(f"{c[:14]:>14}" for c in cols))
     for seed in [int(s) for s in args.seeds.split(",")]:
         reqs = prepare(build(args, seed))

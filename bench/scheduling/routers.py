@@ -102,10 +102,9 @@ TUNED: dict[str, dict[str, float]] = {
 }  # fmt: skip
 
 
-#: ``pointsman-prefill``'s ``saturation.max_prefill_ms``: two of flow control's dispatch ticks
-#: (``sync_interval_ms``, 50): an endpoint takes a new prompt once what it was sent will be
-#: computed within the time the picker takes to notice and send the next one.
-PREFILL_MS = 100.0
+#: ``pointsman-prefill``'s ``saturation.max_prefill_ms``: 0, one prompt in progress per endpoint
+#: and none queued behind it (no constant of the workload or the engine's speed).
+PREFILL_MS = 0.0
 
 
 class Skipped(Exception):

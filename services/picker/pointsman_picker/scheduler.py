@@ -228,6 +228,29 @@ class Scheduler:
             views = [v for v in views if at(pool, v.address, now, rate) <= cap]
         return views
 
+    def now(self) -> float:
+        """This scheduler's clock (the one snapshots' ``scraped_at`` compare with)."""
+        return self._clock()
+
+    def room_at(self, pool: str) -> float | None:
+        """When (this scheduler's clock) an endpoint of ``pool`` is next predicted to be under
+        ``saturation.max_prefill_ms``, so that flow control can dispatch then rather than at its
+        next tick (the prompt in progress ends between ticks; waiting for the tick would leave
+        the engine without prompt work). ``None``: no such bound, no predictor, or no usable
+        endpoint."""
+        plan = self.plans.for_pool(pool)
+        bound = plan.saturation.max_prefill_ms
+        views = self.views(pool) if bound is not None and self.latency is not None else None
+        if not views:
+            return None
+        now = self._clock()
+        waits = [
+            max(v.prefill_ms - bound, 0.0) / 1000.0  # type: ignore[operator]
+            for v in views
+            if usable(v, now, plan.stale_after_s)
+        ]
+        return now + min(waits) if waits else None
+
     def _in_flight_of(self, pool: str) -> Callable[[str], int]:
         count = self.in_flight.count
         return lambda address: count(pool, address)
@@ -281,9 +304,11 @@ class Scheduler:
             return views
         now = self._clock()
         rate = self.latency.prefill_rate(pool) or DEFAULT_RATE
-        at = self._backlog.at
+        queued = self._backlog.queued
         return [
-            replace(v, prefill_ms=ms) if (ms := at(pool, v.address, now, rate) / rate * 1000) else v
+            replace(v, prefill_ms=ms)
+            if (ms := queued(pool, v.address, now, rate) / rate * 1000)
+            else v
             for v in views
         ]
 

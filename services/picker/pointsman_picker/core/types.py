@@ -32,9 +32,10 @@ class Endpoint:
     lora_running: tuple[str, ...] = ()
     lora_waiting: tuple[str, ...] = ()
     max_lora: int = 0
-    #: Milliseconds of prompt work this replica sent the endpoint that it has presumably not
-    #: computed yet (the latency predictor's fluid prefill backlog at the pool's learnt prefill
-    #: speed; 0 without the predictor), read by ``saturation.max_prefill_ms``.
+    #: Milliseconds of prompt work queued on the endpoint behind the prompt it computes now: what
+    #: this replica sent it before its newest request and it has presumably not computed yet
+    #: (the latency predictor's fluid prefill backlog at the pool's learnt prefill speed; 0
+    #: without the predictor). Read by ``saturation.max_prefill_ms``.
     prefill_ms: float = 0.0
 
     @property
