@@ -151,10 +151,12 @@ def run(
         assert picker is not None
         eps = [
             EndpointMetrics(
-                address=e.address, scraped_at=now - SNAPSHOT_DELAY_S,
+                address=e.address,
+                scraped_at=now - SNAPSHOT_DELAY_S,
                 waiting=len(e.sched.waiting),
-                running=len(e.sched.running), kv_usage=e.sched.kv.usage,
-            )  # fmt: skip
+                running=len(e.sched.running),
+                kv_usage=e.sched.kv.usage,
+            )
             for e in engines
         ]
         picker.on_snapshot(
@@ -226,15 +228,20 @@ def run(
             ]  # fmt: skip
             if not free:
                 return
-            if policy == "hold-sjf":
-                n = min(held, key=lambda m: reqs[m].rendered_len)
-            else:
-                n = held[0]
+            # shortest prompt first, or first come, first served
+            sjf = policy == "hold-sjf"
+            n = min(held, key=lambda m: reqs[m].rendered_len) if sjf else held[0]
             held.remove(n)
             r = reqs[n]
-            i = min(free, key=lambda k: _work_ahead(engines[k].sched)
-                    + _own_work(engines[k].sched, r.hashes, r.rendered_len))
+            i = min(
+                free,
+                key=lambda k: (
+                    _work_ahead(engines[k].sched)
+                    + _own_work(engines[k].sched, r.hashes, r.rendered_len)
+                ),
+            )
             send(n, i, now)
+
     idle = [0.0, 0.0]  # engine-seconds without prompt work while requests wait in the router; at
     while events and done < len(reqs):
         now, kind, n = heapq.heappop(events)
@@ -308,12 +315,12 @@ def run(
             j.done_at = now
             done += 1
             if picker is not None and j.first_at is not None:
-                ttft = (j.first_at - j.arrival) * 1000
+                first_ms = (j.first_at - j.arrival) * 1000
                 tpot = (now - j.first_at) * 1000 / max(s.out - 1, 1)
                 event = CompletionEvent(
                     request_id=s.rid, model=MODEL, endpoint=eng.address, status_code=200,
                     stream=True, prompt_tokens=s.prompt_len, completion_tokens=s.out,
-                    ttft_ms=ttft, tpot_ms=tpot, cached_tokens=max(s.cached_tokens, 0),
+                    ttft_ms=first_ms, tpot_ms=tpot, cached_tokens=max(s.cached_tokens, 0),
                 )  # fmt: skip
                 picker.on_completion(event)
                 if flow is not None:

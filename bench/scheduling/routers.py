@@ -387,7 +387,12 @@ def start_router(
             why = slo_profile_exists(profile) or prefill_bound_exists()
             if why is not None:
                 raise Skipped(why)
-            extra["picker"]["saturation"]["max_prefill_ms"] = PREFILL_MS
+            extra = {**(extra or {})}
+            picker = extra.get("picker", {})
+            extra["picker"] = {
+                **picker,
+                "saturation": {**picker.get("saturation", {}), "max_prefill_ms": PREFILL_MS},
+            }
         if name == "pointsman-fair":
             why = fair_reserve_exists()
             if why is not None:

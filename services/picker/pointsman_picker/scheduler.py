@@ -240,12 +240,14 @@ class Scheduler:
         endpoint."""
         plan = self.plans.for_pool(pool)
         bound = plan.saturation.max_prefill_ms
-        views = self.views(pool) if bound is not None and self.latency is not None else None
+        if bound is None or self.latency is None:
+            return None
+        views = self.views(pool)
         if not views:
             return None
         now = self._clock()
         waits = [
-            max(v.prefill_ms - bound, 0.0) / 1000.0  # type: ignore[operator]
+            max(v.prefill_ms - bound, 0.0) / 1000.0
             for v in views
             if usable(v, now, plan.stale_after_s)
         ]

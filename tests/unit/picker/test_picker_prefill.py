@@ -92,7 +92,9 @@ def _plan(max_prefill_ms: float | None) -> PoolPlan:
     ("bound", "prefill_ms", "room"),
     [(None, 10_000.0, True), (100.0, 100.0, True), (100.0, 100.5, False), (0.0, 0.0, True)],
 )
-def test_max_prefill_ms_fills_an_endpoint(bound: float | None, prefill_ms: float, room: bool) -> None:
+def test_max_prefill_ms_fills_an_endpoint(
+    bound: float | None, prefill_ms: float, room: bool
+) -> None:
     assert has_room(ep("a:1", prefill_ms=prefill_ms), NOW, _plan(bound)) is room
 
 

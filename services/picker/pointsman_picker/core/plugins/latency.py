@@ -20,8 +20,8 @@ from typing import Annotated
 from pydantic import Field
 
 from pointsman_picker.core.framework import Cycle
-from pointsman_picker.core.plugins._base import PARAMS, Distribution
 from pointsman_picker.core.latency import BACKLOG, NEW_PROMPT
+from pointsman_picker.core.plugins._base import PARAMS, Distribution
 from pointsman_picker.core.slo import feature_vector, headroom, meets, predictions
 from pointsman_picker.core.types import Endpoint
 
