@@ -156,6 +156,8 @@ def run(
                 waiting=len(e.sched.waiting),
                 running=len(e.sched.running),
                 kv_usage=e.sched.kv.usage,
+                block_size=sim.block_size,
+                num_blocks=sim.num_gpu_blocks,
             )
             for e in engines
         ]

@@ -11,13 +11,16 @@ import pytest
 
 from pointsman.v1 import EndpointMetrics, PickReply, PickRequest, PickStatus, PoolSnapshot
 from pointsman_picker.config import PickerConfig
+from pointsman_picker.core.framework import PrefixStored
 from pointsman_picker.core.latency import Backlog, LatencyModel
 from pointsman_picker.core.pipeline import PoolPlan, Profile, Saturation, has_room, saturated
 from pointsman_picker.core.plugins.latency import PrefillScorer, prefill_end
 from pointsman_picker.core.plugins.pickers import MaxScorePicker
+from pointsman_picker.core.plugins.prefix_cache import PrefixCacheScorer
 from pointsman_picker.flow import FlowControl, next_sleep
 from pointsman_picker.plan import build_plans
 from pointsman_picker.scheduler import Scheduler
+from pointsman_picker.state import endpoint_view
 from pointsman_picker.telemetry import Telemetry
 from tests.unit.picker.conftest import NOW, cycle, ep
 
@@ -194,3 +197,49 @@ async def test_flow_control_holds_while_prompts_are_queued_and_wakes_when_one_fr
     assert flow.dispatch_all() == 1
     reply = await flow.wait(waiter)
     assert reply.status is PickStatus.OK
+
+
+@pytest.mark.parametrize(
+    ("kv_tokens", "engine_capacity", "blocks"),
+    [
+        (0, True, 31250),  # not reported: the configured size
+        (49_152, True, 3072),  # 49,152 tokens x 4 bytes / 64-byte blocks
+        (49_152, False, 31250),  # off: the configured size
+        (10_000_000, True, 31250),  # never more than the configured size
+        (1, True, 1),  # at least one block
+    ],
+)
+def test_prefix_index_is_sized_to_the_engines_kv_cache(
+    kv_tokens: int, engine_capacity: bool, blocks: int
+) -> None:
+    scorer = PrefixCacheScorer(engine_capacity=engine_capacity)
+    assert scorer.capacity(ep("a:1", kv_tokens=kv_tokens)) == blocks
+    (stored,) = scorer.routed(cycle("y" * 640), ep("a:1", kv_tokens=kv_tokens))
+    assert isinstance(stored, PrefixStored)
+    assert stored.capacity == blocks
+
+
+def test_endpoint_view_carries_the_kv_capacity_the_collector_read() -> None:
+    m = EndpointMetrics(address="a:1", block_size=16, num_blocks=3072)
+    assert endpoint_view(m, 0).kv_tokens == 49_152
+    assert endpoint_view(EndpointMetrics(address="a:1"), 0).kv_tokens == 0
+
+
+def test_an_index_as_large_as_the_cache_forgets_what_the_engine_evicted() -> None:
+    """Through the scheduler: with the endpoints' KV size known, a prompt routed long ago (many
+    prompts since, more than the cache holds) no longer counts as cached there."""
+    s = Scheduler(PickerConfig(replica_id="t"), Telemetry(), clock=lambda: 1000.0)
+    s.on_snapshot(
+        PoolSnapshot(
+            pool="m", collector="t", published_at=1000.0,
+            endpoints=[EndpointMetrics(address="a:1", scraped_at=1000.0, block_size=16,
+                                       num_blocks=64)],  # 1024 tokens: 64 blocks of 64 bytes
+        )
+    )  # fmt: skip
+    first = "first " + "z" * 2000
+    s.pick(PickRequest(request_id="r0", model="m", prompt=first))
+    hashes = PrefixCacheScorer().hashes(cycle(first))  # the same blocks as the pick's (model m)
+    assert s.affinity.prefix("m").match(hashes).get("a:1", 0) > 0
+    for i in range(3):  # 3 x 2000 bytes: more than the 4096 bytes the index keeps
+        s.pick(PickRequest(request_id=f"r{i + 1}", model="m", prompt=f"other {i} " + "w" * 2000))
+    assert s.affinity.prefix("m").match(hashes).get("a:1", 0) == 0
