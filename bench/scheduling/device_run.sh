@@ -18,7 +18,8 @@
 #   python3 -c 'import tarfile; tarfile.open(".devcarry-sched/tree.tar.xz").extractall("/tmp/ov",
 #     filter="tar")' && bash /tmp/ov/bench/scheduling/device_run.sh
 # Knobs: DURATION_SP, DURATION_MC, DURATION_AZ, DURATION_TEN (seconds of arrivals), SANITY=1
-# (only one short row, to test the recipe), STREAMS (which of sp mc az ten).
+# (only one short row, to test the recipe), STREAMS (which of sp mc az ten), OURS (the
+# Pointsman rows of shared-prefix and Mooncake, default pointsman,pointsman-flow,pointsman-prefill).
 set -uo pipefail
 CARRY=${CARRY:-$PWD/.devcarry-sched}
 OUT=${OUT:-/tmp/out}
@@ -71,7 +72,7 @@ fi
 # shared-prefix and Mooncake: every router this call's packages can run (a call carries either
 # the Pointsman stack or vllm-router, plus whatever an earlier call left on this machine)
 RIVALS="vllm-router-cache-aware,vllm-router-cache-aware-tuned,vllm-router-power-of-two"
-OURS="pointsman,pointsman-flow"
+OURS=${OURS:-"pointsman,pointsman-flow,pointsman-prefill"}
 have_rivals=$(command -v vllm-router >/dev/null && echo 1)
 have_ours=$(python3 -c 'import grpc_health, faststream, nacl' 2>/dev/null && command -v nats-server >/dev/null && echo 1)
 if [ -n "$have_rivals" ] && [ -n "$have_ours" ]; then SPMC="$RIVALS,$OURS"; TAG=all
@@ -87,7 +88,7 @@ for s in $STREAMS; do
     mc) run scheduling-device-mooncake-$TAG --workloads mooncake --routers "$SPMC" \
           --rate-for mooncake=8 --duration "${DURATION_MC:-45}" & pids+=($!) ;;
     az) run scheduling-device-azure --workloads azure \
-          --routers pointsman,pointsman-slo,pointsman-slo-strict \
+          --routers pointsman,pointsman-flow,pointsman-prefill,pointsman-slo,pointsman-slo-strict \
           --rate-for azure=22,26 --duration "${DURATION_AZ:-35}" & pids+=($!) ;;
     ten) run scheduling-device-tenants --workloads tenants \
           --routers pointsman-flow,pointsman-fair,pointsman-slo \

@@ -147,7 +147,7 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if r["workload"] == wl and r["router"].startswith("vllm-router") and not r.get("skipped")
         ]  # fmt: skip
         best = min(rivals, key=lambda r: r["ttft_p90_ms"], default=None)
-        for ours in ("pointsman", "pointsman-flow", "pointsman-slo"):
+        for ours in ("pointsman", "pointsman-flow", "pointsman-prefill", "pointsman-slo"):
             me = _row(rows, wl, ours)
             ok = None
             figures = ""

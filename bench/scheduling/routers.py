@@ -19,6 +19,12 @@ render paths answer as vLLM 0.32's do: vllm-router's ``cache_aware`` needs them)
   (``flow_control.reserve``: one batch slot per endpoint, and one prefill at a time per endpoint,
   that a tenant over its share of the recent service may not take; a tenant under its share goes
   where its prefill starts soonest). With one tenant it is ``pointsman-flow``;
+* ``pointsman-prefill``: ``pointsman-flow`` with ``picker.profile: prefill`` (``prefill-scorer``:
+  the endpoint where the request's prefill would end soonest, by the prompt work ahead of it
+  and its own uncached tokens) and ``saturation.max_prefill_ms`` (:data:`PREFILL_MS`): an
+  endpoint is full while more than that much prompt work it was sent is not computed yet, so
+  a request waits in the picker and then gets an engine step of its own instead of sharing
+  one with the prompts sent before it; skipped, saying so, where the picker has neither;
 * ``pointsman-slo``: ``picker.profile: slo`` (the latency predictor's profile) with
   ``flow_control.slo_hold``: a request no endpoint is predicted to serve within its TTFT
   objective waits in the picker for one that will (429 ``slo_unattainable`` once the objective
@@ -65,6 +71,7 @@ ROUTERS = [
     "pointsman-2",
     "pointsman-flow",
     "pointsman-fair",
+    "pointsman-prefill",
     "pointsman-slo",
     "pointsman-slo-strict",
 ]
@@ -93,6 +100,11 @@ TUNED: dict[str, dict[str, float]] = {
                 "balance_rel_threshold": 1.5},
     "auto": {"cache_threshold": 0.5, "balance_abs_threshold": 8, "balance_rel_threshold": 1.5},
 }  # fmt: skip
+
+
+#: ``pointsman-prefill``'s ``saturation.max_prefill_ms``: 0, one prompt in progress per endpoint
+#: and none queued behind it (no constant of the workload or the engine's speed).
+PREFILL_MS = 0.0
 
 
 class Skipped(Exception):
@@ -262,6 +274,17 @@ def fair_reserve_exists() -> str | None:
     return None
 
 
+def prefill_bound_exists() -> str | None:
+    """``None`` when the picker has ``saturation.max_prefill_ms``, else why not."""
+    try:
+        from pointsman_picker.config import SaturationConfig
+
+        SaturationConfig.model_validate({"max_prefill_ms": PREFILL_MS})
+    except Exception as exc:
+        return f"no saturation.max_prefill_ms in this checkout ({str(exc).splitlines()[0]})"
+    return None
+
+
 def engine_batch(sim_args: list[str]) -> int:
     """The simulated engines' ``--max-num-seqs`` (the simulator's default 256 when not set)."""
     for i, arg in enumerate(sim_args):
@@ -348,10 +371,10 @@ def start_router(
             finally:
                 child.stop()
         return
-    if name in ("pointsman", "pointsman-2", "pointsman-flow", "pointsman-fair", "pointsman-slo",
-                "pointsman-slo-strict"):  # fmt: skip
+    if name in ("pointsman", "pointsman-2", "pointsman-flow", "pointsman-fair", "pointsman-prefill",
+                "pointsman-slo", "pointsman-slo-strict"):  # fmt: skip
         profile = None
-        if name in ("pointsman-flow", "pointsman-fair"):
+        if name in ("pointsman-flow", "pointsman-fair", "pointsman-prefill"):
             extra = {**(extra or {})}
             extra["picker"] = {
                 **extra.get("picker", {}),
@@ -359,6 +382,17 @@ def start_router(
                     "queue_depth_threshold": 1, "max_in_flight": engine_batch(sim_args),
                 },
             }  # fmt: skip
+        if name == "pointsman-prefill":
+            profile = "prefill"
+            why = slo_profile_exists(profile) or prefill_bound_exists()
+            if why is not None:
+                raise Skipped(why)
+            extra = {**(extra or {})}
+            picker = extra.get("picker", {})
+            extra["picker"] = {
+                **picker,
+                "saturation": {**picker.get("saturation", {}), "max_prefill_ms": PREFILL_MS},
+            }
         if name == "pointsman-fair":
             why = fair_reserve_exists()
             if why is not None:

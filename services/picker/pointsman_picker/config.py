@@ -43,6 +43,15 @@ class SaturationConfig(_Strict):
     #: to one that is not. Set to the engines' batch (vLLM ``--max-num-seqs``) to keep the queue
     #: in the picker, where flow control orders it, instead of in the engine. 0: no such bound.
     max_in_flight: int = Field(default=0, ge=0)
+    #: An endpoint with more than this many milliseconds of prompt work queued behind the prompt
+    #: it computes now (uncached prompts this replica sent it before its newest request and it
+    #: has presumably not computed yet, at the pool's learnt prefill speed; needs
+    #: ``latency.enabled``) is full. 0: one prompt in progress and none queued behind it. With
+    #: flow control a request then waits in the picker until an endpoint has at most the prompt
+    #: in progress, and goes there: it gets an engine step of its own next, instead of sharing
+    #: one with prompts queued before it (a step that computes several prompts gives each its
+    #: first token only at the step's end). ``null``: no such bound.
+    max_prefill_ms: float | None = Field(default=None, ge=0)
 
 
 class ObjectiveConfig(_Strict):

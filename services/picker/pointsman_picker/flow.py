@@ -219,6 +219,10 @@ class FlowControl:
         got = self.try_pick(pick)
         return got if isinstance(got, PickReply) else await self.wait(got)
 
+    def now(self) -> float:
+        """The scheduler's clock, the one :meth:`wake_at` answers on."""
+        return self._s.now()
+
     def pools(self) -> set[str]:
         """The pools whose counters matter here: known to the scheduler, or counted."""
         return {name for name, _, _ in self._s.store.pools()} | self.counters.pools()
@@ -282,6 +286,13 @@ class FlowControl:
 
     def dispatch_all(self) -> int:
         return sum(self.dispatch(pool) for pool, n in list(self._sizes.items()) if n)
+
+    def wake_at(self) -> float | None:
+        """The earliest instant (the scheduler's clock, :meth:`now`) at which an endpoint of a pool with
+        requests waiting is predicted to get room under ``saturation.max_prefill_ms``; ``None``
+        when no pool with waiting requests has that bound. :func:`tick` dispatches then."""
+        found = [self._s.room_at(pool) for pool, n in self._sizes.items() if n]
+        return min((t for t in found if t is not None), default=None)
 
     def on_snapshot(self, pool: str) -> None:
         if self._sizes.get(pool):
@@ -444,13 +455,27 @@ class CounterSync:
             )  # fmt: skip
 
 
+#: Shortest sleep of :func:`tick` before a predicted room (no busy loop on a late prediction).
+_MIN_SLEEP_S = 0.001
+
+
+def next_sleep(interval_s: float, now: float, wake_at: float | None) -> float:
+    """How long :func:`tick` sleeps: the interval, or less when an endpoint is predicted to get
+    room sooner (:meth:`FlowControl.wake_at`), never under a millisecond."""
+    if wake_at is None:
+        return interval_s
+    return min(interval_s, max(wake_at - now, _MIN_SLEEP_S))
+
+
 async def tick(flow: FlowControl, interval_s: float) -> None:
     """Dispatch on a timer too: in-flight state from other replicas and counters from Redis
-    change without a snapshot or completion of ours. Asleep while nobody waits (there is
-    nothing to dispatch then): no wake-up every interval on an idle picker."""
+    change without a snapshot or completion of ours, and (``saturation.max_prefill_ms``) an
+    engine's prompt in progress ends between them: the tick then comes when it is predicted
+    to end. Asleep while nobody waits (there is nothing to dispatch then): no wake-up every
+    interval on an idle picker."""
     while True:
         await flow.someone_waits()
-        await asyncio.sleep(interval_s)
+        await asyncio.sleep(next_sleep(interval_s, flow.now(), flow.wake_at()))
         try:
             flow.dispatch_all()
         except Exception:

@@ -46,11 +46,21 @@ SLO_STRICT_PROFILE: list[ProfileEntry | str] = [
     "slo-headroom-filter",
     *SLO_PROFILE,
 ]
+#: The ``prefill`` profile: the default's scorers plus ``prefill-scorer`` (the endpoint where the
+#: request's prefill would end soonest, by prompt work ahead of it and its own uncached tokens).
+PREFILL_PROFILE: list[ProfileEntry | str] = [
+    ProfileEntry(plugin="prefill-scorer", weight=4),
+    ProfileEntry(plugin="queue-scorer", weight=2),
+    ProfileEntry(plugin="kv-cache-utilization-scorer", weight=2),
+    ProfileEntry(plugin="prefix-cache-scorer", weight=3),
+    "max-score-picker",
+]
 #: Profiles every picker has, under these names, unless the config defines the same name.
 BUILTIN_PROFILES: dict[str, list[ProfileEntry | str]] = {
     "default": DEFAULT_PROFILE,
     "slo": SLO_PROFILE,
     "slo-strict": SLO_STRICT_PROFILE,
+    "prefill": PREFILL_PROFILE,
 }
 
 
@@ -144,7 +154,9 @@ def _build_profile(
 
 
 def _saturation(s: SaturationConfig) -> Saturation:
-    return Saturation(s.queue_depth_threshold, s.kv_cache_util_threshold, s.max_in_flight)
+    return Saturation(
+        s.queue_depth_threshold, s.kv_cache_util_threshold, s.max_in_flight, s.max_prefill_ms
+    )
 
 
 def build_plans(cfg: PickerConfig) -> Plans:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pointsman.v1 import (
     CompletionEvent,
@@ -228,6 +228,31 @@ class Scheduler:
             views = [v for v in views if at(pool, v.address, now, rate) <= cap]
         return views
 
+    def now(self) -> float:
+        """This scheduler's clock (the one snapshots' ``scraped_at`` compare with)."""
+        return self._clock()
+
+    def room_at(self, pool: str) -> float | None:
+        """When (this scheduler's clock) an endpoint of ``pool`` is next predicted to be under
+        ``saturation.max_prefill_ms``, so that flow control can dispatch then rather than at its
+        next tick (the prompt in progress ends between ticks; waiting for the tick would leave
+        the engine without prompt work). ``None``: no such bound, no predictor, or no usable
+        endpoint."""
+        plan = self.plans.for_pool(pool)
+        bound = plan.saturation.max_prefill_ms
+        if bound is None or self.latency is None:
+            return None
+        views = self.views(pool)
+        if not views:
+            return None
+        now = self._clock()
+        waits = [
+            max(v.prefill_ms - bound, 0.0) / 1000.0
+            for v in views
+            if usable(v, now, plan.stale_after_s)
+        ]
+        return now + min(waits) if waits else None
+
     def _in_flight_of(self, pool: str) -> Callable[[str], int]:
         count = self.in_flight.count
         return lambda address: count(pool, address)
@@ -267,15 +292,26 @@ class Scheduler:
 
     def _views(self, pool: str, metrics: list[EndpointMetrics]) -> list[Endpoint]:
         """The endpoints as the core sees them: their last metrics, plus the assignments made
-        and the completions seen since."""
+        and the completions seen since, and (with the predictor) their prefill backlog."""
         flight = self.in_flight
-        return [
+        views = [
             endpoint_view(
                 m,
                 flight.pending(pool, m.address, m.scraped_at),
                 flight.freed(pool, m.address, m.scraped_at),
             )
             for m in metrics
+        ]
+        if self.latency is None:
+            return views
+        now = self._clock()
+        rate = self.latency.prefill_rate(pool) or DEFAULT_RATE
+        queued = self._backlog.queued
+        return [
+            replace(v, prefill_ms=ms)
+            if (ms := queued(pool, v.address, now, rate) / rate * 1000)
+            else v
+            for v in views
         ]
 
     def _schedule(

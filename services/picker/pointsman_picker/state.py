@@ -179,6 +179,7 @@ def endpoint_view(m: EndpointMetrics, pending: int, freed: int = 0) -> Endpoint:
         lora_running=tuple(m.lora_running),
         lora_waiting=tuple(m.lora_waiting),
         max_lora=m.max_lora,
+        kv_tokens=max(m.block_size, 0) * max(m.num_blocks, 0),
     )
 
 

@@ -294,25 +294,39 @@ class Backlog:
     """Per endpoint, the prompt work (thousands of uncached tokens) this replica sent it and it
     has presumably not computed yet: a fluid queue that each pick adds its request's uncached
     prompt to and that drains at ``rate`` (the pool's prefill speed, thousand tokens a second,
-    :meth:`LatencyModel.prefill_rate`). Only this replica's picks count (each replica sees its
-    share of the load; the predictor learns the slope from the same view). O(1) per call."""
+    :meth:`LatencyModel.prefill_rate`), first come, first served as the engine computes
+    prompts. Only this replica's picks count (each replica sees its share of the load; the
+    predictor learns the slope from the same view). O(1) per call."""
 
     __slots__ = ("_max", "_q")
 
     def __init__(self, max_endpoints: int = 10_000) -> None:
-        self._q: OrderedDict[tuple[str, str], tuple[float, float]] = OrderedDict()
+        #: (level at ``since``, ``since``, the newest request's own work)
+        self._q: OrderedDict[tuple[str, str], tuple[float, float, float]] = OrderedDict()
         self._max = max_endpoints
 
     def at(self, pool: str, endpoint: str, now: float, rate: float) -> float:
+        """The work left: what a request sent now would find ahead of it."""
         found = self._q.get((pool, endpoint))
         if found is None:
             return 0.0
-        level, since = found
+        level, since, _ = found
         return max(0.0, level - rate * max(now - since, 0.0))
+
+    def queued(self, pool: str, endpoint: str, now: float, rate: float) -> float:
+        """The work left that was sent before the newest request (first come, first served:
+        it drains first). 0 once the newest request's own prompt is the one being computed
+        (or all is done): a request sent now would wait for that prompt only, and then have
+        an engine step to itself rather than share one with prompts queued before it."""
+        found = self._q.get((pool, endpoint))
+        if found is None:
+            return 0.0
+        return max(0.0, self.at(pool, endpoint, now, rate) - found[2])
 
     def add(self, pool: str, endpoint: str, ktokens: float, now: float, rate: float) -> None:
         key = (pool, endpoint)
-        self._q[key] = (self.at(pool, endpoint, now, rate) + max(ktokens, 0.0), now)
+        own = max(ktokens, 0.0)
+        self._q[key] = (self.at(pool, endpoint, now, rate) + own, now, own)
         self._q.move_to_end(key)
         if len(self._q) > self._max:
             self._q.popitem(last=False)

@@ -60,6 +60,9 @@ class Saturation:
     kv_cache_util_threshold: float = 0.8
     #: Requests in flight (assigned, not completed) that fill an endpoint; 0: no such bound.
     max_in_flight: int = 0
+    #: Prefill backlog (:attr:`Endpoint.prefill_ms`) above which an endpoint is full; ``None``:
+    #: no such bound.
+    max_prefill_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +145,7 @@ def has_room(
         and (
             sat.max_in_flight <= 0 or in_flight is None or in_flight(e.address) < sat.max_in_flight
         )
+        and (sat.max_prefill_ms is None or e.prefill_ms <= sat.max_prefill_ms)
     )
 
 

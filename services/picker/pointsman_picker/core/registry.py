@@ -6,7 +6,12 @@ Adding a plugin: write its module under ``plugins/`` and add one line here.
 from __future__ import annotations
 
 from pointsman_picker.core.plugins.filters import HealthFilter, LabelFilter, StalenessFilter
-from pointsman_picker.core.plugins.latency import LatencyScorer, SloAdmission, SloHeadroomFilter
+from pointsman_picker.core.plugins.latency import (
+    LatencyScorer,
+    PrefillScorer,
+    SloAdmission,
+    SloHeadroomFilter,
+)
 from pointsman_picker.core.plugins.load import (
     KVCacheUtilizationScorer,
     QueueScorer,
@@ -33,4 +38,5 @@ REGISTRY: dict[str, type] = {
     "latency-scorer": LatencyScorer,
     "slo-headroom-filter": SloHeadroomFilter,
     "slo-admission": SloAdmission,
+    "prefill-scorer": PrefillScorer,
 }

@@ -32,6 +32,14 @@ class Endpoint:
     lora_running: tuple[str, ...] = ()
     lora_waiting: tuple[str, ...] = ()
     max_lora: int = 0
+    #: Milliseconds of prompt work queued on the endpoint behind the prompt it computes now: what
+    #: this replica sent it before its newest request and it has presumably not computed yet
+    #: (the latency predictor's fluid prefill backlog at the pool's learnt prefill speed; 0
+    #: without the predictor). Read by ``saturation.max_prefill_ms``.
+    prefill_ms: float = 0.0
+    #: The engine's KV-cache capacity in tokens (its cache config's block size times its number
+    #: of blocks, as the collector read them; 0: not reported).
+    kv_tokens: int = 0
 
     @property
     def queue(self) -> int:

@@ -3,7 +3,9 @@
 * ``latency-scorer``: prefer the endpoint predicted fastest (or with the most SLO headroom);
 * ``slo-headroom-filter``: keep only the endpoints predicted to meet the request's SLO;
 * ``slo-admission``: refuse (429, reason ``slo_unattainable``) a request whose SLO no endpoint
-  is predicted to meet.
+  is predicted to meet;
+* ``prefill-scorer``: prefer the endpoint where the request's prefill would end soonest (its
+  prefill backlog plus the request's own uncached prompt there).
 
 An endpoint without a prediction (the predictor has not learnt its pool yet) is never filtered
 out or counted against the request: the plugins stay neutral until there is something to know.
@@ -18,8 +20,9 @@ from typing import Annotated
 from pydantic import Field
 
 from pointsman_picker.core.framework import Cycle
+from pointsman_picker.core.latency import BACKLOG, NEW_PROMPT
 from pointsman_picker.core.plugins._base import PARAMS, Distribution
-from pointsman_picker.core.slo import headroom, meets, predictions
+from pointsman_picker.core.slo import feature_vector, headroom, meets, predictions
 from pointsman_picker.core.types import Endpoint
 
 #: The reason ``slo-admission`` gives (``x-pointsman-shed-reason``).
@@ -113,3 +116,39 @@ class SloAdmission:
             if meets(p, req.slo_ttft_ms, req.slo_tpot_ms, self.margin):
                 return None
         return SLO_UNATTAINABLE
+
+
+def prefill_end(cycle: Cycle, endpoint: Endpoint) -> float:
+    """When the request's prefill would end on ``endpoint``, in thousand prompt tokens of work:
+    the prefill backlog the endpoint has (uncached prompts sent to it and not computed yet, the
+    predictor's fluid estimate) plus the request's own prompt tokens it does not cache. The
+    engine computes prompts first come, first served (chunked prefill after the decodes of
+    the step), so this is the work ahead of the request's first token there."""
+    x = feature_vector(cycle, endpoint)
+    return x[BACKLOG] + x[NEW_PROMPT]
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillScorer(Distribution):
+    """``prefill-scorer``: the endpoint where the request's first token would come soonest, by
+    work rather than by counts: the least prefill work ahead of it and in it
+    (:func:`prefill_end`), relative to the least of the candidates (least -> 1, twice the
+    work -> 0.5).
+
+    Why: on long prompts TTFT is the prompt work queued on the engine, and request counts do
+    not measure it (vLLM admits several prompts into one step, so the waiting queue is empty
+    while seconds of prefill are ahead; a 200-token and a 3,500-token request count the same).
+    Routing each request to the least work left is the classic dispatch rule for first-come,
+    first-served servers; counting the request's own uncached tokens on each candidate makes
+    it prefix-aware (a cache hit is less work) without a separate trade-off. Without the
+    latency predictor (``picker.latency.enabled: false``) the backlog is unknown and every
+    candidate scores 1 (neutral)."""
+
+    __pydantic_config__ = PARAMS
+
+    def score(self, cycle: Cycle, candidates: Sequence[Endpoint]) -> list[float]:
+        if cycle.latency is None or not candidates:
+            return [1.0] * len(candidates)
+        ends = [prefill_end(cycle, e) for e in candidates]
+        least = max(min(ends), 1e-3)  # a thousandth of a thousand tokens: one token of work
+        return [least / max(t, 1e-3) for t in ends]
