@@ -17,9 +17,12 @@
 # On the device, from the checkout's root:
 #   python3 -c 'import tarfile; tarfile.open(".devcarry-sched/tree.tar.xz").extractall("/tmp/ov",
 #     filter="tar")' && bash /tmp/ov/bench/scheduling/device_run.sh
-# Knobs: DURATION_SP, DURATION_MC, DURATION_AZ, DURATION_TEN (seconds of arrivals), SANITY=1
-# (only one short row, to test the recipe), STREAMS (which of sp mc az ten), OURS (the
-# Pointsman rows of shared-prefix and Mooncake, default pointsman,pointsman-flow,pointsman-prefill).
+# Knobs: DURATION_SP, DURATION_MC, DURATION_MCR, DURATION_AZ, DURATION_TEN (seconds of arrivals),
+# SANITY=1 (only one short row, to test the recipe), STREAMS (which of sp mc mcr az ten; mcr:
+# Mooncake at other rates, MCR_RATES, MCR_ROUTERS), AZ_ROUTERS, AZ_RATES, OURS (the Pointsman
+# rows of shared-prefix and Mooncake, default pointsman,pointsman-flow,pointsman-prefill).
+# Envoy may come from an earlier call on the same warm machine (/tmp/site stays): one call that
+# carries only site-envoy.tar.xz and unpacks it, then one with the rest, fit the carry limit.
 set -uo pipefail
 CARRY=${CARRY:-$PWD/.devcarry-sched}
 OUT=${OUT:-/tmp/out}
@@ -74,7 +77,8 @@ fi
 RIVALS="vllm-router-cache-aware,vllm-router-cache-aware-tuned,vllm-router-power-of-two"
 OURS=${OURS:-"pointsman,pointsman-flow,pointsman-prefill"}
 have_rivals=$(command -v vllm-router >/dev/null && echo 1)
-have_ours=$(python3 -c 'import grpc_health, faststream, nacl' 2>/dev/null && command -v nats-server >/dev/null && echo 1)
+have_ours=$(python3 -c 'import grpc_health, faststream, nacl' 2>/dev/null && command -v nats-server >/dev/null \
+  && command -v envoy >/dev/null && echo 1)
 if [ -n "$have_rivals" ] && [ -n "$have_ours" ]; then SPMC="$RIVALS,$OURS"; TAG=all
 elif [ -n "$have_rivals" ]; then SPMC=$RIVALS; TAG=rivals
 else SPMC=$OURS; TAG=ours; fi
@@ -87,9 +91,12 @@ for s in $STREAMS; do
           --rate-for shared-prefix=12 --duration "${DURATION_SP:-45}" & pids+=($!) ;;
     mc) run scheduling-device-mooncake-$TAG --workloads mooncake --routers "$SPMC" \
           --rate-for mooncake=8 --duration "${DURATION_MC:-45}" & pids+=($!) ;;
+    mcr) run scheduling-device-mooncake-rates-$TAG --workloads mooncake \
+          --routers "${MCR_ROUTERS:-vllm-router-power-of-two,vllm-router-cache-aware,pointsman-flow,pointsman-prefill}" \
+          --rate-for mooncake="${MCR_RATES:-6,10}" --duration "${DURATION_MCR:-30}" & pids+=($!) ;;
     az) run scheduling-device-azure --workloads azure \
-          --routers pointsman,pointsman-flow,pointsman-prefill,pointsman-slo,pointsman-slo-strict \
-          --rate-for azure=22,26 --duration "${DURATION_AZ:-35}" & pids+=($!) ;;
+          --routers "${AZ_ROUTERS:-pointsman,pointsman-flow,pointsman-prefill,pointsman-slo,pointsman-slo-strict}" \
+          --rate-for azure="${AZ_RATES:-22,26}" --duration "${DURATION_AZ:-35}" & pids+=($!) ;;
     ten) run scheduling-device-tenants --workloads tenants \
           --routers pointsman-flow,pointsman-fair,pointsman-slo \
           --rate-for tenants=6 --duration "${DURATION_TEN:-60}" & pids+=($!) ;;
@@ -104,3 +111,7 @@ wait "${pids[@]}"
 kill $copier $monitor 2>/dev/null
 cp /tmp/ws-*/bench/results/*.json "$OUT/" 2>/dev/null
 for f in "$OUT"/*.log; do echo "== $f"; tail -n 40 "$f"; done
+# the device tool returns 8 files at most: more than that travel as one archive
+if [ "$(ls "$OUT" | wc -l)" -gt 8 ]; then
+  (cd "$OUT" && tar -cJf scheduling-device.tar.xz ./*.json ./*.log && rm -f ./*.json ./*.log)
+fi
