@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.rounds):
             for n in list(trees) if r % 2 == 0 else list(reversed(trees)):
                 tree, extra = trees[n]
-                out = Path(tmp, f"run-{len(runs)}-{len(runs[n])}-{n.replace(' ', '_')}.json")
+                out = Path(tmp, f"run-{n.replace(' ', '_')}-{len(runs[n])}.json")
                 runs[n].append(run_once(tree, out, args, extra))
                 print(f"round {r + 1}/{args.rounds}: {n} done", file=sys.stderr)
 
