@@ -34,10 +34,7 @@ DEFAULT_PROFILE: list[ProfileEntry | str] = [
 #: the endpoint holding the prompt's prefix; services/picker/README.md.)
 SLO_PROFILE: list[ProfileEntry | str] = [
     ProfileEntry(plugin="latency-scorer", weight=2),
-    ProfileEntry(plugin="queue-scorer", weight=2),
-    ProfileEntry(plugin="kv-cache-utilization-scorer", weight=2),
-    ProfileEntry(plugin="prefix-cache-scorer", weight=3),
-    "max-score-picker",
+    *DEFAULT_PROFILE,
 ]
 #: ``slo-strict``: only endpoints predicted to meet the SLO, and a request whose SLO none is
 #: predicted to meet is refused (429, ``slo_unattainable``) rather than served late.
@@ -50,10 +47,7 @@ SLO_STRICT_PROFILE: list[ProfileEntry | str] = [
 #: request's prefill would end soonest, by prompt work ahead of it and its own uncached tokens).
 PREFILL_PROFILE: list[ProfileEntry | str] = [
     ProfileEntry(plugin="prefill-scorer", weight=4),
-    ProfileEntry(plugin="queue-scorer", weight=2),
-    ProfileEntry(plugin="kv-cache-utilization-scorer", weight=2),
-    ProfileEntry(plugin="prefix-cache-scorer", weight=3),
-    "max-score-picker",
+    *DEFAULT_PROFILE,
 ]
 #: Profiles every picker has, under these names, unless the config defines the same name.
 BUILTIN_PROFILES: dict[str, list[ProfileEntry | str]] = {
