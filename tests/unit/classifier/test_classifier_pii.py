@@ -146,7 +146,7 @@ def test_find_is_linear_on_adversarial_text(text: str) -> None:
 
     short = text[: len(text) // 8]
     small = min(cost(short) for _ in range(3))
-    large = cost(text)
+    large = min(cost(text) for _ in range(2))  # the better of two: a stall once is not a trend
     assert large < 8 * 4 * max(small, 1e-3)
 
 
