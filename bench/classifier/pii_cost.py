@@ -19,11 +19,7 @@ import statistics
 import time
 from typing import Any
 
-from bench.classifier.__main__ import RESULTS, prompts
-
-
-def _pct(xs: list[float], q: float) -> float:
-    return sorted(xs)[min(len(xs) - 1, int(q * len(xs)))]
+from bench.classifier.__main__ import RESULTS, pct, prompts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                     "prompts": set_name,
                     "engine": name,
                     "tokens_median": statistics.median(tokens),
-                    "p50_ms": round(_pct(ts, 0.5), 2),
-                    "p90_ms": round(_pct(ts, 0.9), 2),
+                    "p50_ms": round(pct(sorted(ts), 0.5), 2),
+                    "p90_ms": round(pct(sorted(ts), 0.9), 2),
                     "n": len(ts),
                 }
             )

@@ -30,7 +30,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench.classifier.__main__ import RESULTS, prompts
+from bench.classifier.__main__ import RESULTS, pct, prompts
 from bench.overhead.hot_path import add_baseline, baseline_of, git
 
 SOURCES = {
@@ -58,10 +58,6 @@ def _us(fn: Callable[[], Any], found: list[int]) -> float:
     us = (time.perf_counter() - t0) * 1e6
     found.append(1 if out else 0)
     return us
-
-
-def _pct(xs: list[float], q: float) -> float:
-    return sorted(xs)[min(len(xs) - 1, int(q * len(xs)))] if xs else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                     "step": k,
                     "n": len(ts),
                     "with_findings": sum(found[k]),
-                    "p50_us": round(_pct(ts, 0.5), 1),
-                    "p90_us": round(_pct(ts, 0.9), 1),
+                    "p50_us": round(pct(sorted(ts), 0.5), 1),
+                    "p90_us": round(pct(sorted(ts), 0.9), 1),
                     "mean_us": round(statistics.fmean(ts), 1) if ts else 0.0,
                 }
             )

@@ -30,6 +30,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common.proc import cpu_seconds
+from bench.common.stats import percentile
 from pointsman.stack.procs import Child, spawn
 from pointsman.v1 import PoolSnapshot, subjects
 from pointsman_collector.core import engines, prom
@@ -46,13 +47,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    data = sorted(values)
-    return data[min(len(data) - 1, round(q / 100 * (len(data) - 1)))]
 
 
 # ----- parsing cost -------------------------------------------------------------------------
@@ -216,8 +210,8 @@ async def run_case(
             cpu_cores_total=cores,
             cpu_cores_per_100_endpoints=cores / (n / 100),
             cpu_per_replica=sorted(cpu.values()),
-            age_p50_ms=pct(view.ages, 50),
-            age_p99_ms=pct(view.ages, 99),
+            age_p50_ms=percentile(view.ages, 50),
+            age_p99_ms=percentile(view.ages, 99),
             age_samples=len(view.ages),
         )
         if replicas > 1 and args.failover:
@@ -235,7 +229,7 @@ async def run_case(
                 times = [at for at, _ in view.history.get(address, []) if at >= killed - 1.0]
                 gaps += [b - a for a, b in itertools.pairwise(times)]
             result["failover_max_unscraped_ms"] = max(gaps) * 1000 if gaps else float("nan")
-            result["failover_gap_p99_ms"] = pct(gaps, 99) * 1000
+            result["failover_gap_p99_ms"] = percentile(gaps, 99) * 1000
             result["failover_not_scraped_after_kill"] = sum(
                 1
                 for address in addresses

@@ -15,6 +15,8 @@ from typing import Any
 
 import aiohttp
 
+from bench.common.stats import percentile
+
 
 @dataclass
 class Result:
@@ -36,11 +38,7 @@ class Result:
             self.statuses[k] = self.statuses.get(k, 0) + v
 
     def pct(self, q: float) -> float:
-        if not self.latencies_ms:
-            return float("nan")
-        data = sorted(self.latencies_ms)
-        index = min(len(data) - 1, max(0, round(q / 100 * (len(data) - 1))))
-        return data[index]
+        return percentile(self.latencies_ms, q)
 
     def summary(self) -> dict[str, Any]:
         return {

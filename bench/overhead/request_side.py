@@ -31,7 +31,8 @@ import nats
 import yaml
 
 from bench.common.proc import cpu_seconds
-from bench.scheduling.decision import POOL, feed_snapshots, pct
+from bench.common.stats import percentile
+from bench.scheduling.decision import POOL, feed_snapshots
 from pointsman.bus import NatsConfig
 from pointsman.stack.procs import (
     Child,
@@ -128,7 +129,7 @@ async def _measure(nats_url: str, args: argparse.Namespace) -> dict[str, Any]:
         out[name] = {
             "requests": len(data),
             "errors": r["errors"],
-            **{f"p{q}_ms": pct(data, q) for q in (50, 90, 99)},
+            **{f"p{q}_ms": percentile(data, q) for q in (50, 90, 99)},
             "client_cpu_us": 1e6 * r["client_cpu_s"] / max(1, len(data)),
             "picker_cpu_us": 1e6 * r["picker_cpu_s"] / max(1, len(data)),
         }

@@ -38,6 +38,7 @@ from typing import Any
 import nats
 import yaml
 
+from bench.common.stats import percentile
 from pointsman.stack.procs import (
     Child,
     binary,
@@ -61,13 +62,6 @@ from pointsman.v1 import (
 
 POOL = "bench-model"
 ENDPOINTS = [f"10.1.0.{i}:8000" for i in range(1, 9)]
-
-
-def pct(data: list[float], q: float) -> float:
-    if not data:
-        return float("nan")
-    s = sorted(data)
-    return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))]
 
 
 def histogram(url: str, name: str) -> dict[float, float]:
@@ -276,8 +270,8 @@ def run(
             "decision_p99_ms": hist_quantile(before[dec], after[dec], 0.99) * 1000,
             "pick_cpu_p50_ms": hist_quantile(before[cpu], after[cpu], 0.5) * 1000,
             "pick_cpu_p99_ms": hist_quantile(before[cpu], after[cpu], 0.99) * 1000,
-            "nats_rtt_p50_ms": pct(load["rtt_ms"], 50),
-            "nats_rtt_p99_ms": pct(load["rtt_ms"], 99),
+            "nats_rtt_p50_ms": percentile(load["rtt_ms"], 50),
+            "nats_rtt_p99_ms": percentile(load["rtt_ms"], 99),
         }
     finally:
         for child in reversed(children):

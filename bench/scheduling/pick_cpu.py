@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.scheduling.decision import ENDPOINTS, POOL, pct, random_snapshot
+from bench.common.stats import percentile
+from bench.scheduling.decision import ENDPOINTS, POOL, random_snapshot
 from pointsman.v1 import CompletionEvent, PickRequest
 from pointsman_picker.config import PickerConfig
 from pointsman_picker.scheduler import Scheduler
@@ -71,11 +72,11 @@ def run(profile: str, picks: int, seed: int = 7) -> dict[str, Any]:
     return {
         "profile": profile,
         "picks_measured": len(pick_ms),
-        "pick_cpu_p50_ms": pct(pick_ms, 50),
-        "pick_cpu_p99_ms": pct(pick_ms, 99),
+        "pick_cpu_p50_ms": percentile(pick_ms, 50),
+        "pick_cpu_p99_ms": percentile(pick_ms, 99),
         "pick_cpu_max_ms": max(pick_ms),
-        "completion_cpu_p50_ms": pct(learn_ms, 50),
-        "completion_cpu_p99_ms": pct(learn_ms, 99),
+        "completion_cpu_p50_ms": percentile(learn_ms, 50),
+        "completion_cpu_p99_ms": percentile(learn_ms, 99),
         "latency_samples_learnt": s.latency.samples if s.latency is not None else 0,
     }
 

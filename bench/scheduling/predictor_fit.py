@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.common.stats import percentile
 from bench.scheduling.workloads import MAX_PROMPT_TOKENS, azure_lengths
 from pointsman.sim.config import SimConfig
 from pointsman.sim.scheduler import Scheduler, Seq
@@ -60,11 +61,6 @@ class _Req:
     predicted: dict[str, float | None]
     ttft: float | None = None
     seq: Seq | None = None
-
-
-def _pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))] if s else float("nan")
 
 
 def run(
@@ -161,11 +157,11 @@ def run(
         rows.append({
             "features": name,
             "requests": len(ratios),
-            "ratio_p10": _pct(ratios, 10), "ratio_p50": _pct(ratios, 50),
-            "ratio_p90": _pct(ratios, 90),
+            "ratio_p10": percentile(ratios, 10), "ratio_p50": percentile(ratios, 50),
+            "ratio_p90": percentile(ratios, 90),
             "within_25pct": sum(1 for v in ratios if 0.8 <= v <= 1.25) / max(len(ratios), 1),
             "mae_ms": sum(errors) / max(len(errors), 1),
-            "ttft_p50_ms": _pct([t for _, t in pairs if t is not None], 50),
+            "ttft_p50_ms": percentile([t for _, t in pairs if t is not None], 50),
         })  # fmt: skip
     return {"rate": rate, "seconds": seconds, "replicas": replicas, "scrape_ms": scrape_ms,
             "seed": seed, "rows": rows}  # fmt: skip

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.common.stats import percentile
 from bench.scheduling import workloads
 from bench.scheduling.workloads import MODEL, Req
 from pointsman.sim.config import SimConfig
@@ -336,12 +337,12 @@ def run(
     res = Result(policy, ttft)
     if not served:
         return res
-    p90 = _pct(ttft, 90)
+    p90 = percentile(ttft, 90)
     tail = [j for j in served if (j.first_at - j.arrival) * 1000 >= p90]  # type: ignore[operator]
     span = max(j.done_at for j in served)  # type: ignore[type-var]
     res.rows = {
         "requests": len(served),
-        "ttft_p50_ms": _pct(ttft, 50), "ttft_p90_ms": p90, "ttft_p99_ms": _pct(ttft, 99),
+        "ttft_p50_ms": percentile(ttft, 50), "ttft_p90_ms": p90, "ttft_p99_ms": percentile(ttft, 99),
         "tok_s": sum(j.seq.out for j in served) / span if span else 0.0,
         "regret_mean_kt": sum(j.ahead - j.least for j in served) / len(served),
         "tail_ahead_kt": sum(j.ahead for j in tail) / len(tail),
@@ -386,11 +387,6 @@ def _config(policy: str) -> tuple[PickerConfig, bool]:
             sat[k] = float(v) if "." in v else int(v)
         raw["saturation"] = sat
     return PickerConfig.model_validate(raw), flow
-
-
-def _pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))] if s else float("nan")
 
 
 async def _in_loop(

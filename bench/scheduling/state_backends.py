@@ -25,15 +25,11 @@ import msgspec
 import nats
 import redis.asyncio as aioredis
 
+from bench.common.stats import percentile
 from pointsman.stack.procs import binary, free_port, port_free, spawn, wait_ready
 
 N = 400
 BLOCKS = 64  # prefix blocks per decision (a 4 KB prompt at 64 bytes a block)
-
-
-def pct(data: list[float], q: float) -> float:
-    s = sorted(data)
-    return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))]
 
 
 async def bench_redis(url: str) -> dict[str, Any]:
@@ -164,9 +160,9 @@ def main() -> int:
     for name, r in results.items():
         row = {
             "propagation_p50_ms": statistics.median(r["propagation_ms"]),
-            "propagation_p99_ms": pct(r["propagation_ms"], 99),
+            "propagation_p99_ms": percentile(r["propagation_ms"], 99),
             "write_p50_ms": statistics.median(r["write_ms"]),
-            "write_p99_ms": pct(r["write_ms"], 99),
+            "write_p99_ms": percentile(r["write_ms"], 99),
             "n": len(r["propagation_ms"]),
         }
         table[name] = row

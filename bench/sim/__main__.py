@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 
 from bench.common.proc import cpu_seconds
+from bench.common.stats import percentile
 from pointsman.stack.procs import http_status, spawn, wait_ready
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -46,13 +47,6 @@ def _ports(count: int) -> int:
         if ok:
             return base
     raise RuntimeError("no free port block")
-
-
-def _pct(xs: list[float], q: float) -> float:
-    if not xs:
-        return float("nan")
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(q / 100 * (len(xs) - 1)))]
 
 
 async def _load(
@@ -106,10 +100,10 @@ async def _load(
         "sent_rps": len(tasks) / sent_s,
         "done_rps": len(e2e) / elapsed,
         "errors": errors,
-        "ttft_p50_ms": _pct(ttft, 50),
-        "ttft_p99_ms": _pct(ttft, 99),
-        "e2e_p50_ms": _pct(e2e, 50),
-        "e2e_p99_ms": _pct(e2e, 99),
+        "ttft_p50_ms": percentile(ttft, 50),
+        "ttft_p99_ms": percentile(ttft, 99),
+        "e2e_p50_ms": percentile(e2e, 50),
+        "e2e_p99_ms": percentile(e2e, 99),
         "elapsed_s": elapsed,
     }
 
