@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common.stats import percentile
+from bench.scheduling.virtual import start_step
 from bench.scheduling.workloads import MAX_PROMPT_TOKENS, azure_lengths
 from pointsman.sim.config import SimConfig
 from pointsman.sim.scheduler import Scheduler, Seq
@@ -89,16 +90,6 @@ def run(
     heapq.heapify(events)
     horizon = seconds + 120.0
 
-    def start_step(e: int, now: float) -> None:
-        eng = engines[e]
-        if eng.step is not None or not eng.sched.has_work():
-            return
-        step = eng.sched.schedule()
-        if not step.items:
-            return
-        eng.step = step
-        heapq.heappush(events, (now + eng.sched.step_duration(step), 0, e))
-
     while events:
         now, kind, n = heapq.heappop(events)
         if now > horizon:
@@ -134,7 +125,7 @@ def run(
             reqs.append(req)
             by_seq[seq.rid] = req
             eng.sched.add(seq)
-            start_step(e, now)
+            start_step(eng, e, now, events)
             continue
         eng = engines[n]
         step, eng.step = eng.step, None
@@ -147,7 +138,7 @@ def run(
             r = by_seq[seq.rid]
             for name in variants:
                 models[name].learn(LatencySample("p", str(r.engine), r.x[name], r.ttft, None))
-        start_step(n, now)
+        start_step(eng, n, now, events)
     rows = []
     late = [r for r in reqs[len(reqs) // 2 :] if r.ttft]
     for name in variants:

@@ -38,6 +38,7 @@ from typing import Any
 
 from bench.common.stats import percentile
 from bench.scheduling import workloads
+from bench.scheduling.virtual import start_step
 from bench.scheduling.workloads import MODEL, Req
 from pointsman.sim.config import SimConfig
 from pointsman.sim.scheduler import Scheduler as Engine
@@ -191,16 +192,6 @@ def run(
     def _index(address: str) -> int:
         return next(k for k, e in enumerate(engines) if e.address == address)
 
-    def start_step(i: int, now: float) -> None:
-        eng = engines[i]
-        if eng.step is not None or not eng.sched.has_work():
-            return
-        step = eng.sched.schedule()
-        if not step.items:
-            return
-        eng.step = step
-        heapq.heappush(events, (now + eng.sched.step_duration(step), 0, i))
-
     if picker is not None:
         scrape(0.0)
     rr = 0
@@ -218,7 +209,7 @@ def run(
         jobs[rid] = job
         order.append(job)
         engines[i].sched.add(seq)
-        start_step(i, now)
+        start_step(engines[i], i, now, events)
 
     def release(now: float) -> None:
         """``hold-*``: send held requests to engines whose prompt work is all in the step
@@ -304,7 +295,7 @@ def run(
             jobs[rid] = job
             order.append(job)
             engines[i].sched.add(seq)
-            start_step(i, now)
+            start_step(engines[i], i, now, events)
             continue
         eng = engines[n]
         step, eng.step = eng.step, None
@@ -329,7 +320,7 @@ def run(
                 if flow is not None:
                     flow.on_completion(event)
                     settle(now)
-        start_step(n, now)
+        start_step(eng, n, now, events)
         if held:
             release(now)
     served = [j for j in order if j.first_at is not None and j.done_at is not None]
