@@ -72,6 +72,14 @@ class Supervisor:
         an outage of a known length)."""
         self._holds[name] = self.clock() + seconds
 
+    def release(self, name: str) -> None:
+        """End a :meth:`hold` early: ``name``, if it is down, is restarted on the next pass (an
+        outage that ends when a test has seen what it needed, not after a guessed length)."""
+        self._holds.pop(name, None)
+        track = self._tracks.get(name)
+        if track is not None and track.due is not None:
+            track.due = min(track.due, self.clock())
+
     def check(self) -> list[str]:
         """One pass: schedule a restart for each newly dead child, restart those due. Returns
         the names restarted in this pass."""

@@ -8,6 +8,9 @@ so the check is on.
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import httpx
 import pytest
 
 from pointsman.stack import DEFAULT_MODELS, Stack
+from pointsman.stack.supervisor import RestartPolicy
 from tests.integration.e2e.conftest import make_stack
 
 pytestmark = pytest.mark.integration
@@ -131,3 +135,33 @@ def test_an_attack_is_still_refused(demo: Stack) -> None:
     r = chat(demo, DAN, "auto")
     assert r.status_code == 403, r.text
     assert r.headers["x-pointsman-block-reason"].startswith("jailbreak")
+
+
+def test_nats_outage_fails_closed_then_recovers(demo: Stack) -> None:
+    """Last of the module (it takes the bus away): docs/reliability.md's row for nats-server
+    with the safety checks on, as `make up` runs them. While NATS is down no verdict can be
+    had, so a request, for ``auto`` or a named model, gets 503 ``safety_unavailable`` with
+    ``Retry-After`` in OpenAI's error format (fail-closed: never served unchecked); once NATS
+    is back the services reconnect by themselves and requests answer 200 again."""
+    supervisor = demo.supervise(policy=RestartPolicy(initial_s=0.2, max_s=5.0))
+    supervisor.hold("nats-server", 3600.0)  # down until this test says otherwise
+    nats = demo.children["nats-server"]
+    os.killpg(nats.pid, signal.SIGKILL)
+    nats.popen.wait(30)
+    for model in ("auto", "llama-3.1-8b-instruct"):
+        r = chat(demo, "Hi, how are you?", model)
+        assert r.status_code == 503, r.text
+        assert r.headers["x-pointsman-error"] == "safety_unavailable"
+        assert r.headers["retry-after"] == "1"
+        assert r.json()["error"]["code"] == "service_unavailable"
+    supervisor.release("nats-server")  # restarted on its next pass
+    deadline = time.monotonic() + 180.0  # reconnects take a second or two; a loaded machine more
+    while True:
+        r = chat(demo, "Hi, how are you?", "auto")
+        if r.status_code == 200:
+            break
+        assert r.headers.get("x-pointsman-error") == "safety_unavailable", r.text
+        assert time.monotonic() < deadline, "not serving again after NATS came back"
+        time.sleep(0.5)
+    assert demo.children["nats-server"] is not nats
+    assert chat(demo, "Hello!", "llama-3.1-8b-instruct").status_code == 200

@@ -69,6 +69,25 @@ def test_a_killed_child_is_restarted_with_backoff_and_logged(tmp_path: Path) -> 
     assert all(not c.alive for c in children.values())
 
 
+def test_a_held_child_stays_down_until_released(tmp_path: Path) -> None:
+    children = {"a": spawn("a", SLEEPER, tmp_path)}
+    now = [100.0]
+    sup = Supervisor(children, lambda _: None, RestartPolicy(initial_s=0.2), clock=lambda: now[0])
+    first = children["a"]
+    sup.hold("a", 3600.0)
+    os.kill(first.pid, signal.SIGKILL)
+    first.popen.wait(30)
+    assert sup.check() == []  # dead, held: scheduled an hour out
+    now[0] += 60.0
+    assert sup.check() == []
+    sup.release("a")
+    try:
+        assert sup.check() == ["a"]
+        assert children["a"] is not first and children["a"].alive
+    finally:
+        stop_all(list(children.values()))
+
+
 def test_stop_all_kills_what_ignores_sigterm(tmp_path: Path) -> None:
     stubborn = spawn(
         "stubborn",
