@@ -88,6 +88,43 @@ async def open_loop(url: str, payload: dict[str, Any], rate: float, duration: fl
     return result
 
 
+def interleaved_schedule(rate: float, duration: float, variants: int) -> list[tuple[float, int]]:
+    """When to send what in :func:`interleaved_open_loop`: ``(seconds from the start, variant)``
+    for ``rate`` requests/s to each of ``variants`` targets over ``duration`` seconds. Tick ``i``
+    (every ``1 / rate`` s) sends one request to each, evenly spaced within the tick, the order
+    rotating by one each tick, so no target is always first after a quiet gap."""
+    out = []
+    for i in range(int(rate * duration)):
+        for slot in range(variants):
+            out.append(((i + slot / variants) / rate, (i + slot) % variants))
+    return out
+
+
+async def interleaved_open_loop(
+    urls: list[str], payload: dict[str, Any], rate: float, duration: float
+) -> list[Result]:
+    """Open loop at ``rate`` requests/s to each of ``urls`` at once, their requests interleaved
+    (:func:`interleaved_schedule`): one :class:`Result` per URL. Whatever slows the machine
+    during the run slows every target alike."""
+    body = json.dumps(payload).encode()
+    results = [Result() for _ in urls]
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        tasks = []
+        start = time.perf_counter()
+        for offset, k in interleaved_schedule(rate, duration, len(urls)):
+            delay = start + offset - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(_one(session, urls[k], body, results[k])))
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - start
+    for r in results:
+        r.elapsed_s = elapsed
+    return results
+
+
 async def closed_loop(
     url: str, payload: dict[str, Any], concurrency: int, duration: float
 ) -> Result:
