@@ -17,9 +17,11 @@ The stacks are ``versus``'s: this checkout's ``bench.overhead`` stack with ``--n
 model, one simulated replica answering at once) on each tree's code (the baseline's ``src`` and
 ``services`` from ``git archive``, given this tree's shim-cluster limits when it lacks them), and
 a third variant, this tree on an open bus, when the baseline predates bus authentication. Each
-runs in a child process of its own (``--serve``), started fresh for every restart, so one
-unlucky start does not decide the result. Latency is end to end through Envoy; there is no
-Envoy-only floor, since the same Envoy and floor would cancel out of the change.
+runs in a child process of its own (``--serve``), started fresh for every restart (in the
+opposite order every other restart), so one unlucky start does not decide the result. Latency
+is end to end through Envoy; there is no Envoy-only floor, since the same Envoy and floor would
+cancel out of the change. ``--this REF`` measures a commit instead of the working tree (one
+change of a series against its parent).
 
 Reported per rate: each variant's p50 per restart, the change against the baseline per restart,
 their mean and its standard error over restarts (what the verdict reads), and the change of the
@@ -46,14 +48,13 @@ from bench.common.proc import cpu_seconds
 from bench.common.stats import percentile
 from bench.overhead.__main__ import PAYLOAD, bench_stack
 from bench.overhead.hot_path import ROOT, add_baseline, baseline_of, export, tree_env
-from bench.overhead.versus import OPEN_BUS, TEMPLATE, has_bus_auth, shim_limits, with_shim_limits
+from bench.overhead.versus import TEMPLATE, has_bus_auth, shim_limits, with_shim_limits
 
 THIS = "this tree"
 
 
 #: The picker's issue-17 mechanisms, which the baseline predates: ``--lean`` turns them off.
 LEAN = {"picker": {"flow_control": {"enabled": False}, "latency": {"enabled": False}}}
-LEAN_VARIANT = "this tree, open bus, lean"
 
 
 def serve(open_bus: bool, lean: bool) -> int:
@@ -157,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rates", default="50,100", help="requests/s to each stack (default 50,100)")
     p.add_argument("--seconds", type=float, default=60.0, help="per rate and restart")
     p.add_argument("--out", type=Path, default=Path("bench/results/overhead_paired.json"))
+    p.add_argument(
+        "--this",
+        metavar="REF",
+        help="measure this commit (git archive) instead of the working tree: one change of a "
+        "series against its parent (--baseline REF^)",
+    )
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--open-bus", action="store_true", help=argparse.SUPPRESS)
     p.add_argument(
@@ -180,27 +187,37 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="overhead-paired-") as tmp:
         base_tree = Path(tmp, "base")
         name = f"baseline {export(baseline, base_tree, ('src', 'services'))}"
-        template = base_tree / TEMPLATE
+        this_tree: Path | None = None
+        this_name = THIS
+        if args.this:
+            this_tree = Path(tmp, "this")
+            this_name = f"this {export(args.this, this_tree, ('src', 'services'))}"
         patched = False
-        if template.exists():
-            text = template.read_text()
-            template.write_text(with_shim_limits(text, limits))
-            patched = template.read_text() != text
+        for tree in (base_tree, this_tree):
+            template = tree / TEMPLATE if tree is not None else None
+            if template is not None and template.exists():
+                text = template.read_text()
+                template.write_text(with_shim_limits(text, limits))
+                patched = patched or template.read_text() != text
         trees: dict[str, tuple[Path | None, tuple[str, ...]]] = {
             name: (base_tree, ()),
-            THIS: (None, ()),
+            this_name: (this_tree, ()),
         }
-        if not has_bus_auth(base_tree):
-            trees[OPEN_BUS] = (None, ("--open-bus",))
+        if not has_bus_auth(base_tree) and has_bus_auth(this_tree or ROOT):
+            trees[f"{this_name}, open bus"] = (this_tree, ("--open-bus",))
         if args.lean:
-            trees[LEAN_VARIANT] = (None, ("--open-bus", "--lean"))
+            trees[f"{this_name}, open bus, lean"] = (this_tree, ("--open-bus", "--lean"))
         for r in range(args.restarts):
             children = {}
             try:
-                for n, (tree, extra) in trees.items():
+                # the start order alternates: a stack started first or last gets no lasting
+                # advantage (where its processes land, what the machine was doing meanwhile)
+                names = list(trees) if r % 2 == 0 else list(reversed(trees))
+                for n in names:
+                    tree, extra = trees[n]
                     children[n] = start(tree, extra, Path(tmp, f"{n.replace(' ', '_')}-{r}.log"))
-                urls = [url for _, url, _ in children.values()]
-                pids = [p for _, _, p in children.values()]
+                urls = [children[n][1] for n in trees]
+                pids = [children[n][2] for n in trees]
                 per_rate = asyncio.run(measure(urls, pids, rates, args.seconds))
             finally:
                 for child, _, _ in children.values():
@@ -222,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\nbench.overhead.paired: {name} against {' and '.join(n for n in trees if n != name)}, "
         f"stacks up together, requests interleaved, {args.restarts} restarts x {args.seconds:g} s "
         "per rate; end-to-end p50 (ms) per restart, change = variant less baseline"
-        + ("; the baseline got this tree's shim-cluster limits" if patched else "")
+        + ("; a tree without shim-cluster limits got this checkout's" if patched else "")
     )
     print(
         f"{'rate':>6}  {'variant':<22}{'p50 per restart':<30}{'change per restart':<30}{'mean +- se':>16}{'pooled':>9}"
