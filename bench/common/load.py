@@ -69,23 +69,7 @@ async def _one(session: aiohttp.ClientSession, url: str, body: bytes, result: Re
 
 async def open_loop(url: str, payload: dict[str, Any], rate: float, duration: float) -> Result:
     """``rate`` requests/s for ``duration`` seconds, evenly spaced."""
-    body = json.dumps(payload).encode()
-    result = Result()
-    connector = aiohttp.TCPConnector(limit=0, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        total = int(rate * duration)
-        tasks = []
-        start = time.perf_counter()
-        for i in range(total):
-            due = start + i / rate
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(_one(session, url, body, result)))
-        await asyncio.gather(*tasks)
-        result.elapsed_s = time.perf_counter() - start
-    return result
+    return (await interleaved_open_loop([url], payload, rate, duration))[0]
 
 
 def interleaved_schedule(rate: float, duration: float, variants: int) -> list[tuple[float, int]]:

@@ -47,8 +47,8 @@ from bench.common.load import Result, interleaved_open_loop, warm
 from bench.common.proc import cpu_seconds
 from bench.common.stats import percentile
 from bench.overhead.__main__ import PAYLOAD, bench_stack
-from bench.overhead.hot_path import ROOT, add_baseline, baseline_of, export, tree_env
-from bench.overhead.versus import TEMPLATE, has_bus_auth, shim_limits, with_shim_limits
+from bench.overhead.hot_path import ROOT, add_baseline, baseline_of, tree_env
+from bench.overhead.versus import export_like_for_like, has_bus_auth
 
 THIS = "this tree"
 
@@ -179,26 +179,21 @@ def main(argv: list[str] | None = None) -> int:
 
     baseline = baseline_of(args)
     rates = [float(x) for x in args.rates.split(",") if x.strip()]
-    limits = shim_limits((ROOT / TEMPLATE).read_text())
     latencies: dict[str, dict[str, list[list[float]]]] = {}
     errors: dict[str, dict[str, int]] = {}
     #: CPU per served request of each part of each variant's stack (us), mean over restarts
     cpu_us: dict[str, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="overhead-paired-") as tmp:
         base_tree = Path(tmp, "base")
-        name = f"baseline {export(baseline, base_tree, ('src', 'services'))}"
+        commit, patched = export_like_for_like(baseline, base_tree)
+        name = f"baseline {commit}"
         this_tree: Path | None = None
         this_name = THIS
         if args.this:
             this_tree = Path(tmp, "this")
-            this_name = f"this {export(args.this, this_tree, ('src', 'services'))}"
-        patched = False
-        for tree in (base_tree, this_tree):
-            template = tree / TEMPLATE if tree is not None else None
-            if template is not None and template.exists():
-                text = template.read_text()
-                template.write_text(with_shim_limits(text, limits))
-                patched = patched or template.read_text() != text
+            commit, this_patched = export_like_for_like(args.this, this_tree)
+            this_name = f"this {commit}"
+            patched = patched or this_patched
         trees: dict[str, tuple[Path | None, tuple[str, ...]]] = {
             name: (base_tree, ()),
             this_name: (this_tree, ()),

@@ -72,6 +72,19 @@ def with_shim_limits(template: str, limits: str) -> str:
     return template.replace(SHIM_CLUSTER, SHIM_CLUSTER + limits, 1)
 
 
+def export_like_for_like(ref: str, into: Path) -> tuple[str, bool]:
+    """``ref``'s ``src`` and ``services`` under ``into`` (:func:`bench.overhead.hot_path.export`),
+    its Envoy template given this checkout's shim-cluster limits when it sets none: its short
+    commit id, and whether the template had to be given them."""
+    commit = export(ref, into, ("src", "services"))
+    template = into / TEMPLATE
+    if not template.exists():
+        return commit, False
+    text = template.read_text()
+    template.write_text(with_shim_limits(text, shim_limits((ROOT / TEMPLATE).read_text())))
+    return commit, template.read_text() != text
+
+
 STACK = Path("src/pointsman/stack/__init__.py")
 OPEN_BUS = "this tree, open bus"
 
@@ -125,16 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     baseline = baseline_of(args)
-    limits = shim_limits((ROOT / TEMPLATE).read_text())
     with tempfile.TemporaryDirectory(prefix="overhead-versus-") as tmp:
         base_tree = Path(tmp, "base")
-        name = f"baseline {export(baseline, base_tree, ('src', 'services'))}"
-        template = base_tree / TEMPLATE
-        patched = False
-        if template.exists():
-            text = template.read_text()
-            template.write_text(with_shim_limits(text, limits))
-            patched = template.read_text() != text
+        commit, patched = export_like_for_like(baseline, base_tree)
+        name = f"baseline {commit}"
         trees: dict[str, tuple[Path | None, tuple[str, ...]]] = {
             name: (base_tree, ()),
             "this tree": (None, ()),
