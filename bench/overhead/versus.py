@@ -154,7 +154,16 @@ def main(argv: list[str] | None = None) -> int:
                 tree, extra = trees[n]
                 out = Path(tmp, f"run-{n.replace(' ', '_')}-{len(runs[n])}.json")
                 runs[n].append(run_once(tree, out, args, extra))
-                print(f"round {r + 1}/{args.rounds}: {n} done", file=sys.stderr)
+                # each run's figures as it ends: a run cut short (a device call's time limit)
+                # still leaves the finished runs in the log
+                added = ", ".join(
+                    f"{rate}: {v['p50']:.3f}" for rate, v in runs[n][-1]["added_ms"].items()
+                )
+                print(
+                    f"round {r + 1}/{args.rounds}: {n} done; added p50 ms {{{added}}}, closed "
+                    f"loop {closed_loop(runs[n][-1]):.0f} req/s",
+                    file=sys.stderr,
+                )
 
     rates = [f"{float(x):g}" for x in args.rates.split(",") if x.strip()]
     variants = [n for n in runs if n != name]
