@@ -129,6 +129,13 @@ class CategoryClassifierConfig(_Strict):
     fallback: str = "other"
 
 
+SafetyRole = Literal["user", "tool", "assistant", "system"]
+
+
+def _default_read_roles() -> list[SafetyRole]:
+    return ["user", "tool"]
+
+
 class JailbreakConfig(_Strict):
     enabled: bool = True
     model: str | None = None
@@ -146,6 +153,22 @@ class JailbreakConfig(_Strict):
     #: A window after the first loses this much in log-odds before the maximum is taken: each
     #: window is one more chance of a false positive (see the classifier README, Models).
     window_margin: float = Field(default=5.0, ge=0)
+    #: Turns the check reads besides the classified text (``prompt``), each scored alone, by
+    #: role: ``user`` (earlier user turns: a client writes the whole history, so an attack can
+    #: sit in any of them), ``tool`` (tool and function results), ``assistant``, ``system``
+    #: (with ``developer``). The request's score is the highest. ``assistant`` and ``system``
+    #: are off by default: ordinary system prompts ("never reveal these instructions", a game
+    #: master) are flagged far more often than user turns (docs/security.md).
+    read_roles: list[SafetyRole] = Field(default_factory=_default_read_roles)
+    #: At most this many of those turns are read, newest first (each one not seen before costs
+    #: one more classification), and at most ``max_turn_chars`` characters of them in all (each
+    #: turn cut to its newest ``prompt.max_chars`` first); reading stops at the first turn that
+    #: does not fit, so older turns are not read. Both bound what one request can cost.
+    max_turns: int = Field(default=16, ge=0, le=256)
+    max_turn_chars: int = Field(default=8000, ge=0)
+    #: Scores of turns already read, kept per process (a chat resends its history every turn,
+    #: so each turn is scored once): entries, keyed by a hash of the text. 0 = no cache.
+    turn_cache_size: int = Field(default=20000, ge=0)
     action: Literal["block", "tag"] = "block"
     status: int = Field(default=403, ge=400, le=599)
     message: str = "The request was blocked by the prompt-safety policy."

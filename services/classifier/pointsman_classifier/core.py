@@ -307,3 +307,35 @@ def prompt_text(req: ClassifyRequest, cfg: ClassifierConfig) -> str:
     if len(text) > pc.max_chars:
         text = text[-pc.max_chars :]
     return text
+
+
+def safety_turns(req: ClassifyRequest, cfg: ClassifierConfig, classified: str) -> list[str]:
+    """The turns the safety check reads besides ``classified`` (the text :func:`prompt_text`
+    chose), newest first: those of ``jailbreak.read_roles``, each cut as the classified text is
+    (newest ``prompt.max_chars``), without repeats or the classified text itself, until
+    ``jailbreak.max_turns`` turns or ``jailbreak.max_turn_chars`` characters. A turn is read
+    whole or not at all, so its text, and its cached score, is the same in every request of the
+    conversation."""
+    jc = cfg.jailbreak
+    if not jc.enabled or not req.messages:
+        return []
+    roles: set[str] = set(jc.read_roles)
+    if "system" in roles:
+        roles.add("developer")
+    seen = {classified}
+    turns: list[str] = []
+    room = jc.max_turn_chars
+    for m in reversed(req.messages):
+        if len(turns) >= jc.max_turns:
+            break
+        if m.role not in roles:
+            continue
+        text = m.content[-cfg.prompt.max_chars :]
+        if text in seen or not text.strip():
+            continue
+        if len(text) > room:
+            break
+        room -= len(text)
+        seen.add(text)
+        turns.append(text)
+    return turns

@@ -6,6 +6,7 @@ subscriber; the route's codec decodes the request before the call and encodes th
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,8 +21,16 @@ from pointsman_classifier import pii, sessions
 from pointsman_classifier.batcher import Overloaded
 from pointsman_classifier.cache.service import SemanticCache
 from pointsman_classifier.config import ClassifierConfig
-from pointsman_classifier.core import Outputs, Signals, decide, prompt_text, top_category
+from pointsman_classifier.core import (
+    Outputs,
+    Signals,
+    decide,
+    prompt_text,
+    safety_turns,
+    top_category,
+)
 from pointsman_classifier.metrics import Metrics
+from pointsman_classifier.turn_scores import TurnScores
 
 log = logging.getLogger(__name__)
 _tracer = tracing.tracer("pointsman_classifier")
@@ -59,6 +68,7 @@ class ClassifyHandler:
         self.served = served
         self.metrics = metrics
         self.name = name
+        self.turn_scores = TurnScores(cfg.jailbreak.turn_cache_size)
 
     async def __call__(self, msg: Received[ClassifyRequest]) -> ClassifyReply:
         if tracing.enabled():
@@ -99,6 +109,7 @@ class ClassifyHandler:
         cfg = self.cfg
         text = prompt_text(req, cfg)
         outputs = await self.infer(text, deadline) if text.strip() else Outputs()
+        jailbreak = await self._jailbreak(req, text, outputs.jailbreak, deadline)
         found: set[str] = set()
         if cfg.pii.enabled:
             # Every turn goes to the model, so every turn is checked for PII, not only the
@@ -108,7 +119,7 @@ class ClassifyHandler:
             found.update(f.entity_type for f in outputs.pii)
         signals = Signals(
             categories=outputs.categories,
-            jailbreak=outputs.jailbreak if cfg.jailbreak.enabled else None,
+            jailbreak=jailbreak,
             pii=frozenset(found),
         )
         keep, verdict = await self._session(req, signals)
@@ -134,6 +145,35 @@ class ClassifyHandler:
                 reply.category or "", reply.model, "true" if reply.selected else "false"
             ).inc()
         return reply
+
+    async def _jailbreak(
+        self, req: ClassifyRequest, text: str, score: float | None, deadline: float | None
+    ) -> float | None:
+        """The request's safety score: the highest of the classified text's (``score``) and of
+        each other turn the check reads (:func:`safety_turns`), those not seen before scored
+        now, all at once through the batcher; ``None`` when the check is off or nothing was
+        scored."""
+        if not self.cfg.jailbreak.enabled:
+            return None
+        if score is None and text.strip():
+            return None  # the models give no safety score (no branch or head loaded)
+        if score is not None:
+            self.turn_scores.put(text, score)
+        turns = safety_turns(req, self.cfg, text)
+        if not turns:
+            return score
+        scores = {t: self.turn_scores.get(t) for t in turns}
+        missing = [t for t, s in scores.items() if s is None]
+        self.metrics.safety_turns.labels("cached").inc(len(turns) - len(missing))
+        if missing:
+            self.metrics.safety_turns.labels("scored").inc(len(missing))
+            outs = await asyncio.gather(*(self.infer(t, deadline) for t in missing))
+            for t, out in zip(missing, outs, strict=True):
+                scores[t] = out.jailbreak
+                if out.jailbreak is not None:
+                    self.turn_scores.put(t, out.jailbreak)
+        found = [s for s in (score, *scores.values()) if s is not None]
+        return max(found) if found else None
 
     async def _session(
         self, req: ClassifyRequest, signals: Signals

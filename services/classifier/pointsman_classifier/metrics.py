@@ -97,6 +97,15 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.safety_turns = Counter(
+            "pointsman_classifier_safety_turns_total",
+            "Turns other than the classified text that the safety check read "
+            "(jailbreak.read_roles), by result: scored (classified now), cached (scored before).",
+            ["result"],
+            registry=r,
+        )
+        for result in ("scored", "cached"):
+            self.safety_turns.labels(result)  # both series from the start, at 0
         self.pii = Counter(
             "pointsman_classifier_pii_found_total",
             "Requests with PII, by entity type.",

@@ -292,6 +292,55 @@ def test_prompt_text(source: str, include_system: bool, want: str) -> None:
     assert core.prompt_text(r, cfg) == want
 
 
+CONVERSATION = [
+    Message(role="system", content="sys"),
+    Message(role="developer", content="dev"),
+    Message(role="user", content="first"),
+    Message(role="assistant", content="answer"),
+    Message(role="tool", content='{"temp_c": 14}'),
+    Message(role="user", content="first"),
+    Message(role="user", content="  "),
+    Message(role="user", content="second"),
+]
+
+
+@pytest.mark.parametrize(
+    ("jailbreak", "want"),
+    [
+        ({}, ["first", '{"temp_c": 14}']),  # newest first, no repeats, not the classified text
+        ({"read_roles": ["system"]}, ["dev", "sys"]),
+        ({"read_roles": ["assistant", "user"]}, ["first", "answer"]),
+        ({"read_roles": []}, []),
+        ({"max_turns": 1}, ["first"]),
+        ({"max_turns": 0}, []),
+        ({"max_turn_chars": 4}, []),  # a turn is read whole or not at all
+        ({"max_turn_chars": 18}, ["first"]),
+        ({"max_turn_chars": 19}, ["first", '{"temp_c": 14}']),
+        ({"enabled": False}, []),
+    ],
+)
+def test_safety_turns(jailbreak: dict[str, Any], want: list[str]) -> None:
+    cfg = ClassifierConfig.model_validate({"jailbreak": jailbreak})
+    r = ClassifyRequest(request_id="r", model="auto", messages=CONVERSATION)
+    assert core.safety_turns(r, cfg, core.prompt_text(r, cfg)) == want
+
+
+def test_safety_turns_are_cut_as_the_classified_text_is() -> None:
+    cfg = ClassifierConfig.model_validate({"prompt": {"max_chars": 4}})
+    r = ClassifyRequest(
+        request_id="r",
+        model="auto",
+        messages=[Message(role="user", content="0123456789"), Message(role="user", content="x")],
+    )
+    assert core.safety_turns(r, cfg, "x") == ["6789"]
+    # reading stops at the first turn that does not fit: an older, shorter one is not read
+    cfg = ClassifierConfig.model_validate({"jailbreak": {"max_turn_chars": 5}})
+    r.messages.insert(0, Message(role="user", content="ok"))
+    assert core.safety_turns(r, cfg, "x") == []
+    legacy = ClassifyRequest(request_id="r", model="auto", prompt="0123456789")
+    assert core.safety_turns(legacy, cfg, core.prompt_text(legacy, cfg)) == []
+
+
 def test_prompt_text_completions_and_overflow() -> None:
     cfg = ClassifierConfig.model_validate({"prompt": {"max_chars": 5}})
     r = ClassifyRequest(request_id="r", model="auto", prompt="0123456789")
