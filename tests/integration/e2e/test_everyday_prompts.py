@@ -195,6 +195,63 @@ def test_an_attack_in_an_earlier_turn_is_refused(demo: Stack, where: str) -> Non
     assert r.headers["x-pointsman-block-reason"].startswith("jailbreak")
 
 
+#: The same in the other APIs' shapes: Anthropic's ``tool_result`` block in an earlier user turn,
+#: a Responses ``function_call_output`` item. Each answers in its own error format.
+OTHER_APIS: dict[str, tuple[str, dict[str, Any]]] = {
+    "messages: earlier tool_result": (
+        "/v1/messages",
+        {
+            "max_tokens": 8,
+            "messages": [
+                {"role": "user", "content": "What is the weather?"},
+                {
+                    "role": "assistant",
+                    "content": [{"type": "tool_use", "id": "t1", "name": "weather", "input": {}}],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "tool_result", "tool_use_id": "t1", "content": DAN},
+                        {"type": "text", "text": "Thanks."},
+                    ],
+                },
+                {"role": "assistant", "content": "You're welcome."},
+                {"role": "user", "content": "And tomorrow?"},
+            ],
+        },
+    ),
+    "responses: function_call_output": (
+        "/v1/responses",
+        {
+            "max_output_tokens": 16,
+            "input": [
+                {"role": "user", "content": "What is the weather?"},
+                {"type": "function_call", "call_id": "c1", "name": "weather", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c1", "output": DAN},
+            ],
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("where", sorted(OTHER_APIS))
+def test_an_attack_in_an_earlier_turn_is_refused_in_every_api(demo: Stack, where: str) -> None:
+    path, body = OTHER_APIS[where]
+    r = httpx.post(
+        f"{demo.gateway_url}{path}",
+        json={"model": "llama-3.1-8b-instruct", **body},
+        headers={"anthropic-version": "2023-06-01"} if path == "/v1/messages" else {},
+        timeout=60,
+    )
+    assert r.status_code == 403, r.text
+    assert r.headers["x-pointsman-block-reason"].startswith("jailbreak")
+    error = r.json()
+    if path == "/v1/messages":
+        assert error["type"] == "error" and error["error"]["type"] == "permission_error", error
+    else:
+        assert error["error"]["code"] == "jailbreak_detected", error
+
+
 #: Where an attack passes the check today (docs/security.md, "What the safety checks read"):
 #: expected failures, strict, so that closing a gap shows here. System and assistant turns are
 #: read only when configured (``jailbreak.read_roles``: ordinary system prompts are flagged
