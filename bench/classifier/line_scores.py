@@ -25,8 +25,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-REAL_CHAT = ("arena-hard-v2.0", "alpaca_eval:koala", "alpaca_eval:vicuna", "mt_bench")
-BUCKETS = ((1024, "1024+"), (256, "256-1023"), (128, "128-255"), (64, "64-127"), (32, "32-63"))
+from pointsman_lab.jailbreak_eval import bucket_name
+from pointsman_lab.safety_scores import REAL_CHAT
 
 
 def lines_of(text: str) -> list[str]:
@@ -38,10 +38,6 @@ def lines_of(text: str) -> list[str]:
 def logit(p: float) -> float:
     p = min(max(p, 1e-9), 1 - 1e-9)
     return math.log(p / (1 - p))
-
-
-def bucket(chars: int) -> str:
-    return next((name for lo, name in BUCKETS if chars / 4 >= lo), "0-31")
 
 
 def score(rows: list[dict[str, Any]], quantize: str, threads: int) -> list[dict[str, Any]]:
@@ -85,7 +81,7 @@ def table(scored: list[dict[str, Any]], margin: float) -> dict[str, tuple[int, i
             and r["label"] == "benign"
             and r["source"].startswith(REAL_CHAT)
         ):
-            groups.append(f"real chat {bucket(r['chars'])}")
+            groups.append(f"real chat {bucket_name(r['chars'] // 4)}")
         if r["split"] == "validation" and r["label"] == "injection":
             groups.append("injection " + ":".join(r["source"].split(":")[:2]))
         for g in groups:
